@@ -1,0 +1,80 @@
+"""Shared test fixtures.
+
+Integration tests (marker `integration`) need the real Docker engine, strace and the
+fixture images built by `scripts/setup`. Locally they skip with the reason when the engine
+is absent; in CI (CI=true) a missing component is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+FIXTURE_IMAGES = {
+    "base": "tracer-fixture/base:bookworm",
+    "nginx": "tracer-fixture/nginx:test",
+    "pyapp": "tracer-fixture/pyapp:test",
+    "hardcases": "tracer-fixture/hardcases:test",
+    "layers": "tracer-fixture/layers:test",
+}
+
+
+def _missing(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"integration prerequisite missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A docker SDK client talking to a live engine."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=300)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means no engine
+        _missing(f"no Docker engine answers ({exc}); run scripts/setup")
+    return client
+
+
+@pytest.fixture(scope="session")
+def fixture_image(docker_client):
+    """Return a function mapping a fixture name to its image reference, checking it exists."""
+    import docker
+
+    def get(name: str) -> str:
+        ref = FIXTURE_IMAGES[name]
+        try:
+            docker_client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            _missing(f"fixture image {ref} is not built; run scripts/setup")
+        return ref
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def host_strace() -> str:
+    path = shutil.which("strace")
+    if not path:
+        _missing("strace is not installed; run scripts/setup")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gcc() -> str:
+    path = shutil.which("gcc")
+    if not path:
+        _missing("gcc is not installed; run scripts/setup")
+    return path
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """Run a command, capturing text output; used by tests that drive real tools."""
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)

@@ -1,0 +1,128 @@
+"""The profile as data: what PROFILE.md version 1 describes, already validated.
+
+These dataclasses are the only thing the rest of the pipeline sees of a profile; the
+YAML parsing and validation live in `tracer.profile` so that runners and the keep-list
+never have to think about line numbers or missing keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Service mode: when the application counts as up (all given conditions must hold)."""
+
+    log: str | None = None  # regex searched in the container's stdout+stderr
+    tcp: int | None = None  # port that must accept a connection on 127.0.0.1
+    timeout: float = 30.0  # seconds
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How the container is started, for the traced run and for verification alike."""
+
+    entrypoint: list[str] | None = None  # None: the image's Entrypoint
+    cmd: list[str] | None = None  # None: the image's Cmd
+    env: dict[str, str] = field(default_factory=dict)  # merged over the image's Env
+    user: str | None = None
+    workdir: str | None = None
+    network: str = "none"  # none | host
+    tmpfs: list[str] = field(default_factory=list)
+    mode: str = "service"  # service | job
+    ready: Ready = field(default_factory=Ready)
+    exit: int = 0  # job mode: expected exit code
+    stdout: str | None = None  # job mode: regex the job's stdout must match (extension)
+    stderr: str | None = None  # job mode: regex the job's stderr must match (extension)
+    timeout: float = 300.0  # hard limit for the whole run, seconds
+
+
+@dataclass(frozen=True)
+class HttpStep:
+    url: str
+    status: int | None = 200
+    body: str | None = None  # regex searched in the response body
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class TcpStep:
+    port: int
+    send: str | None = None
+    expect: str | None = None  # regex searched in what the server answers
+    host: str = "127.0.0.1"
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ExecStep:
+    """A command inside the running container (docker exec semantics)."""
+
+    argv: list[str]
+    exit: int = 0
+    stdout: str | None = None
+    stderr: str | None = None
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class CommandStep:
+    """A fresh one-shot container from the image running argv (entrypoint replaced)."""
+
+    argv: list[str]
+    exit: int = 0
+    stdout: str | None = None
+    stderr: str | None = None
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class SleepStep:
+    seconds: float
+
+
+Step = HttpStep | TcpStep | ExecStep | CommandStep | SleepStep
+
+
+@dataclass(frozen=True)
+class SmokeStep:
+    """One smoke step with its position, so reports can say `smoke[2].exec`."""
+
+    index: int
+    step: Step
+
+    @property
+    def kind(self) -> str:
+        return {
+            HttpStep: "http",
+            TcpStep: "tcp",
+            ExecStep: "exec",
+            CommandStep: "command",
+            SleepStep: "sleep",
+        }[type(self.step)]
+
+    @property
+    def label(self) -> str:
+        return f"smoke[{self.index}].{self.kind}"
+
+
+@dataclass(frozen=True)
+class KeepSpec:
+    paths: list[str] = field(default_factory=list)  # globs: * within a name, ** across dirs
+    binaries: list[str] = field(default_factory=list)
+    packages: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    image: str
+    output: str | None = None
+    run: RunSpec = field(default_factory=RunSpec)
+    smoke: list[SmokeStep] = field(default_factory=list)
+    keep: KeepSpec = field(default_factory=KeepSpec)
+    exclude: list[str] = field(default_factory=list)
+    version: int = 1
+    source: Path | None = None  # the YAML file it came from, for messages
