@@ -1,0 +1,144 @@
+"""The keep-list: evidence merged, exclude applied, closed over links, parents, hardlinks."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tracer.keeplist import KeepListBuilder, Reason, compile_globs, first_match, size_of
+from tracer.packages import package_files
+from tracer.rootfs import RootFS
+
+
+@dataclass
+class E:
+    kind: str
+    linkname: str = ""
+    size: int = 0
+
+
+def make_root(tmp_path: Path) -> tuple[Path, dict[str, E]]:
+    """A small merged-/usr root: /lib -> usr/lib, a library symlink chain, a hardlink pair."""
+    root = tmp_path / "root"
+    for d in ("usr/lib/x86_64-linux-gnu", "usr/bin", "etc/app/conf.d", "usr/share/doc/app",
+              "var/lib/dpkg/info", "data"):
+        (root / d).mkdir(parents=True)
+    os.symlink("usr/lib", root / "lib")
+    os.symlink("usr/bin", root / "bin")
+    lib = root / "usr/lib/x86_64-linux-gnu"
+    (lib / "libz.so.1.2.13").write_bytes(b"z" * 100)
+    os.symlink("libz.so.1.2.13", lib / "libz.so.1")
+    (root / "usr/bin/perl").write_bytes(b"p" * 50)
+    os.link(root / "usr/bin/perl", root / "usr/bin/perl5.36")
+    (root / "etc/app/main.conf").write_text("x")
+    (root / "etc/app/conf.d/a.conf").write_text("a")
+    (root / "usr/share/doc/app/README").write_text("doc")
+    os.symlink("/etc/app/main.conf", root / "data/conf")
+    (root / "var/lib/dpkg/info/tzdata.list").write_text("/.\n/usr\n/usr/share/doc/app/README\n")
+    entries: dict[str, E] = {"/": E("dir")}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            host = Path(dirpath) / name
+            path = "/" + str(host.relative_to(root))
+            if host.is_symlink():
+                entries[path] = E("symlink", os.readlink(host))
+            elif host.is_dir():
+                entries[path] = E("dir")
+            else:
+                entries[path] = E("file", size=host.stat().st_size)
+    entries["/usr/bin/perl5.36"] = E("hardlink", "/usr/bin/perl")
+    return root, entries
+
+
+def test_globs_star_within_name_doublestar_across_dirs() -> None:
+    globs = compile_globs(["/etc/nginx/**", "/usr/lib/*.so", "/a/**/b"])
+    assert first_match("/etc/nginx", globs) == "/etc/nginx/**"
+    assert first_match("/etc/nginx/conf.d/x.conf", globs) == "/etc/nginx/**"
+    assert first_match("/etc/nginxx", globs) is None
+    assert first_match("/usr/lib/libx.so", globs) == "/usr/lib/*.so"
+    assert first_match("/usr/lib/sub/libx.so", globs) is None
+    assert first_match("/a/b", globs) == "/a/**/b" and first_match("/a/q/r/b", globs)
+
+
+def test_path_through_symlinks_keeps_every_link_and_the_target(tmp_path: Path) -> None:
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root))
+    b.add("/lib/x86_64-linux-gnu/libz.so.1", Reason("traced", "openat by /app in run"))
+    kl = b.build()
+    assert "/lib" in kl.kept and kl.kept["/lib"][0].kind == "symlink"
+    assert "/usr/lib/x86_64-linux-gnu/libz.so.1" in kl.kept
+    assert kl.kept["/usr/lib/x86_64-linux-gnu/libz.so.1.2.13"][0].kind == "symlink"
+    # parents are kept and say why
+    assert kl.kept["/usr/lib/x86_64-linux-gnu"][0].kind == "parent"
+    assert kl.counts()["traced"] == 1
+
+
+def test_absolute_symlink_resolves_inside_the_image(tmp_path: Path) -> None:
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root))
+    b.add("/data/conf", Reason("traced", "openat"))
+    kl = b.build()
+    assert "/etc/app/main.conf" in kl.kept and "/data/conf" in kl.kept
+
+
+def test_exclude_removes_unless_keep_paths_names_it(tmp_path: Path) -> None:
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root), keep_paths=["/etc/app/**"],
+                        exclude=["/usr/share/doc/**", "/etc/app/conf.d/**"])
+    b.add("/usr/share/doc/app/README", Reason("traced", "openat"))
+    b.add_keep_paths()
+    kl = b.build()
+    assert "/usr/share/doc/app/README" not in kl.kept
+    assert kl.excluded["/usr/share/doc/app/README"].rule == "/usr/share/doc/**"
+    assert "/etc/app/conf.d/a.conf" in kl.kept  # keep.paths wins over exclude
+    assert kl.kept["/etc/app/conf.d/a.conf"] == [Reason("keep.paths", "/etc/app/**")]
+
+
+def test_hardlink_groups_are_kept_whole(tmp_path: Path) -> None:
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root))
+    b.add("/bin/perl5.36", Reason("elf", "root"))
+    kl = b.build()
+    assert "/usr/bin/perl" in kl.kept and kl.kept["/usr/bin/perl"][0].kind == "hardlink"
+    # content counted once: the hardlink adds no bytes
+    assert size_of(entries, kl.kept) == 50
+
+
+def test_missing_paths_are_recorded_not_kept(tmp_path: Path) -> None:
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root))
+    b.add("/etc/app/nope.conf", Reason("traced", "openat"))
+    kl = b.build()
+    assert "/etc/app/nope.conf" not in kl.kept and "/etc/app/nope.conf" in kl.missing
+
+
+def test_keeplist_file_is_sorted_with_reasons(tmp_path: Path) -> None:
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root))
+    b.add("/etc/app/main.conf", Reason("traced", "openat by /app in run"))
+    b.add("/etc/app/main.conf", Reason("keep.packages", "app"))
+    kl = b.build()
+    out = tmp_path / "r.keeplist"
+    kl.write(out)
+    lines = out.read_text().splitlines()
+    assert lines == sorted(lines)
+    assert "/etc/app/main.conf\tkeep.packages: app; traced: openat by /app in run" in lines
+    assert "/etc\tparent: holds /etc/app/main.conf" in lines or any(
+        line.startswith("/etc\tparent: ") for line in lines)
+
+
+def test_dpkg_package_files(tmp_path: Path) -> None:
+    root, _ = make_root(tmp_path)
+    files = package_files(RootFS(root), ["tzdata"])
+    assert files == {"tzdata": ["/usr", "/usr/share/doc/app/README"]}
+
+
+def test_unknown_package_is_bad_input(tmp_path: Path) -> None:
+    from tracer.errors import BadInput
+
+    root, _ = make_root(tmp_path)
+    with pytest.raises(BadInput, match="keep.packages: not installed in the image.*nosuch"):
+        package_files(RootFS(root), ["nosuch"])

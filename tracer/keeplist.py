@@ -1,0 +1,250 @@
+"""The keep-list: which paths of the image survive, and why each one does.
+
+Every source of evidence (ELF closure, traced run, keep.paths, keep.packages, the
+image config) adds paths with a Reason; exclude then removes what the operator ruled
+out (unless keep.paths names it too); finally the list is closed over symlink chains,
+parent directories and hardlink groups so the written image is self-consistent. Every
+path carries all its reasons, which is what `tracer why` and the diffable keep-list
+file are made of.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from tracer.rootfs import RootFS, SymlinkLoop
+
+
+@dataclass(frozen=True, order=True)
+class Reason:
+    """Why one path is kept: a category (counted in reports) and a human detail."""
+
+    kind: str  # elf | traced | keep.paths | keep.packages | config | symlink | parent | hardlink
+    detail: str
+
+
+class EntryLike(Protocol):
+    kind: str
+    linkname: str
+    size: int
+
+
+def compile_globs(patterns: Iterable[str]) -> list[tuple[str, re.Pattern[str]]]:
+    """Translate profile globs: `*` within a name, `**` across directories.
+
+    `/etc/nginx/**` also matches `/etc/nginx` itself: an operator who keeps a tree
+    means the directory as well.
+    """
+    out = []
+    for original in patterns:
+        pattern = original.rstrip("/") or "/"
+        i, parts = 0, []
+        while i < len(pattern):
+            ch = pattern[i]
+            if pattern.startswith("/**", i) and i + 3 == len(pattern):
+                parts.append("(?:/.*)?")
+                i += 3
+                continue
+            if pattern.startswith("**/", i):
+                parts.append("(?:.*/)?")
+                i += 3
+            elif pattern.startswith("**", i):
+                parts.append(".*")
+                i += 2
+            elif ch == "*":
+                parts.append("[^/]*")
+                i += 1
+            elif ch == "?":
+                parts.append("[^/]")
+                i += 1
+            elif ch == "[" and "]" in pattern[i + 1:]:
+                end = pattern.index("]", i + 1)
+                body = pattern[i + 1:end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                parts.append(f"[{body}]")
+                i = end + 1
+            else:
+                parts.append(re.escape(ch))
+                i += 1
+        out.append((original, re.compile("".join(parts))))
+    return out
+
+
+def first_match(path: str, globs: list[tuple[str, re.Pattern[str]]]) -> str | None:
+    for text, rx in globs:
+        if rx.fullmatch(path):
+            return text
+    return None
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """A path the evidence wanted but an exclude rule removed (what `why` reports)."""
+
+    rule: str
+    reasons: tuple[Reason, ...]
+
+
+@dataclass
+class KeepList:
+    """path -> reasons for everything kept; path -> rule for everything excluded."""
+
+    kept: dict[str, list[Reason]] = field(default_factory=dict)
+    excluded: dict[str, Excluded] = field(default_factory=dict)
+    missing: dict[str, list[Reason]] = field(default_factory=dict)  # wanted, not in image
+
+    def counts(self) -> dict[str, int]:
+        """Number of kept paths per reason kind (a path with two kinds counts in both)."""
+        c: Counter[str] = Counter()
+        for reasons in self.kept.values():
+            for kind in {r.kind for r in reasons}:
+                c[kind] += 1
+        return dict(sorted(c.items()))
+
+    def lines(self) -> list[str]:
+        """One sorted line per path, `PATH<TAB>reason; reason`, stable for nightly diffs."""
+        out = []
+        for path in sorted(self.kept):
+            reasons = sorted(set(self.kept[path]))
+            out.append(path + "\t" + "; ".join(f"{r.kind}: {r.detail}" for r in reasons))
+        return out
+
+    def excluded_json(self) -> dict[str, dict]:
+        return {p: {"rule": e.rule, "reasons": [f"{r.kind}: {r.detail}" for r in e.reasons]}
+                for p, e in sorted(self.excluded.items())}
+
+    def write(self, path: Path) -> None:
+        """Write the keep-list file atomically (never a half-written list to diff against)."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("\n".join(self.lines()) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+
+class KeepListBuilder:
+    """Collects evidence, then `build()` applies exclude and the closures."""
+
+    def __init__(self, entries: Mapping[str, EntryLike], root: RootFS,
+                 keep_paths: Iterable[str] = (), exclude: Iterable[str] = ()) -> None:
+        self.entries = entries
+        self.root = root
+        self.wanted: dict[str, list[Reason]] = {}
+        self.missing: dict[str, list[Reason]] = {}
+        self.keep_globs = compile_globs(keep_paths)
+        self.exclude_globs = compile_globs(exclude)
+
+    # -- evidence ------------------------------------------------------------------------
+    def add(self, path: str, reason: Reason, *, follow: bool = True) -> None:
+        """Keep `path` as the image names it: its symlinks on the way and what it points to."""
+        try:
+            partial = self.root.resolve(path, follow_last=False)
+        except SymlinkLoop:
+            self.missing.setdefault(path, []).append(reason)
+            return
+        if not partial.exists:
+            self.missing.setdefault(path, []).append(reason)
+            return
+        for link in partial.links:
+            self._want(link, Reason("symlink", f"on the way to {path}"))
+        self._want(partial.path, reason)
+        if follow and self.entries.get(partial.path) is not None and \
+                self.entries[partial.path].kind == "symlink":
+            self._follow_link(partial.path)
+
+    def _follow_link(self, link: str) -> None:
+        try:
+            full = self.root.resolve(link, follow_last=True)
+        except SymlinkLoop:
+            return
+        for hop in full.links:
+            self._want(hop, Reason("symlink", f"chain of {link}"))
+        if full.exists:
+            self._want(full.path, Reason("symlink", f"target of {link}"))
+
+    def _want(self, path: str, reason: Reason) -> None:
+        reasons = self.wanted.setdefault(path, [])
+        if reason not in reasons:
+            reasons.append(reason)
+
+    def add_keep_paths(self) -> None:
+        """Every image path matching a keep.paths glob."""
+        if not self.keep_globs:
+            return
+        for path in self.entries:
+            rule = first_match(path, self.keep_globs)
+            if rule is not None:
+                self._want(path, Reason("keep.paths", rule))
+
+    # -- result --------------------------------------------------------------------------
+    def build(self) -> KeepList:
+        result = KeepList(missing=dict(self.missing))
+        kept: dict[str, list[Reason]] = {}
+        for path, reasons in self.wanted.items():
+            if path == "/":
+                continue
+            forced = any(r.kind == "keep.paths" for r in reasons)
+            rule = first_match(path, self.exclude_globs)
+            if rule is not None and not forced:
+                result.excluded[path] = Excluded(rule, tuple(reasons))
+                continue
+            kept[path] = list(reasons)
+        self._close(kept)
+        result.kept = kept
+        return result
+
+    def _close(self, kept: dict[str, list[Reason]]) -> None:
+        """Symlink chains, hardlink groups, then parent directories (in that order)."""
+        todo = list(kept)
+        while todo:
+            path = todo.pop()
+            entry = self.entries.get(path)
+            if entry is None:
+                continue
+            extra: list[tuple[str, Reason]] = []
+            if entry.kind == "symlink":
+                try:
+                    full = self.root.resolve(path, follow_last=True)
+                except SymlinkLoop:
+                    full = None
+                if full is not None:
+                    extra += [(hop, Reason("symlink", f"chain of {path}")) for hop in full.links]
+                    if full.exists:
+                        extra.append((full.path, Reason("symlink", f"target of {path}")))
+            for member in self._hardlink_group(path):
+                if member != path:
+                    extra.append((member, Reason("hardlink", f"same inode as {path}")))
+            for p, reason in extra:
+                if p == "/" or p == path:
+                    continue
+                if p not in kept:
+                    kept[p] = [reason]
+                    todo.append(p)
+        for path in list(kept):
+            parent = path.rsplit("/", 1)[0] or "/"
+            while parent != "/" and parent not in kept:
+                kept[parent] = [Reason("parent", f"holds {path}")]
+                parent = parent.rsplit("/", 1)[0] or "/"
+
+    _groups: dict[str, list[str]] | None = None
+
+    def _hardlink_group(self, path: str) -> list[str]:
+        if self._groups is None:
+            groups: dict[str, list[str]] = {}
+            for p, e in self.entries.items():
+                if e.kind == "hardlink":
+                    groups.setdefault(e.linkname, [e.linkname]).append(p)
+            self._groups = {}
+            for members in groups.values():
+                for m in members:
+                    self._groups[m] = members
+        return self._groups.get(path, [])
+
+
+def size_of(entries: Mapping[str, EntryLike], paths: Iterable[str]) -> int:
+    """Bytes of regular-file content among `paths` (a hardlink adds nothing)."""
+    return sum(e.size for p in paths if (e := entries.get(p)) is not None and e.kind == "file")
