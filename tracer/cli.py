@@ -1,0 +1,211 @@
+"""Command line: parse arguments, call the pipeline, print. No logic lives here.
+
+Exit codes are the contract of PROFILE.md: 0 success, 1 the minimized image failed
+verification, 2 bad input, 3 the smoke test failed on the original image, 4 environment
+problem; 130 for Ctrl-C after everything was cleaned up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from tracer import __version__
+from tracer.errors import BadInput, TracerError
+
+EPILOG = """exit codes: 0 success; 1 the minimized image failed verification; 2 bad input
+(profile, image reference, arguments); 3 the smoke test failed on the original image;
+4 environment problem (no Docker engine, no strace, no permission).
+Profiles: see profiles/README.md; image references: docker-daemon:NAME[:TAG], NAME[:TAG],
+docker-archive:PATH[:NAME[:TAG]], oci:PATH[:TAG]."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad arguments already; keep its message but name the command."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tracer", description="Shrink a container image to the files its "
+                     "application really uses, and prove it with the same smoke test.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tracer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    m = sub.add_parser("minimize", help="trace, minimize, verify and report (the whole job)",
+                       description="Run the profile's smoke test traced on the original image, "
+                       "keep what it and the ELF analysis need, write the minimized image and "
+                       "verify it with the same smoke test.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("profile", type=Path, help="the profile YAML file")
+    m.add_argument("--output", help="output image reference (default: the profile's output, "
+                   "else the input's repository with tag <tag>-min)")
+    m.add_argument("--report", type=Path, help="write the JSON report here, and the keep-list "
+                   "next to it (FILE.keeplist)")
+    m.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    v = sub.add_parser("validate", help="check a profile without running anything")
+    v.add_argument("profile", type=Path, nargs="+")
+
+    ld = sub.add_parser("ldd", help="the files the dynamic loader would map, inside an image",
+                        description="Resolve ELF dependencies statically inside IMAGE (no "
+                        "container is run). With no PATH: the image's entrypoint and cmd.",
+                        epilog="exit 2 for a bad image reference, else 0; unresolved "
+                        "libraries are listed (also in --json).")
+    ld.add_argument("image", help="image reference")
+    ld.add_argument("paths", nargs="*", metavar="PATH", help="in-image paths or program names")
+    ld.add_argument("--json", action="store_true", help="machine-readable output")
+    d = sub.add_parser("diagnose", help="why does the minimized image fail? (traced run)",
+                       description="Run the profile's smoke test traced against the minimized "
+                       "image and list every file it looked for that exists in the original "
+                       "image, with the keep.paths lines that fix it.")
+    d.add_argument("profile", type=Path)
+    d.add_argument("--image", help="the minimized image to diagnose (default: the profile's "
+                   "output)")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    w = sub.add_parser("why", help="why is PATH kept, or why not?",
+                       description="Answer from the files `tracer minimize --report` left: "
+                       "REPORT.json, REPORT.keeplist, REPORT.paths.gz.")
+    w.add_argument("source", type=Path, metavar="REPORT_OR_KEEPLIST")
+    w.add_argument("path", metavar="PATH")
+    w.add_argument("--json", action="store_true", help="machine-readable output")
+    b = sub.add_parser("batch", help="minimize many profiles, N at a time, incrementally",
+                       description="Run `tracer minimize` for each profile (files, or every "
+                       "*.yaml in a directory), N at a time, each with its own log, report and "
+                       "keep-list under --out. Unchanged jobs (same input image digest, profile "
+                       "and tracer version as the last success) are skipped. Writes "
+                       "summary.json and junit.xml.",
+                       epilog="exit codes: 0 all passed or skipped; 1 any failed; 2 bad input.")
+    b.add_argument("profiles", nargs="+", metavar="PROFILE_OR_DIR")
+    b.add_argument("--jobs", type=int, help="parallel jobs (default: from cores and memory)")
+    b.add_argument("--out", type=Path, default=Path("tracer-batch"),
+                   help="directory for logs, reports and summaries (default: ./tracer-batch)")
+    b.add_argument("--force", action="store_true", help="redo unchanged jobs too")
+    return parser
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    import time
+
+    from tracer.batch import Batch, default_jobs, find_profiles, summary_table, write_summaries
+
+    profiles = find_profiles(args.profiles)
+    if args.jobs is not None and args.jobs < 1:
+        raise BadInput("--jobs must be at least 1")
+    jobs = args.jobs or default_jobs()
+    print(f"tracer batch: {len(profiles)} profile(s), {jobs} at a time, output in {args.out}",
+          file=sys.stderr)
+    started = time.monotonic()
+    batch = Batch(args.out, jobs, args.force)
+    results = batch.run(profiles)
+    write_summaries(args.out, results, time.monotonic() - started)
+    print(summary_table(results))
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from tracer.pipeline import diagnose_profile
+    from tracer.profile import load_profile
+    from tracer.progress import Progress
+
+    profile = load_profile(args.profile)
+    diagnosis = diagnose_profile(profile, image=args.image, progress=Progress(quiet=args.quiet))
+    if args.json:
+        print(json.dumps(diagnosis.to_json(), indent=2))
+    else:
+        print(diagnosis.format_text())
+    return 0 if diagnosis.passed else 1
+
+
+def _cmd_why(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from tracer.why import why
+
+    answer = why(args.source, args.path)
+    print(json.dumps(asdict(answer), indent=2) if args.json else answer.format_text())
+    return 0
+
+
+def _cmd_minimize(args: argparse.Namespace) -> int:
+    from tracer.pipeline import minimize
+    from tracer.profile import load_profile
+    from tracer.progress import Progress
+    from tracer.report import summary_table
+
+    profile = load_profile(args.profile)
+    report = minimize(profile, output=args.output, report_path=args.report,
+                      progress=Progress(quiet=args.quiet))
+    print(summary_table(report))
+    if args.report:
+        print(f"report: {args.report}" + (f", keep-list: {report.keeplist_file}"
+                                          if report.keeplist_file else ""))
+    if not report.verified:
+        if report.diagnosis_text:
+            print(report.diagnosis_text)
+        print("the minimized image FAILED verification; the output was not replaced",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from tracer.profile import load_profile
+
+    status = 0
+    for path in args.profile:
+        try:
+            profile = load_profile(path)
+            print(f"{path}: ok ({profile.name}, {len(profile.smoke)} smoke steps)")
+        except BadInput as exc:
+            print(f"tracer: {exc}", file=sys.stderr)
+            status = 2
+    return status
+
+
+def _cmd_ldd(args: argparse.Namespace) -> int:
+    from tracer.inspect_image import ldd
+    from tracer.static import format_text, to_json
+
+    closure = ldd(args.image, args.paths)
+    if args.json:
+        print(json.dumps(to_json(closure), indent=2))
+    else:
+        print(format_text(closure))
+    return 0
+
+
+COMMANDS = {"minimize": _cmd_minimize, "validate": _cmd_validate, "ldd": _cmd_ldd,
+            "diagnose": _cmd_diagnose, "why": _cmd_why, "batch": _cmd_batch}
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM from a scheduler cleans up exactly like Ctrl-C.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return COMMANDS[args.command](args)
+    except TracerError as exc:
+        print(f"tracer: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tracer: interrupted; containers, temp images and files were removed",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""`tracer minimize`: the whole pipeline, in the one direction DESIGN.md draws.
+
+profile → image → flattened root → traced run of the original (must pass, else exit 3)
+→ ELF closure → keep-list → candidate image in the engine → verification run (untraced)
+→ only then the output reference is written → report. The output is never replaced by
+an image that did not pass its smoke test, and every container, temp image and temp
+directory is removed on success, failure and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer import __version__
+from tracer.diagnose import Diagnosis, diagnose
+from tracer.environment import docker_client, require_strace
+from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
+from tracer.image.flatten import flatten
+from tracer.image.model import FlatImage
+from tracer.image.reference import ImageRef, default_output, parse_reference
+from tracer.image.sink import write_image
+from tracer.image.source import open_image
+from tracer.keeplist import KeepList, KeepListBuilder, Reason, size_of
+from tracer.packages import package_files
+from tracer.profile_model import Profile
+from tracer.progress import Progress
+from tracer.report import Report, StepSummary
+from tracer.rootfs import RootFS
+from tracer.static import Closure, Resolver
+from tracer.trace.result import SmokeResult
+from tracer.trace.run import run_smoke
+
+
+@dataclass
+class Prepared:
+    """An image read and flattened, plus a reference the engine can run."""
+
+    ref: ImageRef
+    flat: FlatImage
+    root: RootFS
+    engine_ref: str
+
+
+@contextmanager
+def workdir(prefix: str = "tracer-") -> Iterator[Path]:
+    """A private temp dir removed whatever happens (TRACER_WORKDIR chooses where)."""
+    base = os.environ.get("TRACER_WORKDIR") or None
+    if base:
+        Path(base).mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def image_env(config: dict, extra: dict[str, str]) -> dict[str, str]:
+    """The image's Env with the profile's env merged over it (what the app really sees)."""
+    env: dict[str, str] = {}
+    for item in (config.get("config") or {}).get("Env") or []:
+        key, _, value = item.partition("=")
+        env[key] = value
+    env.update(extra)
+    return env
+
+
+def effective_argv(profile: Profile, config: dict) -> list[str]:
+    """Entrypoint + cmd as Docker combines them (a new entrypoint drops the image's Cmd)."""
+    cfg = config.get("config") or {}
+    entrypoint = profile.run.entrypoint if profile.run.entrypoint is not None \
+        else (cfg.get("Entrypoint") or [])
+    if profile.run.cmd is not None:
+        cmd = profile.run.cmd
+    elif profile.run.entrypoint is not None:
+        cmd = []
+    else:
+        cmd = cfg.get("Cmd") or []
+    return list(entrypoint) + list(cmd)
+
+
+class EngineImages:
+    """Temporary images this run put into the engine; removed by id at the end."""
+
+    def __init__(self) -> None:
+        self.client = docker_client()
+        self.tags: list[str] = []
+
+    def temp_ref(self, name: str, purpose: str) -> ImageRef:
+        tag = f"{purpose}-{uuid.uuid4().hex[:12]}"
+        ref = ImageRef(transport="docker-daemon", path=None, name=f"tracer-tmp/{name}", tag=tag)
+        self.tags.append(f"tracer-tmp/{name}:{tag}")
+        return ref
+
+    def cleanup(self) -> None:
+        import docker
+
+        for tag in self.tags:
+            try:
+                self.client.images.remove(tag, force=True, noprune=False)
+            except docker.errors.ImageNotFound:
+                pass
+            except docker.errors.APIError:
+                pass
+
+
+def prepare(profile: Profile, work: Path, engine: EngineImages,
+            progress: Progress, seconds: dict[str, float]) -> Prepared:
+    """Read and flatten the input; make it runnable in the engine if it is not there."""
+    ref = parse_reference(profile.image)
+    progress.phase(f"reading {ref}")
+    t0 = time.monotonic()
+    with open_image(ref, work / "source") as source:
+        flat = flatten(source, work / "root", progress=progress)
+    seconds["read"] = time.monotonic() - t0
+    progress.done(f"{len(flat.entries):,} paths, {flat.content_size():,} bytes")
+    if ref.transport == "docker-daemon":
+        engine_ref = f"{ref.name}:{ref.tag or 'latest'}"
+    else:
+        progress.phase("loading the input into the engine for the traced run")
+        t0 = time.monotonic()
+        tmp = engine.temp_ref(profile.name, "input")
+        write_image(flat, list(flat.entries), tmp, workdir=work / "input-load",
+                    comment="tracer: input copy for the traced run")
+        engine_ref = f"{tmp.name}:{tmp.tag}"
+        seconds["load_input"] = time.monotonic() - t0
+        progress.done()
+    return Prepared(ref=ref, flat=flat, root=RootFS(flat.root), engine_ref=engine_ref)
+
+
+def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult) -> Closure:
+    """ELF closure of entrypoint/cmd, exec'd programs and keep.binaries."""
+    config = prepared.flat.config
+    roots: list[str] = []
+    argv = effective_argv(profile, config)
+    if argv:
+        roots.append(argv[0])
+    roots += [p for p in trace.execs if p]
+    roots += profile.keep.binaries
+    env = image_env(config, profile.run.env)
+    return Resolver(prepared.root, env=env).closure(dict.fromkeys(roots))
+
+
+def build_keeplist(profile: Profile, prepared: Prepared, trace: SmokeResult,
+                   closure: Closure) -> KeepList:
+    flat, root = prepared.flat, prepared.root
+    builder = KeepListBuilder(flat.entries, root, profile.keep.paths, profile.exclude)
+    for path, needs in closure.files.items():
+        for need in needs[:3]:
+            builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind), follow=False)
+    for access in trace.accesses:
+        if not access.ok:
+            continue
+        who = access.program or "?"
+        builder.add(access.path, Reason("traced", f"{access.syscall} by {who} in {access.step}"))
+    builder.add_keep_paths()
+    for package, paths in package_files(root, profile.keep.packages).items():
+        for path in paths:
+            builder.add(path, Reason("keep.packages", package))
+    cfg = flat.config.get("config") or {}
+    # The runtime (not the traced process) resolves these before the app starts.
+    for path in ("/etc/passwd", "/etc/group"):
+        if path in flat.entries:
+            builder.add(path, Reason("config", "user lookup by the container runtime"))
+    workdir_path = profile.run.workdir or cfg.get("WorkingDir")
+    if workdir_path:
+        builder.add(workdir_path, Reason("config", "WorkingDir"))
+    for volume in cfg.get("Volumes") or {}:
+        builder.add(volume, Reason("config", "Volume"))
+    return builder.build()
+
+
+def biggest(flat: FlatImage, kept: dict[str, list[Reason]], n: int = 10
+            ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """The largest kept files, and directories (up to 3 levels) by kept bytes."""
+    files = []
+    dirs: Counter[str] = Counter()
+    for path in kept:
+        entry = flat.entries.get(path)
+        if entry is None or entry.kind != "file":
+            continue
+        files.append((path, entry.size))
+        parts = path.split("/")[1:-1]
+        for depth in range(1, min(len(parts), 3) + 1):
+            dirs["/" + "/".join(parts[:depth])] += entry.size
+    files.sort(key=lambda x: (-x[1], x[0]))
+    return files[:n], sorted(dirs.items(), key=lambda x: (-x[1], x[0]))[:n]
+
+
+def write_path_index(flat: FlatImage, path: Path) -> None:
+    """Every path of the original image, gzipped: lets `tracer why` say "not in the image"."""
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8", errors="surrogateescape") as f:
+        for p in sorted(flat.entries):
+            f.write(p + "\n")
+    os.replace(tmp, path)
+
+
+def _steps(result: SmokeResult) -> list[StepSummary]:
+    return [StepSummary(s.label, s.passed, round(s.seconds, 3), s.message) for s in result.steps]
+
+
+def _publish(engine: EngineImages, candidate: ImageRef, out: ImageRef, flat: FlatImage,
+             keep: list[str], work: Path) -> None:
+    """Put the verified image under the output reference (atomic for each transport)."""
+    if out.transport == "docker-daemon":
+        image = engine.client.images.get(f"{candidate.name}:{candidate.tag}")
+        image.tag(out.name, out.tag or "latest")
+    else:
+        write_image(flat, keep, out, workdir=work / "output",
+                    comment="tracer: minimized image")
+
+
+def minimize(profile: Profile, *, output: str | None = None, report_path: Path | None = None,
+             progress: Progress | None = None) -> Report:
+    """Run the whole pipeline; return the report (raise TracerError subclasses on failure).
+
+    Raises SmokeFailedOnOriginal (exit 3) before anything is written when the profile's
+    smoke test fails on the original image. A failed verification returns a report with
+    verified=False and leaves the output reference untouched.
+    """
+    progress = progress or Progress()
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+    out_text = output or profile.output
+    in_ref = parse_reference(profile.image)
+    out_ref = parse_reference(out_text) if out_text else default_output(in_ref)
+    if str(out_ref) == str(in_ref):
+        raise BadInput(f"output {out_ref} is the input image; tracer never overwrites its input")
+    require_strace()
+    engine = EngineImages()
+    report = Report(name=profile.name, image=str(in_ref), output=str(out_ref),
+                    tracer_version=__version__)
+    try:
+        with workdir() as work:
+            prepared = prepare(profile, work, engine, progress, seconds)
+            flat = prepared.flat
+            report.size_before = flat.content_size()
+            report.files_before = sum(1 for e in flat.entries.values() if e.kind != "dir")
+
+            progress.phase("traced run of the original image")
+            t0 = time.monotonic()
+            trace = run_smoke(profile, prepared.engine_ref, traced=True, workdir=work / "trace",
+                              progress=progress)
+            seconds["trace"] = time.monotonic() - t0
+            report.recorders = list(trace.recorders)
+            report.original_steps = _steps(trace)
+            if not trace.passed:
+                progress.done("FAILED")
+                raise SmokeFailedOnOriginal(
+                    f"the smoke test fails on the original image {in_ref}: {trace.failure}\n"
+                    "a profile that fails on the original cannot prove anything about the "
+                    "minimized one; fix the profile (or the image) first")
+            progress.done(f"{len(trace.accesses):,} accesses recorded")
+
+            progress.phase("ELF closure and keep-list")
+            t0 = time.monotonic()
+            closure = static_closure(profile, prepared, trace)
+            keeplist = build_keeplist(profile, prepared, trace, closure)
+            seconds["analyse"] = time.monotonic() - t0
+            report.unresolved_libraries = sorted(
+                f"{m.name} (needed by {' -> '.join(m.needed_by)})" for m in closure.missing)
+            kept = keeplist.kept
+            report.kept = keeplist.counts()
+            report.excluded = len(keeplist.excluded)
+            report.excluded_paths = keeplist.excluded_json()
+            report.size_after = size_of(flat.entries, kept)
+            report.files_after = sum(1 for p in kept if (e := flat.entries.get(p)) is not None
+                                     and e.kind != "dir")
+            report.biggest_files, report.biggest_dirs = biggest(flat, kept)
+            if report_path is not None:
+                keeplist_path = report_path.with_name(report_path.stem + ".keeplist")
+                keeplist.write(keeplist_path)
+                write_path_index(flat, report_path.with_name(report_path.stem + ".paths.gz"))
+                report.keeplist_file = str(keeplist_path)
+            progress.done(f"{report.files_after:,} of {report.files_before:,} files kept")
+
+            progress.phase("writing the minimized image")
+            t0 = time.monotonic()
+            keep = sorted(kept)
+            candidate = engine.temp_ref(profile.name, "candidate")
+            write_image(flat, keep, candidate, workdir=work / "candidate",
+                        comment=f"tracer {__version__}: minimized {in_ref} with profile "
+                                f"{profile.name}")
+            seconds["write"] = time.monotonic() - t0
+            progress.done()
+
+            progress.phase("verifying the minimized image (same smoke test, untraced)")
+            t0 = time.monotonic()
+            verification = run_smoke(profile, f"{candidate.name}:{candidate.tag}",
+                                     traced=False, workdir=work / "verify", progress=progress)
+            seconds["verify"] = time.monotonic() - t0
+            report.verification_steps = _steps(verification)
+            report.verified = verification.passed
+            if not verification.passed:
+                report.failure = verification.failure
+                progress.done("FAILED")
+                progress.phase("diagnosing: the same smoke test, traced, on the minimized image")
+                t0 = time.monotonic()
+                traced = run_smoke(profile, f"{candidate.name}:{candidate.tag}", traced=True,
+                                   workdir=work / "diagnose", progress=progress)
+                diagnosis = diagnose(traced, prepared.root, profile.exclude)
+                report.diagnosis = diagnosis.to_json()
+                report.diagnosis_text = diagnosis.format_text()
+                seconds["diagnose"] = time.monotonic() - t0
+                progress.done(f"{len(diagnosis.missing)} missing file(s) found")
+            else:
+                progress.done("passed")
+                t0 = time.monotonic()
+                _publish(engine, candidate, out_ref, flat, keep, work)
+                seconds["write"] += time.monotonic() - t0
+    except SmokeFailedOnOriginal:
+        # Nothing is written: the run proved nothing about a minimized image.
+        report_path = None
+        raise
+    except TracerError as exc:
+        report.failure = report.failure or str(exc)
+        raise
+    finally:
+        engine.cleanup()
+        report.seconds = {k: round(v, 3) for k, v in seconds.items()}
+        report.seconds["total"] = round(time.monotonic() - started, 3)
+        if report_path is not None and report.original_steps:
+            report.write(report_path)
+    return report
+
+
+def diagnose_profile(profile: Profile, *, image: str | None = None,
+                     progress: Progress | None = None) -> Diagnosis:
+    """Trace the minimized image's smoke test and explain every missing original file.
+
+    `image` defaults to the profile's output (what `minimize` wrote); the original image
+    is read only to know which failed lookups name files it really had.
+    """
+    progress = progress or Progress()
+    in_ref = parse_reference(profile.image)
+    target = parse_reference(image or profile.output or str(default_output(in_ref)))
+    require_strace()
+    engine = EngineImages()
+    try:
+        with workdir() as work:
+            progress.phase(f"reading the original image {in_ref}")
+            with open_image(in_ref, work / "source") as source:
+                flat = flatten(source, work / "root", progress=progress)
+            progress.done()
+            if target.transport == "docker-daemon":
+                target_ref = f"{target.name}:{target.tag or 'latest'}"
+                try:
+                    engine.client.images.get(target_ref)
+                except Exception:  # noqa: BLE001 - any lookup failure: nothing to diagnose
+                    raise BadInput(f"the minimized image {target} is not in the engine; run "
+                                   "`tracer minimize` first or pass --image") from None
+            else:
+                progress.phase(f"loading {target} into the engine")
+                with open_image(target, work / "target-source") as source:
+                    target_flat = flatten(source, work / "target-root")
+                tmp = engine.temp_ref(profile.name, "diagnose")
+                write_image(target_flat, list(target_flat.entries), tmp,
+                            workdir=work / "target-load", comment="tracer: diagnose copy")
+                target_ref = f"{tmp.name}:{tmp.tag}"
+                progress.done()
+            progress.phase(f"traced smoke test of {target}")
+            traced = run_smoke(profile, target_ref, traced=True, workdir=work / "trace",
+                               progress=progress)
+            progress.done("passed" if traced.passed else "FAILED")
+            return diagnose(traced, RootFS(flat.root), profile.exclude)
+    finally:
+        engine.cleanup()

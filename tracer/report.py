@@ -1,0 +1,100 @@
+"""The report of one `tracer minimize` run: JSON for tools, a table for people.
+
+Field names of the JSON follow PROFILE.md (`name`, `image`, `output`, `size_before`,
+`size_after`, `files_before`, `files_after`, `verified`, `seconds`, `kept`), because
+nightly jobs and dashboards parse them; everything else is additional.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class StepSummary:
+    label: str
+    passed: bool
+    seconds: float
+    message: str = ""
+
+
+@dataclass
+class Report:
+    name: str
+    image: str
+    output: str
+    size_before: int = 0
+    size_after: int = 0
+    files_before: int = 0
+    files_after: int = 0
+    verified: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+    kept: dict[str, int] = field(default_factory=dict)
+    excluded: int = 0
+    excluded_paths: dict[str, dict] = field(default_factory=dict)
+    recorders: list[str] = field(default_factory=list)
+    unresolved_libraries: list[str] = field(default_factory=list)
+    biggest_files: list[tuple[str, int]] = field(default_factory=list)
+    biggest_dirs: list[tuple[str, int]] = field(default_factory=list)
+    original_steps: list[StepSummary] = field(default_factory=list)
+    verification_steps: list[StepSummary] = field(default_factory=list)
+    failure: str | None = None
+    keeplist_file: str | None = None
+    diagnosis: dict[str, Any] | None = None
+    diagnosis_text: str = ""
+    tracer_version: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("diagnosis_text")
+        data["biggest_files"] = [{"path": p, "bytes": b} for p, b in self.biggest_files]
+        data["biggest_dirs"] = [{"path": p, "bytes": b} for p, b in self.biggest_dirs]
+        return data
+
+    def write(self, path: Path) -> None:
+        """Atomic: a reader never sees half a report."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _ratio(after: int, before: int) -> str:
+    return f"{100.0 * after / before:.1f}%" if before else "-"
+
+
+def summary_table(report: Report) -> str:
+    """The before/after table printed at the end of a run."""
+    rows = [
+        ("", "before", "after", "after/before"),
+        ("size", human_size(report.size_before), human_size(report.size_after),
+         _ratio(report.size_after, report.size_before)),
+        ("files", f"{report.files_before:,}", f"{report.files_after:,}",
+         _ratio(report.files_after, report.files_before)),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{report.name}: {report.image} -> {report.output}"]
+    for r in rows:
+        lines.append("  " + "  ".join(
+            c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+    steps = report.verification_steps
+    if report.verified:
+        lines.append(f"  verified: yes, {len(steps)} smoke step(s) passed on the minimized image")
+    else:
+        lines.append(f"  verified: NO - {report.failure or 'not verified'}")
+    took = " ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    lines.append(f"  time: {took}")
+    if report.kept:
+        lines.append("  kept by reason: " + ", ".join(f"{k} {v}" for k, v in report.kept.items()))
+    return "\n".join(lines)
