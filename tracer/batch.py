@@ -1,0 +1,305 @@
+"""`tracer batch`: many profiles, unattended, N at a time, incremental.
+
+Each job is a separate `tracer minimize` process: one crashing, hanging or leaking job
+cannot take the others down, its log goes to its own file, and a timeout or Ctrl-C ends
+it with SIGTERM (which the child turns into its own cleanup) and then SIGKILL. A job is
+skipped when the input image digest, the profile's content and the tracer version are the
+ones of its last successful run; the new keep-list is diffed against the previous one, so
+a nightly run that suddenly keeps 300 more files stands out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+import psutil
+
+from tracer import __version__
+from tracer.errors import BadInput, TracerError
+from tracer.image.reference import ImageRef, default_output, parse_reference
+from tracer.profile import load_profile
+from tracer.profile_model import Profile
+
+STATE_FILE = "state.json"
+KILL_GRACE = 30.0  # seconds between SIGTERM and SIGKILL for a job that overran
+
+
+@dataclass
+class JobResult:
+    name: str
+    profile: str
+    status: str  # passed | skipped | failed
+    exit_code: int | None
+    seconds: float
+    message: str = ""
+    output: str = ""
+    log: str = ""
+    report: str = ""
+    size_before: int | None = None
+    size_after: int | None = None
+    keeplist_added: list[str] = field(default_factory=list)
+    keeplist_removed: list[str] = field(default_factory=list)
+
+
+def default_jobs() -> int:
+    """Parallel jobs: a traced run wants about a core and a few GB; never below one."""
+    cores = os.cpu_count() or 1
+    gib = psutil.virtual_memory().total / 2**30
+    return max(1, min(cores, int(gib // 4), 4))
+
+
+def find_profiles(args: list[str]) -> list[Path]:
+    """Profile files named directly, or every *.yaml/*.yml in a named directory."""
+    found: list[Path] = []
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            found += sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml"))
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise BadInput(f"{arg}: no such profile file or directory")
+    if not found:
+        raise BadInput("no profiles found in: " + " ".join(args))
+    return found
+
+
+def image_digest(ref: ImageRef) -> str:
+    """A cheap identity of the input image: the engine's image id or the bytes' sha256."""
+    if ref.transport == "docker-daemon":
+        import docker
+
+        from tracer.environment import docker_client
+
+        try:
+            return docker_client().images.get(f"{ref.name}:{ref.tag or 'latest'}").id
+        except docker.errors.ImageNotFound:
+            return "missing"
+    target = Path(ref.path or "")
+    files = [target / "index.json"] if target.is_dir() else [target]
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+        except OSError:
+            return "missing"
+    return "sha256:" + h.hexdigest()
+
+
+def output_exists(ref: ImageRef) -> bool:
+    if ref.transport == "docker-daemon":
+        from tracer.environment import docker_client
+
+        try:
+            docker_client().images.get(f"{ref.name}:{ref.tag or 'latest'}")
+            return True
+        except Exception:  # noqa: BLE001 - not there, whatever the reason
+            return False
+    return Path(ref.path or "").exists()
+
+
+def _fingerprint(profile_path: Path, profile: Profile) -> dict[str, str]:
+    return {
+        "image_digest": image_digest(parse_reference(profile.image)),
+        "profile_sha256": hashlib.sha256(profile_path.read_bytes()).hexdigest(),
+        "tracer_version": __version__,
+    }
+
+
+def _keeplist_paths(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    return {line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()
+            if line}
+
+
+class Batch:
+    """Runs jobs; `stop()` (Ctrl-C) terminates every running child and waits for it."""
+
+    def __init__(self, out: Path, jobs: int, force: bool) -> None:
+        self.out = out
+        self.jobs = jobs
+        self.force = force
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def run(self, profiles: list[Path]) -> list[JobResult]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            futures = [pool.submit(self._job, p) for p in profiles]
+            try:
+                return [f.result() for f in futures]
+            except KeyboardInterrupt:
+                self.stop()
+                for f in futures:
+                    f.cancel()
+                raise
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            procs = list(self._procs.values())
+        for proc in procs:
+            _terminate(proc)
+
+    def _job(self, profile_path: Path) -> JobResult:
+        started = time.monotonic()
+        try:
+            profile = load_profile(profile_path)
+        except TracerError as exc:
+            return JobResult(name=profile_path.stem, profile=str(profile_path), status="failed",
+                             exit_code=exc.exit_code, seconds=0.0, message=str(exc))
+        job_dir = self.out / profile.name
+        job_dir.mkdir(parents=True, exist_ok=True)
+        in_ref = parse_reference(profile.image)
+        out_ref = parse_reference(profile.output) if profile.output else default_output(in_ref)
+        result = JobResult(name=profile.name, profile=str(profile_path), status="failed",
+                           exit_code=None, seconds=0.0, output=str(out_ref),
+                           log=str(job_dir / "run.log"), report=str(job_dir / "report.json"))
+        state_path = job_dir / STATE_FILE
+        fingerprint = _fingerprint(profile_path, profile)
+        previous = json.loads(state_path.read_text()) if state_path.exists() else None
+        if (not self.force and previous == fingerprint and output_exists(out_ref)):
+            result.status, result.exit_code = "skipped", 0
+            result.message = "unchanged since the last successful run (image, profile, tracer)"
+            return result
+        if self._stopping:
+            result.message = "not started: the batch was interrupted"
+            return result
+        report_path = job_dir / "report.json"
+        keeplist_path = job_dir / "report.keeplist"
+        previous_keeplist = job_dir / "previous.keeplist"
+        if keeplist_path.exists():
+            shutil.copyfile(keeplist_path, previous_keeplist)
+        cmd = [sys.executable, "-m", "tracer", "minimize", str(profile_path),
+               "--report", str(report_path)]
+        timeout = 2 * profile.run.timeout + 600  # trace + verify each bounded by run.timeout
+        with open(job_dir / "run.log", "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+            with self._lock:
+                self._procs[proc.pid] = proc
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _terminate(proc)
+                code = None
+            finally:
+                with self._lock:
+                    self._procs.pop(proc.pid, None)
+        result.seconds = round(time.monotonic() - started, 3)
+        result.exit_code = code
+        report = _load_json(report_path)
+        if report:
+            result.size_before = report.get("size_before")
+            result.size_after = report.get("size_after")
+        if code is None:
+            result.message = f"timed out after {timeout:.0f}s; the job was stopped"
+        elif code == 0:
+            result.status = "passed"
+            result.message = "minimized and verified"
+            state_path.write_text(json.dumps(fingerprint, indent=2) + "\n")
+            new = _keeplist_paths(keeplist_path)
+            old = _keeplist_paths(previous_keeplist)
+            if old:
+                result.keeplist_added = sorted(new - old)
+                result.keeplist_removed = sorted(old - new)
+        else:
+            result.message = _last_error(job_dir / "run.log") or f"exit code {code}"
+            # A failed run leaves the previous keep-list as the one to compare against.
+            if previous_keeplist.exists():
+                shutil.copyfile(previous_keeplist, keeplist_path)
+        return result
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=KILL_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _load_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _last_error(log: Path) -> str:
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if line.startswith("tracer: ") and "done in" not in line and not line.endswith("..."):
+            return line[len("tracer: "):]
+    return lines[-1] if lines else ""
+
+
+def summary_table(results: list[JobResult]) -> str:
+    rows = [("profile", "status", "exit", "seconds", "before", "after", "keep-list diff")]
+    for r in results:
+        diff = f"+{len(r.keeplist_added)} -{len(r.keeplist_removed)}" \
+            if (r.keeplist_added or r.keeplist_removed) else ""
+        rows.append((r.name, r.status, "" if r.exit_code is None else str(r.exit_code),
+                     f"{r.seconds:.1f}", _size(r.size_before), _size(r.size_after), diff))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows]
+    for r in results:
+        if r.status == "failed":
+            lines.append(f"{r.name}: {r.message} (log: {r.log})")
+    return "\n".join(lines)
+
+
+def _size(n: int | None) -> str:
+    return "" if n is None else f"{n / 1e6:.1f}MB"
+
+
+def junit_xml(results: list[JobResult], seconds: float) -> str:
+    """One test case per image, so CI systems show each minimization as a test."""
+    failures = sum(r.status == "failed" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    out = ['<?xml version="1.0" encoding="UTF-8"?>',
+           f'<testsuite name="tracer batch" tests="{len(results)}" failures="{failures}" '
+           f'skipped="{skipped}" time="{seconds:.3f}">']
+    for r in results:
+        out.append(f'  <testcase classname="tracer.minimize" name={quoteattr(r.name)} '
+                   f'time="{r.seconds:.3f}">')
+        if r.status == "failed":
+            out.append(f"    <failure message={quoteattr(r.message)}>"
+                       f"{escape(r.message)}\nlog: {escape(r.log)}</failure>")
+        elif r.status == "skipped":
+            out.append(f"    <skipped message={quoteattr(r.message)}/>")
+        out.append("  </testcase>")
+    out.append("</testsuite>")
+    return "\n".join(out) + "\n"
+
+
+def write_summaries(out: Path, results: list[JobResult], seconds: float) -> None:
+    for name, text in (("summary.json", json.dumps(
+            {"tracer_version": __version__, "seconds": round(seconds, 3),
+             "jobs": [asdict(r) for r in results]}, indent=2) + "\n"),
+            ("junit.xml", junit_xml(results, seconds))):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out / name)
