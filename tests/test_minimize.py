@@ -1,0 +1,231 @@
+"""End to end: `tracer minimize` on every fixture image, through the real command line.
+
+Each minimized image must pass its smoke test, be much smaller, and a traced run of it
+must never look for a file that the original had and it lost. Also the contract's error
+paths: exit 3 (smoke fails on the original, nothing written), exit 2 (invalid profile,
+file:line), and an interrupted run that leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = REPO / "profiles"
+pytestmark = pytest.mark.integration
+
+# Upper bounds of size_after / size_before (flattened file content) per fixture.
+SIZE_BOUNDS = {"nginx": 0.10, "pyapp": 0.35, "hardcases": 0.35, "layers": 0.40}
+
+
+def tracer(*args: str, env: dict[str, str] | None = None,
+           timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env=env)
+
+
+def write_profile(tmp_path: Path, base: str, **changes: object) -> Path:
+    """A copy of a shipped profile with top-level fields replaced (None deletes)."""
+    data = yaml.safe_load((PROFILES / f"{base}.yaml").read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path = tmp_path / f"{base}-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class Minimized:
+    def __init__(self, name: str, proc: subprocess.CompletedProcess, report: dict,
+                 output: str, report_path: Path) -> None:
+        self.name, self.proc, self.report, self.output = name, proc, report, output
+        self.report_path = report_path
+
+
+@pytest.fixture(scope="module")
+def minimized(docker_client, fixture_image, host_strace, tmp_path_factory):
+    """Run `tracer minimize` once per fixture (on demand) and remove the outputs after."""
+    done: dict[str, Minimized] = {}
+    outputs: list[str] = []
+
+    def get(name: str) -> Minimized:
+        if name not in done:
+            fixture_image(name)
+            out_dir = tmp_path_factory.mktemp(f"min-{name}")
+            output = f"tracer-test/{name}:min-{uuid.uuid4().hex[:8]}"
+            outputs.append(output)
+            report_path = out_dir / f"{name}.json"
+            proc = tracer("minimize", str(PROFILES / f"{name}.yaml"), "--output",
+                          f"docker-daemon:{output}", "--report", str(report_path))
+            report = json.loads(report_path.read_text()) if report_path.exists() else {}
+            done[name] = Minimized(name, proc, report, output, report_path)
+        return done[name]
+
+    yield get
+    for output in outputs:
+        try:
+            docker_client.images.remove(output, force=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+@pytest.mark.parametrize("name", ["nginx", "pyapp", "hardcases", "layers"])
+def test_minimized_image_passes_and_is_small(minimized, docker_client, name: str) -> None:
+    m = minimized(name)
+    assert m.proc.returncode == 0, m.proc.stdout + m.proc.stderr
+    r = m.report
+    for key in ("name", "image", "output", "size_before", "size_after", "files_before",
+                "files_after", "verified", "seconds", "kept"):
+        assert key in r, key
+    assert r["verified"] is True and r["name"] == name
+    assert r["output"] == f"docker-daemon:{m.output}"
+    assert 0 < r["size_after"] <= SIZE_BOUNDS[name] * r["size_before"], (
+        r["size_after"], r["size_before"])
+    assert 0 < r["files_after"] < r["files_before"]
+    assert {"trace", "verify", "write"} <= set(r["seconds"])
+    assert r["kept"].get("elf", 0) > 0 and r["kept"].get("traced", 0) > 0
+    assert "strace" in r["recorders"]
+    # the before/after table is printed
+    assert "before" in m.proc.stdout and "after" in m.proc.stdout and "verified: yes" in \
+        m.proc.stdout
+    # keep-list file next to the report: sorted, one line per path with reasons
+    lines = Path(r["keeplist_file"]).read_text().splitlines()
+    assert lines == sorted(lines) and all("\t" in line for line in lines)
+    # the output is a real one-layer image with the original config
+    original = docker_client.images.get(f"tracer-fixture/{name}:test").attrs["Config"]
+    out = docker_client.images.get(m.output)
+    assert len(out.attrs["RootFS"]["Layers"]) == 1
+    for field in ("Env", "Entrypoint", "Cmd", "WorkingDir", "ExposedPorts", "Labels"):
+        assert out.attrs["Config"].get(field) == original.get(field), field
+
+
+@pytest.mark.parametrize("name", ["nginx", "pyapp", "hardcases"])
+def test_minimized_run_never_misses_an_original_file(minimized, name: str) -> None:
+    m = minimized(name)
+    assert m.proc.returncode == 0, m.proc.stderr
+    proc = tracer("diagnose", str(PROFILES / f"{name}.yaml"), "--image",
+                  f"docker-daemon:{m.output}", "--json", "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    diagnosis = json.loads(proc.stdout)
+    assert diagnosis["passed"] is True
+    assert diagnosis["missing"] == [], diagnosis["missing"][:20]
+
+
+def test_why_answers_kept_untouched_and_absent_paths(minimized) -> None:
+    m = minimized("nginx")
+    assert m.proc.returncode == 0, m.proc.stderr
+    kept = tracer("why", str(m.report_path), "/usr/sbin/nginx")
+    assert kept.returncode == 0 and "is KEPT because" in kept.stdout
+    assert "elf:" in kept.stdout and "traced:" in kept.stdout
+    untouched = tracer("why", str(m.report_path), "/usr/bin/apt-get")
+    assert "in the original image but nothing needed it" in untouched.stdout
+    absent = tracer("why", str(m.report_path), "/no/such/file")
+    assert "not in the original image at all" in absent.stdout
+    as_json = json.loads(tracer("why", str(m.report_path), "/usr/sbin/nginx", "--json").stdout)
+    assert as_json["kept"] is True and as_json["reasons"]
+
+
+@pytest.mark.parametrize("name,needed,rule", [
+    ("hardcases", "/opt/hard/plugins/libplug_zebra.so", "/opt/hard/plugins/**"),
+    ("hardcases", "/usr/share/zoneinfo/Europe/Berlin", "/usr/share/zoneinfo/Europe/**"),
+    ("pyapp", "/usr/lib/python3.11/json/decoder.py", "/usr/lib/python3.11/json/**"),
+])
+def test_excluding_a_needed_file_fails_verification_and_is_diagnosed(
+        fixture_image, host_strace, docker_client, tmp_path: Path, name: str, needed: str,
+        rule: str) -> None:
+    fixture_image(name)
+    base = yaml.safe_load((PROFILES / f"{name}.yaml").read_text())
+    profile = write_profile(tmp_path, name, exclude=[*base.get("exclude", []), rule],
+                            keep={k: v for k, v in base.get("keep", {}).items() if k != "paths"}
+                            | {"paths": [p for p in base.get("keep", {}).get("paths", [])
+                                         if not needed.startswith(p.rstrip("*"))]})
+    output = f"tracer-test/{name}:broken-{uuid.uuid4().hex[:8]}"
+    report_path = tmp_path / "r.json"
+    proc = tracer("minimize", str(profile), "--output", f"docker-daemon:{output}",
+                  "--report", str(report_path))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert needed in proc.stdout and rule in proc.stdout
+    report = json.loads(report_path.read_text())
+    assert report["verified"] is False
+    missing = report["diagnosis"]["missing"]
+    assert any(m["image_path"] == needed and m["excluded_by"] == rule for m in missing)
+    # the output was never written: only verified images are published
+    with pytest.raises(Exception):  # noqa: B017 - docker.errors.ImageNotFound
+        docker_client.images.get(output)
+    excluded = tracer("why", str(report_path), needed)
+    assert f"exclude rule {rule!r}" in excluded.stdout
+
+
+def test_smoke_failing_on_the_original_exits_3_and_writes_nothing(
+        fixture_image, host_strace, docker_client, tmp_path: Path) -> None:
+    fixture_image("hardcases")
+    profile = write_profile(tmp_path, "hardcases", smoke=[
+        {"command": ["/opt/hard/bin/helper.sh", "smoke"], "stdout": "^NOT WHAT IT PRINTS$"}])
+    output = f"tracer-test/hardcases:never-{uuid.uuid4().hex[:8]}"
+    report_path = tmp_path / "r.json"
+    proc = tracer("minimize", str(profile), "--output", f"docker-daemon:{output}",
+                  "--report", str(report_path))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "smoke[0].command" in proc.stderr
+    assert not report_path.exists() and not list(tmp_path.glob("r.*"))
+    with pytest.raises(Exception):  # noqa: B017 - docker.errors.ImageNotFound
+        docker_client.images.get(output)
+
+
+def test_invalid_profile_exits_2_with_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: x\nimage: x:1\nsmoke:\n  - http: {url: 'http://127.0.0.1/', "
+                   "status: ok}\n")
+    proc = tracer("minimize", str(bad))
+    assert proc.returncode == 2
+    assert f"{bad}:5: smoke[0].http.status: expected an integer" in proc.stderr
+
+
+def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docker_client,
+                                              tmp_path: Path) -> None:
+    image = fixture_image("nginx")
+    work = tmp_path / "work"
+    work.mkdir()
+    output = f"tracer-test/nginx:interrupted-{uuid.uuid4().hex[:8]}"
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    env = dict(os.environ, TRACER_WORKDIR=str(work))
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "minimize",
+                             str(PROFILES / "nginx.yaml"), "--output", f"docker-daemon:{output}"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 300
+        # wait until the traced container is running, then interrupt
+        while time.monotonic() < deadline:
+            running = [c for c in docker_client.containers.list()
+                       if c.id not in before and c.image.tags and image in c.image.tags]
+            if running:
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the traced container never started")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    after = {c.id for c in docker_client.containers.list(all=True)}
+    assert after <= before, "containers left behind"
+    assert list(work.iterdir()) == [], "temp dirs left behind"
+    leftovers = [t for i in docker_client.images.list() for t in i.tags
+                 if t.startswith("tracer-tmp/") or t == output]
+    assert leftovers == []
