@@ -1,0 +1,226 @@
+"""Path resolution inside an image root that has been extracted to a host directory.
+
+An image's symlinks are untrusted: `/lib -> /usr/lib` must mean the image's /usr/lib, and
+`/etc/x -> ../../../../etc/shadow` must never reach the host. The host kernel would follow
+both onto the host, so this module never lets it: every path is walked one component at a
+time (lstat + readlink), absolute targets restart at the image root and ".." is clamped at
+it, the way openat2(RESOLVE_IN_ROOT) does. Files are then opened component by component
+with O_NOFOLLOW, so even a tree changed behind our back cannot make the host follow a link.
+
+The root is treated as read-only for the life of a RootFS: lstat and readlink results are
+cached, which is what makes resolving thousands of library paths cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from tracer.errors import BadInput
+
+MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS: ELOOP after this many links in one lookup
+
+
+class SymlinkLoop(Exception):
+    """A lookup inside the image crossed more than MAX_SYMLINKS links (ELOOP)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path}: too many levels of symbolic links inside the image")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The result of resolving an in-image path.
+
+    `links` lists every symlink crossed, because a minimized image must keep each of them
+    (the program opens `/lib/x86_64-linux-gnu/libc.so.6`, which needs the `/lib` link).
+    """
+
+    path: str
+    links: tuple[str, ...]
+    exists: bool
+
+
+def normalize(path: str) -> str:
+    """Lexically normalize an absolute in-image path, clamping ".." at the root."""
+    out: list[str] = []
+    for comp in path.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(comp)
+    return "/" + "/".join(out)
+
+
+def _join(parts: list[str]) -> str:
+    return "/" + "/".join(parts)
+
+
+class RootFS:
+    """An extracted image root, with every lookup interpreted inside it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise BadInput(f"image root {self.root} is not a directory")
+        self._lstat_cache: dict[str, os.stat_result | None] = {}
+        self._link_cache: dict[str, str] = {}
+        self._resolve_cache: dict[tuple[str, bool], Resolved] = {}
+
+    # -- raw access, only for paths whose components are all already resolved ---------------
+    def host_path(self, path: str) -> Path:
+        """Host path for an in-image path whose components are already resolved.
+
+        Lexical only: ".." is clamped, but symlinks in `path` would be followed by the host,
+        so callers pass paths that came out of resolve().
+        """
+        rel = normalize(path).lstrip("/")
+        return self.root / rel if rel else self.root
+
+    def _raw_lstat(self, path: str) -> os.stat_result | None:
+        try:
+            return self._lstat_cache[path]
+        except KeyError:
+            pass
+        try:
+            st: os.stat_result | None = os.lstat(self.host_path(path))
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        self._lstat_cache[path] = st
+        return st
+
+    def _raw_readlink(self, path: str) -> str:
+        try:
+            return self._link_cache[path]
+        except KeyError:
+            target = os.readlink(self.host_path(path))
+            self._link_cache[path] = target
+            return target
+
+    # -- resolution -----------------------------------------------------------------------
+    def resolve(self, path: str, *, follow_last: bool = True, cwd: str = "/") -> Resolved:
+        """Resolve `path` inside the image, as the kernel would inside a chroot.
+
+        A missing component ends the walk: the rest is appended lexically and `exists` is
+        False, so callers still get a stable name and the links crossed so far.
+        Raises SymlinkLoop after MAX_SYMLINKS links.
+        """
+        if not path.startswith("/"):
+            path = cwd.rstrip("/") + "/" + path
+        key = (path, follow_last)
+        hit = self._resolve_cache.get(key)
+        if hit is not None:
+            return hit
+        result = self._walk(path, follow_last)
+        self._resolve_cache[key] = result
+        return result
+
+    def _walk(self, path: str, follow_last: bool) -> Resolved:
+        todo = [c for c in reversed(path.split("/")) if c not in ("", ".")]
+        cur: list[str] = []
+        links: list[str] = []
+        count = 0
+        while todo:
+            comp = todo.pop()
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if cur:
+                    cur.pop()
+                continue
+            cur.append(comp)
+            candidate = _join(cur)
+            st = self._raw_lstat(candidate)
+            if st is None:
+                return Resolved(normalize(_join(cur + todo[::-1])), tuple(links), False)
+            if stat.S_ISLNK(st.st_mode) and (todo or follow_last):
+                count += 1
+                if count > MAX_SYMLINKS:
+                    raise SymlinkLoop(path)
+                links.append(candidate)
+                target = self._raw_readlink(candidate)
+                cur.pop()
+                if target.startswith("/"):
+                    cur = []
+                if not target:
+                    return Resolved(normalize(_join(cur + todo[::-1])), tuple(links), False)
+                todo.extend(c for c in reversed(target.split("/")) if c not in ("", "."))
+                continue
+            if todo and not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+                # ENOTDIR: a file used as a directory
+                return Resolved(normalize(_join(cur + todo[::-1])), tuple(links), False)
+        return Resolved(_join(cur), tuple(links), True)
+
+    # -- safe accessors (every one interprets links inside the image) ----------------------
+    def lstat(self, path: str) -> os.stat_result | None:
+        """lstat of the last component; links in the parent directories are followed in-image."""
+        res = self.resolve(path, follow_last=False)
+        return self._raw_lstat(res.path) if res.exists else None
+
+    def stat(self, path: str) -> os.stat_result | None:
+        """stat following every link inside the image; None when missing or a link loops."""
+        try:
+            res = self.resolve(path)
+        except SymlinkLoop:
+            return None
+        return self._raw_lstat(res.path) if res.exists else None
+
+    def readlink(self, path: str) -> str:
+        """Target of the symlink `path` (its parents resolved in the image)."""
+        res = self.resolve(path, follow_last=False)
+        st = self._raw_lstat(res.path) if res.exists else None
+        if st is None or not stat.S_ISLNK(st.st_mode):
+            raise OSError(f"{path}: not a symbolic link inside the image")
+        return self._raw_readlink(res.path)
+
+    def listdir(self, path: str) -> list[str]:
+        """Names in the directory `path` (links followed in the image); [] when not a dir."""
+        st = self.stat(path)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return []
+        return sorted(os.listdir(self.host_path(self.resolve(path).path)))
+
+    def open(self, path: str) -> BinaryIO:
+        """Open a file for reading after resolving `path` in the image.
+
+        Each component is opened relative to the previous one with O_NOFOLLOW, so the host
+        never follows a link even if the tree changed since resolve().
+        """
+        res = self.resolve(path)
+        if not res.exists:
+            raise FileNotFoundError(f"{path}: no such file inside the image")
+        parts = [p for p in res.path.split("/") if p]
+        dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for comp in parts[:-1]:
+                nxt = os.open(
+                    comp,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=dir_fd,
+                )
+                os.close(dir_fd)
+                dir_fd = nxt
+            if not parts:
+                raise IsADirectoryError(f"{path}: is a directory")
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        return os.fdopen(fd, "rb")
+
+    def exists(self, path: str) -> bool:
+        return self.stat(path) is not None
+
+    def is_file(self, path: str) -> bool:
+        st = self.stat(path)
+        return st is not None and stat.S_ISREG(st.st_mode)
+
+    def is_dir(self, path: str) -> bool:
+        st = self.stat(path)
+        return st is not None and stat.S_ISDIR(st.st_mode)
