@@ -1,0 +1,332 @@
+"""Hand-made loader cases, compiled by the test with gcc, checked against the real ld.so.
+
+The image is a temporary merged-/usr root holding the host's own glibc loader and libc
+(Debian x86_64), plus programs and libraries built here. Each case asserts the expected
+answer explicitly, and, when we are root, that the real loader run in a chroot of that
+root (`ld.so --list`) agrees.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tracer.rootfs import RootFS
+from tracer.static import Closure, Resolver, entrypoint_roots, format_text, to_json, which
+
+HOST_LDSO = Path("/lib64/ld-linux-x86-64.so.2")
+TRIPLET_DIR = "usr/lib/x86_64-linux-gnu"
+
+
+def loaded(c: Closure) -> set[str]:
+    """Real paths of the objects the loader maps (libraries and interpreter)."""
+    return {p for p, needs in c.files.items() if any(n.kind in ("needed", "interp") for n in needs)}
+
+
+def real_loader(root: Path, exe: str, env: dict[str, str] | None = None) -> tuple[set, set]:
+    """(mapped files, names not found) as the image's loader reports them, via chroot."""
+    if os.geteuid() != 0:
+        pytest.skip("comparing with the real loader needs chroot (root)")
+    # ldd's own method: LD_TRACE_LOADED_OBJECTS makes the loader list instead of run, and
+    # keeps going past a missing library (`ld.so --list` stops at the first one). chroot is
+    # done in the child itself so the variable reaches only the image's loader.
+    out = subprocess.run(
+        ["/lib64/ld-linux-x86-64.so.2", exe],
+        capture_output=True, text=True, cwd="/", preexec_fn=lambda: os.chroot(root),
+        env={"LD_TRACE_LOADED_OBJECTS": "1", **(env or {})}, check=False,
+    )
+    fs = RootFS(root)
+    found, missing = set(), set()
+    for line in out.stdout.splitlines():
+        line = line.strip()
+        if not line or line.startswith("linux-vdso"):
+            continue
+        if "=> not found" in line:
+            missing.add(line.split()[0])
+            continue
+        path = line.split("=>")[1] if "=>" in line else line
+        found.add(fs.resolve(path.split("(")[0].strip()).path)
+    return found, missing
+
+
+def agrees(root: Path, exe: str, c: Closure, env: dict[str, str] | None = None) -> None:
+    found, missing = real_loader(root, exe, env)
+    assert loaded(c) == found
+    assert {m.name for m in c.missing} == missing
+
+
+def cc(gcc: str, src: str, out: Path, *flags: str) -> None:
+    """Compile C source text into `out` (a program, or a library with -shared)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    c_file = out.parent / (out.name + ".c")
+    c_file.write_text(src)
+    done = subprocess.run([gcc, "-o", str(out), str(c_file), *flags], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    c_file.unlink()
+
+
+LIB = "int {name}(void) {{ return {body}; }}\n"
+PROG = "int {fn}(void);\nint main(void) {{ return {fn}(); }}\n"
+
+
+@pytest.fixture(scope="module")
+def sysroot(tmp_path_factory: pytest.TempPathFactory, gcc: str) -> Path:
+    """A small image root: host loader + libc, merged /usr, no ld.so.cache."""
+    if not HOST_LDSO.exists():
+        pytest.skip("needs an x86_64 glibc host")
+    root = tmp_path_factory.mktemp("image")
+    libdir = root / TRIPLET_DIR
+    libdir.mkdir(parents=True)
+    for name in ("libc.so.6", "ld-linux-x86-64.so.2"):
+        shutil.copy2(Path("/lib/x86_64-linux-gnu") / name, libdir / name)
+    (root / "usr/lib64").mkdir()
+    os.symlink(
+        "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", root / "usr/lib64/ld-linux-x86-64.so.2"
+    )
+    for top in ("lib", "lib64", "bin"):
+        os.symlink(f"usr/{top}", root / top)
+    (root / "usr/bin").mkdir()
+    (root / "etc").mkdir()
+    shutil.copy2("/usr/bin/env", root / "usr/bin/env")
+
+    # RPATH (inherited) vs RUNPATH (not inherited): liba needs libb, both in /opt/a
+    cc(gcc, LIB.format(name="b", body=2), root / "opt/a/libb.so", "-shared", "-fPIC")
+    cc(gcc, "int b(void);\n" + LIB.format(name="a", body="b()"), root / "opt/a/liba.so",
+       "-shared", "-fPIC", f"-L{root}/opt/a", "-lb")
+    prog_a = PROG.format(fn="a")
+    cc(gcc, prog_a, root / "app/rpath", f"-L{root}/opt/a", "-la", f"-Wl,-rpath-link,{root}/opt/a",
+       "-Wl,--disable-new-dtags", "-Wl,-rpath,/opt/a")
+    cc(gcc, prog_a, root / "app/runpath", f"-L{root}/opt/a", "-la",
+       f"-Wl,-rpath-link,{root}/opt/a",
+       "-Wl,--enable-new-dtags", "-Wl,-rpath,/opt/a")
+
+    # $ORIGIN and $LIB
+    cc(gcc, LIB.format(name="o", body=3), root / "app/lib/libo.so", "-shared", "-fPIC")
+    cc(gcc, PROG.format(fn="o"), root / "app/bin/origin", f"-L{root}/app/lib", "-lo",
+       "-Wl,-rpath,$ORIGIN/../lib")
+    cc(gcc, LIB.format(name="l", body=4), root / "opt/lib/x86_64-linux-gnu/libl.so",
+       "-shared", "-fPIC")
+    cc(gcc, PROG.format(fn="l"), root / "app/dstlib", f"-L{root}/opt/lib/x86_64-linux-gnu",
+       "-ll", "-Wl,--disable-new-dtags", "-Wl,-rpath,/opt/$LIB")
+
+    cc(gcc, LIB.format(name="pl", body=4), root / "opt/p/x86_64/libpl.so", "-shared", "-fPIC")
+    cc(gcc, PROG.format(fn="pl"), root / "app/dstplat", f"-L{root}/opt/p/x86_64", "-lpl",
+       "-Wl,-rpath,/opt/p/${PLATFORM}")
+
+    # wrong class first in the path: a 32-bit libw.so in /opt/w32, the right one in /opt/w64
+    cc(gcc, LIB.format(name="w", body=5), root / "opt/w32/libw.so",
+       "-m32", "-shared", "-fPIC", "-nostdlib")
+    cc(gcc, LIB.format(name="w", body=5), root / "opt/w64/libw.so", "-shared", "-fPIC")
+    cc(gcc, PROG.format(fn="w"), root / "app/wrongclass", f"-L{root}/opt/w64", "-lw",
+       "-Wl,-rpath,/opt/w32:/opt/w64")
+
+    # a missing library: build against a stub, then remove it
+    cc(gcc, LIB.format(name="gone", body=6), root / "tmp/stub/libgone.so", "-shared", "-fPIC")
+    cc(gcc, PROG.format(fn="gone"), root / "app/missing", f"-L{root}/tmp/stub", "-lgone")
+    shutil.rmtree(root / "tmp/stub")
+
+    # a symlink loop before the real library, and a corrupt ELF before another
+    (root / "opt/loop").mkdir(parents=True)
+    os.symlink("libp.so", root / "opt/loop/libq.so")
+    os.symlink("libq.so", root / "opt/loop/libp.so")
+    cc(gcc, LIB.format(name="p", body=7), root / "opt/good/libp.so", "-shared", "-fPIC")
+    cc(gcc, PROG.format(fn="p"), root / "app/loop", f"-L{root}/opt/good", "-lp",
+       "-Wl,-rpath,/opt/loop:/opt/good")
+    (root / "opt/bad").mkdir()
+    (root / "opt/bad/libp.so").write_bytes(b"\x7fELF\x02\x01\x01" + b"\xff" * 40)
+    cc(gcc, PROG.format(fn="p"), root / "app/corruptdep", f"-L{root}/opt/good", "-lp",
+       "-Wl,-rpath,/opt/bad:/opt/good")
+
+    # LD_LIBRARY_PATH-only library
+    cc(gcc, LIB.format(name="e", body=8), root / "opt/env/libe.so", "-shared", "-fPIC")
+    cc(gcc, PROG.format(fn="e"), root / "app/envlib", f"-L{root}/opt/env", "-le")
+
+    # ld.so.conf (+ include glob) and ld.so.cache
+    (root / "etc/ld.so.conf.d").mkdir()
+    (root / "etc/ld.so.conf").write_text("# test\ninclude /etc/ld.so.conf.d/*.conf\n")
+    (root / "etc/ld.so.conf.d/opt.conf").write_text("/opt/conf\n")
+    (root / "etc/ld.so.conf.d/ignored.txt").write_text("/opt/never\n")
+    cc(gcc, LIB.format(name="k", body=9), root / "opt/conf/libk.so", "-shared", "-fPIC")
+    cc(gcc, PROG.format(fn="k"), root / "app/conflib", f"-L{root}/opt/conf", "-lk")
+
+    # glibc-hwcaps: a v2 build next to the baseline build
+    cc(gcc, LIB.format(name="h", body=10), root / "opt/h/libh.so", "-shared", "-fPIC")
+    cc(gcc, LIB.format(name="hx", body=11), root / "opt/h/libhx.so", "-shared", "-fPIC")
+    cc(gcc, LIB.format(name="h", body=10), root / "opt/h/glibc-hwcaps/x86-64-v2/libh.so",
+       "-shared", "-fPIC", f"-L{root}/opt/h", "-Wl,--no-as-needed", "-lhx",
+       "-Wl,-rpath,/opt/h")  # only the v2 build needs libhx
+    cc(gcc, PROG.format(fn="h"), root / "app/hwcaps", f"-L{root}/opt/h", "-lh",
+       "-Wl,-rpath,/opt/h")
+
+    # scripts
+    script = root / "app/run.sh"
+    script.write_text("#!/usr/bin/env -S origin --flag\necho hi\n")
+    script.chmod(0o755)
+    (root / "app/data.txt").write_text("plain data\n")
+    return root
+
+
+LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+LDSO = "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+
+
+def test_rpath_is_inherited_by_dependencies(sysroot: Path) -> None:
+    c = Resolver(RootFS(sysroot)).closure(["/app/rpath"])
+    assert loaded(c) == {"/opt/a/liba.so", "/opt/a/libb.so", LIBC, LDSO}
+    assert c.missing == [] and c.errors == []
+    assert c.files["/opt/a/libb.so"][0].chain == ("/app/rpath", "liba.so", "libb.so")
+    agrees(sysroot, "/app/rpath", c)
+
+
+def test_runpath_is_not_inherited(sysroot: Path) -> None:
+    c = Resolver(RootFS(sysroot)).closure(["/app/runpath"])
+    assert "/opt/a/liba.so" in loaded(c)
+    assert "/opt/a/libb.so" not in loaded(c)
+    assert [(m.name, m.needed_by) for m in c.missing] == [
+        ("libb.so", ("/app/runpath", "liba.so"))
+    ]
+    agrees(sysroot, "/app/runpath", c)
+
+
+def test_origin_and_lib_tokens(sysroot: Path) -> None:
+    r = Resolver(RootFS(sysroot))
+    c = r.closure(["/app/bin/origin"])
+    assert "/app/lib/libo.so" in loaded(c)
+    agrees(sysroot, "/app/bin/origin", c)
+    c = r.closure(["/app/dstlib"])
+    assert "/opt/lib/x86_64-linux-gnu/libl.so" in loaded(c)  # Debian: $LIB = lib/TRIPLET
+    agrees(sysroot, "/app/dstlib", c)
+    c = r.closure(["/app/dstplat"])
+    assert "/opt/p/x86_64/libpl.so" in loaded(c)
+    agrees(sysroot, "/app/dstplat", c)
+
+
+def test_wrong_class_library_earlier_in_path_is_skipped(sysroot: Path) -> None:
+    c = Resolver(RootFS(sysroot)).closure(["/app/wrongclass"])
+    assert "/opt/w64/libw.so" in loaded(c)
+    assert "/opt/w32/libw.so" not in c.files
+    agrees(sysroot, "/app/wrongclass", c)
+
+
+def test_missing_library_is_reported_not_dropped(sysroot: Path) -> None:
+    c = Resolver(RootFS(sysroot)).closure(["/app/missing"])
+    assert [(m.name, m.needed_by) for m in c.missing] == [("libgone.so", ("/app/missing",))]
+    assert "libgone.so  not found, needed by /app/missing" in format_text(c)
+    assert to_json(c)["missing"] == [{"name": "libgone.so", "needed_by": ["/app/missing"]}]
+    agrees(sysroot, "/app/missing", c)
+
+
+def test_symlink_loop_in_search_path_is_reported_and_ends_that_path_list(sysroot: Path) -> None:
+    """ld.so stops searching a path list at an ELOOP (only ENOENT/EACCES go on)."""
+    c = Resolver(RootFS(sysroot)).closure(["/app/loop"])
+    assert "/opt/good/libp.so" not in c.files
+    assert [m.name for m in c.missing] == ["libp.so"]
+    assert any("/opt/loop/libp.so" in e and "symbolic links" in e for e in c.errors)
+    agrees(sysroot, "/app/loop", c)
+
+
+def test_corrupt_elf_gives_a_clear_error_not_a_crash(sysroot: Path) -> None:
+    c = Resolver(RootFS(sysroot)).closure(["/app/corruptdep", "/opt/bad/libp.so"])
+    assert "/opt/good/libp.so" in loaded(c)
+    assert c.errors and all("/opt/bad/libp.so" in e for e in c.errors)
+    assert "corrupt ELF" in c.errors[0]
+    assert "errors (1):" in format_text(c)
+
+
+def test_ld_library_path_from_env(sysroot: Path) -> None:
+    fs = RootFS(sysroot)
+    without = Resolver(fs).closure(["/app/envlib"])
+    assert [m.name for m in without.missing] == ["libe.so"]
+    env = {"LD_LIBRARY_PATH": "/opt/env"}
+    c = Resolver(fs, env).closure(["/app/envlib"])
+    assert "/opt/env/libe.so" in loaded(c) and c.missing == []
+    agrees(sysroot, "/app/envlib", c, env)
+
+
+def test_ld_so_conf_include_glob_then_cache_including_a_stale_one(
+    sysroot: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "img"
+    shutil.copytree(sysroot, root, symlinks=True)
+    c = Resolver(RootFS(root)).closure(["/app/conflib"])  # no cache: ld.so.conf dirs stand in
+    assert "/opt/conf/libk.so" in loaded(c)
+    if shutil.which("ldconfig") is None:
+        pytest.skip("ldconfig not installed")
+    subprocess.run(["ldconfig", "-r", str(root)], check=True, capture_output=True)
+    c = Resolver(RootFS(root)).closure(["/app/conflib"])
+    assert "/opt/conf/libk.so" in loaded(c)
+    agrees(root, "/app/conflib", c)
+    # a library moved after ldconfig ran: the stale cache no longer finds it, nor does ld.so
+    (root / "opt/conf/libk.so").rename(root / "opt/conf/libk.so.moved")
+    os.link(root / "opt/conf/libk.so.moved", root / "opt/conf/libk2.so")
+    c = Resolver(RootFS(root)).closure(["/app/conflib"])
+    assert [m.name for m in c.missing] == ["libk.so"]
+    agrees(root, "/app/conflib", c)
+
+
+def test_glibc_hwcaps_variant_is_preferred_and_baseline_kept(sysroot: Path) -> None:
+    c = Resolver(RootFS(sysroot)).closure(["/app/hwcaps"])
+    assert {"/opt/h/glibc-hwcaps/x86-64-v2/libh.so", "/opt/h/libh.so"} <= loaded(c)
+    assert "/opt/h/libhx.so" in loaded(c)  # a variant's own dependencies are kept too
+    found, _ = real_loader(sysroot, "/app/hwcaps")
+    assert found <= loaded(c)  # the variant this CPU picks is among those kept
+
+
+def test_interp_and_its_symlinks_are_kept(sysroot: Path) -> None:
+    c = Resolver(RootFS(sysroot)).closure(["/app/rpath"])
+    assert {n.kind for n in c.files["/lib64"]} == {"symlink"}
+    assert "/usr/lib64/ld-linux-x86-64.so.2" in c.files  # the link named by PT_INTERP
+    assert "/lib" in c.files  # crossed on the way to its target
+    assert c.files[LDSO][0].kind == "interp"
+
+
+def test_shebang_through_env_uses_image_path(sysroot: Path) -> None:
+    fs = RootFS(sysroot)
+    assert which(fs, "origin", "/nowhere:/app/bin") == "/app/bin/origin"
+    assert which(fs, "data.txt", "/app") is None  # not executable
+    c = Resolver(fs, {"PATH": "/app/bin:/usr/bin"}).closure(["/app/run.sh"])
+    assert c.files["/app/run.sh"][0].kind == "root"
+    assert c.files["/usr/bin/env"][0].kind == "shebang"
+    assert c.files["/app/bin/origin"][0].chain == ("/app/run.sh", "/usr/bin/env", "/app/bin/origin")
+    assert "/app/lib/libo.so" in loaded(c)
+    assert c.missing == [] and c.errors == []
+    missing = Resolver(fs, {"PATH": "/usr/bin"}).closure(["/app/run.sh"])
+    assert [(m.name, m.needed_by) for m in missing.missing] == [
+        ("origin", ("/app/run.sh", "/usr/bin/env"))
+    ]
+
+
+def test_data_file_and_bare_names(sysroot: Path) -> None:
+    fs = RootFS(sysroot)
+    c = Resolver(fs, {"PATH": "/app/bin"}).closure(
+        ["/app/data.txt", "origin", "nosuchprog", "/app/bin"]
+    )
+    assert c.files["/app/bin"][0].kind == "root"  # a directory: kept, nothing to follow
+    assert c.files["/app/data.txt"] == [c.files["/app/data.txt"][0]]
+    assert c.files["/app/data.txt"][0].kind == "root"
+    assert "/app/bin/origin" in c.files
+    assert [m.name for m in c.missing] == ["nosuchprog"]
+    assert c.errors == []
+    assert stat.S_ISREG(fs.stat("/app/data.txt").st_mode)
+
+
+def test_json_lists_every_file_with_reasons(sysroot: Path) -> None:
+    c = Resolver(RootFS(sysroot)).closure(["/app/rpath"])
+    data = to_json(c)
+    paths = [f["path"] for f in data["files"]]
+    assert paths == sorted(c.files)
+    entry = next(f for f in data["files"] if f["path"] == "/opt/a/libb.so")
+    assert entry["reasons"] == [{"kind": "needed", "chain": ["/app/rpath", "liba.so", "libb.so"]}]
+    assert data["errors"] == [] and data["missing"] == []
+
+
+def test_entrypoint_roots_follow_docker_rules() -> None:
+    assert entrypoint_roots(["/usr/sbin/nginx"], ["-g", "daemon off;"]) == ["/usr/sbin/nginx"]
+    assert entrypoint_roots(None, ["python3", "app.py"]) == ["python3"]
+    assert entrypoint_roots([], []) == []

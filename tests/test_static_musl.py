@@ -1,0 +1,91 @@
+"""musl's loader rules: /etc/ld-musl-ARCH.path, inherited RUNPATH, libc.so built into ld.so.
+
+Programs are built with Debian's musl-gcc (package musl-tools) into an image-like root
+holding musl's real loader; when we are root, musl's own `ld-musl --list` in a chroot of
+that root is the oracle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tracer.rootfs import RootFS
+from tracer.static import Resolver
+
+MUSL_LIBC = Path("/usr/lib/x86_64-linux-musl/libc.so")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _cc(*args: str) -> None:
+    done = subprocess.run(["musl-gcc", *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def muslroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("musl-gcc") is None or not MUSL_LIBC.exists():
+        if IN_CI:
+            pytest.fail("musl-tools not installed; run scripts/setup")
+        pytest.skip("musl-tools not installed")
+    tmp = tmp_path_factory.mktemp("musl")
+    root = tmp / "root"
+    (root / "usr/lib/x86_64-linux-musl").mkdir(parents=True)
+    shutil.copy2(MUSL_LIBC, root / "usr/lib/x86_64-linux-musl/libc.so")
+    os.symlink("x86_64-linux-musl/libc.so", root / "usr/lib/ld-musl-x86_64.so.1")
+    os.symlink("usr/lib", root / "lib")
+    (root / "etc").mkdir()
+    (root / "etc/ld-musl-x86_64.path").write_text("/opt/m\n/usr/lib/x86_64-linux-musl\n")
+    for d in ("opt/m", "opt/r", "opt/notinpath", "app"):
+        (root / d).mkdir(parents=True)
+    src = tmp / "r.c"
+    src.write_text("int r(void) { return 0; }\n")
+    _cc("-shared", "-fPIC", "-o", str(root / "opt/r/libr.so"), str(src))
+    src.write_text("int r(void);\nint m(void) { return r(); }\n")
+    _cc("-shared", "-fPIC", "-o", str(root / "opt/m/libm1.so"), str(src),
+        f"-L{root}/opt/r", "-lr")
+    src.write_text("int m(void);\nint main(void) { return m(); }\n")
+    # RUNPATH on the program only: musl (unlike glibc) uses it for libm1.so's libr.so too
+    _cc("-o", str(root / "app/prog"), str(src), f"-L{root}/opt/m", "-lm1",
+        f"-Wl,-rpath-link,{root}/opt/r", "-Wl,--enable-new-dtags", "-Wl,-rpath,/opt/r")
+    src.write_text("int n(void) { return 0; }\n")
+    _cc("-shared", "-fPIC", "-o", str(root / "opt/notinpath/libn.so"), str(src))
+    src.write_text("int n(void);\nint main(void) { return n(); }\n")
+    _cc("-o", str(root / "app/needs-n"), str(src), f"-L{root}/opt/notinpath", "-ln")
+    return root
+
+
+def musl_list(root: Path, exe: str) -> tuple[set[str], str]:
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    out = subprocess.run(["/lib/ld-musl-x86_64.so.1", "--list", exe], capture_output=True,
+                         text=True, cwd="/", preexec_fn=lambda: os.chroot(root), check=False)
+    fs = RootFS(root)
+    found = set()
+    for line in out.stdout.splitlines():
+        path = line.split("=>")[1] if "=>" in line else line
+        found.add(fs.resolve(path.split("(")[0].strip()).path)
+    return found, out.stderr
+
+
+def test_musl_path_file_and_inherited_runpath(muslroot: Path) -> None:
+    c = Resolver(RootFS(muslroot)).closure(["/app/prog"])
+    mapped = {p for p, ns in c.files.items() if any(n.kind in ("needed", "interp") for n in ns)}
+    assert mapped == {"/usr/lib/x86_64-linux-musl/libc.so", "/opt/m/libm1.so", "/opt/r/libr.so"}
+    assert c.missing == [] and c.errors == []
+    assert "/usr/lib/ld-musl-x86_64.so.1" in c.files and "/lib" in c.files
+    found, _ = musl_list(muslroot, "/app/prog")
+    assert found == mapped
+
+
+def test_musl_missing_library(muslroot: Path) -> None:
+    c = Resolver(RootFS(muslroot)).closure(["/app/needs-n"])
+    assert [(m.name, m.needed_by) for m in c.missing] == [("libn.so", ("/app/needs-n",))]
+    _found, err = musl_list(muslroot, "/app/needs-n")
+    assert "libn.so" in err
+    with_env = Resolver(RootFS(muslroot), {"LD_LIBRARY_PATH": "/opt/notinpath"})
+    assert with_env.closure(["/app/needs-n"]).missing == []

@@ -1,0 +1,115 @@
+"""The correctness oracle: the resolver must agree with the image's own loader.
+
+For every ELF executable and shared library of the bookworm fixture root, the set of files
+the resolver says the loader maps equals what that image's loader reports (vdso aside):
+once through `ldd` inside a container of tracer-fixture/base:bookworm, once through the
+image's ld.so in a chroot of the extracted root.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tracer.rootfs import RootFS
+from tracer.static import Closure, Resolver
+
+ROOTFS = Path("/var/cache/tracer/rootfs-bookworm")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+pytestmark = pytest.mark.integration
+
+
+def _need_rootfs() -> RootFS:
+    if not (ROOTFS / "usr/bin").is_dir():
+        if IN_CI:
+            pytest.fail(f"{ROOTFS} missing in CI; run scripts/setup")
+        pytest.skip(f"{ROOTFS} missing; run scripts/setup")
+    return RootFS(ROOTFS)
+
+
+def elf_files(root: Path) -> list[str]:
+    """In-image paths of every regular ELF file under `root` (links not followed)."""
+    out = []
+    for d, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            with open(p, "rb") as fh:
+                if fh.read(4) == b"\x7fELF":
+                    out.append("/" + os.path.relpath(p, root))
+    return sorted(out)
+
+
+def parse_ldd(text: str, fs: RootFS) -> tuple[set[str], set[str]]:
+    """(real in-image paths mapped, names not found) from ldd-format output."""
+    found, missing = set(), set()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("linux-vdso") or "statically linked" in line:
+            continue
+        if "not a dynamic executable" in line:
+            continue
+        if "=> not found" in line:
+            missing.add(line.split()[0])
+            continue
+        path = line.split("=>")[1] if "=>" in line else line
+        found.add(fs.resolve(path.split("(")[0].strip()).path)
+    return found, missing
+
+
+def mapped(c: Closure) -> set[str]:
+    return {p for p, ns in c.files.items() if any(n.kind in ("needed", "interp") for n in ns)}
+
+
+def test_every_elf_agrees_with_the_image_loader_in_a_chroot() -> None:
+    fs = _need_rootfs()
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    elves = elf_files(ROOTFS)
+    assert len(elves) > 100
+    resolver = Resolver(fs)
+    diffs = []
+    for exe in elves:
+        out = subprocess.run(
+            ["/lib64/ld-linux-x86-64.so.2", exe], capture_output=True, text=True, cwd="/",
+            preexec_fn=lambda: os.chroot(ROOTFS), env={"LD_TRACE_LOADED_OBJECTS": "1"},
+            check=False,
+        )
+        want, want_missing = parse_ldd(out.stdout, fs)
+        c = resolver.closure([exe])
+        got_missing = {m.name for m in c.missing}
+        if mapped(c) != want or got_missing != want_missing or c.errors:
+            diffs.append((exe, mapped(c) ^ want, got_missing ^ want_missing, c.errors))
+    assert diffs == []
+
+
+def test_agrees_with_ldd_inside_a_container(docker_client, fixture_image) -> None:
+    fs = _need_rootfs()
+    image = fixture_image("base")
+    elves = elf_files(ROOTFS)
+    script = 'for f in "$@"; do echo "== $f"; ldd "$f" 2>&1; done'
+    container = docker_client.containers.create(
+        image, ["/bin/sh", "-c", script, "sh", *elves], network_mode="none"
+    )
+    try:
+        container.start()
+        assert container.wait(timeout=600)["StatusCode"] in (0, 1)
+        logs = container.logs(stdout=True, stderr=True).decode()
+    finally:
+        container.remove(force=True)
+    sections = logs.split("== ")[1:]
+    assert len(sections) == len(elves)
+    resolver = Resolver(fs)
+    diffs = []
+    for sec in sections:
+        exe, _, body = sec.partition("\n")
+        want, want_missing = parse_ldd(body, fs)
+        c = resolver.closure([exe])
+        if mapped(c) != want or {m.name for m in c.missing} != want_missing:
+            diffs.append((exe, mapped(c) ^ want))
+    assert diffs == []
