@@ -1,0 +1,340 @@
+"""run_smoke against the real Docker engine: traced and untraced, passing and failing.
+
+Two tiny images are built here (and removed at the end): a perl HTTP service from the
+base fixture (a `#!` script, so the kernel opens the interpreter where strace cannot see
+it), and an image that holds nothing but a static binary and a data file (no libc: the
+strace bundle must bring everything it needs).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import tarfile
+
+import pytest
+
+from tracer.errors import BadInput
+from tracer.profile_model import (
+    CommandStep,
+    ExecStep,
+    HttpStep,
+    Profile,
+    Ready,
+    RunSpec,
+    SleepStep,
+    SmokeStep,
+)
+from tracer.trace import fanotify
+from tracer.trace.run import run_smoke
+
+pytestmark = pytest.mark.integration
+
+SVC = "tracer-test/trace-svc:test"
+STATIC = "tracer-test/trace-static:test"
+
+SERVER = r"""#!/usr/bin/perl
+use strict; use warnings; use IO::Socket::INET;
+my $port = $ENV{PORT} or die "no PORT";
+open(my $c, '<', '/srv/app.conf') or die "no conf: $!";
+my $greeting = <$c>; close $c;
+print "optional\n" if -e '/srv/optional.conf';
+my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port, Listen => 5,
+                              ReuseAddr => 1) or die "listen: $!";
+$SIG{TERM} = sub { exit 0 };
+$| = 1;
+print "listening on $port\n";
+while (my $cl = $s->accept) {
+    my $req = <$cl> // ''; my ($path) = $req =~ m{GET (\S+)}; $path //= '/';
+    while (my $l = <$cl>) { last if $l =~ /^\r?\n$/ }
+    my $f = '/srv/www' . ($path eq '/' ? '/index.html' : $path);
+    if (open(my $fh, '<', $f)) {
+        local $/; my $b = <$fh>;
+        print $cl "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n$greeting$b";
+    } else {
+        print $cl "HTTP/1.0 404 Not Found\r\n\r\nnot found\n";
+    }
+    close $cl;
+}
+"""
+
+STATIC_C = r"""
+#include <stdio.h>
+int main(int argc, char **argv) {
+    FILE *f = fopen(argc > 1 ? argv[1] : "/data/hello.txt", "r");
+    char buf[64] = {0};
+    if (!f) { perror("open"); return 3; }
+    fread(buf, 1, sizeof buf - 1, f);
+    fputs(buf, stdout);
+    return 0;
+}
+"""
+
+
+def _containers(client, image: str) -> list:
+    """Containers of our smoke runs from `image` (others work on the same engine)."""
+    return client.containers.list(
+        all=True, filters={"ancestor": image, "label": "org.tracer.smoke"}
+    )
+
+
+@pytest.fixture(scope="module")
+def images(docker_client, fixture_image, gcc, tmp_path_factory):
+    """Build the two test images once for the module; remove them afterwards."""
+    base = fixture_image("base")
+    ctx = tmp_path_factory.mktemp("svc")
+    (ctx / "server.pl").write_text(SERVER)
+    (ctx / "server.pl").chmod(0o755)
+    (ctx / "app.conf").write_text("hello from app.conf\n")
+    (ctx / "index.html").write_text("index page\n")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base}\n"
+        "COPY server.pl /srv/server.pl\n"
+        "COPY app.conf /srv/app.conf\n"
+        "COPY index.html /srv/www/index.html\n"
+        'CMD ["/srv/server.pl"]\n'
+    )
+    docker_client.images.build(path=str(ctx), tag=SVC, network_mode="none", rm=True)
+
+    src = ctx / "s.c"
+    src.write_text(STATIC_C)
+    subprocess.run([gcc, "-static", "-O2", "-o", str(ctx / "app"), str(src)], check=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(ctx / "app", arcname="app")
+        info = tarfile.TarInfo("data")
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(info)
+        data = b"hello static\n"
+        info = tarfile.TarInfo("data/hello.txt")
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+    docker_client.api.import_image_from_data(
+        buf.getvalue(), repository=STATIC.split(":")[0], tag="test", changes=['CMD ["/app"]']
+    )
+    yield {"svc": SVC, "static": STATIC}
+    for ref in (SVC, STATIC):
+        for c in _containers(docker_client, ref):
+            c.remove(force=True)
+        docker_client.images.remove(ref, force=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def svc_profile(port: int, smoke: list, ready_log: str = "listening on") -> Profile:
+    return Profile(
+        name="svc",
+        image=SVC,
+        run=RunSpec(
+            env={"PORT": str(port)},
+            user="1000",
+            network="host",
+            tmpfs=["/tmp"],
+            ready=Ready(log=ready_log, tcp=port, timeout=15),
+            timeout=120,
+        ),
+        smoke=[SmokeStep(i, s) for i, s in enumerate(smoke)],
+    )
+
+
+def _find(result, path, syscall=None, step=None, ok=True):
+    return [
+        a
+        for a in result.accesses
+        if a.path == path
+        and a.ok == ok
+        and (syscall is None or a.syscall == syscall)
+        and (step is None or a.step == step)
+    ]
+
+
+def test_traced_service_records_every_file_with_its_step_and_cleans_up(
+    docker_client, images, tmp_path
+):
+    port = _free_port()
+    profile = svc_profile(
+        port,
+        [
+            HttpStep(url=f"http://127.0.0.1:{port}/", status=200, body="index page"),
+            ExecStep(argv=["cat", "/etc/debian_version"], stdout=r"^12"),
+            CommandStep(argv=["ls", "/srv/www"], stdout="index.html"),
+            SleepStep(0.2),
+        ],
+    )
+    messages: list[str] = []
+    r = run_smoke(profile, images["svc"], traced=True, workdir=tmp_path, progress=messages.append)
+    assert r.passed, (r.failure, r.steps)
+    assert [s.label for s in r.steps] == [
+        "ready",
+        "smoke[0].http",
+        "smoke[1].exec",
+        "smoke[2].command",
+        "smoke[3].sleep",
+    ]
+    assert r.steps[2].exit_code == 0
+    assert "strace" in r.recorders
+
+    conf = _find(r, "/srv/app.conf", "openat", step="run")
+    assert conf and conf[0].program == "/srv/server.pl" and conf[0].cmdline == ("/srv/server.pl",)
+    assert _find(r, "/srv/www/index.html", "openat", step="smoke[0].http")
+    assert _find(r, "/etc/debian_version", "openat", step="smoke[1].exec")
+    assert _find(r, "/srv/www", "getdents64", step="smoke[2].command")
+    # the failed lookup a diagnosis needs
+    opt = _find(r, "/srv/optional.conf", ok=False)
+    assert opt and opt[0].errno == "ENOENT"
+    assert "/srv/server.pl" in r.execs and "/usr/bin/cat" in r.execs
+    # nothing of the tracer, the kernel's pseudo filesystems or the tmpfs is recorded
+    bad = ("/.tracer", "/proc/", "/sys/", "/dev/", "/tmp/")
+    assert not [a.path for a in r.accesses if a.path.startswith(bad) or a.path == "/tmp"]
+    if fanotify.available() is None:
+        assert "fanotify" in r.recorders and r.notes == []
+        # the kernel opens the #! interpreter itself: only fanotify sees it
+        assert _find(r, "/usr/bin/perl", "fanotify:exec")
+        assert not _find(r, "/usr/bin/perl", "execve")
+    assert _containers(docker_client, images["svc"]) == []
+    assert not list(tmp_path.iterdir()), "the work files are removed after the run"
+
+
+def test_untraced_run_passes_and_records_nothing(docker_client, images, tmp_path):
+    port = _free_port()
+    profile = svc_profile(port, [HttpStep(url=f"http://127.0.0.1:{port}/", status=200)])
+    r = run_smoke(profile, images["svc"], traced=False, workdir=tmp_path)
+    assert r.passed, r.failure
+    assert r.accesses == [] and r.recorders == []
+    assert _containers(docker_client, images["svc"]) == []
+
+
+def test_failing_step_stops_the_run_and_says_why(docker_client, images, tmp_path):
+    port = _free_port()
+    profile = svc_profile(
+        port,
+        [
+            HttpStep(url=f"http://127.0.0.1:{port}/missing", status=200),
+            ExecStep(argv=["true"]),
+        ],
+    )
+    r = run_smoke(profile, images["svc"], traced=True, workdir=tmp_path)
+    assert not r.passed
+    assert r.failure == "smoke[0].http: expected status 200, got 404"
+    assert [s.label for s in r.steps] == ["ready", "smoke[0].http"]  # the exec never ran
+    assert "not found" in r.steps[1].output
+    # what was recorded up to the failure is still there, failed lookup included
+    assert _find(r, "/srv/www/missing", "openat", ok=False)
+    assert _containers(docker_client, images["svc"]) == []
+
+
+def test_ready_timeout_fails_with_the_condition_that_never_held(docker_client, images, tmp_path):
+    port = _free_port()
+    run = RunSpec(
+        env={"PORT": str(port)}, network="host", ready=Ready(log="this never appears", timeout=1.5)
+    )
+    profile = Profile(name="svc", image=SVC, run=run)
+    r = run_smoke(profile, images["svc"], traced=False, workdir=tmp_path)
+    assert not r.passed
+    assert r.failure is not None and r.failure.startswith("ready: not ready after 1.5s")
+    assert "this never appears" in r.failure
+    assert "listening on" in r.steps[0].output
+    assert _containers(docker_client, images["svc"]) == []
+
+
+def test_exec_timeout_ends_the_container(docker_client, images, tmp_path):
+    port = _free_port()
+    profile = svc_profile(port, [ExecStep(argv=["sleep", "30"], timeout=1)])
+    r = run_smoke(profile, images["svc"], traced=False, workdir=tmp_path)
+    assert not r.passed and r.failure == "smoke[0].exec: timed out after 1s"
+    assert _containers(docker_client, images["svc"]) == []
+
+
+def test_ctrl_c_still_removes_every_container(docker_client, images, tmp_path):
+    port = _free_port()
+    profile = svc_profile(port, [ExecStep(argv=["true"])])
+
+    def interrupt(msg: str) -> None:
+        if msg.startswith("smoke[0]"):
+            assert _containers(docker_client, images["svc"]), "the service is running"
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_smoke(profile, images["svc"], traced=True, workdir=tmp_path, progress=interrupt)
+    assert _containers(docker_client, images["svc"]) == []
+    assert not list(tmp_path.iterdir()), "bundle and trace files are removed on Ctrl-C too"
+
+
+def test_job_in_an_image_without_libc_is_traced_by_the_self_contained_bundle(
+    docker_client, images, tmp_path
+):
+    profile = Profile(
+        name="static",
+        image=STATIC,
+        run=RunSpec(mode="job", exit=0, stdout="hello static", timeout=60),
+        smoke=[SmokeStep(0, CommandStep(argv=["/app", "/data/nope"], exit=3, stderr="open"))],
+    )
+    r = run_smoke(profile, images["static"], traced=True, workdir=tmp_path)
+    assert r.passed, (r.failure, r.steps)
+    assert [(s.label, s.kind, s.exit_code) for s in r.steps] == [
+        ("run", "job", 0),
+        ("smoke[0].command", "command", 3),
+    ]
+    assert _find(r, "/data/hello.txt", "openat", step="run")
+    nope = _find(r, "/data/nope", "openat", step="smoke[0].command", ok=False)
+    assert nope and nope[0].errno == "ENOENT" and nope[0].program == "/app"
+    assert r.execs[0] == "/app"
+    assert _containers(docker_client, images["static"]) == []
+
+
+def test_job_with_the_wrong_exit_code_fails_with_its_output(docker_client, images, tmp_path):
+    profile = Profile(
+        name="static",
+        image=STATIC,
+        run=RunSpec(mode="job", entrypoint=["/app"], cmd=["/data/nope"], timeout=60),
+    )
+    r = run_smoke(profile, images["static"], traced=False, workdir=tmp_path)
+    assert not r.passed
+    assert r.failure == "run: expected exit code 0, got 3"
+    assert r.steps[0].exit_code == 3 and "No such file" in r.steps[0].output
+
+
+def test_an_image_the_engine_does_not_have_is_bad_input(docker_client, tmp_path):
+    profile = Profile(name="x", image="tracer-test/trace-absent:nope")
+    with pytest.raises(BadInput, match="not in the Docker engine"):
+        run_smoke(profile, "tracer-test/trace-absent:nope", traced=True, workdir=tmp_path)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_a_missing_entrypoint_is_a_failed_run_not_an_environment_problem(
+    docker_client, images, tmp_path, traced
+):
+    profile = Profile(name="static", image=STATIC, run=RunSpec(mode="job", cmd=["/bin/sh"]))
+    r = run_smoke(profile, images["static"], traced=traced, workdir=tmp_path)
+    assert not r.passed and r.steps[0].label == "run"
+    assert r.failure is not None
+    if traced:  # strace starts, then cannot exec the program
+        assert "expected exit code 0" in r.failure and "/bin/sh" in r.steps[0].output
+    else:  # the runtime cannot start it
+        assert "did not start" in r.failure and "/bin/sh" in r.failure
+    assert _containers(docker_client, images["static"]) == []
+
+
+def test_stop_lets_the_app_shut_down_and_strace_flush_its_trace(
+    docker_client, fixture_image, tmp_path
+):
+    """SIGTERM goes to the whole traced tree (a shell and its background child), the app's
+    shutdown handler runs, and what it reads while stopping is in the trace as `stop`."""
+    base = fixture_image("base")
+    script = 'trap "cat /etc/debian_version >/dev/null; exit 0" TERM; echo ready; sleep 1000 & wait'
+    profile = Profile(
+        name="stopper",
+        image=base,
+        run=RunSpec(entrypoint=["sh", "-c", script], cmd=[], ready=Ready(log="ready", timeout=10)),
+        smoke=[SmokeStep(0, SleepStep(0.1))],
+    )
+    r = run_smoke(profile, base, traced=True, workdir=tmp_path)
+    assert r.passed, r.failure
+    assert _find(r, "/etc/debian_version", "openat", step="stop")
+    assert _find(r, "/usr/bin/sleep", "execve", step="run")
+    assert _containers(docker_client, base) == []

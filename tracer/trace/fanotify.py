@@ -1,0 +1,230 @@
+"""The fanotify recorder: every open and exec on a container's overlay filesystem.
+
+ptrace cannot follow a setuid exec and sees nothing of what the kernel opens itself (the
+ELF interpreter, a `#!` interpreter); fanotify sees every open on the filesystem, whoever
+makes it. It gives resolved paths only and no stat/access/readlink/listing, so it is the
+second recorder, merged with strace. It needs CAP_SYS_ADMIN on the engine's host; where
+that is missing `available()` says why and the run goes on with strace alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import select
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tracer.trace.result import Access
+
+FAN_CLOEXEC = 0x00000001
+FAN_NONBLOCK = 0x00000002
+FAN_CLASS_NOTIF = 0x00000000
+FAN_UNLIMITED_QUEUE = 0x00000010
+FAN_MARK_ADD = 0x00000001
+FAN_MARK_FILESYSTEM = 0x00000100
+FAN_OPEN = 0x00000020
+FAN_OPEN_EXEC = 0x00001000
+FAN_Q_OVERFLOW = 0x00004000
+FAN_ONDIR = 0x40000000
+FAN_NOFD = -1
+_METADATA = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata (24 bytes)
+_AT_FDCWD = -100
+
+
+@dataclass(frozen=True)
+class FanEvent:
+    """One fanotify event: the path as the container sees it, host pid, kind, host time."""
+
+    path: str
+    pid: int
+    exec: bool
+    ts: float
+    program: str = ""
+    cmdline: tuple[str, ...] = ()
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+    libc.fanotify_init.restype = ctypes.c_int
+    libc.fanotify_mark.argtypes = [
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint64,
+        ctypes.c_int,
+        ctypes.c_char_p,
+    ]
+    libc.fanotify_mark.restype = ctypes.c_int
+    return libc
+
+
+def available() -> str | None:
+    """None if fanotify can be used here, else the reason it cannot."""
+    if os.geteuid() != 0:
+        return "not running as root on the engine's host"
+    try:
+        fd = _libc().fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC, os.O_RDONLY)
+    except (OSError, AttributeError) as exc:
+        return f"fanotify is not available: {exc}"
+    if fd < 0:
+        return f"fanotify_init failed: {os.strerror(ctypes.get_errno())}"
+    os.close(fd)
+    return None
+
+
+@dataclass
+class FanotifyRecorder:
+    """Records opens/execs under `merged_dir` (a mounted overlay) in a background thread."""
+
+    merged_dir: str
+    events: list[FanEvent] = field(default_factory=list)
+    overflowed: bool = False
+    lost: int = 0  # events whose file the kernel could not open for us
+    _fd: int = -1
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Mark the overlay's filesystem; raises OSError with the reason if the kernel refuses."""
+        libc = _libc()
+        fd = libc.fanotify_init(
+            FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
+            os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC,
+        )
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"fanotify_init: {os.strerror(err)}")
+        mask = FAN_OPEN | FAN_OPEN_EXEC | FAN_ONDIR
+        rc = libc.fanotify_mark(
+            fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, mask, _AT_FDCWD, os.fsencode(self.merged_dir)
+        )
+        if rc < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, f"fanotify_mark {self.merged_dir}: {os.strerror(err)}")
+        self._fd = fd
+        self._thread = threading.Thread(target=self._loop, name="fanotify", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Drain what is queued, stop the thread and close the fd; safe to call twice."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                self._drain()
+            os.close(self._fd)
+            self._fd = -1
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.2)
+            if ready:
+                self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                buf = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                # the kernel could not open the file of one event (gone, EPERM, EMFILE):
+                # that event is dropped, the ones behind it are still there
+                self.lost += 1
+                continue
+            if not buf:
+                return
+            self._parse(buf)
+
+    def _parse(self, buf: bytes) -> None:
+        now = time.time()
+        off = 0
+        while off + _METADATA.size <= len(buf):
+            event_len, _vers, _res, _mlen, mask, fd, pid = _METADATA.unpack_from(buf, off)
+            if event_len < _METADATA.size:
+                break
+            off += event_len
+            if mask & FAN_Q_OVERFLOW:
+                self.overflowed = True
+            if fd == FAN_NOFD or fd < 0:
+                continue
+            try:
+                path = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            is_exec = bool(mask & FAN_OPEN_EXEC)
+            program, cmdline = self._program(pid)
+            self.events.append(
+                FanEvent(self._in_container(path), pid, is_exec, now, program, cmdline)
+            )
+
+    def _in_container(self, path: str) -> str:
+        """The path as the container sees it, whichever view the kernel gave us."""
+        merged = self.merged_dir.rstrip("/")
+        if path == merged:
+            return "/"
+        if path.startswith(merged + "/"):
+            return path[len(merged) :]
+        return path
+
+    def _program(self, pid: int) -> tuple[str, tuple[str, ...]]:
+        """The process's executable and argv now (best effort: it may have exec'd or exited
+        since the event). Not cached: an exec from a bind mount gives no event to
+        invalidate a cache with, and a stale program would misattribute every later open."""
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = tuple(os.fsdecode(a) for a in f.read().split(b"\0") if a)
+        except OSError:
+            return "", ()
+        return self._in_container(exe), argv
+
+
+def is_tooling(ev: FanEvent, tool_prefix: str) -> bool:
+    """True for opens by the tracer itself (strace reading the image's /etc/localtime) or by
+    `runc init` setting the container up: they say nothing about what the app needs. An
+    exec is always the app's (the bundle lives on a bind mount, not on the overlay)."""
+    if ev.exec:
+        return False
+    return ev.program.startswith(tool_prefix.rstrip("/") + "/") or ev.cmdline[:2] == (
+        "runc",
+        "init",
+    )
+
+
+def to_accesses(
+    events: list[FanEvent],
+    *,
+    step_of: Callable[[float | None], str],
+    excluded: Callable[[str], bool],
+    tool_prefix: str = "/.tracer",
+) -> list[Access]:
+    """fanotify events as Access records (`fanotify:open` / `fanotify:exec`, always ok)."""
+    out = []
+    for ev in events:
+        if not ev.path.startswith("/") or excluded(ev.path) or is_tooling(ev, tool_prefix):
+            continue
+        out.append(
+            Access(
+                path=ev.path,
+                syscall="fanotify:exec" if ev.exec else "fanotify:open",
+                ok=True,
+                errno=None,
+                pid=ev.pid,
+                program=ev.program,
+                cmdline=ev.cmdline,
+                step=step_of(ev.ts),
+            )
+        )
+    return out
