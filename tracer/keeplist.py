@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -130,8 +130,10 @@ class KeepListBuilder:
     """Collects evidence, then `build()` applies exclude and the closures."""
 
     def __init__(self, entries: Mapping[str, EntryLike], root: RootFS,
-                 keep_paths: Iterable[str] = (), exclude: Iterable[str] = ()) -> None:
+                 keep_paths: Iterable[str] = (), exclude: Iterable[str] = (),
+                 hardlink_group: Callable[[str], tuple[str, ...]] = lambda p: (p,)) -> None:
         self.entries = entries
+        self.hardlink_group = hardlink_group
         self.root = root
         self.wanted: dict[str, list[Reason]] = {}
         self.missing: dict[str, list[Reason]] = {}
@@ -215,7 +217,7 @@ class KeepListBuilder:
                     extra += [(hop, Reason("symlink", f"chain of {path}")) for hop in full.links]
                     if full.exists:
                         extra.append((full.path, Reason("symlink", f"target of {path}")))
-            for member in self._hardlink_group(path):
+            for member in self.hardlink_group(path):
                 if member != path:
                     extra.append((member, Reason("hardlink", f"same inode as {path}")))
             for p, reason in extra:
@@ -229,20 +231,6 @@ class KeepListBuilder:
             while parent != "/" and parent not in kept:
                 kept[parent] = [Reason("parent", f"holds {path}")]
                 parent = parent.rsplit("/", 1)[0] or "/"
-
-    _groups: dict[str, list[str]] | None = None
-
-    def _hardlink_group(self, path: str) -> list[str]:
-        if self._groups is None:
-            groups: dict[str, list[str]] = {}
-            for p, e in self.entries.items():
-                if e.kind == "hardlink":
-                    groups.setdefault(e.linkname, [e.linkname]).append(p)
-            self._groups = {}
-            for members in groups.values():
-                for m in members:
-                    self._groups[m] = members
-        return self._groups.get(path, [])
 
 
 def size_of(entries: Mapping[str, EntryLike], paths: Iterable[str]) -> int:

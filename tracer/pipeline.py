@@ -153,7 +153,8 @@ def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult) -> 
 def build_keeplist(profile: Profile, prepared: Prepared, trace: SmokeResult,
                    closure: Closure) -> KeepList:
     flat, root = prepared.flat, prepared.root
-    builder = KeepListBuilder(flat.entries, root, profile.keep.paths, profile.exclude)
+    builder = KeepListBuilder(flat.entries, root, profile.keep.paths, profile.exclude,
+                              hardlink_group=flat.hardlink_group)
     for path, needs in closure.files.items():
         for need in needs[:3]:
             builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind), follow=False)
