@@ -92,3 +92,21 @@ def test_why_kept_excluded_untouched_and_absent(tmp_path: Path) -> None:
     assert untouched.in_image is True and "nothing needed it" in untouched.format_text()
     absent = why(report, "/etc/nope")
     assert absent.in_image is False and "not in the original image" in absent.format_text()
+
+
+def test_files_the_original_run_used_and_the_minimized_image_lacks(tmp_path: Path) -> None:
+    """A program that lists a directory never looks up what is not listed: no ENOENT."""
+    root = original_root(tmp_path)
+    original_run = SmokeResult(passed=True, accesses=[
+        access("/usr/share/zoneinfo/Europe/Berlin", errno=None, step="smoke[0].http"),
+        access("/lib/gconv/A.so", errno=None, step="smoke[0].http"),
+        access("/tmp/created-at-run-time", errno=None),  # not in the image: ignored
+    ])
+    minimized_run = SmokeResult(passed=False, accesses=[
+        access("/usr/share/zoneinfo/Europe", errno=None, step="smoke[0].http")])
+    present = {"/usr/lib/gconv/A.so"}.__contains__
+    d = diagnose(minimized_run, root, exclude=["/usr/share/zoneinfo/**"],
+                 original_run=original_run, present=present)
+    assert [(m.image_path, m.errno, m.excluded_by) for m in d.missing] == [
+        ("/usr/share/zoneinfo/Europe/Berlin", "absent", "/usr/share/zoneinfo/**")]
+    assert "openat in the original run, absent now" in d.format_text()

@@ -11,15 +11,16 @@ can tell whether a missing file is the cause at all.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tracer.keeplist import compile_globs, first_match
 from tracer.rootfs import RootFS, SymlinkLoop
-from tracer.trace.result import SmokeResult
+from tracer.trace.result import Access, SmokeResult
 
 MISSING_ERRNOS = ("ENOENT", "ENOTDIR", "ELOOP")
+ABSENT = "absent"  # used by the original run, not in the minimized image
 COLLAPSE_AT = 3  # this many missing siblings become one directory glob
 
 
@@ -59,8 +60,8 @@ class Diagnosis:
                          + (": the failure is not a missing file" if self.step_failures
                             else ""))
             return "\n".join(lines)
-        lines.append("files the application looked for that exist in the original image "
-                     "but not in the minimized one:")
+        lines.append("files of the original image that the application looked for or used, "
+                     "missing from the minimized one:")
         groups: dict[tuple[str, str], list[MissingFile]] = defaultdict(list)
         for m in self.missing:
             groups[(m.step, m.program)].append(m)
@@ -70,7 +71,9 @@ class Diagnosis:
             for m in items:
                 why = f", removed by exclude rule {m.excluded_by!r}" if m.excluded_by else ""
                 alias = f" (= {m.image_path})" if m.image_path != m.path else ""
-                lines.append(f"    {m.path}{alias}  [{m.syscall} -> {m.errno}{why}]")
+                how = (f"{m.syscall} in the original run, absent now" if m.errno == ABSENT
+                       else f"{m.syscall} -> {m.errno}")
+                lines.append(f"    {m.path}{alias}  [{how}{why}]")
         excluded_rules = sorted({m.excluded_by for m in self.missing if m.excluded_by})
         lines.append("add to the profile:")
         lines.append("  keep:")
@@ -96,30 +99,46 @@ def suggest_globs(paths: Iterable[str]) -> list[str]:
     return out
 
 
-def diagnose(result: SmokeResult, original: RootFS, exclude: Iterable[str] = ()) -> Diagnosis:
-    """Failed lookups of original-image paths, grouped, with the YAML that fixes them."""
+def diagnose(result: SmokeResult, original: RootFS, exclude: Iterable[str] = (), *,
+             original_run: SmokeResult | None = None,
+             present: Callable[[str], bool] | None = None) -> Diagnosis:
+    """Original-image files the minimized run missed, grouped, with the YAML that fixes them.
+
+    Two kinds of evidence: failed lookups (ENOENT...) of paths the original image has, and,
+    when the original image's traced run and the minimized image's contents are given,
+    paths that run used which the minimized image lacks. The second catches programs that
+    list a directory and never ask for what is not listed (Python's import system does
+    exactly that), so no failed lookup ever names the missing file.
+    """
     globs = compile_globs(exclude)
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[str] = set()
     missing: list[MissingFile] = []
-    for a in result.accesses:
-        if a.ok or a.errno not in MISSING_ERRNOS:
-            continue
-        key = (a.path, a.step, a.program)
-        if key in seen:
-            continue
-        seen.add(key)
+
+    def record(a: Access, errno: str) -> None:
         try:
             resolved = original.resolve(a.path, follow_last=False)
         except SymlinkLoop:
-            continue
-        if not resolved.exists:
-            continue
+            return
+        if not resolved.exists or resolved.path in seen:
+            return
+        if errno == ABSENT and present is not None and present(resolved.path):
+            return
+        seen.add(resolved.path)
         missing.append(MissingFile(path=a.path, image_path=resolved.path, syscall=a.syscall,
-                                   errno=a.errno or "",
-                                   step=a.step, program=a.program, cmdline=tuple(a.cmdline),
+                                   errno=errno, step=a.step, program=a.program,
+                                   cmdline=tuple(a.cmdline),
                                    excluded_by=first_match(resolved.path, globs)
                                    or first_match(a.path, globs)))
+
+    for a in result.accesses:
+        if not a.ok and a.errno in MISSING_ERRNOS:
+            record(a, a.errno or "")
+    if original_run is not None and present is not None:
+        for a in original_run.accesses:
+            if a.ok:
+                record(a, ABSENT)
     failures = [{"label": s.label, "message": s.message, "exit_code": s.exit_code,
                  "output": s.output} for s in result.steps if not s.passed]
     return Diagnosis(missing=missing, step_failures=failures,
-                     suggestions=suggest_globs(m.image_path for m in missing), passed=result.passed)
+                     suggestions=suggest_globs(m.image_path for m in missing),
+                     passed=result.passed)
