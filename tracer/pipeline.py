@@ -113,26 +113,26 @@ class EngineImages:
                 pass
 
 
-def prepare(profile: Profile, work: Path, engine: EngineImages,
+def prepare(image: str, name: str, work: Path, engine: EngineImages,
             progress: Progress, seconds: dict[str, float]) -> Prepared:
-    """Read and flatten the input; make it runnable in the engine if it is not there."""
-    ref = parse_reference(profile.image)
+    """Read and flatten an image; make it runnable in the engine if it is not there."""
+    ref = parse_reference(image)
     progress.phase(f"reading {ref}")
     t0 = time.monotonic()
     with open_image(ref, work / "source") as source:
         flat = flatten(source, work / "root", progress=progress)
-    seconds["read"] = time.monotonic() - t0
+    seconds["read"] = seconds.get("read", 0.0) + time.monotonic() - t0
     progress.done(f"{len(flat.entries):,} paths, {flat.content_size():,} bytes")
     if ref.transport == "docker-daemon":
         engine_ref = f"{ref.name}:{ref.tag or 'latest'}"
     else:
-        progress.phase("loading the input into the engine for the traced run")
+        progress.phase(f"loading {ref} into the engine to run it")
         t0 = time.monotonic()
-        tmp = engine.temp_ref(profile.name, "input")
-        write_image(flat, list(flat.entries), tmp, workdir=work / "input-load",
-                    comment="tracer: input copy for the traced run")
+        tmp = engine.temp_ref(name, "input")
+        write_image(flat, list(flat.entries), tmp, workdir=work / "load",
+                    comment="tracer: one-layer copy of the input to run it")
         engine_ref = f"{tmp.name}:{tmp.tag}"
-        seconds["load_input"] = time.monotonic() - t0
+        seconds["load_input"] = seconds.get("load_input", 0.0) + time.monotonic() - t0
         progress.done()
     return Prepared(ref=ref, flat=flat, root=RootFS(flat.root), engine_ref=engine_ref)
 
@@ -147,7 +147,7 @@ def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult) -> 
     roots += [p for p in trace.execs if p]
     roots += profile.keep.binaries
     env = image_env(config, profile.run.env)
-    return Resolver(prepared.root, env=env).closure(dict.fromkeys(roots))
+    return Resolver(prepared.root, env=env, implicit_dlopens=True).closure(dict.fromkeys(roots))
 
 
 def build_keeplist(profile: Profile, prepared: Prepared, trace: SmokeResult,
@@ -243,7 +243,8 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
                     tracer_version=__version__)
     try:
         with workdir() as work:
-            prepared = prepare(profile, work, engine, progress, seconds)
+            prepared = prepare(profile.image, profile.name, work / "input", engine, progress,
+                               seconds)
             flat = prepared.flat
             report.size_before = flat.content_size()
             report.files_before = sum(1 for e in flat.entries.values() if e.kind != "dir")
@@ -309,7 +310,8 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
                 t0 = time.monotonic()
                 traced = run_smoke(profile, f"{candidate.name}:{candidate.tag}", traced=True,
                                    workdir=work / "diagnose", progress=progress)
-                diagnosis = diagnose(traced, prepared.root, profile.exclude)
+                diagnosis = diagnose(traced, prepared.root, profile.exclude,
+                                     original_run=trace, present=kept.__contains__)
                 report.diagnosis = diagnosis.to_json()
                 report.diagnosis_text = diagnosis.format_text()
                 seconds["diagnose"] = time.monotonic() - t0
@@ -337,42 +339,39 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
 
 def diagnose_profile(profile: Profile, *, image: str | None = None,
                      progress: Progress | None = None) -> Diagnosis:
-    """Trace the minimized image's smoke test and explain every missing original file.
+    """Trace the smoke test on the original and the minimized image; explain the difference.
 
-    `image` defaults to the profile's output (what `minimize` wrote); the original image
-    is read only to know which failed lookups name files it really had.
+    `image` defaults to the profile's output (what `minimize` wrote). The original's run
+    says what the application uses; the minimized run's failed lookups and the minimized
+    image's contents say what of that is gone.
     """
     progress = progress or Progress()
     in_ref = parse_reference(profile.image)
-    target = parse_reference(image or profile.output or str(default_output(in_ref)))
+    target = image or profile.output or str(default_output(in_ref))
+    if parse_reference(target).transport == "docker-daemon":
+        target_ref = parse_reference(target)
+        try:
+            docker_client().images.get(f"{target_ref.name}:{target_ref.tag or 'latest'}")
+        except Exception:  # noqa: BLE001 - any lookup failure: nothing to diagnose
+            raise BadInput(f"the minimized image {target_ref} is not in the engine; run "
+                           "`tracer minimize` first or pass --image") from None
     require_strace()
     engine = EngineImages()
+    seconds: dict[str, float] = {}
     try:
         with workdir() as work:
-            progress.phase(f"reading the original image {in_ref}")
-            with open_image(in_ref, work / "source") as source:
-                flat = flatten(source, work / "root", progress=progress)
-            progress.done()
-            if target.transport == "docker-daemon":
-                target_ref = f"{target.name}:{target.tag or 'latest'}"
-                try:
-                    engine.client.images.get(target_ref)
-                except Exception:  # noqa: BLE001 - any lookup failure: nothing to diagnose
-                    raise BadInput(f"the minimized image {target} is not in the engine; run "
-                                   "`tracer minimize` first or pass --image") from None
-            else:
-                progress.phase(f"loading {target} into the engine")
-                with open_image(target, work / "target-source") as source:
-                    target_flat = flatten(source, work / "target-root")
-                tmp = engine.temp_ref(profile.name, "diagnose")
-                write_image(target_flat, list(target_flat.entries), tmp,
-                            workdir=work / "target-load", comment="tracer: diagnose copy")
-                target_ref = f"{tmp.name}:{tmp.tag}"
-                progress.done()
-            progress.phase(f"traced smoke test of {target}")
-            traced = run_smoke(profile, target_ref, traced=True, workdir=work / "trace",
-                               progress=progress)
-            progress.done("passed" if traced.passed else "FAILED")
-            return diagnose(traced, RootFS(flat.root), profile.exclude)
+            original = prepare(profile.image, profile.name, work / "original", engine,
+                               progress, seconds)
+            minimized = prepare(target, profile.name, work / "minimized", engine, progress,
+                                seconds)
+            runs = []
+            for what, prepared in (("original", original), ("minimized", minimized)):
+                progress.phase(f"traced smoke test of the {what} image")
+                run = run_smoke(profile, prepared.engine_ref, traced=True,
+                                workdir=work / f"trace-{what}", progress=progress)
+                progress.done("passed" if run.passed else "FAILED")
+                runs.append(run)
+            return diagnose(runs[1], original.root, profile.exclude, original_run=runs[0],
+                            present=minimized.flat.entries.__contains__)
     finally:
         engine.cleanup()
