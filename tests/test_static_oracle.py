@@ -113,3 +113,14 @@ def test_agrees_with_ldd_inside_a_container(docker_client, fixture_image) -> Non
         if mapped(c) != want or {m.name for m in c.missing} != want_missing:
             diffs.append((exe, mapped(c) ^ want))
     assert diffs == []
+
+
+def test_implicit_dlopen_of_libgcc_s_is_added_only_on_request() -> None:
+    """glibc dlopens libgcc_s at a thread's exit; a minimizer must keep it, ldd never shows it."""
+    fs = _need_rootfs()
+    plain = Resolver(fs).closure(["/usr/bin/ls"])
+    assert not any(p.endswith("/libgcc_s.so.1") for p in plain.files)
+    wide = Resolver(fs, implicit_dlopens=True).closure(["/usr/bin/ls"])
+    gcc_s = [p for p in wide.files if p.endswith("/libgcc_s.so.1")]
+    assert gcc_s and fs.is_file(gcc_s[0])
+    assert wide.missing == [] and set(plain.files) < set(wide.files)
