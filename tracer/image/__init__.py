@@ -1,0 +1,25 @@
+"""Container images: references, reading (docker-archive, OCI layout, engine), exact layer
+flattening and writing a one-layer image with the original config.
+
+This package knows nothing of ELF or tracing; it turns an image reference into a flattened
+filesystem index plus an extracted tree, and a kept subset of that back into an image.
+"""
+
+from tracer.image.flatten import flatten
+from tracer.image.model import Entry, FlatImage
+from tracer.image.reference import ImageRef, default_output, parse_reference
+from tracer.image.sink import WrittenImage, write_image
+from tracer.image.source import ImageSource, open_image
+
+__all__ = [
+    "Entry",
+    "FlatImage",
+    "ImageRef",
+    "ImageSource",
+    "WrittenImage",
+    "default_output",
+    "flatten",
+    "open_image",
+    "parse_reference",
+    "write_image",
+]

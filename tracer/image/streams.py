@@ -1,0 +1,171 @@
+"""Byte streams for layer blobs: a window into an archive file, digest-checking readers and
+transparent decompression. Every layer byte passes through exactly one chunked pipeline, so
+digests are verified while the layer is applied, never by a second pass."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+from collections.abc import Callable
+from typing import BinaryIO
+
+from tracer.errors import ImageFormatError
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+class Region:
+    """Read-only window [offset, offset+size) of a file: a layer inside a docker-archive,
+    read in place instead of extracting the outer tar first."""
+
+    def __init__(self, path: str, offset: int, size: int) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self._f.seek(offset)
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self._left:
+            n = self._left
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class HashingReader:
+    """Pass-through reader that hashes and counts what it hands out."""
+
+    def __init__(self, inner: BinaryIO | Region) -> None:
+        self._inner = inner
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def sniff_compression(head: bytes) -> str:
+    """Name the compression from magic bytes; media types lie more often than magic does."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    return "none"
+
+
+class LayerStream:
+    """Decompressed tar stream of one layer that checks, once drained, the stored blob's
+    digest/size and the uncompressed diff_id against what the manifest and config claim."""
+
+    def __init__(self, raw: BinaryIO | Region, where: str, *, compression: str,
+                 blob_digest: str | None, blob_size: int | None, diff_id: str | None) -> None:
+        self.where = where
+        self._raw = HashingReader(raw)
+        self._blob_digest = blob_digest
+        self._blob_size = blob_size
+        self._diff_id = diff_id
+        inner: BinaryIO | HashingReader
+        if compression == "gzip":
+            inner = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[arg-type]
+        elif compression == "zstd":
+            try:
+                import zstandard  # optional: only when installed
+            except ImportError as exc:
+                raise ImageFormatError(f"{where}: zstd-compressed layer, but the 'zstandard' "
+                                       "package is not installed") from exc
+            inner = zstandard.ZstdDecompressor().stream_reader(self._raw)
+        else:
+            inner = self._raw
+        self._inner = inner
+        self._tar = HashingReader(inner) if compression != "none" else None
+
+    def read(self, n: int = -1) -> bytes:
+        return (self._tar or self._raw).read(n)
+
+    def finish(self) -> None:
+        """Drain what the tar reader left (end padding, trailing bytes) and verify digests."""
+        from tracer.image.tarstream import STREAM_ERRORS
+
+        try:
+            while self.read(_CHUNK):
+                pass
+            while self._raw.read(_CHUNK):
+                pass
+        except STREAM_ERRORS as exc:
+            raise ImageFormatError(f"{self.where}: corrupt or truncated stream: {exc}") from exc
+        if self._blob_size is not None and self._raw.count != self._blob_size:
+            raise ImageFormatError(f"{self.where}: blob is {self._raw.count} bytes, the "
+                                   f"manifest says {self._blob_size}")
+        if self._blob_digest and self._raw.digest() != self._blob_digest:
+            raise ImageFormatError(f"{self.where}: digest mismatch: blob hashes to "
+                                   f"{self._raw.digest()}, the manifest says {self._blob_digest}")
+        got = (self._tar or self._raw).digest()
+        if self._diff_id and got != self._diff_id:
+            raise ImageFormatError(f"{self.where}: digest mismatch: uncompressed layer hashes "
+                                   f"to {got}, the config's diff_id is {self._diff_id}")
+
+    def close(self) -> None:
+        if self._inner is not self._raw:
+            self._inner.close()
+        self._raw.close()
+
+
+class Layer:
+    """Handle on one layer of an image: opens fresh streams, holds what it must hash to."""
+
+    def __init__(self, index: int, where: str, opener: Callable[[], BinaryIO | Region], *,
+                 diff_id: str | None, blob_digest: str | None = None,
+                 blob_size: int | None = None, media_type: str | None = None) -> None:
+        self.index = index
+        self.where = where
+        self._opener = opener
+        self.diff_id = diff_id
+        self.blob_digest = blob_digest
+        self.blob_size = blob_size
+        self.media_type = media_type
+
+    def open_raw(self) -> BinaryIO | Region:
+        """The blob exactly as stored (possibly compressed)."""
+        try:
+            return self._opener()
+        except OSError as exc:
+            raise ImageFormatError(f"{self.where}: cannot open blob: {exc}") from exc
+
+    def open(self) -> LayerStream:
+        """A decompressed tar stream; call `finish()` after reading it to verify digests."""
+        head_f = self.open_raw()
+        try:
+            head = head_f.read(4)
+        finally:
+            head_f.close()
+        return LayerStream(self.open_raw(), self.where, compression=sniff_compression(head),
+                           blob_digest=self.blob_digest, blob_size=self.blob_size,
+                           diff_id=self.diff_id)
+
+
+def file_digest(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """sha256 digest and size of a file, read in chunks."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return "sha256:" + h.hexdigest(), n

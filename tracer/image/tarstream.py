@@ -1,0 +1,306 @@
+"""A strict, streaming tar reader for untrusted layers.
+
+Python's tarfile silently treats a corrupt header after the first member as the end of the
+archive and reads PAX values as text; a layer whose size field lies would then lose files
+without an error, and binary `security.capability` xattrs would be mangled. This reader
+parses headers with tarfile's own block decoder but owns the control flow: every problem is
+an ImageFormatError naming the layer and the member, data is copied in bounded chunks, and
+PAX values stay bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from tracer.errors import ImageFormatError
+
+BLOCK = 512
+CHUNK = 1 << 20
+MAX_SPECIAL = 1 << 20  # PAX / GNU long-name payloads; Go's archive/tar uses the same cap
+_ZERO = bytes(BLOCK)
+REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
+KIND_OF_TYPE = {
+    tarfile.REGTYPE: "file",
+    tarfile.AREGTYPE: "file",
+    tarfile.CONTTYPE: "file",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.DIRTYPE: "dir",
+    tarfile.FIFOTYPE: "fifo",
+}
+# Errors a decompressor raises on a corrupt or truncated stream.
+STREAM_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, ValueError)
+
+
+@dataclass
+class Member:
+    """One tar member after PAX / GNU long-name records were applied."""
+
+    name: str
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    mtime: float
+    size: int
+    linkname: str
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class RawHeader:
+    """The fields of one 512-byte header block."""
+
+    name: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    type: bytes
+    linkname: str
+    devmajor: int
+    devminor: int
+
+
+def _num(field: bytes) -> int:
+    """A numeric header field: octal text, or GNU base-256 when the top bit is set."""
+    if field[0] & 0x80:
+        if field[0] == 0xFF:
+            raise ValueError("negative base-256 number")
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    return int(text, 8) if text else 0
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def parse_header(buf: bytes) -> RawHeader:
+    """Decode a header block; ValueError on a bad checksum or field.
+
+    Hand-rolled instead of tarfile.TarInfo.frombuf because header parsing is the hot loop
+    of flattening (one call per member and per PAX record); the rules are the same: the
+    ustar prefix is used only with the POSIX magic, as in Go's archive/tar.
+    """
+    chk = _num(buf[148:156])
+    unsigned = sum(buf) - sum(buf[148:156]) + 256
+    if chk != unsigned:
+        signed = unsigned - 256 * sum(1 for b in buf if b > 127) + 256 * sum(
+            1 for b in buf[148:156] if b > 127)
+        if chk != signed:
+            raise ValueError("header checksum mismatch")
+    name = _text(buf[0:100])
+    if buf[257:263] == b"ustar\0" and buf[345] != 0:
+        name = _text(buf[345:500]) + "/" + name
+    t = buf[156:157]
+    if t == tarfile.AREGTYPE and name.endswith("/"):
+        t = tarfile.DIRTYPE
+    return RawHeader(name, _num(buf[100:108]), _num(buf[108:116]), _num(buf[116:124]),
+                     _num(buf[124:136]), _num(buf[136:148]), t, _text(buf[157:257]),
+                     _num(buf[329:337]), _num(buf[337:345]))
+
+
+def parse_pax(data: bytes, where: str) -> dict[str, bytes]:
+    """Parse PAX extended header records (`LEN KEY=VALUE\\n`), keeping values as bytes."""
+    out: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:
+            break
+        sp = data.find(b" ", pos)
+        try:
+            length = int(data[pos:sp]) if sp > pos else -1
+        except ValueError:
+            length = -1
+        if length <= 0 or pos + length > len(data) or data[pos + length - 1:pos + length] != b"\n":
+            raise ImageFormatError(f"{where}: malformed PAX header record at byte {pos}")
+        key, eq, value = data[sp + 1:pos + length - 1].partition(b"=")
+        if not eq:
+            raise ImageFormatError(f"{where}: malformed PAX header record at byte {pos}")
+        k = key.decode("utf-8", "surrogateescape")
+        if value:
+            out[k] = value
+        else:
+            out.pop(k, None)
+        pos += length
+    return out
+
+
+class TarReader:
+    """Iterate members of one layer stream; call `copy_data` or nothing before `next`."""
+
+    def __init__(self, stream: BinaryIO, where: str) -> None:
+        self._f = stream
+        self._where = where
+        self._remaining = 0
+        self._pad = 0
+        self._current: Member | None = None
+        self.last_name = "(start of layer)"
+
+    def _at(self) -> str:
+        return f"{self._where}: member {self.last_name!r}"
+
+    def _read(self, n: int) -> bytes:
+        """Read up to n bytes (short only at end of stream); decompression errors -> format."""
+        parts = []
+        try:
+            while n > 0:
+                chunk = self._f.read(n)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                n -= len(chunk)
+        except STREAM_ERRORS as exc:
+            raise ImageFormatError(f"{self._at()}: corrupt or truncated stream: {exc}") from exc
+        return b"".join(parts) if len(parts) != 1 else parts[0]
+
+    def _read_special(self, size: int, what: str) -> bytes:
+        if size > MAX_SPECIAL:
+            raise ImageFormatError(f"{self._at()}: {what} of {size} bytes exceeds the "
+                                   f"{MAX_SPECIAL}-byte limit")
+        data = self._read(size + (-size) % BLOCK)
+        if len(data) < size:
+            raise ImageFormatError(f"{self._at()}: stream ends inside a {what}")
+        return data[:size]
+
+    def _skip_rest(self) -> None:
+        while self._remaining:
+            n = min(CHUNK, self._remaining)
+            if len(self._read(n)) != n:
+                self._truncated()
+            self._remaining -= n
+        if self._pad:
+            if len(self._read(self._pad)) != self._pad:
+                raise ImageFormatError(f"{self._at()}: stream ends inside the padding after "
+                                       "the member's data")
+            self._pad = 0
+
+    def _truncated(self) -> None:
+        m = self._current
+        size = m.size if m else 0
+        raise ImageFormatError(
+            f"{self._at()}: declares {size} bytes of data but the stream ends after "
+            f"{size - self._remaining} (truncated layer or a size that lies)")
+
+    def next(self) -> Member | None:
+        """Return the next member, or None at the end of the archive."""
+        self._skip_rest()
+        pax: dict[str, bytes] = {}
+        long_name: str | None = None
+        long_link: str | None = None
+        while True:
+            buf = self._read(BLOCK)
+            if not buf:
+                return None
+            if len(buf) < BLOCK:
+                raise ImageFormatError(f"{self._where}: stream ends inside the tar header "
+                                       f"after member {self.last_name!r}")
+            if buf == _ZERO:
+                nxt = self._read(BLOCK)
+                if nxt and nxt != _ZERO:
+                    raise ImageFormatError(f"{self._where}: data after a zero block following "
+                                           f"member {self.last_name!r} (corrupt tar)")
+                return None
+            try:
+                ti = parse_header(buf)
+            except ValueError as exc:
+                raise ImageFormatError(f"{self._where}: invalid tar header after member "
+                                       f"{self.last_name!r}: {exc} (corrupt tar or a size "
+                                       "that lies)") from exc
+            t = ti.type
+            if t in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+                pax.update(parse_pax(self._read_special(ti.size, "PAX header"), self._at()))
+                continue
+            if t == tarfile.XGLTYPE:  # global PAX header: ignored, as Docker does
+                self._read_special(ti.size, "PAX global header")
+                continue
+            if t == tarfile.GNUTYPE_LONGNAME:
+                raw = self._read_special(ti.size, "GNU long name")
+                long_name = raw.rstrip(b"\0").decode("utf-8", "surrogateescape")
+                continue
+            if t == tarfile.GNUTYPE_LONGLINK:
+                raw = self._read_special(ti.size, "GNU long link name")
+                long_link = raw.rstrip(b"\0").decode("utf-8", "surrogateescape")
+                continue
+            break
+        return self._member(ti, pax, long_name, long_link)
+
+    def _member(self, ti: RawHeader, pax: dict[str, bytes], long_name: str | None,
+                long_link: str | None) -> Member:
+        def text(key: str, default: str) -> str:
+            return pax[key].decode("utf-8", "surrogateescape") if key in pax else default
+
+        name = text("path", long_name if long_name is not None else ti.name)
+        self.last_name = name
+        kind = KIND_OF_TYPE.get(ti.type)
+        if kind is None or (pax and any(k.startswith("GNU.sparse") for k in pax)):
+            raise ImageFormatError(f"{self._at()}: unsupported tar member type {ti.type!r}")
+        try:
+            size = int(pax["size"]) if "size" in pax else ti.size
+            uid = int(pax["uid"]) if "uid" in pax else ti.uid
+            gid = int(pax["gid"]) if "gid" in pax else ti.gid
+            mtime = float(pax["mtime"]) if "mtime" in pax else float(ti.mtime)
+        except ValueError as exc:
+            raise ImageFormatError(f"{self._at()}: bad numeric PAX field: {exc}") from exc
+        if size < 0 or uid < 0 or gid < 0:
+            raise ImageFormatError(f"{self._at()}: negative size or owner id")
+        xattrs = {k[len("SCHILY.xattr."):]: v for k, v in pax.items()
+                  if k.startswith("SCHILY.xattr.")} if pax else {}
+        m = Member(
+            name=name,
+            kind=kind,
+            mode=ti.mode & 0o7777,
+            uid=uid,
+            gid=gid,
+            mtime=mtime,
+            size=size if kind == "file" else 0,
+            linkname=text("linkpath", long_link if long_link is not None else ti.linkname),
+            devmajor=ti.devmajor,
+            devminor=ti.devminor,
+            xattrs=xattrs,
+        )
+        self._current = m
+        # Only regular files carry data: header-only types ignore their size (as Go and
+        # tarfile do), so a lying size on a symlink cannot swallow the next members.
+        self._remaining = m.size
+        self._pad = (-m.size) % BLOCK
+        return m
+
+    def copy_data(self, fd: int) -> None:
+        """Write the current member's data to `fd` in bounded chunks."""
+        if self._remaining > 0 and self._remaining + self._pad <= CHUNK:
+            # small member: data and its padding in one read (the common case)
+            want = self._remaining + self._pad
+            chunk = self._read(want)
+            if len(chunk) < self._remaining:
+                self._remaining -= len(chunk)
+                self._truncated()
+            if len(chunk) < want:
+                raise ImageFormatError(f"{self._at()}: stream ends inside the padding after "
+                                       "the member's data")
+            view = memoryview(chunk)[:self._remaining]
+            self._remaining = self._pad = 0
+            while view:
+                view = view[os.write(fd, view):]
+            return
+        while self._remaining:
+            n = min(CHUNK, self._remaining)
+            chunk = self._read(n)
+            if len(chunk) != n:
+                self._remaining -= len(chunk)
+                self._truncated()
+            view = memoryview(chunk)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            self._remaining -= n
