@@ -1,0 +1,194 @@
+"""Write a set of flattened paths as one uncompressed layer tar, hashing while writing.
+
+Member names are relative without `./` and directories end in `/`, as Docker's own layers
+are; owners, modes (setuid included), mtimes, xattrs and hardlinks come from the index, the
+bytes from the extracted tree. Headers are PAX so long names and binary
+`security.capability` values survive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from tracer.errors import BadInput, ImageFormatError
+from tracer.image.model import Entry, FlatImage
+from tracer.image.paths import member_path
+
+_CHUNK = 1 << 20
+_TYPES = {
+    "file": tarfile.REGTYPE,
+    "dir": tarfile.DIRTYPE,
+    "symlink": tarfile.SYMTYPE,
+    "char": tarfile.CHRTYPE,
+    "block": tarfile.BLKTYPE,
+    "fifo": tarfile.FIFOTYPE,
+}
+
+
+class HashingWriter:
+    """Counts and sha256-hashes every byte on its way to the file."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.hash.update(data)
+        self._f.write(data)
+        self.count += len(data)
+
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+@dataclass
+class LayerStats:
+    diff_id: str
+    size: int
+    members: int
+
+
+def closed_paths(flat: FlatImage, keep: Iterable[str]) -> list[str]:
+    """`keep` normalized, checked against the image and closed over parent directories,
+    in tar order (a parent sorts before its children); "/" itself is not a member."""
+    out: set[str] = set()
+    for raw in keep:
+        path = member_path(raw, "keep list") if raw.startswith("/") else None
+        if path is None:
+            raise BadInput(f"keep list: {raw!r} is not an absolute in-image path")
+        if path not in flat.entries:
+            raise BadInput(f"keep list: {path} is not in the image (keep paths must be real "
+                           "paths: no parent may be a symlink)")
+        while path != "/" and path not in out:
+            out.add(path)
+            path = path.rsplit("/", 1)[0] or "/"
+    for p in out:
+        parent = p.rsplit("/", 1)[0] or "/"
+        if flat.entries[parent].kind != "dir":
+            raise BadInput(f"keep list: {p}: parent {parent} is not a directory in the image")
+    return sorted(out)
+
+
+def _pax_record(key: str, value: bytes) -> bytes:
+    body = b" " + key.encode("utf-8", "surrogateescape") + b"=" + value + b"\n"
+    n = len(body) + 1
+    while len(str(n)) + len(body) != n:
+        n = len(str(n)) + len(body)
+    return str(n).encode() + body
+
+
+def _block(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typ: bytes,
+           linkname: bytes, devmajor: int, devminor: int) -> bytes:
+    b = bytearray(tarfile.BLOCKSIZE)
+    b[0:len(name)] = name
+    b[100:108] = b"%07o\0" % mode
+    b[108:116] = b"%07o\0" % uid
+    b[116:124] = b"%07o\0" % gid
+    b[124:136] = b"%011o\0" % size
+    b[136:148] = b"%011o\0" % mtime
+    b[148:156] = b"        "
+    b[156:157] = typ
+    b[157:157 + len(linkname)] = linkname
+    b[257:265] = b"ustar\x0000"
+    b[329:337] = b"%07o\0" % devmajor
+    b[337:345] = b"%07o\0" % devminor
+    b[148:156] = b"%06o\0 " % sum(b)
+    return bytes(b)
+
+
+def encode_header(name: str, e: Entry, typ: bytes, size: int, linkname: str,
+                  devmajor: int = 0, devminor: int = 0) -> bytes:
+    """ustar header block(s) for one member, preceded by a PAX header when a field does not
+    fit ustar (long or non-ASCII names, fractional mtimes, big numbers, xattrs).
+
+    Hand-rolled instead of TarInfo.tobuf: it runs once per kept path, and tobuf's generic
+    PAX checks cost more than the rest of the write loop.
+    """
+    pax: dict[str, bytes] = {}
+    nb = name.encode("utf-8", "surrogateescape")
+    if len(nb) > 100 or not nb.isascii():
+        pax["path"] = nb
+        nb = nb[:100].decode("ascii", "replace").encode("ascii", "replace")[:100]
+    lb = linkname.encode("utf-8", "surrogateescape")
+    if len(lb) > 100 or not lb.isascii():
+        pax["linkpath"] = lb
+        lb = b""
+    mtime = e.mtime
+    if mtime != int(mtime) or not 0 <= mtime < 8**11:
+        pax["mtime"] = (b"%.9f" % mtime).rstrip(b"0").rstrip(b".")
+        mtime = max(0, min(int(mtime), 8**11 - 1))
+    uid, gid = e.uid, e.gid
+    if uid >= 8**7:
+        pax["uid"], uid = b"%d" % uid, 0
+    if gid >= 8**7:
+        pax["gid"], gid = b"%d" % gid, 0
+    if size >= 8**11:
+        pax["size"] = b"%d" % size
+    for k, v in e.xattrs.items():
+        pax[f"SCHILY.xattr.{k}"] = v
+    head = _block(nb, e.mode & 0o7777, uid, gid, size if size < 8**11 else 0, int(mtime), typ,
+                  lb, devmajor, devminor)
+    if not pax:
+        return head
+    records = b"".join(_pax_record(k, v) for k, v in pax.items())
+    xhead = _block(b"././@PaxHeader", 0o644, 0, 0, len(records), 0, tarfile.XHDTYPE, b"", 0, 0)
+    return xhead + records + bytes((-len(records)) % tarfile.BLOCKSIZE) + head
+
+
+def write_layer(flat: FlatImage, paths: list[str], out: BinaryIO) -> LayerStats:
+    """Write `paths` (from `closed_paths`) as a tar to `out`; return diff_id and size."""
+    w = HashingWriter(out)
+    written_inode: dict[str, str] = {}  # first path of a link group -> first written name
+    for path in paths:
+        e = flat.entries[path]
+        name = path[1:]
+        group = flat.hardlink_group(path)
+        if len(group) > 1:
+            first = written_inode.get(group[0])
+            if first is not None:
+                w.write(encode_header(name, e, tarfile.LNKTYPE, 0, first))
+                continue
+            written_inode[group[0]] = name
+        src = flat.entries[e.linkname] if e.kind == "hardlink" else e
+        kind = src.kind
+        if kind == "file":
+            w.write(encode_header(name, e, tarfile.REGTYPE, src.size, ""))
+            _copy_content(flat, src.path, src.size, w)
+        elif kind == "dir":
+            w.write(encode_header(name + "/", e, tarfile.DIRTYPE, 0, ""))
+        elif kind == "symlink":
+            w.write(encode_header(name, e, tarfile.SYMTYPE, 0, src.linkname))
+        else:
+            w.write(encode_header(name, e, _TYPES[kind], 0, "", src.devmajor, src.devminor))
+    w.write(bytes(2 * tarfile.BLOCKSIZE))
+    return LayerStats(w.digest(), w.count, len(paths))
+
+
+def _copy_content(flat: FlatImage, path: str, size: int, w: HashingWriter) -> None:
+    host = flat.host_path(path)
+    try:
+        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImageFormatError(f"extracted file {path} cannot be read ({host}): {exc}") from exc
+    try:
+        left = size
+        while left:
+            chunk = os.read(fd, min(_CHUNK, left))
+            if not chunk:
+                break
+            w.write(chunk)
+            left -= len(chunk)
+        if left or os.read(fd, 1):
+            raise ImageFormatError(f"extracted file {path} ({host}) changed size since "
+                                   f"flattening (expected {size} bytes)")
+    finally:
+        os.close(fd)
+    pad = (-size) % tarfile.BLOCKSIZE
+    if pad:
+        w.write(bytes(pad))
