@@ -1,0 +1,164 @@
+"""Builders for hand-made images used by the tests/test_image_*.py modules.
+
+Layers are real tar archives written with Python's tarfile (or patched bytes of one, for
+the malformed cases); images are real docker-archive files and OCI layouts around them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tracer.image import FlatImage, flatten, open_image, parse_reference
+
+
+@dataclass
+class M:
+    """One member of a hand-made layer."""
+
+    name: str
+    kind: str = "file"
+    data: bytes = b""
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime: float = 1_600_000_000
+    linkname: str = ""
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    devmajor: int = 0
+    devminor: int = 0
+
+
+_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+          "hardlink": tarfile.LNKTYPE, "char": tarfile.CHRTYPE, "block": tarfile.BLKTYPE,
+          "fifo": tarfile.FIFOTYPE}
+
+
+def layer(*members: M, fmt: int = tarfile.PAX_FORMAT) -> bytes:
+    """An uncompressed tar holding `members` in order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for m in members:
+            ti = tarfile.TarInfo(m.name)
+            ti.type = _TYPES[m.kind]
+            ti.mode, ti.uid, ti.gid, ti.mtime = m.mode, m.uid, m.gid, m.mtime
+            ti.linkname = m.linkname
+            ti.devmajor, ti.devminor = m.devmajor, m.devminor
+            if m.xattrs:
+                ti.pax_headers = {f"SCHILY.xattr.{k}": v.decode("utf-8", "surrogateescape")
+                                  for k, v in m.xattrs.items()}
+            if m.kind == "file":
+                ti.size = len(m.data)
+                tf.addfile(ti, io.BytesIO(m.data))
+            else:
+                tf.addfile(ti)
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+BASE_CONFIG = {
+    "architecture": "amd64",
+    "os": "linux",
+    "config": {"Env": ["PATH=/usr/bin:/bin", "FOO=bar"], "Entrypoint": ["/bin/app"],
+               "Cmd": ["--serve"], "User": "1000:1000", "WorkingDir": "/srv",
+               "ExposedPorts": {"8080/tcp": {}}, "Volumes": {"/data": {}},
+               "Labels": {"org.example": "yes"}, "StopSignal": "SIGINT",
+               "Healthcheck": {"Test": ["CMD", "/bin/app", "--check"]}},
+    "history": [{"created_by": "hand-made"}],
+}
+
+
+def config_for(layers: list[bytes], diff_ids: list[str] | None = None) -> bytes:
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    cfg["rootfs"] = {"type": "layers", "diff_ids": diff_ids or [sha(x) for x in layers]}
+    return json.dumps(cfg).encode()
+
+
+def docker_archive(path: Path, layers: list[bytes], *, blobs_layout: bool = False,
+                   repo_tag: str | None = "hand/made:1", diff_ids: list[str] | None = None,
+                   layer_names: list[str] | None = None) -> Path:
+    """A `docker save`-shaped archive: old `<id>/layer.tar` layout or the blobs layout."""
+    cfg = config_for(layers, diff_ids)
+    files: list[tuple[str, bytes]] = []
+    names = []
+    for i, data in enumerate(layers):
+        hexd = sha(data)[7:]
+        name = f"blobs/sha256/{hexd}" if blobs_layout else f"{i:02d}{hexd[:62]}/layer.tar"
+        names.append(name)
+        files.append((name, data))
+    cfg_name = f"blobs/sha256/{sha(cfg)[7:]}" if blobs_layout else f"{sha(cfg)[7:]}.json"
+    files.append((cfg_name, cfg))
+    manifest = [{"Config": cfg_name, "RepoTags": [repo_tag] if repo_tag else None,
+                 "Layers": layer_names or names}]
+    files.append(("manifest.json", json.dumps(manifest).encode()))
+    with tarfile.open(path, "w") as tf:
+        for name, data in files:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def oci_layout(path: Path, layers: list[bytes], *, compress: bool = True,
+               tag: str = "t1") -> Path:
+    """An OCI image layout with gzip (default) or uncompressed layers."""
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+
+    def put(data: bytes) -> dict:
+        (blobs / sha(data)[7:]).write_bytes(data)
+        return {"digest": sha(data), "size": len(data)}
+
+    descs = []
+    for data in layers:
+        blob = gzip.compress(data) if compress else data
+        mt = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compress else "")
+        descs.append({"mediaType": mt, **put(blob)})
+    cfg = put(config_for(layers))
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cfg},
+                "layers": descs}
+    mdesc = {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+             **put(json.dumps(manifest).encode()),
+             "annotations": {"org.opencontainers.image.ref.name": tag}}
+    (path / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
+    return path
+
+
+def flat_from_layers(tmp: Path, *layers: bytes) -> FlatImage:
+    """Flatten hand-made layers through a real docker-archive file."""
+    archive = docker_archive(tmp / "in.tar", list(layers))
+    with open_image(parse_reference(f"docker-archive:{archive}"), tmp / "work") as src:
+        return flatten(src, tmp / "work" / "root")
+
+
+def flatten_ref(ref: str, work: Path) -> FlatImage:
+    with open_image(parse_reference(ref), work) as src:
+        return flatten(src, work / "root")
+
+
+def set_size(tar: bytes, member: str, size: int) -> bytes:
+    """Rewrite the size field of `member`'s ustar header (and its checksum): a lying size."""
+    data = bytearray(tar)
+    pos = 0
+    while pos < len(data):
+        block = data[pos:pos + 512]
+        name = block[:100].rstrip(b"\0").decode()
+        real = int(block[124:136].rstrip(b"\0 ") or b"0", 8)
+        if name == member:
+            data[pos + 124:pos + 136] = b"%011o\0" % size
+            data[pos + 148:pos + 156] = b" " * 8
+            chk = sum(data[pos:pos + 512])
+            data[pos + 148:pos + 156] = b"%06o\0 " % chk
+            return bytes(data)
+        pos += 512 + real + (-real) % 512
+    raise KeyError(member)
