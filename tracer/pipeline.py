@@ -212,10 +212,27 @@ def _steps(result: SmokeResult) -> list[StepSummary]:
 
 def _publish(engine: EngineImages, candidate: ImageRef, out: ImageRef, flat: FlatImage,
              keep: list[str], work: Path) -> None:
-    """Put the verified image under the output reference (atomic for each transport)."""
+    """Put the verified image under the output reference (atomic for each transport).
+
+    In the engine the tag moves in one call; the image it used to name is removed when
+    nothing else names it, so nightly runs do not pile up dangling images.
+    """
     if out.transport == "docker-daemon":
+        import docker
+
+        name = f"{out.name}:{out.tag or 'latest'}"
+        try:
+            previous = engine.client.images.get(name).id
+        except docker.errors.ImageNotFound:
+            previous = None
         image = engine.client.images.get(f"{candidate.name}:{candidate.tag}")
         image.tag(out.name, out.tag or "latest")
+        if previous and previous != image.id:
+            try:
+                if not engine.client.images.get(previous).tags:
+                    engine.client.images.remove(previous)
+            except docker.errors.APIError:
+                pass  # still used by a container or another image: leave it
     else:
         write_image(flat, keep, out, workdir=work / "output",
                     comment="tracer: minimized image")
