@@ -18,6 +18,7 @@ import yaml
 
 from tracer.errors import BadInput
 from tracer.profile_model import (
+    ArgvStep,
     CommandStep,
     ExecStep,
     HttpStep,
@@ -263,7 +264,7 @@ def _run(c: _Checker, node: yaml.Node) -> RunSpec:
 
 
 def _argv_step(c: _Checker, node: yaml.Node, extra: dict[str, yaml.Node], field: str,
-               cls: type[ExecStep] | type[CommandStep]) -> Step | None:
+               cls: type[ArgvStep]) -> Step | None:
     argv = c.string_list(node, field, allow_empty=False)
     kw: dict[str, Any] = {}
     base = field.rsplit(".", 1)[0]

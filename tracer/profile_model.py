@@ -57,8 +57,8 @@ class TcpStep:
 
 
 @dataclass(frozen=True)
-class ExecStep:
-    """A command inside the running container (docker exec semantics)."""
+class ArgvStep:
+    """A program run with expected exit code and output regexes (exec and command)."""
 
     argv: list[str]
     exit: int = 0
@@ -68,14 +68,13 @@ class ExecStep:
 
 
 @dataclass(frozen=True)
-class CommandStep:
-    """A fresh one-shot container from the image running argv (entrypoint replaced)."""
+class ExecStep(ArgvStep):
+    """A command inside the running container (docker exec semantics)."""
 
-    argv: list[str]
-    exit: int = 0
-    stdout: str | None = None
-    stderr: str | None = None
-    timeout: float = 60.0
+
+@dataclass(frozen=True)
+class CommandStep(ArgvStep):
+    """A fresh one-shot container from the image running argv (entrypoint replaced)."""
 
 
 @dataclass(frozen=True)
