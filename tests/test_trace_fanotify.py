@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,8 +12,11 @@ import pytest
 from tracer.trace import fanotify
 from tracer.trace.parser import excluder
 
+# CI runs as root on the engine's host: there fanotify must work, so the tests run and fail.
 needs_fanotify = pytest.mark.skipif(
-    fanotify.available() is not None, reason=f"fanotify unusable: {fanotify.available()}"
+    fanotify.available() is not None
+    and os.environ.get("CI", "").lower() not in ("1", "true", "yes"),
+    reason=f"fanotify unusable: {fanotify.available()}",
 )
 
 
