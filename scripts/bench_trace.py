@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tracer.image.reference import parse_reference  # noqa: E402
+from tracer.profile import load_profile  # noqa: E402
 from tracer.profile_model import (  # noqa: E402
     CommandStep,
     ExecStep,
@@ -33,6 +35,9 @@ from tracer.profile_model import (  # noqa: E402
     SmokeStep,
 )
 from tracer.trace.run import run_smoke  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = ("nginx", "pyapp", "hardcases", "layers")
 
 SERVER = r"""
 use strict; use IO::Socket::INET; use POSIX ();
@@ -112,20 +117,27 @@ def main() -> int:
     ap.add_argument("--image", default="tracer-fixture/base:bookworm")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-stress", action="store_true", help="skip the worst-case scenario")
+    ap.add_argument("--no-fixtures", action="store_true",
+                    help="skip the fixture profiles (profiles/*.yaml on tracer-fixture images)")
     args = ap.parse_args()
-    scenarios = [("service", service_profile(args.image), True)]
+    scenarios = [("service", service_profile(args.image), args.image, True)]
+    if not args.no_fixtures:
+        for name in FIXTURES:
+            prof = load_profile(REPO / "profiles" / f"{name}.yaml")
+            ref = parse_reference(prof.image)
+            scenarios.append((name, prof, f"{ref.name}:{ref.tag or 'latest'}", True))
     if not args.no_stress:
-        scenarios.append(("stress", stress_profile(args.image), False))
+        scenarios.append(("stress", stress_profile(args.image), args.image, False))
     worst = 0.0
     with tempfile.TemporaryDirectory(prefix="bench-trace-") as tmp:
-        for name, prof, held in scenarios:
-            untraced, traced, info = measure(prof, args.image, args.repeat, Path(tmp))
+        for name, prof, image, held in scenarios:
+            untraced, traced, info = measure(prof, image, args.repeat, Path(tmp))
             ratio = traced / untraced
             if held:
                 worst = max(worst, ratio)
             target = "target <= 1.5x" if held else "worst case, informational"
             print(
-                f"{name:8} untraced {untraced:6.2f}s  traced {traced:6.2f}s  "
+                f"{name:10} untraced {untraced:6.2f}s  traced {traced:6.2f}s  "
                 f"ratio {ratio:4.2f}x  ({target}; {info})"
             )
     return 0 if worst <= 1.5 else 1

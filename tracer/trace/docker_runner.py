@@ -155,13 +155,15 @@ class DockerRunner:
     def wait(self, container: Any, timeout: float) -> int | None:
         """Exit code, or None after `timeout` seconds (the container keeps running)."""
         deadline = time.monotonic() + max(timeout, 0)
+        pause = 0.01  # back off to 100 ms: a short job is noticed as soon as it ends
         while True:
             status, code = self.status(container)
             if code is not None:
                 return code
             if time.monotonic() >= deadline:
                 return None
-            time.sleep(0.1)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def logs(self, container: Any, *, stdout: bool = True, stderr: bool = True) -> str:
         try:
