@@ -7,7 +7,6 @@ from tracer.image.reference import parse_reference
 from tracer.image.source import open_image
 from tracer.pipeline import effective_argv, image_env, workdir
 from tracer.profile_model import Profile
-from tracer.rootfs import RootFS
 from tracer.static import Closure, Resolver
 
 
@@ -22,4 +21,4 @@ def ldd(image: str, paths: list[str]) -> Closure:
             argv = effective_argv(Profile(name="ldd", image=image), flat.config)
             roots = argv[:1]
         env = image_env(flat.config, {})
-        return Resolver(RootFS(flat.root), env=env).closure(roots)
+        return Resolver(flat.rootfs(), env=env).closure(roots)

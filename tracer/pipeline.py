@@ -134,7 +134,7 @@ def prepare(image: str, name: str, work: Path, engine: EngineImages,
         engine_ref = f"{tmp.name}:{tmp.tag}"
         seconds["load_input"] = seconds.get("load_input", 0.0) + time.monotonic() - t0
         progress.done()
-    return Prepared(ref=ref, flat=flat, root=RootFS(flat.root), engine_ref=engine_ref)
+    return Prepared(ref=ref, flat=flat, root=flat.rootfs(), engine_ref=engine_ref)
 
 
 def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult) -> Closure:

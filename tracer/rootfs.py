@@ -1,4 +1,4 @@
-"""Path resolution inside an image root that has been extracted to a host directory.
+"""Path resolution inside an image root: a host directory, or a flattened image's index.
 
 An image's symlinks are untrusted: `/lib -> /usr/lib` must mean the image's /usr/lib, and
 `/etc/x -> ../../../../etc/shadow` must never reach the host. The host kernel would follow
@@ -9,6 +9,11 @@ with O_NOFOLLOW, so even a tree changed behind our back cannot make the host fol
 
 The root is treated as read-only for the life of a RootFS: lstat and readlink results are
 cached, which is what makes resolving thousands of library paths cheap.
+
+Two backends share all of the resolution logic: `RootFS(dir)` answers the four primitives
+(lstat, readlink, listdir, open of an already resolved path) from a host directory;
+`IndexRootFS(flat)` answers them from a flattened image's index and reads file bytes
+straight from the layer data, so an image never has to be extracted to be inspected.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from tracer.errors import BadInput
+
+if TYPE_CHECKING:
+    from tracer.image.model import Entry, FlatImage
 
 MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS: ELOOP after this many links in one lookup
 
@@ -64,12 +72,19 @@ def _join(parts: list[str]) -> str:
 
 
 class RootFS:
-    """An extracted image root, with every lookup interpreted inside it."""
+    """An image root with every lookup interpreted inside it.
+
+    This class is the directory backend (an image root extracted to a host directory) and
+    holds all the resolution logic; IndexRootFS swaps in the index-backed primitives.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise BadInput(f"image root {self.root} is not a directory")
+        self._init_caches()
+
+    def _init_caches(self) -> None:
         self._lstat_cache: dict[str, os.stat_result | None] = {}
         self._link_cache: dict[str, str] = {}
         self._resolve_cache: dict[tuple[str, bool], Resolved] = {}
@@ -103,6 +118,34 @@ class RootFS:
             target = os.readlink(self.host_path(path))
             self._link_cache[path] = target
             return target
+
+    def _raw_listdir(self, path: str) -> list[str]:
+        """Names in the resolved directory `path`."""
+        return os.listdir(self.host_path(path))
+
+    def _open_resolved(self, path: str, asked: str) -> BinaryIO:
+        """Open the resolved file `path` (`asked` is the caller's name for error messages).
+
+        Each component is opened relative to the previous one with O_NOFOLLOW, so the host
+        never follows a link even if the tree changed since resolve().
+        """
+        parts = [p for p in path.split("/") if p]
+        dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for comp in parts[:-1]:
+                nxt = os.open(
+                    comp,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=dir_fd,
+                )
+                os.close(dir_fd)
+                dir_fd = nxt
+            if not parts:
+                raise IsADirectoryError(f"{asked}: is a directory")
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        return os.fdopen(fd, "rb")
 
     # -- resolution -----------------------------------------------------------------------
     def resolve(self, path: str, *, follow_last: bool = True, cwd: str = "/") -> Resolved:
@@ -185,34 +228,14 @@ class RootFS:
         st = self.stat(path)
         if st is None or not stat.S_ISDIR(st.st_mode):
             return []
-        return sorted(os.listdir(self.host_path(self.resolve(path).path)))
+        return sorted(self._raw_listdir(self.resolve(path).path))
 
     def open(self, path: str) -> BinaryIO:
-        """Open a file for reading after resolving `path` in the image.
-
-        Each component is opened relative to the previous one with O_NOFOLLOW, so the host
-        never follows a link even if the tree changed since resolve().
-        """
+        """Open a file for reading after resolving `path` in the image."""
         res = self.resolve(path)
         if not res.exists:
             raise FileNotFoundError(f"{path}: no such file inside the image")
-        parts = [p for p in res.path.split("/") if p]
-        dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for comp in parts[:-1]:
-                nxt = os.open(
-                    comp,
-                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    dir_fd=dir_fd,
-                )
-                os.close(dir_fd)
-                dir_fd = nxt
-            if not parts:
-                raise IsADirectoryError(f"{path}: is a directory")
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
-        return os.fdopen(fd, "rb")
+        return self._open_resolved(res.path, path)
 
     def exists(self, path: str) -> bool:
         return self.stat(path) is not None
@@ -224,3 +247,78 @@ class RootFS:
     def is_dir(self, path: str) -> bool:
         st = self.stat(path)
         return st is not None and stat.S_ISDIR(st.st_mode)
+
+
+_S_IFMT = {
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "char": stat.S_IFCHR,
+    "block": stat.S_IFBLK,
+    "fifo": stat.S_IFIFO,
+}
+
+
+class IndexRootFS(RootFS):
+    """A flattened image's index as a RootFS: nothing on the host is looked at.
+
+    lstat results are synthesized from the index entries (type bits, permission bits, owner,
+    size, mtime; hardlinked names share an inode number) and file bytes come from
+    `FlatImage.open_content`, i.e. straight from the layer data.
+    """
+
+    def __init__(self, flat: FlatImage) -> None:
+        # no host root on purpose: every primitive below answers from the index
+        self._flat = flat
+        self._children: dict[str, list[str]] | None = None
+        self._inodes: dict[str, int] = {}
+        self._init_caches()
+
+    def host_path(self, path: str) -> Path:
+        raise TypeError(f"{path}: an index-backed image root has no host path")
+
+    def _canonical(self, e: Entry) -> Entry:
+        return self._flat.entries[e.linkname] if e.kind == "hardlink" else e
+
+    def _raw_lstat(self, path: str) -> os.stat_result | None:
+        try:
+            return self._lstat_cache[path]
+        except KeyError:
+            pass
+        e = self._flat.entries.get(path)
+        st: os.stat_result | None = None
+        if e is not None:
+            c = self._canonical(e)
+            ino = self._inodes.setdefault(c.path, len(self._inodes) + 1)
+            size = c.size if c.kind == "file" else len(c.linkname) if c.kind == "symlink" else 0
+            rdev = os.makedev(c.devmajor, c.devminor) if c.kind in ("char", "block") else 0
+            nlink = len(self._flat.hardlink_group(path))
+            st = os.stat_result((_S_IFMT[c.kind] | (c.mode & 0o7777), ino, 0, nlink, c.uid,
+                                 c.gid, size, c.mtime, c.mtime, c.mtime),
+                                {"st_rdev": rdev})
+        self._lstat_cache[path] = st
+        return st
+
+    def _raw_readlink(self, path: str) -> str:
+        e = self._flat.entries.get(path)
+        if e is None or self._canonical(e).kind != "symlink":
+            raise OSError(f"{path}: not a symbolic link inside the image")
+        return self._canonical(e).linkname
+
+    def _raw_listdir(self, path: str) -> list[str]:
+        if self._children is None:
+            children: dict[str, list[str]] = {}
+            for p in self._flat.entries:
+                if p != "/":
+                    parent, _, name = p.rpartition("/")
+                    children.setdefault(parent or "/", []).append(name)
+            self._children = children
+        return list(self._children.get(path, ()))
+
+    def _open_resolved(self, path: str, asked: str) -> BinaryIO:
+        e = self._flat.entries.get(path)
+        if e is None:
+            raise FileNotFoundError(f"{asked}: no such file inside the image")
+        if self._canonical(e).kind == "dir":
+            raise IsADirectoryError(f"{asked}: is a directory")
+        return self._flat.open_content(path)

@@ -2,7 +2,8 @@
 flattening and writing a one-layer image with the original config.
 
 This package knows nothing of ELF or tracing; it turns an image reference into a flattened
-filesystem index plus an extracted tree, and a kept subset of that back into an image.
+filesystem index whose file bytes are read from the layer data on demand, and a kept
+subset of that back into an image.
 """
 
 from tracer.image.flatten import flatten

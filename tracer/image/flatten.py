@@ -9,10 +9,17 @@ symlinks are followed inside the image index, never on the host. Where Docker's 
 applier depends on tar order (a whiteout listed after a same-layer file of that name hides
 it there), the spec's rule wins: whiteouts only ever hide lower layers.
 
-The host tree is built only from directories this code made: every parent of a created
-name is a directory of the index (so a real directory we created), the final component is
-created with O_EXCL/O_NOFOLLOW, symlinks are created but never traversed, device nodes and
-FIFOs stay index-only, and setuid/setgid bits and owners live only in the index.
+Flattening only indexes: for every regular file it records where its bytes lie instead of
+writing the file out (creating thousands of small files was most of the cost of reading an
+image). An uncompressed layer already on disk (a docker-archive's `layer.tar`, an OCI blob)
+is pointed into in place; a compressed one is decompressed once, sequentially, into a spool
+file in the flatten directory. Digests are still verified as every layer is read.
+
+`extract=True` also builds a host tree (for tools and tests that need one). That tree is
+built only from directories this code made: every parent of a created name is a directory
+of the index (so a real directory we created), the final component is created with
+O_EXCL/O_NOFOLLOW, symlinks are created but never traversed, device nodes and FIFOs stay
+index-only, and setuid/setgid bits and owners live only in the index.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import errno
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
+from tracer.image.content import ContentRef
 from tracer.image.model import Entry, FlatImage
 from tracer.image.paths import join, link_target_path, member_path, split
 from tracer.image.source import ImageSource
@@ -50,6 +59,7 @@ class _Node:
     origin: str
     devmajor: int = 0
     devminor: int = 0
+    content: ContentRef | None = None
 
 
 @dataclass
@@ -59,8 +69,12 @@ class _Slot:
 
 
 class _Applier:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path | None) -> None:
+        self.extract = root is not None
         self.root = str(root)
+        # where the current layer's tar bytes lie: member data is at base + stream offset
+        self.blob = ""
+        self.base = 0
         self.index: dict[str, _Slot] = {
             "/": _Slot(_Node("dir", 0o755, 0, 0, 0.0, 0, "", {}, "/"), 0)}
         self.children: dict[str, set[str]] = {"/": set()}
@@ -91,6 +105,8 @@ class _Applier:
         self.children[split(path)[0]].discard(path)
         self._forget(path)
         kind = slot.node.kind
+        if not self.extract:
+            return
         if kind == "dir":
             shutil.rmtree(self.host(path))
         elif kind in _HOST_KINDS:
@@ -133,7 +149,8 @@ class _Applier:
                 if not create:
                     return None
                 self._add(nxt, _Node("dir", 0o755, 0, 0, 0.0, 0, "", {}, nxt))
-                os.mkdir(self.host(nxt), 0o700)
+                if self.extract:
+                    os.mkdir(self.host(nxt), 0o700)
                 cur = nxt
             elif s.node.kind == "dir":
                 cur = nxt
@@ -186,15 +203,19 @@ class _Applier:
                      m.linkname if m.kind == "symlink" else "", dict(m.xattrs), real,
                      m.devmajor, m.devminor)
         if m.kind == "file":
+            node.content = ContentRef(self.blob, self.base + reader.data_offset, m.size)
             self._add(real, node)
-            self._write_file(real, m, reader)
+            if self.extract:
+                self._write_file(real, m, reader)
         elif m.kind == "dir":
-            os.mkdir(self.host(real), 0o700)
+            if self.extract:
+                os.mkdir(self.host(real), 0o700)
             self._add(real, node)
         elif m.kind == "symlink":
             if not m.linkname or "\0" in m.linkname:
                 raise ImageFormatError(f"{self.where}: member {m.name!r}: empty symlink target")
-            os.symlink(m.linkname, self.host(real))
+            if self.extract:
+                os.symlink(m.linkname, self.host(real))
             self._add(real, node)
         else:  # char, block, fifo: recorded, never created on the host
             self._add(real, node)
@@ -230,7 +251,7 @@ class _Applier:
             raise ImageFormatError(f"{self.where}: member {m.name!r}: hardlink to directory "
                                    f"{m.linkname!r}")
         assert treal is not None
-        if node.kind in _HOST_KINDS:
+        if self.extract and node.kind in _HOST_KINDS:
             os.link(self.host(treal), self.host(real), follow_symlinks=False)
         self._add(real, node)
         # Docker applies a link header's owner and xattrs to the shared inode, and its mode
@@ -239,7 +260,7 @@ class _Applier:
         node.xattrs.update(m.xattrs)
         if node.kind != "symlink":
             node.mode, node.mtime = m.mode, m.mtime
-            if node.kind == "file":
+            if self.extract and node.kind == "file":
                 os.chmod(self.host(real), (m.mode & 0o777) | 0o600)
 
     def _set_meta(self, node: _Node, m: Member) -> None:
@@ -270,7 +291,8 @@ class _Applier:
             t = int(node.mtime * 1e9)
             os.utime(h, ns=(t, t))
 
-    def entries(self) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]]]:
+    def entries(self) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]],
+                               dict[str, ContentRef]]:
         by_node: dict[int, list[str]] = {}
         for path, slot in self.index.items():
             if slot.node.kind != "dir":
@@ -285,11 +307,14 @@ class _Applier:
                 for p in paths:
                     groups[p] = tuple(paths)
         out: dict[str, Entry] = {}
+        content: dict[str, ContentRef] = {}
         for path in sorted(self.index):
             slot = self.index[path]
             n = slot.node
             canon = canonical.get(id(n), path)
             linked = canon != path
+            if n.content is not None and not linked:
+                content[path] = n.content
             out[path] = Entry(
                 path=path,
                 kind="hardlink" if linked else n.kind,
@@ -298,7 +323,7 @@ class _Applier:
                 linkname=canon if linked else n.linkname,
                 xattrs=dict(n.xattrs), layer=slot.layer,
                 devmajor=n.devmajor, devminor=n.devminor)
-        return out, groups
+        return out, groups, content
 
 
 def _host_error(exc: OSError, where: str, member: str) -> Exception:
@@ -310,19 +335,46 @@ def _host_error(exc: OSError, where: str, member: str) -> Exception:
     return ImageFormatError(msg)
 
 
-def flatten(source: ImageSource, dest: Path,
-            progress: Callable[[str], None] | None = None) -> FlatImage:
-    """Apply every layer of `source` into the new directory `dest` and index the result.
+class _Spool:
+    """Pass-through reader that also writes what it hands out to a spool file, so the member
+    offsets the tar reader reports are offsets into that file."""
 
-    On any error the partly extracted `dest` is removed and the error re-raised; `dest`
-    must not exist or be empty (it is never merged into).
+    def __init__(self, inner: BinaryIO, out: BinaryIO, where: str) -> None:
+        self._inner = inner
+        self._out = out
+        self._where = where
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._inner.read(n)
+        try:
+            self._out.write(data)
+        except OSError as exc:
+            # not a stream error (the tar reader would call it a corrupt layer): the disk's
+            raise EnvironmentProblem(f"{self._where}: cannot spool the decompressed layer: "
+                                     f"{exc.strerror or exc}") from exc
+        return data
+
+
+def flatten(source: ImageSource, dest: Path,
+            progress: Callable[[str], None] | None = None, *,
+            extract: bool = False) -> FlatImage:
+    """Index every layer of `source`, in the new directory `dest`, without extracting files.
+
+    `dest` holds what the result reads from: spooled decompressed layers and a hardlink to
+    the source's saved archive (the source deletes its own temp files on close); with
+    `extract`, also the host tree at `dest/rootfs`. On any error `dest` is removed and the
+    error re-raised; `dest` must not exist or be empty (it is never merged into).
     """
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or dest.is_symlink() or any(dest.iterdir())):
         raise BadInput(f"flatten destination {dest} exists and is not an empty directory")
     dest.mkdir(parents=True, exist_ok=True)
     os.chmod(dest, 0o700)
-    applier = _Applier(dest.resolve())
+    dest = dest.resolve()
+    tree = dest / "rootfs" if extract else None
+    if tree is not None:
+        tree.mkdir(0o700)
+    applier = _Applier(tree)
     try:
         for layer in source.layers:
             applier.layer = layer.index
@@ -330,8 +382,17 @@ def flatten(source: ImageSource, dest: Path,
             if progress:
                 progress(f"applying {layer.where}")
             stream = layer.open()
+            spool: BinaryIO | None = None
             try:
-                reader = TarReader(stream, layer.where)  # type: ignore[arg-type]
+                if stream.compression == "none" and layer.location is not None:
+                    applier.blob, applier.base = layer.location
+                    tar_in: BinaryIO = stream  # type: ignore[assignment]
+                else:
+                    path = dest / f"layer-{layer.index}.tar"
+                    spool = open(path, "xb", buffering=1 << 20)  # noqa: SIM115
+                    applier.blob, applier.base = str(path), 0
+                    tar_in = _Spool(stream, spool, layer.where)  # type: ignore[arg-type]
+                reader = TarReader(tar_in, layer.where)
                 while (m := reader.next()) is not None:
                     try:
                         applier.apply(m, reader)
@@ -340,10 +401,16 @@ def flatten(source: ImageSource, dest: Path,
                 stream.finish()
             finally:
                 stream.close()
-        applier.finish_host()
-        entries, groups = applier.entries()
+                if spool is not None:
+                    spool.close()
+        if tree is not None:
+            applier.finish_host()
+        entries, groups, content = applier.entries()
+        kept = {b: source.keep_file(b, dest) for b in {r.blob for r in content.values()}}
+        content = {p: replace(r, blob=kept[r.blob]) for p, r in content.items()}
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    return FlatImage(entries=entries, root=dest.resolve(), config=source.config,
-                     source_digest=source.digest, source_ref=source.ref, _groups=groups)
+    return FlatImage(entries=entries, root=tree, config=source.config,
+                     source_digest=source.digest, source_ref=source.ref, _groups=groups,
+                     _content=content, workdir=dest)

@@ -2,14 +2,13 @@
 
 Member names are relative without `./` and directories end in `/`, as Docker's own layers
 are; owners, modes (setuid included), mtimes, xattrs and hardlinks come from the index, the
-bytes from the extracted tree. Headers are PAX so long names and binary
-`security.capability` values survive.
+bytes straight from the source's layer data (`FlatImage.open_content`). Headers are PAX so
+long names and binary `security.capability` values survive.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -171,24 +170,21 @@ def write_layer(flat: FlatImage, paths: list[str], out: BinaryIO) -> LayerStats:
 
 
 def _copy_content(flat: FlatImage, path: str, size: int, w: HashingWriter) -> None:
-    host = flat.host_path(path)
     try:
-        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        f = flat.open_content(path)
     except OSError as exc:
-        raise ImageFormatError(f"extracted file {path} cannot be read ({host}): {exc}") from exc
-    try:
+        raise ImageFormatError(f"content of {path} cannot be read: {exc}") from exc
+    with f:
         left = size
         while left:
-            chunk = os.read(fd, min(_CHUNK, left))
+            chunk = f.read(min(_CHUNK, left))
             if not chunk:
                 break
             w.write(chunk)
             left -= len(chunk)
-        if left or os.read(fd, 1):
-            raise ImageFormatError(f"extracted file {path} ({host}) changed size since "
-                                   f"flattening (expected {size} bytes)")
-    finally:
-        os.close(fd)
+    if left:
+        raise ImageFormatError(f"content of {path} ends {left} bytes short of its {size} "
+                               "bytes: the layer data it is read from changed or vanished")
     pad = (-size) % tarfile.BLOCKSIZE
     if pad:
         w.write(bytes(pad))

@@ -1,16 +1,22 @@
-"""The flattened filesystem: one Entry per path of the final image, plus the host tree.
+"""The flattened filesystem: one Entry per path of the final image, and where each regular
+file's bytes lie in the layer data.
 
-The index (not the host tree) is the truth for metadata: owners, setuid bits, xattrs and
-device nodes are recorded here and never applied on the host, so an untrusted image cannot
-plant a setuid-root binary or a device node in the work directory.
+The index is the truth for metadata and content: owners, setuid bits, xattrs and device
+nodes are recorded here and never applied on the host, and file bytes are read on demand
+straight from the layer data (see content.py), so reading an image writes no file tree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
+from tracer.image.content import ContentRef, open_ref
 from tracer.image.reference import ImageRef
+
+if TYPE_CHECKING:
+    from tracer.rootfs import RootFS
 
 KINDS = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
 
@@ -35,18 +41,58 @@ class Entry:
 
 @dataclass
 class FlatImage:
-    """Result of `flatten`: every final path, the extracted tree, and the source's config."""
+    """Result of `flatten`: every final path, where file bytes lie, and the source's config.
+
+    `root` is the host tree only when flatten was asked to extract one (`extract=True`);
+    `workdir` is flatten's own directory, holding any layer data it had to spool.
+    """
 
     entries: dict[str, Entry]
-    root: Path
+    root: Path | None
     config: dict
     source_digest: str
     source_ref: ImageRef | None = None
     _groups: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    _content: dict[str, ContentRef] = field(default_factory=dict, repr=False)
+    workdir: Path | None = None
+    _rootfs: RootFS | None = field(default=None, repr=False)
 
     def host_path(self, path: str) -> Path:
-        """Where `path` was extracted (files, dirs and symlinks only; never follow it)."""
+        """Where `path` was extracted (files, dirs and symlinks only; never follow it).
+
+        Only for an image flattened with `extract=True`: the pipeline never extracts.
+        """
+        if self.root is None:
+            raise ValueError("this image was flattened without extracting a host tree")
         return self.root / path.lstrip("/")
+
+    def content_ref(self, path: str) -> ContentRef:
+        """Where the bytes of regular file `path` (or of the file a hardlink names) lie."""
+        e = self.entries.get(path)
+        if e is None:
+            raise FileNotFoundError(f"{path}: no such file in the image")
+        if e.kind == "hardlink":
+            e = self.entries[e.linkname]
+        if e.kind == "dir":
+            raise IsADirectoryError(f"{path}: is a directory")
+        ref = self._content.get(e.path) if e.kind == "file" else None
+        if ref is None:
+            raise OSError(f"{path}: a {e.kind}, not a regular file")
+        return ref
+
+    def open_content(self, path: str) -> BinaryIO:
+        """A seekable reader over the bytes of regular file `path`, read from the layer data
+        in place and confined to that member's range. `path` is an index key (a real path:
+        no symlink is followed here; use `rootfs()` for that)."""
+        return open_ref(self.content_ref(path))
+
+    def rootfs(self) -> RootFS:
+        """The image as a RootFS answered from this index (links interpreted in-image)."""
+        if self._rootfs is None:
+            from tracer.rootfs import IndexRootFS
+
+            self._rootfs = IndexRootFS(self)
+        return self._rootfs
 
     def hardlink_group(self, path: str) -> tuple[str, ...]:
         """Every path sharing `path`'s inode, sorted; `(path,)` when it has no other links."""

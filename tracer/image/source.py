@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import platform
 import posixpath
 import re
@@ -48,6 +49,21 @@ class ImageSource:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    def keep_file(self, path: str, dest_dir: Path) -> str:
+        """A copy of `path` in `dest_dir` that outlives this source, if `path` is one of its
+        temp files (else `path` itself): a flattened image reads its content from the saved
+        archive in place, after the source is closed. A hardlink, so nothing is copied; the
+        source stays usable."""
+        for p in self._cleanup:
+            if str(p) == path:
+                new = Path(dest_dir) / p.name
+                try:
+                    os.link(p, new)
+                except OSError:  # another filesystem: copy (slow, but correct)
+                    shutil.copyfile(p, new)
+                return str(new)
+        return path
 
     def close(self) -> None:
         """Remove temp files this source made in the work dir (never the input)."""
@@ -130,7 +146,7 @@ def _open_docker_archive(ref: ImageRef, path: Path, workdir: Path,
                     links[name] = posixpath.normpath(ti.linkname.lstrip("/"))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ImageFormatError(f"{where}: not a readable tar archive: {exc}") from exc
-    archive = str(path)
+    archive = os.path.abspath(path)
 
     def locate(name: str) -> tuple[int, int]:
         name = posixpath.normpath(name.lstrip("/"))
@@ -178,7 +194,7 @@ def _open_docker_archive(ref: ImageRef, path: Path, workdir: Path,
             i, f"{where}: layer {i} ({lname})",
             lambda off=off, size=size: Region(archive, off, size),
             diff_id=diff_ids[i], blob_digest=f"sha256:{bm.group(1)}" if bm else None,
-            blob_size=size))
+            blob_size=size, location=(archive, off)))
     assert isinstance(config, dict)
     return ImageSource(ref, config, cfg_bytes, digest, layers, cleanup)
 
@@ -281,7 +297,7 @@ def _open_oci(ref: ImageRef, root: Path) -> ImageSource:
         size = ld.get("size") if isinstance(ld.get("size"), int) else None
         layers.append(Layer(i, lwhere, lambda p=p: open(p, "rb"),  # noqa: SIM115
                             diff_id=diff_ids[i], blob_digest=ld["digest"], blob_size=size,
-                            media_type=ld.get("mediaType")))
+                            media_type=ld.get("mediaType"), location=(os.path.abspath(p), 0)))
     assert isinstance(config, dict) and isinstance(cfg_desc, dict)
     return ImageSource(ref, config, cfg_bytes, cfg_desc["digest"], layers)
 

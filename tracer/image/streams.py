@@ -95,6 +95,7 @@ class LayerStream:
             inner = self._raw
         self._inner = inner
         self._tar = HashingReader(inner) if compression != "none" else None
+        self.compression = compression
 
     def read(self, n: int = -1) -> bytes:
         return (self._tar or self._raw).read(n)
@@ -132,7 +133,8 @@ class Layer:
 
     def __init__(self, index: int, where: str, opener: Callable[[], BinaryIO | Region], *,
                  diff_id: str | None, blob_digest: str | None = None,
-                 blob_size: int | None = None, media_type: str | None = None) -> None:
+                 blob_size: int | None = None, media_type: str | None = None,
+                 location: tuple[str, int] | None = None) -> None:
         self.index = index
         self.where = where
         self._opener = opener
@@ -140,6 +142,9 @@ class Layer:
         self.blob_digest = blob_digest
         self.blob_size = blob_size
         self.media_type = media_type
+        # (file, offset) where the blob's bytes lie on disk: an uncompressed blob's members
+        # are then read in place, with no copy (see flatten).
+        self.location = location
 
     def open_raw(self) -> BinaryIO | Region:
         """The blob exactly as stored (possibly compressed)."""

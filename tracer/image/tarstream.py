@@ -36,6 +36,12 @@ KIND_OF_TYPE = {
 }
 # Errors a decompressor raises on a corrupt or truncated stream.
 STREAM_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, ValueError)
+try:  # zstd layers (optional dependency): its errors derive from Exception only
+    from zstandard import ZstdError
+
+    STREAM_ERRORS += (ZstdError,)
+except ImportError:  # pragma: no cover - zstandard not installed
+    pass
 
 
 @dataclass
@@ -146,6 +152,10 @@ class TarReader:
         self._pad = 0
         self._current: Member | None = None
         self.last_name = "(start of layer)"
+        # Bytes consumed from the stream so far, and where the current member's data starts:
+        # flatten records that offset instead of copying the data out.
+        self.offset = 0
+        self.data_offset = 0
 
     def _at(self) -> str:
         return f"{self._where}: member {self.last_name!r}"
@@ -160,6 +170,7 @@ class TarReader:
                     break
                 parts.append(chunk)
                 n -= len(chunk)
+                self.offset += len(chunk)
         except STREAM_ERRORS as exc:
             raise ImageFormatError(f"{self._at()}: corrupt or truncated stream: {exc}") from exc
         return b"".join(parts) if len(parts) != 1 else parts[0]
@@ -270,6 +281,7 @@ class TarReader:
             xattrs=xattrs,
         )
         self._current = m
+        self.data_offset = self.offset
         # Only regular files carry data: header-only types ignore their size (as Go and
         # tarfile do), so a lying size on a symlink cannot swallow the next members.
         self._remaining = m.size
