@@ -8,7 +8,15 @@ import stat
 import tarfile
 from pathlib import Path
 
-from test_image_support import M, docker_archive, flat_from_layers, flatten_ref, layer, oci_layout
+from test_image_support import (
+    M,
+    content,
+    docker_archive,
+    flat_from_layers,
+    flatten_ref,
+    layer,
+    oci_layout,
+)
 
 CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
 
@@ -19,6 +27,7 @@ def test_whiteout_hides_lower_file_and_directory(tmp_path: Path) -> None:
         layer(M("etc", "dir", mode=0o755), M("etc/keep", data=b"k"), M("etc/gone", data=b"g"),
               M("var", "dir"), M("var/cache", "dir"), M("var/cache/x", data=b"x")),
         layer(M("etc/.wh.gone"), M("var/.wh.cache")),
+        extract=True,
     )
     assert "/etc/keep" in flat.entries
     assert "/etc/gone" not in flat.entries and "/var/cache" not in flat.entries
@@ -27,6 +36,8 @@ def test_whiteout_hides_lower_file_and_directory(tmp_path: Path) -> None:
     assert not flat.host_path("/etc/gone").exists()
     assert not flat.host_path("/var/cache").exists()
     assert flat.host_path("/etc/keep").read_bytes() == b"k"
+    assert content(flat, "/etc/keep") == b"k"
+    assert flat.rootfs().listdir("/etc") == ["keep"] and not flat.rootfs().exists("/var/cache")
 
 
 def test_opaque_directory_hides_only_lower_children(tmp_path: Path) -> None:
@@ -38,13 +49,13 @@ def test_opaque_directory_hides_only_lower_children(tmp_path: Path) -> None:
     )
     assert {p for p in flat.entries if p.startswith("/d")} == {"/d", "/d/new"}
     assert flat.entries["/d"].mode == 0o750
-    assert sorted(os.listdir(flat.host_path("/d"))) == ["new"]
+    assert flat.rootfs().listdir("/d") == ["new"]
 
 
 def test_whiteout_does_not_hide_same_layer_file(tmp_path: Path) -> None:
     flat = flat_from_layers(tmp_path, layer(M("a", data=b"1")),
                             layer(M("a", data=b"2"), M(".wh.a")))
-    assert flat.host_path("/a").read_bytes() == b"2"
+    assert content(flat, "/a") == b"2"
 
 
 def test_file_replaced_by_directory_and_back(tmp_path: Path) -> None:
@@ -57,9 +68,11 @@ def test_file_replaced_by_directory_and_back(tmp_path: Path) -> None:
     )
     assert flat.entries["/x"].kind == "dir" and flat.entries["/x/in"].kind == "file"
     assert flat.entries["/y"].kind == "file" and "/y/child" not in flat.entries
-    assert flat.host_path("/y").read_bytes() == b"now a file"
-    assert flat.entries["/z"].kind == "dir" and flat.host_path("/z").is_dir()
-    assert not flat.host_path("/z").is_symlink()
+    assert content(flat, "/y") == b"now a file"
+    assert content(flat, "/x/in") == b"i"
+    fs = flat.rootfs()
+    assert flat.entries["/z"].kind == "dir" and fs.is_dir("/z")
+    assert fs.resolve("/z").links == ()
 
 
 def test_hardlinks_share_content_and_survive_target_replacement(tmp_path: Path) -> None:
@@ -76,14 +89,17 @@ def test_hardlinks_share_content_and_survive_target_replacement(tmp_path: Path) 
     assert e["/bin/a"].kind == "file" and e["/bin/a2"].kind == "hardlink"
     assert e["/bin/a2"].linkname == "/bin/a"
     assert flat.hardlink_group("/bin/a2") == ("/bin/a", "/bin/a2")
-    assert os.stat(flat.host_path("/bin/a")).st_ino == os.stat(flat.host_path("/bin/a2")).st_ino
+    fs = flat.rootfs()
+    assert fs.stat("/bin/a").st_ino == fs.stat("/bin/a2").st_ino != fs.stat("/bin/b").st_ino
+    assert fs.stat("/bin/a2").st_nlink == 2 and fs.stat("/bin/a2").st_size == 1
+    assert content(flat, "/bin/a2") == b"A" and fs.open("/bin/a2").read() == b"A"
     # replacing the target breaks the link: the old name keeps the old bytes
     assert e["/bin/b"].kind == "file" and e["/bin/b2"].kind == "file"
-    assert flat.host_path("/bin/b2").read_bytes() == b"B"
-    assert flat.host_path("/bin/b").read_bytes() == b"new B"
+    assert content(flat, "/bin/b2") == b"B"
+    assert content(flat, "/bin/b") == b"new B"
     # whiting out the target leaves the other name as a plain file with the content
     assert "/bin/c" not in e and e["/bin/c2"].kind == "file" and e["/bin/c2"].size == 1
-    assert flat.host_path("/bin/c2").read_bytes() == b"C"
+    assert content(flat, "/bin/c2") == b"C"
     # each inode once
     assert flat.content_size() == len(b"A") + len(b"B") + len(b"new B") + len(b"C")
 
@@ -107,11 +123,14 @@ def test_symlinks_stored_as_is_and_never_followed_on_host(tmp_path: Path) -> Non
         # members under image symlinks resolve inside the image, as in Docker's chroot
         layer(M("lib/libx.so", data=b"elf"), M("escape/planted", data=b"p"),
               M("up/rootfile", data=b"r")),
+        extract=True,
     )
     e = flat.entries
     assert e["/lib"].kind == "symlink" and e["/lib"].linkname == "usr/lib"
     assert e["/etc/alt"].linkname == "/usr/bin/y"
     assert os.readlink(flat.host_path("/etc/alt")) == "/usr/bin/y"
+    assert flat.rootfs().readlink("/etc/alt") == "/usr/bin/y"
+    assert flat.rootfs().open("/lib/libx.so").read() == b"elf"
     assert e["/usr/lib/libx.so"].kind == "file"
     assert e[f"{outside}/planted"].kind == "file"  # inside the image, not on the host
     assert e["/rootfile"].kind == "file"
@@ -127,6 +146,7 @@ def test_modes_owners_mtimes_setuid_and_capability_xattr(tmp_path: Path) -> None
               M("usr/bin/ping", data=b"p", mode=0o755, xattrs={"security.capability": CAP}),
               M("tmp", "dir", mode=0o1777), M("home", "dir"),
               M("home/u", data=b"u", mode=0o600, uid=1000, gid=2000)),
+        extract=True,
     )
     e = flat.entries
     assert e["/usr/bin"].mode == 0o711 and (e["/usr/bin"].uid, e["/usr/bin"].gid) == (3, 4)
@@ -138,6 +158,11 @@ def test_modes_owners_mtimes_setuid_and_capability_xattr(tmp_path: Path) -> None
     host_mode = os.stat(flat.host_path("/usr/bin/su")).st_mode
     assert not host_mode & (stat.S_ISUID | stat.S_ISGID)
     assert os.stat(flat.host_path("/usr/bin/su")).st_mtime == 1_234_567_890
+    # the index-backed view reports the image's own metadata
+    st = flat.rootfs().stat("/usr/bin/su")
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o4755
+    assert st.st_mtime == 1_234_567_890 and st.st_size == 1
+    assert flat.rootfs().stat("/home/u").st_uid == 1000
 
 
 def test_long_names_pax_and_gnu(tmp_path: Path) -> None:
@@ -151,7 +176,8 @@ def test_long_names_pax_and_gnu(tmp_path: Path) -> None:
         layer(M(names[1], data=b"gnu"), M(f"{deep}/hl", "hardlink", linkname=names[1]),
               fmt=tarfile.GNU_FORMAT),
     )
-    assert flat.host_path("/" + names[0]).read_bytes() == b"pax"
+    assert content(flat, "/" + names[0]) == b"pax"
+    assert content(flat, f"/{deep}/hl") == b"gnu"
     assert flat.entries[f"/{deep}/lnk"].linkname == "t" * 200
     assert flat.entries[f"/{deep}/hl"].linkname == "/" + names[1]
 
@@ -160,12 +186,18 @@ def test_device_nodes_are_indexed_not_created(tmp_path: Path) -> None:
     flat = flat_from_layers(tmp_path, layer(M("dev", "dir"),
                                             M("dev/null", "char", mode=0o666, devmajor=1,
                                               devminor=3),
-                                            M("dev/sda", "block", devmajor=8), M("dev/p", "fifo")))
+                                            M("dev/sda", "block", devmajor=8), M("dev/p", "fifo")),
+                            extract=True)
     e = flat.entries
     assert (e["/dev/null"].kind, e["/dev/null"].devmajor, e["/dev/null"].devminor) == (
         "char", 1, 3)
     assert e["/dev/sda"].kind == "block" and e["/dev/p"].kind == "fifo"
     assert os.listdir(flat.host_path("/dev")) == []
+    fs = flat.rootfs()
+    assert fs.listdir("/dev") == ["null", "p", "sda"]
+    assert stat.S_ISCHR(fs.stat("/dev/null").st_mode) and fs.stat("/dev/null").st_rdev == \
+        os.makedev(1, 3)
+    assert not fs.is_file("/dev/null")
 
 
 def test_names_normalized_like_docker(tmp_path: Path) -> None:
@@ -191,6 +223,7 @@ def test_all_input_formats_give_the_same_result(tmp_path: Path) -> None:
     ]):
         flat = flatten_ref(ref, tmp_path / f"w{i}")
         results.append({p: (e.kind, e.size, e.linkname) for p, e in flat.entries.items()})
+        assert content(flat, "/a/h") == content(flat, "/a/f") == b"1" * 5000
     assert all(r == results[0] for r in results)
     assert results[0]["/a/h"] == ("hardlink", 0, "/a/f")
     assert "/a/g" not in results[0]
@@ -204,8 +237,9 @@ def _gzipped(path: Path) -> Path:
 
 def test_hardlink_to_symlink_keeps_the_link_text(tmp_path: Path) -> None:
     flat = flat_from_layers(tmp_path, layer(M("s", "symlink", linkname="/etc/passwd"),
-                                            M("h", "hardlink", linkname="s")))
+                                            M("h", "hardlink", linkname="s")), extract=True)
     assert flat.hardlink_group("/h") == ("/h", "/s")
     canon = flat.entries["/s"] if flat.entries["/s"].kind == "symlink" else flat.entries["/h"]
     assert canon.linkname == "/etc/passwd"
     assert os.readlink(flat.host_path("/h")) == "/etc/passwd"  # a link, not the host file
+    assert flat.rootfs().readlink("/h") == "/etc/passwd"

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,9 +108,11 @@ def docker_archive(path: Path, layers: list[bytes], *, blobs_layout: bool = Fals
     return path
 
 
-def oci_layout(path: Path, layers: list[bytes], *, compress: bool = True,
-               tag: str = "t1") -> Path:
-    """An OCI image layout with gzip (default) or uncompressed layers."""
+def oci_layout(path: Path, layers: list[bytes], *, compress: bool | str = True,
+               tag: str = "t1", blob_of: Callable[[bytes], bytes] | None = None) -> Path:
+    """An OCI image layout with gzip (default), "zstd" or uncompressed layers.
+
+    `blob_of` replaces the compressor (a corrupt stream with a correct digest)."""
     blobs = path / "blobs" / "sha256"
     blobs.mkdir(parents=True)
     (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
@@ -120,8 +123,16 @@ def oci_layout(path: Path, layers: list[bytes], *, compress: bool = True,
 
     descs = []
     for data in layers:
-        blob = gzip.compress(data) if compress else data
-        mt = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compress else "")
+        kind = "zstd" if compress == "zstd" else "gzip" if compress else ""
+        if blob_of is not None:
+            blob = blob_of(data)
+        elif kind == "zstd":
+            import zstandard
+
+            blob = zstandard.ZstdCompressor().compress(data)
+        else:
+            blob = gzip.compress(data) if kind else data
+        mt = "application/vnd.oci.image.layer.v1.tar" + (f"+{kind}" if kind else "")
         descs.append({"mediaType": mt, **put(blob)})
     cfg = put(config_for(layers))
     manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -134,16 +145,22 @@ def oci_layout(path: Path, layers: list[bytes], *, compress: bool = True,
     return path
 
 
-def flat_from_layers(tmp: Path, *layers: bytes) -> FlatImage:
+def flat_from_layers(tmp: Path, *layers: bytes, extract: bool = False) -> FlatImage:
     """Flatten hand-made layers through a real docker-archive file."""
     archive = docker_archive(tmp / "in.tar", list(layers))
     with open_image(parse_reference(f"docker-archive:{archive}"), tmp / "work") as src:
-        return flatten(src, tmp / "work" / "root")
+        return flatten(src, tmp / "work" / "root", extract=extract)
 
 
-def flatten_ref(ref: str, work: Path) -> FlatImage:
+def flatten_ref(ref: str, work: Path, extract: bool = False) -> FlatImage:
     with open_image(parse_reference(ref), work) as src:
-        return flatten(src, work / "root")
+        return flatten(src, work / "root", extract=extract)
+
+
+def content(flat: FlatImage, path: str) -> bytes:
+    """A file's bytes as the index serves them (straight from the layer data)."""
+    with flat.open_content(path) as f:
+        return f.read()
 
 
 def set_size(tar: bytes, member: str, size: int) -> bytes:

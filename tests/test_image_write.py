@@ -52,7 +52,8 @@ def test_docker_archive_keeps_exact_paths_metadata_and_config(tmp_path: Path) ->
     # the hardlink whose target was not kept became the file, with the inode's metadata
     assert e["/usr/bin/app-link"].kind == "file" and e["/usr/bin/app-link"].mode == 0o4755
     assert e["/usr/bin/app-link"].gid == 50
-    assert back.host_path("/usr/bin/app-link").read_bytes() == b"A" * 3000
+    with back.open_content("/usr/bin/app-link") as f:
+        assert f.read() == b"A" * 3000
     assert e["/usr/bin"].mode == 0o751 and e["/usr/bin"].uid == 2
     assert e["/usr/bin/ping"].xattrs == {"security.capability": CAP}
     assert e["/usr/bin/sh"].linkname == "dash"
@@ -104,7 +105,8 @@ def test_failed_write_leaves_previous_output_untouched(tmp_path: Path) -> None:
     out = parse_reference(f"docker-archive:{tmp_path}/out.tar")
     write_image(flat, ["/var/x"], out, workdir=tmp_path / "w", comment="c")
     before = Path(out.path).read_bytes()
-    os.unlink(flat.host_path("/usr/bin/ping"))  # extracted content vanished
+    ref = flat.content_ref("/usr/bin/ping")
+    os.truncate(ref.blob, ref.offset)  # the layer data the content is read from was cut
     with pytest.raises(Exception, match="ping"):
         write_image(flat, ["/usr/bin/ping"], out, workdir=tmp_path / "w", comment="c")
     assert Path(out.path).read_bytes() == before
