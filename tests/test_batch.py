@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -88,7 +89,5 @@ def test_batch_runs_skips_and_keeps_the_last_good_output(
         assert "flaky" in proc.stdout and "failed" in proc.stdout
     finally:
         for ref in outputs.values():
-            try:
+            with contextlib.suppress(Exception):  # not created
                 docker_client.images.remove(ref.split(":", 1)[1], force=True)
-            except Exception:  # noqa: BLE001 - not created
-                pass

@@ -8,6 +8,7 @@ file:line), and an interrupted run that leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,10 +76,8 @@ def minimized(docker_client, fixture_image, host_strace, tmp_path_factory):
 
     yield get
     for output in outputs:
-        try:
+        with contextlib.suppress(Exception):  # already gone
             docker_client.images.remove(output, force=True)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
 
 
 @pytest.mark.parametrize("name", ["nginx", "pyapp", "hardcases", "layers"])
@@ -198,11 +197,14 @@ def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docke
     image = fixture_image("nginx")
     work = tmp_path / "work"
     work.mkdir()
+    # A long last step keeps the traced container up, so the interrupt lands mid-run.
+    base = yaml.safe_load((PROFILES / "nginx.yaml").read_text())
+    profile = write_profile(tmp_path, "nginx", smoke=[*base["smoke"], {"sleep": "120s"}])
     output = f"tracer-test/nginx:interrupted-{uuid.uuid4().hex[:8]}"
     before = {c.id for c in docker_client.containers.list(all=True)}
     env = dict(os.environ, TRACER_WORKDIR=str(work))
     proc = subprocess.Popen([sys.executable, "-m", "tracer", "minimize",
-                             str(PROFILES / "nginx.yaml"), "--output", f"docker-daemon:{output}"],
+                             str(profile), "--output", f"docker-daemon:{output}"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
