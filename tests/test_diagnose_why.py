@@ -110,3 +110,21 @@ def test_files_the_original_run_used_and_the_minimized_image_lacks(tmp_path: Pat
     assert [(m.image_path, m.errno, m.excluded_by) for m in d.missing] == [
         ("/usr/share/zoneinfo/Europe/Berlin", "absent", "/usr/share/zoneinfo/**")]
     assert "openat in the original run, absent now" in d.format_text()
+
+
+def test_why_follows_the_image_symlinks(tmp_path: Path) -> None:
+    """Under merged /usr a program asks for /lib/...; the keep-list holds /usr/lib/..."""
+    report = saved_run(tmp_path)
+    (tmp_path / "app.keeplist").write_text(
+        "/lib\tsymlink: on the way to /lib/x/libc.so.6\n"
+        "/usr/lib/x/libc.so.6\telf: /usr/bin/app -> libc.so.6\n")
+    with gzip.open(tmp_path / "app.paths.gz", "wt") as f:
+        f.write("/\tdir\t\n/lib\tsymlink\tusr/lib\n/usr\tdir\t\n/usr/lib\tdir\t\n"
+                "/usr/lib/x\tdir\t\n/usr/lib/x/libc.so.6\tfile\t\n"
+                "/usr/lib/x/libm.so.6\tfile\t\n")
+    answer = why(report, "/lib/x/libc.so.6")
+    assert answer.kept and answer.image_path == "/usr/lib/x/libc.so.6"
+    text = answer.format_text()
+    assert "is /usr/lib/x/libc.so.6 in the image" in text and "elf: /usr/bin/app" in text
+    untouched = why(report, "/lib/x/libm.so.6")
+    assert not untouched.kept and untouched.in_image is True

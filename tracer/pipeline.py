@@ -198,11 +198,16 @@ def biggest(flat: FlatImage, kept: dict[str, list[Reason]], n: int = 10
 
 
 def write_path_index(flat: FlatImage, path: Path) -> None:
-    """Every path of the original image, gzipped: lets `tracer why` say "not in the image"."""
+    """Every path of the original image with its kind and link target, gzipped.
+
+    Lets `tracer why` say "not in the image" and follow the image's symlinks
+    (`/lib/x/libc.so.6` is `/usr/lib/x/libc.so.6` under merged /usr) without the image.
+    """
     tmp = path.with_name(path.name + ".tmp")
     with gzip.open(tmp, "wt", encoding="utf-8", errors="surrogateescape") as f:
         for p in sorted(flat.entries):
-            f.write(p + "\n")
+            e = flat.entries[p]
+            f.write(f"{p}\t{e.kind}\t{e.linkname}\n")
     os.replace(tmp, path)
 
 

@@ -8,23 +8,32 @@ debugging a production failure at 3 a.m. has at hand.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracer.errors import BadInput
+from tracer.image.model import Entry, FlatImage
+from tracer.rootfs import SymlinkLoop
 
 
 @dataclass
 class WhyAnswer:
     path: str
     kept: bool
+    image_path: str | None = None  # the same file with the image's symlinks resolved
     reasons: list[str] = field(default_factory=list)
     excluded_by: str | None = None
     in_image: bool | None = None  # None: unknown (no image path list at hand)
 
     def format_text(self) -> str:
+        if self.image_path and self.image_path != self.path:
+            inner = WhyAnswer(path=self.image_path, kept=self.kept, reasons=self.reasons,
+                              excluded_by=self.excluded_by, in_image=self.in_image)
+            return (f"{self.path} is {self.image_path} in the image (through symlinks, "
+                    "which are kept with it).\n" + inner.format_text())
         if self.kept:
             return f"{self.path} is KEPT because:\n" + "\n".join(f"  - {r}"
                                                                  for r in self.reasons)
@@ -78,16 +87,36 @@ def why(source: Path, path: str) -> WhyAnswer:
         if report_path.exists():
             report = json.loads(report_path.read_text(encoding="utf-8"))
     kept = _read_keeplist(keeplist_path)
-    if path in kept:
-        return WhyAnswer(path=path, kept=True, reasons=kept[path], in_image=True)
     excluded = report.get("excluded_paths") or {}
-    paths_file = _sibling(keeplist_path, ".paths.gz")
-    in_image: bool | None = None
-    if paths_file.exists():
-        with gzip.open(paths_file, "rt", encoding="utf-8", errors="surrogateescape") as f:
-            in_image = any(line.rstrip("\n") == path for line in f)
-    if path in excluded:
-        entry = excluded[path]
-        return WhyAnswer(path=path, kept=False, excluded_by=entry.get("rule"),
-                         reasons=entry.get("reasons", []), in_image=True)
-    return WhyAnswer(path=path, kept=False, in_image=in_image)
+    index = _read_path_index(keeplist_path.with_name(keeplist_path.stem + ".paths.gz"))
+    image_path = path
+    if index is not None and path not in kept:
+        with contextlib.suppress(SymlinkLoop):  # a loop: answer for the path as given
+            image_path = index.rootfs().resolve(path, follow_last=False).path
+    answer = WhyAnswer(path=path, kept=False, image_path=image_path)
+    if index is not None:
+        answer.in_image = image_path in index.entries
+    if image_path in kept:
+        answer.kept, answer.reasons, answer.in_image = True, kept[image_path], True
+    elif image_path in excluded:
+        entry = excluded[image_path]
+        answer.excluded_by = entry.get("rule")
+        answer.reasons = entry.get("reasons", [])
+        answer.in_image = True
+    return answer
+
+
+def _read_path_index(path: Path) -> FlatImage | None:
+    """The original image's paths (`PATH<TAB>kind<TAB>link`) as an index-only FlatImage."""
+    if not path.exists():
+        return None
+    entries: dict[str, Entry] = {}
+    with gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            name, _, rest = line.rstrip("\n").partition("\t")
+            kind, _, link = rest.partition("\t")
+            entries[name] = Entry(path=name, kind=kind or "file", mode=0o755, uid=0, gid=0,
+                                  mtime=0.0, size=0, linkname=link, xattrs={}, layer=0)
+    entries.setdefault("/", Entry(path="/", kind="dir", mode=0o755, uid=0, gid=0, mtime=0.0,
+                                  size=0, linkname="", xattrs={}, layer=0))
+    return FlatImage(entries=entries, root=None, config={}, source_digest="")
