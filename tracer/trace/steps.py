@@ -78,26 +78,17 @@ def _check_output(
             exit_code=code,
             output=first_lines(both),
         )
-    if want.stdout and not re.search(want.stdout, out, re.M):
-        return _outcome(
-            label,
-            kind,
-            start,
-            False,
-            f"stdout does not match {want.stdout!r}",
-            exit_code=code,
-            output=first_lines(both),
-        )
-    if want.stderr and not re.search(want.stderr, err, re.M):
-        return _outcome(
-            label,
-            kind,
-            start,
-            False,
-            f"stderr does not match {want.stderr!r}",
-            exit_code=code,
-            output=first_lines(both),
-        )
+    for stream, pattern, text in (("stdout", want.stdout, out), ("stderr", want.stderr, err)):
+        if pattern and not re.search(pattern, text, re.M):
+            return _outcome(
+                label,
+                kind,
+                start,
+                False,
+                f"{stream} does not match {pattern!r}",
+                exit_code=code,
+                output=first_lines(both),
+            )
     return _outcome(label, kind, start, True, exit_code=code)
 
 
