@@ -277,6 +277,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
                               progress=progress)
             seconds["trace"] = time.monotonic() - t0
             report.recorders = list(trace.recorders)
+            report.recorder_notes = list(trace.notes)
             report.original_steps = _steps(trace)
             if not trace.passed:
                 progress.done("FAILED")

@@ -37,6 +37,7 @@ class Report:
     excluded: int = 0
     excluded_paths: dict[str, dict] = field(default_factory=dict)
     recorders: list[str] = field(default_factory=list)
+    recorder_notes: list[str] = field(default_factory=list)  # e.g. why fanotify did not run
     unresolved_libraries: list[str] = field(default_factory=list)
     biggest_files: list[tuple[str, int]] = field(default_factory=list)
     biggest_dirs: list[tuple[str, int]] = field(default_factory=list)
@@ -93,6 +94,9 @@ def summary_table(report: Report) -> str:
         lines.append(f"  verified: yes, {len(steps)} smoke step(s) passed on the minimized image")
     else:
         lines.append(f"  verified: NO - {report.failure or 'not verified'}")
+    if report.recorders:
+        lines.append("  recorders: " + ", ".join(report.recorders)
+                     + "".join(f" ({note})" for note in report.recorder_notes))
     took = " ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     lines.append(f"  time: {took}")
     if report.kept:
