@@ -232,3 +232,28 @@ def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docke
     leftovers = [t for i in docker_client.images.list() for t in i.tags
                  if t.startswith("tracer-tmp/") or t == output]
     assert leftovers == []
+
+
+def test_republishing_removes_the_image_the_tag_named_before(
+        fixture_image, host_strace, docker_client, tmp_path: Path) -> None:
+    """Nightly runs re-tag their output; the previous image must not linger, dangling."""
+    import docker
+
+    fixture_image("hardcases")
+    output = f"tracer-test/hardcases:again-{uuid.uuid4().hex[:8]}"
+    first = tracer("minimize", str(PROFILES / "hardcases.yaml"), "--quiet", "--output",
+                   f"docker-daemon:{output}")
+    assert first.returncode == 0, first.stderr
+    old_id = docker_client.images.get(output).id
+    base = yaml.safe_load((PROFILES / "hardcases.yaml").read_text())
+    more = write_profile(tmp_path, "hardcases", keep={
+        **base["keep"], "paths": [*base["keep"]["paths"], "/usr/bin/apt-get"]})
+    try:
+        second = tracer("minimize", str(more), "--quiet", "--output", f"docker-daemon:{output}")
+        assert second.returncode == 0, second.stderr
+        assert docker_client.images.get(output).id != old_id
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.images.get(old_id)
+    finally:
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(output, force=True)
