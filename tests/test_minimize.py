@@ -257,3 +257,25 @@ def test_republishing_removes_the_image_the_tag_named_before(
     finally:
         with contextlib.suppress(Exception):
             docker_client.images.remove(output, force=True)
+
+
+def test_archive_input_and_oci_output(fixture_image, host_strace, docker_client,
+                                      tmp_path: Path) -> None:
+    """Inputs outside the engine are run through a private temp tag, removed afterwards."""
+    image = fixture_image("hardcases")
+    archive = tmp_path / "hardcases.tar"
+    with open(archive, "wb") as f:
+        for chunk in docker_client.images.get(image).save(named=True):
+            f.write(chunk)
+    layout = tmp_path / "out-oci"
+    profile = write_profile(tmp_path, "hardcases", image=f"docker-archive:{archive}",
+                            output=f"oci:{layout}:min")
+    proc = tracer("minimize", str(profile), "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    index = json.loads((layout / "index.json").read_text())
+    tags = [m.get("annotations", {}).get("org.opencontainers.image.ref.name")
+            for m in index["manifests"]]
+    assert tags == ["min"]
+    leftovers = [t for i in docker_client.images.list() for t in i.tags
+                 if t.startswith("tracer-tmp/")]
+    assert leftovers == []
