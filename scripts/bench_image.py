@@ -67,7 +67,8 @@ def main() -> int:
             ctx.mkdir()
             (ctx / "Dockerfile").write_text(DOCKERFILE)
             print(f"building {tag}: {args.size_mb} MB in ~{args.files} files ...", flush=True)
-            res = subprocess.run(["docker", "build", "--network", "none", "-q", "-t", tag,
+            res = subprocess.run(["docker", "build", "--network", "none", "--force-rm", "-q",
+                                  "-t", tag,
                                   "--build-arg", f"HALF={size // 2}", "--build-arg",
                                   f"CHUNK={chunk}", str(ctx)], capture_output=True, text=True)
             if res.returncode:

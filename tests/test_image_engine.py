@@ -64,7 +64,7 @@ def layered_image(docker_client, fixture_image, tmp_path_factory):
             _missing(f"{tool} (libcap2-bin) is not installed on the host; run scripts/setup")
         shutil.copy(found, ctx / tool)
     tag = f"tracer-test/layers:{uuid.uuid4().hex[:8]}"
-    res = run(["docker", "build", "--network", "none", "-q", "-t", tag, str(ctx)])
+    res = run(["docker", "build", "--network", "none", "--force-rm", "-q", "-t", tag, str(ctx)])
     assert res.returncode == 0, res.stderr
     yield tag
     docker_client.images.remove(tag, force=True)
