@@ -48,3 +48,16 @@ def test_default_outputs_never_equal_the_input() -> None:
     assert default_output(parse_reference("docker-archive:/d/app")).path == "/d/app-min.tar"
     out = default_output(parse_reference("oci:/d/layout:v1"))
     assert (out.path, out.tag) == ("/d/layout-min", "v1")
+
+
+def test_same_place_ignores_spelling(tmp_path) -> None:
+    """Writing the output must never touch the input, however either is spelled."""
+    from tracer.image import parse_reference as p
+
+    assert p("nginx").same_place(p("docker-daemon:docker.io/library/nginx:latest"))
+    assert not p("nginx:1").same_place(p("nginx:1-min"))
+    (tmp_path / "d").mkdir()
+    assert p(f"oci:{tmp_path}/d:v1").same_place(p(f"oci:{tmp_path}/./d"))
+    assert p(f"docker-archive:{tmp_path}/a.tar").same_place(
+        p(f"docker-archive:{tmp_path}/x/../a.tar:n:t"))
+    assert not p(f"docker-archive:{tmp_path}/a.tar").same_place(p(f"oci:{tmp_path}/a.tar"))

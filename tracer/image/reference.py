@@ -42,12 +42,36 @@ class ImageRef:
             return f"docker-archive:{self.path}" + (f":{named}" if named else "")
         return f"oci:{self.path}" + (f":{self.tag}" if self.tag else "")
 
+    def same_place(self, other: ImageRef) -> bool:
+        """Would writing `other` touch this image? (the same engine name, file or layout)
+
+        Spelling differences do not count: `nginx`, `nginx:latest` and
+        `docker.io/library/nginx:latest` are one engine image, and any tag of an OCI
+        layout directory rewrites that directory.
+        """
+        if self.transport != other.transport:
+            return False
+        if self.transport == "docker-daemon":
+            return _canonical_name(self.name) == _canonical_name(other.name) and \
+                (self.tag or "latest") == (other.tag or "latest")
+        return Path(self.path or "").resolve() == Path(other.path or "").resolve()
+
     @property
     def repo_tag(self) -> str | None:
         """`name:tag` as the engine and docker-archive manifests spell it (tag default latest)."""
         if not self.name:
             return None
         return f"{self.name}:{self.tag or 'latest'}"
+
+
+def _canonical_name(name: str | None) -> str:
+    """The engine's own spelling: Docker Hub's default registry and namespace dropped."""
+    name = name or ""
+    for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    return name[len("library/"):] if name.startswith("library/") else name
 
 
 def _split_name(text: str, whole: str) -> tuple[str, str | None]:
