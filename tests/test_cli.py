@@ -62,3 +62,15 @@ def test_ldd_resolves_runpath_origin_inside_an_image(fixture_image) -> None:
     assert data["missing"] == []
     text = tracer("ldd", f"docker-daemon:{image}", "/usr/bin/getent")
     assert text.returncode == 0 and "libc.so.6" in text.stdout
+
+
+def test_an_internal_error_is_not_mistaken_for_a_failed_verification(monkeypatch, capsys) -> None:
+    """Exit 1 means "the minimized image failed"; a crash in tracer must say something else."""
+    from tracer import cli
+
+    def boom(args):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setitem(cli.COMMANDS, "validate", boom)
+    assert cli.main(["validate", "x.yaml"]) == cli.INTERNAL_ERROR == 70
+    assert "internal error: RuntimeError: kaboom" in capsys.readouterr().err

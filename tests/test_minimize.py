@@ -279,3 +279,30 @@ def test_archive_input_and_oci_output(fixture_image, host_strace, docker_client,
     leftovers = [t for i in docker_client.images.list() for t in i.tags
                  if t.startswith("tracer-tmp/")]
     assert leftovers == []
+
+
+def test_output_naming_the_input_differently_is_refused(fixture_image, host_strace,
+                                                        docker_client, tmp_path: Path) -> None:
+    image = fixture_image("layers")
+    before = docker_client.images.get(image).id
+    profile = write_profile(tmp_path, "layers", output="docker-daemon:docker.io/" + image)
+    proc = tracer("minimize", str(profile))
+    assert proc.returncode == 2 and "never overwrites its input" in proc.stderr
+    assert docker_client.images.get(image).id == before
+
+
+def test_profile_names_that_are_no_repository_names_still_run(
+        fixture_image, host_strace, docker_client, tmp_path: Path) -> None:
+    """`layers-` is a valid profile name but not a valid image name: temp tags sanitize it."""
+    fixture_image("layers")
+    out = tmp_path / "out.tar"
+    archive_in = tmp_path / "in.tar"
+    with open(archive_in, "wb") as f:
+        for chunk in docker_client.images.get("tracer-fixture/layers:test").save(named=True):
+            f.write(chunk)
+    profile = write_profile(tmp_path, "layers", name="layers-",
+                            image=f"docker-archive:{archive_in}",
+                            output=f"docker-archive:{out}")
+    proc = tracer("minimize", str(profile), "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert out.exists()

@@ -16,9 +16,12 @@ from pathlib import Path
 from tracer import __version__
 from tracer.errors import BadInput, TracerError
 
+INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in tracer, never confused with 0-4
+
 EPILOG = """exit codes: 0 success; 1 the minimized image failed verification; 2 bad input
 (profile, image reference, arguments); 3 the smoke test failed on the original image;
-4 environment problem (no Docker engine, no strace, no permission).
+4 environment problem (no Docker engine, no strace, no permission); 70 internal error;
+130 interrupted (everything started was cleaned up).
 Profiles: see profiles/README.md; image references: docker-daemon:NAME[:TAG], NAME[:TAG],
 docker-archive:PATH[:NAME[:TAG]], oci:PATH[:TAG]."""
 
@@ -205,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         print("tracer: interrupted; containers, temp images and files were removed",
               file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug must not look like a verdict (exit 1)
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        print(f"tracer: internal error: {type(exc).__name__}: {exc} (exit {INTERNAL_ERROR}; "
+              "please report it with the traceback above)", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -97,8 +98,10 @@ class EngineImages:
 
     def temp_ref(self, name: str, purpose: str) -> ImageRef:
         tag = f"{purpose}-{uuid.uuid4().hex[:12]}"
-        ref = ImageRef(transport="docker-daemon", path=None, name=f"tracer-tmp/{name}", tag=tag)
-        self.tags.append(f"tracer-tmp/{name}:{tag}")
+        # profile names allow `app-` or `a..b`, which are no valid repository names
+        repo = "tracer-tmp/" + (re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "image")
+        ref = ImageRef(transport="docker-daemon", path=None, name=repo, tag=tag)
+        self.tags.append(f"{repo}:{tag}")
         return ref
 
     def cleanup(self) -> None:
@@ -257,8 +260,9 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
     out_text = output or profile.output
     in_ref = parse_reference(profile.image)
     out_ref = parse_reference(out_text) if out_text else default_output(in_ref)
-    if str(out_ref) == str(in_ref):
-        raise BadInput(f"output {out_ref} is the input image; tracer never overwrites its input")
+    if out_ref.same_place(in_ref):
+        raise BadInput(f"output {out_ref} is the input image {in_ref}; tracer never "
+                       "overwrites its input: choose another output")
     require_strace()
     engine = EngineImages()
     report = Report(name=profile.name, image=str(in_ref), output=str(out_ref),
@@ -298,6 +302,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
             report.kept = keeplist.counts()
             report.excluded = len(keeplist.excluded)
             report.excluded_paths = keeplist.excluded_json()
+            report.unmatched_keep_paths = keeplist.unmatched_keep_paths
             report.size_after = size_of(flat.entries, kept)
             report.files_after = sum(1 for p in kept if (e := flat.entries.get(p)) is not None
                                      and e.kind != "dir")
@@ -350,6 +355,9 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
         raise
     except TracerError as exc:
         report.failure = report.failure or str(exc)
+        raise
+    except Exception as exc:
+        report.failure = report.failure or f"internal error: {type(exc).__name__}: {exc}"
         raise
     finally:
         engine.cleanup()
