@@ -202,3 +202,27 @@ def test_every_shipped_profile_is_valid() -> None:
     assert profiles, "profiles/ must hold the ready profiles"
     for path in profiles:
         load_profile(path)
+
+
+def test_version_must_be_the_integer_1_and_name_a_string() -> None:
+    problems = errors_of("version: 1.0\nname: 12\nimage: app:1\n")
+    assert problems[0].startswith("p.yaml:1: version: unsupported profile version 1.0")
+    assert problems[1] == "p.yaml:2: name: expected a string, got 12; quote it"
+
+
+def test_smoke_steps_only_talk_to_loopback() -> None:
+    problems = errors_of("""\
+        version: 1
+        name: app
+        image: app:1
+        run: {network: host}
+        smoke:
+          - http: {url: "http://10.0.0.5:8080/"}
+          - http: {url: "http://127.0.0.2:8080/"}
+          - tcp: {port: 80, host: 192.168.1.1}
+        """)
+    assert problems == [
+        "p.yaml:6: smoke[0].http.url: only loopback addresses are allowed (127.0.0.1, "
+        "localhost, ::1), got '10.0.0.5'",
+        "p.yaml:8: smoke[2].tcp.host: only loopback addresses are allowed",
+    ]

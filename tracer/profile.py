@@ -9,10 +9,12 @@ node tree (not the plain Python objects) because only nodes remember their line.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -193,6 +195,16 @@ class _Checker:
         return out
 
 
+def _loopback(host: str) -> bool:
+    """Smoke steps talk to the app on this machine only, never to another address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _kind(node: yaml.Node | None) -> str:
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
@@ -304,6 +316,11 @@ def _step(c: _Checker, node: yaml.Node, index: int, run: RunSpec) -> SmokeStep |
         if url is not None and not re.match(r"https?://", url):
             c.error(h["url"], f"{sub}.url", f"expected an http:// or https:// URL, got {url!r}")
             url = None
+        elif url is not None and not _loopback(urlsplit(url).hostname or ""):
+            c.error(h["url"], f"{sub}.url",
+                    f"only loopback addresses are allowed (127.0.0.1, localhost, ::1), got "
+                    f"{urlsplit(url).hostname!r}")
+            url = None
         kw: dict[str, Any] = {}
         if "status" in h:
             kw["status"] = c.integer(h["status"], f"{sub}.status", 100, 599)
@@ -320,7 +337,7 @@ def _step(c: _Checker, node: yaml.Node, index: int, run: RunSpec) -> SmokeStep |
         kw = {}
         if "host" in t_:
             kw["host"] = c.string(t_["host"], f"{sub}.host")
-            if kw["host"] not in ("127.0.0.1", "localhost", "::1"):
+            if not _loopback(kw["host"] or ""):
                 c.error(t_["host"], f"{sub}.host", "only loopback addresses are allowed")
         if "send" in t_:
             kw["send"] = c.string(t_["send"], f"{sub}.send")
@@ -399,11 +416,14 @@ def parse_profile(text: str, filename: str = "<profile>",
             c.error(root, key, "required")
     if "version" in m:
         version = c.scalar(m["version"], "version")
-        if version != 1 or isinstance(version, bool):
+        if type(version) is not int or version != 1:
             c.error(m["version"], "version",
                     f"unsupported profile version {version!r}; this tracer reads version 1")
     name = c.string(m["name"], "name") if "name" in m else None
-    if name is not None and not NAME_RE.fullmatch(name):
+    if name is not None and not isinstance(c.scalar(m["name"], "name"), str):
+        c.error(m["name"], "name", f"expected a string, got {name}; quote it")
+        name = None
+    elif name is not None and not NAME_RE.fullmatch(name):
         c.error(m["name"], "name", f"expected [a-z0-9][a-z0-9._-]*, got {name!r}")
     image = _image_ref(c, m["image"], "image") if "image" in m else None
     output = _image_ref(c, m["output"], "output") if "output" in m else None
