@@ -144,3 +144,18 @@ def test_unknown_package_is_bad_input(tmp_path: Path) -> None:
     root, _ = make_root(tmp_path)
     with pytest.raises(BadInput, match="keep.packages: not installed in the image.*nosuch"):
         package_files(RootFS(root), ["nosuch"])
+
+
+def test_keep_paths_written_through_a_symlink_match_the_real_files(tmp_path: Path) -> None:
+    """Under merged /usr, `/lib/x86_64-linux-gnu/**` names files the index has in /usr/lib."""
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root),
+                        keep_paths=["/lib/x86_64-linux-gnu/**", "/etc/app/*.conf", "/nope/**"])
+    b.add_keep_paths()
+    kl = b.build()
+    assert "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13" in kl.kept
+    assert kl.kept["/usr/lib/x86_64-linux-gnu/libz.so.1"] == [
+        Reason("keep.paths", "/lib/x86_64-linux-gnu/**")]
+    assert "/lib" in kl.kept  # the link the operator wrote keeps working
+    assert "/etc/app/main.conf" in kl.kept and "/etc/app/conf.d/a.conf" not in kl.kept
+    assert b.unmatched_keep_paths == ["/nope/**"]

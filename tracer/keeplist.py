@@ -76,6 +76,15 @@ def compile_globs(patterns: Iterable[str]) -> list[tuple[str, re.Pattern[str]]]:
     return out
 
 
+def _literal_dir(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard (`/a/b/*.so` -> `/a/b`)."""
+    cut = min((i for i, ch in enumerate(pattern) if ch in "*?["), default=len(pattern))
+    head = pattern[:cut]
+    if cut == len(pattern):
+        return head.rstrip("/") or "/"
+    return head.rsplit("/", 1)[0] or "/"
+
+
 def first_match(path: str, globs: list[tuple[str, re.Pattern[str]]]) -> str | None:
     for text, rx in globs:
         if rx.fullmatch(path):
@@ -98,6 +107,7 @@ class KeepList:
     kept: dict[str, list[Reason]] = field(default_factory=dict)
     excluded: dict[str, Excluded] = field(default_factory=dict)
     missing: dict[str, list[Reason]] = field(default_factory=dict)  # wanted, not in image
+    unmatched_keep_paths: list[str] = field(default_factory=list)  # rules matching nothing
 
     def counts(self) -> dict[str, int]:
         """Number of kept paths per reason kind (a path with two kinds counts in both)."""
@@ -138,6 +148,7 @@ class KeepListBuilder:
         self.wanted: dict[str, list[Reason]] = {}
         self.missing: dict[str, list[Reason]] = {}
         self.keep_globs = compile_globs(keep_paths)
+        self.unmatched_keep_paths: list[str] = []  # rules that matched nothing: likely typos
         self.exclude_globs = compile_globs(exclude)
 
     # -- evidence ------------------------------------------------------------------------
@@ -174,17 +185,38 @@ class KeepListBuilder:
             reasons.append(reason)
 
     def add_keep_paths(self) -> None:
-        """Every image path matching a keep.paths glob."""
+        """Every image path matching a keep.paths glob, also when the glob names a link.
+
+        Operators write the paths programs use (`/lib/x86_64-linux-gnu/gconv/**`), but under
+        merged /usr the index holds `/usr/lib/...`: the literal directory part of each glob
+        is resolved in the image and the glob matched at both places. The link itself is
+        kept too (with `add`), so the path as written keeps working.
+        """
         if not self.keep_globs:
             return
+        globs = list(self.keep_globs)
+        for rule, _ in self.keep_globs:
+            prefix = _literal_dir(rule)
+            try:
+                resolved = self.root.resolve(prefix, follow_last=True)
+            except SymlinkLoop:
+                continue
+            if resolved.exists and resolved.path != prefix:
+                moved = resolved.path.rstrip("/") + rule[len(prefix.rstrip("/")):]
+                globs += [(rule, rx) for _, rx in compile_globs([moved])]
+                self.add(prefix, Reason("keep.paths", rule))
+        matched: set[str] = set()
         for path in self.entries:
-            rule = first_match(path, self.keep_globs)
+            rule = first_match(path, globs)
             if rule is not None:
+                matched.add(rule)
                 self._want(path, Reason("keep.paths", rule))
+        self.unmatched_keep_paths = [rule for rule, _ in self.keep_globs if rule not in matched]
 
     # -- result --------------------------------------------------------------------------
     def build(self) -> KeepList:
-        result = KeepList(missing=dict(self.missing))
+        result = KeepList(missing=dict(self.missing),
+                          unmatched_keep_paths=list(self.unmatched_keep_paths))
         kept: dict[str, list[Reason]] = {}
         for path, reasons in self.wanted.items():
             if path == "/":

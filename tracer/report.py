@@ -36,6 +36,7 @@ class Report:
     kept: dict[str, int] = field(default_factory=dict)
     excluded: int = 0
     excluded_paths: dict[str, dict] = field(default_factory=dict)
+    unmatched_keep_paths: list[str] = field(default_factory=list)  # likely typos
     recorders: list[str] = field(default_factory=list)
     recorder_notes: list[str] = field(default_factory=list)  # e.g. why fanotify did not run
     unresolved_libraries: list[str] = field(default_factory=list)
@@ -94,6 +95,8 @@ def summary_table(report: Report) -> str:
         lines.append(f"  verified: yes, {len(steps)} smoke step(s) passed on the minimized image")
     else:
         lines.append(f"  verified: NO - {report.failure or 'not verified'}")
+    for rule in report.unmatched_keep_paths:
+        lines.append(f"  warning: keep.paths {rule!r} matched nothing in the image")
     if report.recorders:
         lines.append("  recorders: " + ", ".join(report.recorders)
                      + "".join(f" ({note})" for note in report.recorder_notes))
