@@ -191,14 +191,20 @@ COMMANDS = {"minimize": _cmd_minimize, "validate": _cmd_validate, "ldd": _cmd_ld
             "diagnose": _cmd_diagnose, "why": _cmd_why, "batch": _cmd_batch}
 
 
-def _terminate(signum: int, frame: object) -> None:
-    # SIGTERM from a scheduler cleans up exactly like Ctrl-C.
+def _interrupt(signum: int, frame: object) -> None:
+    """First Ctrl-C or SIGTERM: stop and clean up. Later ones are ignored, so a second
+    Ctrl-C (or a scheduler's SIGTERM on top) cannot cut the cleanup short and leave
+    containers behind; SIGKILL still ends the process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("tracer: interrupted, cleaning up ...", file=sys.stderr, flush=True)
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return COMMANDS[args.command](args)
     except TracerError as exc:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,9 +111,14 @@ class DockerRunner:
             docker.types.Mount(target, src, type="bind", read_only=ro)
             for target, (src, ro) in spec.binds.items()
         ]
+        # Named and remembered BEFORE the engine is asked: if the answer never arrives
+        # (Ctrl-C, a failed inspect inside the SDK), cleanup still removes it by name.
+        name = f"tracer-{uuid.uuid4().hex[:16]}"
+        self.created.append(name)
         try:
             container = self.client.containers.create(
                 spec.image,
+                name=name,
                 entrypoint=spec.argv[:1],
                 command=spec.argv[1:],
                 environment=spec.env,
@@ -131,7 +137,6 @@ class DockerRunner:
             raise EnvironmentProblem(
                 f"the Docker engine refused to create a container: {exc}"
             ) from exc
-        self.created.append(container.id)
         return container
 
     def start(self, container: Any) -> None:
@@ -225,12 +230,13 @@ class DockerRunner:
         """Remove one container now (by id) and forget it; never raises."""
         with contextlib.suppress(Exception):
             self.client.api.remove_container(container.id, force=True, v=True)
-        if container.id in self.created:
-            self.created.remove(container.id)
+        if container.name in self.created:
+            self.created.remove(container.name)
 
     def cleanup(self) -> None:
-        """Remove every container this runner created, by id; never raises."""
+        """Remove every container this runner created (by its unique name); never raises."""
         while self.created:
-            cid = self.created.pop()
+            cid = self.created[-1]  # forgotten only once its removal was attempted
             with contextlib.suppress(Exception):
                 self.client.api.remove_container(cid, force=True, v=True)
+            self.created.pop()
