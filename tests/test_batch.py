@@ -91,3 +91,41 @@ def test_batch_runs_skips_and_keeps_the_last_good_output(
         for ref in outputs.values():
             with contextlib.suppress(Exception):  # not created
                 docker_client.images.remove(ref.split(":", 1)[1], force=True)
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_every_job_and_leaves_no_container(
+        docker_client, fixture_image, host_strace, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    fixture_image("hardcases")
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for name in ("slow-a", "slow-b"):
+        data = yaml.safe_load((REPO / "profiles" / "hardcases.yaml").read_text())
+        data["name"] = name
+        data["output"] = f"docker-daemon:tracer-test/{name}:never"
+        # a fresh container per step: the command step keeps one up for a long time
+        data["smoke"] = [{"command": ["sleep", "300"], "timeout": "400s"}]
+        (profiles / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", "batch", str(profiles), "--jobs",
+                             "2", "--out", str(tmp_path / "out")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            running = [c for c in docker_client.containers.list() if c.id not in before]
+            if len(running) >= 2:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the jobs' containers never started")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert {c.id for c in docker_client.containers.list(all=True)} <= before

@@ -158,7 +158,17 @@ class Batch:
             _terminate(proc)
 
     def _job(self, profile_path: Path) -> JobResult:
+        """One job; whatever goes wrong in it is its own failure, never the batch's."""
         started = time.monotonic()
+        try:
+            return self._run_job(profile_path, started)
+        except Exception as exc:  # noqa: BLE001 - one job's problem must not stop the others
+            return JobResult(name=profile_path.stem, profile=str(profile_path), status="failed",
+                             exit_code=getattr(exc, "exit_code", None),
+                             seconds=round(time.monotonic() - started, 3),
+                             message=f"{type(exc).__name__}: {exc}")
+
+    def _run_job(self, profile_path: Path, started: float) -> JobResult:
         try:
             profile = load_profile(profile_path)
         except TracerError as exc:
@@ -173,7 +183,7 @@ class Batch:
                            log=str(job_dir / "run.log"), report=str(job_dir / "report.json"))
         state_path = job_dir / STATE_FILE
         fingerprint = _fingerprint(profile_path, profile)
-        previous = json.loads(state_path.read_text()) if state_path.exists() else None
+        previous = _load_json(state_path)
         if (not self.force and previous == fingerprint and output_exists(out_ref)):
             result.status, result.exit_code = "skipped", 0
             result.message = "unchanged since the last successful run (image, profile, tracer)"
@@ -190,9 +200,14 @@ class Batch:
                "--report", str(report_path)]
         timeout = 2 * profile.run.timeout + 600  # trace + verify each bounded by run.timeout
         with open(job_dir / "run.log", "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
             with self._lock:
+                if self._stopping:
+                    result.message = "not started: the batch was interrupted"
+                    return result
+                # Its own session: a terminal's Ctrl-C reaches only the batch, which then
+                # stops each job exactly once (a second signal would cut its cleanup short).
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
                 self._procs[proc.pid] = proc
             try:
                 code = proc.wait(timeout=timeout)
@@ -213,7 +228,9 @@ class Batch:
         elif code == 0:
             result.status = "passed"
             result.message = "minimized and verified"
-            state_path.write_text(json.dumps(fingerprint, indent=2) + "\n")
+            tmp = state_path.with_name(STATE_FILE + ".tmp")
+            tmp.write_text(json.dumps(fingerprint, indent=2) + "\n")
+            os.replace(tmp, state_path)  # a torn state file would break every later run
             new = _keeplist_paths(keeplist_path)
             old = _keeplist_paths(previous_keeplist)
             if old:
