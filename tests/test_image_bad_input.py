@@ -158,3 +158,48 @@ def test_not_an_archive_and_missing_input(tmp_path: Path) -> None:
         open_image(parse_reference(f"docker-archive:{tmp_path}/none.tar"), tmp_path / "work")
     with pytest.raises(BadInput, match="not an OCI image layout"):
         open_image(parse_reference(f"oci:{tmp_path}"), tmp_path / "work")
+
+
+def _pax_layer(name: str, pax: dict[str, str], data: bytes = b"x") -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo(name)
+        ti.size = len(data)
+        ti.pax_headers = pax
+        tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mtime", ["inf", "nan", "1e300"])
+def test_pax_mtime_out_of_range_is_an_error(tmp_path: Path, mtime: str) -> None:
+    with pytest.raises(ImageFormatError, match=r"layer 0 .*member .f.: mtime .* out of range"):
+        _flatten_archive(tmp_path, [_pax_layer("f", {"mtime": mtime})])
+
+
+def test_huge_member_name_is_refused_not_indexed(tmp_path: Path) -> None:
+    """The index keeps every parent path: 20,000 components would cost ~400 MB."""
+    with pytest.raises(ImageFormatError, match=r"name longer than 4096 bytes"):
+        _flatten_archive(tmp_path, [_pax_layer("a/" * 20000 + "f", {})])
+
+
+def test_oversized_xattr_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ImageFormatError, match=r"xattr value over 65536 bytes"):
+        _flatten_archive(tmp_path, [_pax_layer("f", {"SCHILY.xattr.user.x": "v" * 70000})])
+
+
+def test_deeply_nested_manifest_json_is_bad_input(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        data = b"[" * 200000
+        ti = tarfile.TarInfo("manifest.json")
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    (tmp_path / "in.tar").write_bytes(buf.getvalue())
+    with pytest.raises(ImageFormatError, match=r"malformed image \(RecursionError"):
+        open_image(parse_reference(f"docker-archive:{tmp_path}/in.tar"), tmp_path / "work")

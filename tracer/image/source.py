@@ -14,6 +14,7 @@ import re
 import shutil
 import tarfile
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -79,13 +80,24 @@ def open_image(ref: ImageRef, workdir: Path) -> ImageSource:
     """Open `ref` for reading; raises BadInput/ImageFormatError/EnvironmentProblem."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    if ref.transport == "docker-archive":
-        return _open_docker_archive(ref, Path(ref.path or ""), workdir)
-    if ref.transport == "oci":
-        return _open_oci(ref, Path(ref.path or ""))
-    if ref.transport == "docker-daemon":
-        return _open_daemon(ref, workdir)
+    try:
+        if ref.transport == "docker-archive":
+            return _open_docker_archive(ref, Path(ref.path or ""), workdir)
+        if ref.transport == "oci":
+            return _open_oci(ref, Path(ref.path or ""))
+        if ref.transport == "docker-daemon":
+            return _open_daemon(ref, workdir)
+    except MALFORMED as exc:
+        # An archive or layout is untrusted input: whatever a crafted one makes the
+        # parsers raise (deep JSON nesting, a corrupt deflate stream, a non-object where
+        # an object belongs, a huge declared size) is bad input naming it, not a crash.
+        raise ImageFormatError(f"{ref}: malformed image ({type(exc).__name__}: "
+                               f"{str(exc)[:200]})") from None
     raise BadInput(f"unsupported transport {ref.transport!r}")
+
+
+MALFORMED = (RecursionError, MemoryError, zlib.error, EOFError, tarfile.TarError,
+             AttributeError, TypeError, KeyError, IndexError, ValueError)
 
 
 def _parse_json(data: bytes, where: str) -> dict | list:

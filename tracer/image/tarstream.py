@@ -10,6 +10,7 @@ PAX values stay bytes.
 
 from __future__ import annotations
 
+import math
 import os
 import tarfile
 import zlib
@@ -18,6 +19,9 @@ from typing import BinaryIO
 
 from tracer.errors import ImageFormatError
 
+MAX_PATH = 4096  # PATH_MAX: a member name or link target beyond it is refused
+MAX_XATTR = 65536  # XATTR_SIZE_MAX
+MAX_MTIME = 1e13  # seconds; far beyond any real timestamp, keeps int() and tar fields safe
 BLOCK = 512
 CHUNK = 1 << 20
 MAX_SPECIAL = 1 << 20  # PAX / GNU long-name payloads; Go's archive/tar uses the same cap
@@ -230,7 +234,9 @@ class TarReader:
                                        "that lies)") from exc
             t = ti.type
             if t in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
-                pax.update(parse_pax(self._read_special(ti.size, "PAX header"), self._at()))
+                # a later PAX header replaces an earlier one (as Go's archive/tar does):
+                # merging would let a chain of headers pile up keys without bound
+                pax = parse_pax(self._read_special(ti.size, "PAX header"), self._at())
                 continue
             if t == tarfile.XGLTYPE:  # global PAX header: ignored, as Docker does
                 self._read_special(ti.size, "PAX global header")
@@ -252,7 +258,14 @@ class TarReader:
             return pax[key].decode("utf-8", "surrogateescape") if key in pax else default
 
         name = text("path", long_name if long_name is not None else ti.name)
-        self.last_name = name
+        self.last_name = name[:200]
+        link = text("linkpath", long_link if long_link is not None else ti.linkname)
+        for what, value in (("name", name), ("link target", link)):
+            if len(value) > MAX_PATH:
+                # the index keeps every parent path: a huge name would cost memory
+                # quadratic in its length; Linux refuses such paths anyway (PATH_MAX)
+                raise ImageFormatError(f"{self._at()}: member {name[:80]!r}...: {what} longer "
+                                       f"than {MAX_PATH} bytes")
         kind = KIND_OF_TYPE.get(ti.type)
         if kind is None or (pax and any(k.startswith("GNU.sparse") for k in pax)):
             raise ImageFormatError(f"{self._at()}: unsupported tar member type {ti.type!r}")
@@ -265,8 +278,13 @@ class TarReader:
             raise ImageFormatError(f"{self._at()}: bad numeric PAX field: {exc}") from exc
         if size < 0 or uid < 0 or gid < 0:
             raise ImageFormatError(f"{self._at()}: negative size or owner id")
+        if not math.isfinite(mtime) or abs(mtime) > MAX_MTIME:
+            raise ImageFormatError(f"{self._at()}: mtime {mtime!r} out of range")
         xattrs = {k[len("SCHILY.xattr."):]: v for k, v in pax.items()
                   if k.startswith("SCHILY.xattr.")} if pax else {}
+        if any(len(v) > MAX_XATTR for v in xattrs.values()):
+            raise ImageFormatError(f"{self._at()}: xattr value over {MAX_XATTR} bytes "
+                                   "(Linux allows at most 64 KiB)")
         m = Member(
             name=name,
             kind=kind,
@@ -275,7 +293,7 @@ class TarReader:
             gid=gid,
             mtime=mtime,
             size=size if kind == "file" else 0,
-            linkname=text("linkpath", long_link if long_link is not None else ti.linkname),
+            linkname=link,
             devmajor=ti.devmajor,
             devminor=ti.devminor,
             xattrs=xattrs,
