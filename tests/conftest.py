@@ -78,3 +78,34 @@ def gcc() -> str:
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     """Run a command, capturing text output; used by tests that drive real tools."""
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def interrupt_when_running(argv: list[str], docker_client, started, *, cwd, env=None,
+                           timeout: float = 300) -> subprocess.CompletedProcess:
+    """Start `python -m tracer ARGV`, wait until `started(new_containers)` holds, Ctrl-C it.
+
+    Returns the finished process; the test then asserts what cleanup left behind. Polls
+    for the containers the run created (those not there before it started).
+    """
+    import signal
+    import sys
+    import time
+
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    proc = subprocess.Popen([sys.executable, "-m", "tracer", *argv], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if started([c for c in docker_client.containers.list() if c.id not in before]):
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run's containers never started")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import interrupt_when_running
 
 from tracer.batch import JobResult, junit_xml
 
@@ -96,9 +97,6 @@ def test_batch_runs_skips_and_keeps_the_last_good_output(
 @pytest.mark.integration
 def test_ctrl_c_stops_every_job_and_leaves_no_container(
         docker_client, fixture_image, host_strace, tmp_path: Path) -> None:
-    import signal
-    import time
-
     fixture_image("hardcases")
     profiles = tmp_path / "profiles"
     profiles.mkdir()
@@ -110,22 +108,9 @@ def test_ctrl_c_stops_every_job_and_leaves_no_container(
         data["smoke"] = [{"command": ["sleep", "300"], "timeout": "400s"}]
         (profiles / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     before = {c.id for c in docker_client.containers.list(all=True)}
-    proc = subprocess.Popen([sys.executable, "-m", "tracer", "batch", str(profiles), "--jobs",
-                             "2", "--out", str(tmp_path / "out")], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            running = [c for c in docker_client.containers.list() if c.id not in before]
-            if len(running) >= 2:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the jobs' containers never started")
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = interrupt_when_running(
+        ["batch", str(profiles), "--jobs", "2", "--out", str(tmp_path / "out")],
+        docker_client, lambda new: len(new) >= 2, cwd=REPO, timeout=120)
+    err = proc.stderr
     assert proc.returncode == 130, err
     assert {c.id for c in docker_client.containers.list(all=True)} <= before

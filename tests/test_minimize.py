@@ -11,15 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import interrupt_when_running
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
@@ -204,27 +203,11 @@ def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docke
     output = f"tracer-test/nginx:interrupted-{uuid.uuid4().hex[:8]}"
     before = {c.id for c in docker_client.containers.list(all=True)}
     env = dict(os.environ, TRACER_WORKDIR=str(work))
-    proc = subprocess.Popen([sys.executable, "-m", "tracer", "minimize",
-                             str(profile), "--output", f"docker-daemon:{output}"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 300
-        # wait until the traced container is running, then interrupt
-        while time.monotonic() < deadline:
-            running = [c for c in docker_client.containers.list()
-                       if c.id not in before and c.image.tags and image in c.image.tags]
-            if running:
-                break
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.2)
-        else:
-            pytest.fail("the traced container never started")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = interrupt_when_running(
+        ["minimize", str(profile), "--output", f"docker-daemon:{output}"], docker_client,
+        lambda new: any(c.image.tags and image in c.image.tags for c in new),
+        cwd=REPO, env=env)
+    err = proc.stderr
     assert proc.returncode == 130, err
     after = {c.id for c in docker_client.containers.list(all=True)}
     assert after <= before, "containers left behind"
