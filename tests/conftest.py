@@ -7,13 +7,11 @@ is absent; in CI (CI=true) a missing component is a failure, never a skip.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
 import pytest
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from prereq import missing
 
 FIXTURE_IMAGES = {
     "base": "tracer-fixture/base:bookworm",
@@ -22,12 +20,6 @@ FIXTURE_IMAGES = {
     "hardcases": "tracer-fixture/hardcases:test",
     "layers": "tracer-fixture/layers:test",
 }
-
-
-def _missing(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"integration prerequisite missing in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +31,7 @@ def docker_client():
         client = docker.from_env(timeout=300)
         client.ping()
     except Exception as exc:  # noqa: BLE001 - any failure means no engine
-        _missing(f"no Docker engine answers ({exc}); run scripts/setup")
+        missing(f"no Docker engine answers ({exc}); run scripts/setup")
     return client
 
 
@@ -53,7 +45,7 @@ def fixture_image(docker_client):
         try:
             docker_client.images.get(ref)
         except docker.errors.ImageNotFound:
-            _missing(f"fixture image {ref} is not built; run scripts/setup")
+            missing(f"fixture image {ref} is not built; run scripts/setup")
         return ref
 
     return get
@@ -63,7 +55,7 @@ def fixture_image(docker_client):
 def host_strace() -> str:
     path = shutil.which("strace")
     if not path:
-        _missing("strace is not installed; run scripts/setup")
+        missing("strace is not installed; run scripts/setup")
     return path
 
 
@@ -71,7 +63,7 @@ def host_strace() -> str:
 def gcc() -> str:
     path = shutil.which("gcc")
     if not path:
-        _missing("gcc is not installed; run scripts/setup")
+        missing("gcc is not installed; run scripts/setup")
     return path
 
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_image_support import M, docker_archive, flatten_ref, layer, oci_layout, set_size
+from image_builders import M, docker_archive, flatten_ref, layer, oci_layout, set_size
 
 from tracer.errors import BadInput, ImageFormatError
 from tracer.image import open_image, parse_reference

@@ -144,7 +144,7 @@ def test_round_trip_engine_archive_and_oci(layered_image: str, docker_client,
 
 def test_load_into_engine_retags_only_the_given_tag(tmp_path: Path, docker_client,
                                                     fixture_image) -> None:
-    from test_image_support import M, docker_archive, layer
+    from image_builders import M, docker_archive, layer
 
     archive = docker_archive(tmp_path / "in.tar", [layer(M("hello", data=b"hi\n"))],
                              repo_tag=None)

@@ -8,7 +8,7 @@ import stat
 import tarfile
 from pathlib import Path
 
-from test_image_support import (
+from image_builders import (
     M,
     content,
     docker_archive,

@@ -8,7 +8,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from test_image_support import BASE_CONFIG, M, docker_archive, flat_from_layers, flatten_ref, layer
+from image_builders import BASE_CONFIG, M, docker_archive, flat_from_layers, flatten_ref, layer
 
 from tracer.errors import BadInput
 from tracer.image import parse_reference, write_image

@@ -13,7 +13,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_image_support import M, docker_archive, flat_from_layers, flatten_ref, layer, oci_layout
+from image_builders import M, docker_archive, flat_from_layers, flatten_ref, layer, oci_layout
+from prereq import missing as prereq_missing
 
 from tracer.image import flatten, open_image, parse_reference
 from tracer.rootfs import MAX_SYMLINKS, IndexRootFS, RootFS, SymlinkLoop
@@ -162,7 +163,7 @@ def test_static_resolver_agrees_on_every_elf_of_the_bookworm_image(
     """Flatten the real base image and resolve each of its ELF files through both backends:
     the same closure, missing names and errors, file by file."""
     if not (BOOKWORM_ROOT / "usr/bin").is_dir():
-        pytest.skip(f"{BOOKWORM_ROOT} missing; run scripts/setup")
+        prereq_missing(f"{BOOKWORM_ROOT} missing; run scripts/setup")
     with open_image(parse_reference(f"docker-daemon:{fixture_image('base')}"),
                     tmp_path / "w") as src:
         flat = flatten(src, tmp_path / "w" / "root")

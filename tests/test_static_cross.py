@@ -14,11 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prereq import missing as prereq_missing
 
 from tracer.rootfs import RootFS
 from tracer.static import Resolver, parse_elf
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 ARCHES = {
     # name: (compiler, cross libc dir, triplet, PT_INTERP, loader file name, machine)
@@ -39,9 +38,7 @@ def build_sysroot(tmp: Path, arch: str, host_gcc: str) -> Path:
     cc, libc_dir, triplet, interp, ldso, _machine = ARCHES[arch]
     if shutil.which(cc) is None or not Path(libc_dir, "libc.so.6").exists():
         msg = f"{cc} / libc6-*-cross not installed; run scripts/setup"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        prereq_missing(msg)
     root = tmp / f"image-{arch}"
     libdir = root / "usr/lib" / triplet
     libdir.mkdir(parents=True)

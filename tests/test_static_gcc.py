@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prereq import missing as prereq_missing
 
 from tracer.rootfs import RootFS
 from tracer.static import Closure, Resolver, entrypoint_roots, format_text, to_json, which
@@ -31,7 +32,7 @@ def loaded(c: Closure) -> set[str]:
 def real_loader(root: Path, exe: str, env: dict[str, str] | None = None) -> tuple[set, set]:
     """(mapped files, names not found) as the image's loader reports them, via chroot."""
     if os.geteuid() != 0:
-        pytest.skip("comparing with the real loader needs chroot (root)")
+        prereq_missing("comparing with the real loader needs chroot (root)")
     # ldd's own method: LD_TRACE_LOADED_OBJECTS makes the loader list instead of run, and
     # keeps going past a missing library (`ld.so --list` stops at the first one). chroot is
     # done in the child itself so the variable reaches only the image's loader.
@@ -79,7 +80,7 @@ PROG = "int {fn}(void);\nint main(void) {{ return {fn}(); }}\n"
 def sysroot(tmp_path_factory: pytest.TempPathFactory, gcc: str) -> Path:
     """A small image root: host loader + libc, merged /usr, no ld.so.cache."""
     if not HOST_LDSO.exists():
-        pytest.skip("needs an x86_64 glibc host")
+        prereq_missing("needs an x86_64 glibc host")
     root = tmp_path_factory.mktemp("image")
     libdir = root / TRIPLET_DIR
     libdir.mkdir(parents=True)
@@ -257,7 +258,7 @@ def test_ld_so_conf_include_glob_then_cache_including_a_stale_one(
     c = Resolver(RootFS(root)).closure(["/app/conflib"])  # no cache: ld.so.conf dirs stand in
     assert "/opt/conf/libk.so" in loaded(c)
     if shutil.which("ldconfig") is None:
-        pytest.skip("ldconfig not installed")
+        prereq_missing("ldconfig not installed; run scripts/setup")
     subprocess.run(["ldconfig", "-r", str(root)], check=True, capture_output=True)
     c = Resolver(RootFS(root)).closure(["/app/conflib"])
     assert "/opt/conf/libk.so" in loaded(c)

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prereq import missing as prereq_missing
 
 from tracer.static.ldcache import LdCacheError, parse_ld_so_cache
 
@@ -37,7 +38,7 @@ def ldconfig_p(cache: Path) -> list[tuple[str, str]]:
 def libroot(tmp_path: Path, gcc: str) -> Path:
     """A root with a few real x86-64 libraries in two ld.so.conf directories."""
     if shutil.which("ldconfig") is None:
-        pytest.skip("ldconfig not installed")
+        prereq_missing("ldconfig not installed; run scripts/setup")
     root = tmp_path / "root"
     for d in ("usr/lib/x86_64-linux-gnu", "opt/one", "etc"):
         (root / d).mkdir(parents=True)
@@ -54,7 +55,7 @@ def libroot(tmp_path: Path, gcc: str) -> Path:
 
 def test_bookworm_cache_matches_ldconfig() -> None:
     if not BOOKWORM_CACHE.exists() or shutil.which("ldconfig") is None:
-        pytest.skip("needs the bookworm fixture root and ldconfig")
+        prereq_missing("needs the bookworm fixture root and ldconfig; run scripts/setup")
     entries = parse_ld_so_cache(BOOKWORM_CACHE.read_bytes())
     assert [(e.name, e.path) for e in entries] == ldconfig_p(BOOKWORM_CACHE)
     assert any(e.name == "libc.so.6" for e in entries)

@@ -13,12 +13,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prereq import missing as prereq_missing
 
 from tracer.rootfs import RootFS
 from tracer.static import Resolver
 
 MUSL_LIBC = Path("/usr/lib/x86_64-linux-musl/libc.so")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _cc(*args: str) -> None:
@@ -29,9 +29,7 @@ def _cc(*args: str) -> None:
 @pytest.fixture(scope="module")
 def muslroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("musl-gcc") is None or not MUSL_LIBC.exists():
-        if IN_CI:
-            pytest.fail("musl-tools not installed; run scripts/setup")
-        pytest.skip("musl-tools not installed")
+        prereq_missing("musl-tools not installed; run scripts/setup")
     tmp = tmp_path_factory.mktemp("musl")
     root = tmp / "root"
     (root / "usr/lib/x86_64-linux-musl").mkdir(parents=True)
@@ -61,7 +59,7 @@ def muslroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def musl_list(root: Path, exe: str) -> tuple[set[str], str]:
     if os.geteuid() != 0:
-        pytest.skip("chroot needs root")
+        prereq_missing("chroot needs root")
     out = subprocess.run(["/lib/ld-musl-x86_64.so.1", "--list", exe], capture_output=True,
                          text=True, cwd="/", preexec_fn=lambda: os.chroot(root), check=False)
     fs = RootFS(root)

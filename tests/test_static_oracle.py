@@ -13,21 +13,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from prereq import missing as prereq_missing
 
 from tracer.rootfs import RootFS
 from tracer.static import Closure, Resolver
 
 ROOTFS = Path("/var/cache/tracer/rootfs-bookworm")
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 pytestmark = pytest.mark.integration
 
 
 def _need_rootfs() -> RootFS:
     if not (ROOTFS / "usr/bin").is_dir():
-        if IN_CI:
-            pytest.fail(f"{ROOTFS} missing in CI; run scripts/setup")
-        pytest.skip(f"{ROOTFS} missing; run scripts/setup")
+        prereq_missing(f"{ROOTFS} missing; run scripts/setup")
     return RootFS(ROOTFS)
 
 
@@ -69,7 +67,7 @@ def mapped(c: Closure) -> set[str]:
 def test_every_elf_agrees_with_the_image_loader_in_a_chroot() -> None:
     fs = _need_rootfs()
     if os.geteuid() != 0:
-        pytest.skip("chroot needs root")
+        prereq_missing("chroot needs root")
     elves = elf_files(ROOTFS)
     assert len(elves) > 100
     resolver = Resolver(fs)

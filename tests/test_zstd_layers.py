@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_image_support import M, layer, oci_layout
+from image_builders import M, layer, oci_layout
 
 from tracer.errors import ImageFormatError
 from tracer.image import flatten, open_image, parse_reference

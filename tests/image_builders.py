@@ -1,4 +1,4 @@
-"""Builders for hand-made images used by the tests/test_image_*.py modules.
+"""Builders for hand-made images (a helper module for the tests, not a test module).
 
 Layers are real tar archives written with Python's tarfile (or patched bytes of one, for
 the malformed cases); images are real docker-archive files and OCI layouts around them.
