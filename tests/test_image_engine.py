@@ -10,7 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import _missing, run
+from conftest import run
+from prereq import missing
 
 from tracer.image import flatten, open_image, parse_reference, write_image
 from tracer.image.engine import load_into_engine, load_ref_into_engine, remove_from_engine
@@ -61,7 +62,7 @@ def layered_image(docker_client, fixture_image, tmp_path_factory):
     for tool in ("setcap", "getcap"):  # the host's libcap2-bin: the build has no network
         found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
         if not found:
-            _missing(f"{tool} (libcap2-bin) is not installed on the host; run scripts/setup")
+            missing(f"{tool} (libcap2-bin) is not installed on the host; run scripts/setup")
         shutil.copy(found, ctx / tool)
     tag = f"tracer-test/layers:{uuid.uuid4().hex[:8]}"
     res = run(["docker", "build", "--network", "none", "--force-rm", "-q", "-t", tag, str(ctx)])

@@ -81,10 +81,10 @@ def image_digest(ref: ImageRef) -> str:
     if ref.transport == "docker-daemon":
         import docker
 
-        from tracer.environment import docker_client
+        from tracer.engine import connect
 
         try:
-            return docker_client().images.get(f"{ref.name}:{ref.tag or 'latest'}").id
+            return connect().sdk.images.get(f"{ref.name}:{ref.tag or 'latest'}").id
         except docker.errors.ImageNotFound:
             return "missing"
     target = Path(ref.path or "")
@@ -102,10 +102,10 @@ def image_digest(ref: ImageRef) -> str:
 
 def output_exists(ref: ImageRef) -> bool:
     if ref.transport == "docker-daemon":
-        from tracer.environment import docker_client
+        from tracer.engine import connect
 
         try:
-            docker_client().images.get(f"{ref.name}:{ref.tag or 'latest'}")
+            connect().sdk.images.get(f"{ref.name}:{ref.tag or 'latest'}")
             return True
         except Exception:  # noqa: BLE001 - not there, whatever the reason
             return False

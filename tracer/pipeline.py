@@ -24,7 +24,8 @@ from pathlib import Path
 
 from tracer import __version__
 from tracer.diagnose import Diagnosis, diagnose
-from tracer.environment import docker_client, require_strace
+from tracer.engine import connect
+from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
 from tracer.image.flatten import flatten
 from tracer.image.model import FlatImage
@@ -93,7 +94,7 @@ class EngineImages:
     """Temporary images this run put into the engine; removed by id at the end."""
 
     def __init__(self) -> None:
-        self.client = docker_client()
+        self.client = connect().sdk
         self.tags: list[str] = []
 
     def temp_ref(self, name: str, purpose: str) -> ImageRef:
@@ -380,10 +381,14 @@ def diagnose_profile(profile: Profile, *, image: str | None = None,
     in_ref = parse_reference(profile.image)
     target = image or profile.output or str(default_output(in_ref))
     if parse_reference(target).transport == "docker-daemon":
+        import docker
+
         target_ref = parse_reference(target)
+        engine = connect()  # no engine is an environment problem (exit 4), not bad input
         try:
-            docker_client().images.get(f"{target_ref.name}:{target_ref.tag or 'latest'}")
-        except Exception:  # noqa: BLE001 - any lookup failure: nothing to diagnose
+            with engine.errors(f"look up {target_ref}"):
+                engine.sdk.images.get(f"{target_ref.name}:{target_ref.tag or 'latest'}")
+        except docker.errors.ImageNotFound:
             raise BadInput(f"the minimized image {target_ref} is not in the engine; run "
                            "`tracer minimize` first or pass --image") from None
     require_strace()

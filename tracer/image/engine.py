@@ -17,15 +17,10 @@ from tracer.image.source import open_image
 
 
 def engine_client():  # -> docker.DockerClient (untyped SDK)
-    """A connected docker SDK client, or EnvironmentProblem saying why not."""
-    import docker
+    """The process's engine client with the deadline of an image transfer."""
+    from tracer.engine import TRANSFER_TIMEOUT, connect
 
-    try:
-        client = docker.from_env(timeout=600)
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means no usable engine
-        raise EnvironmentProblem(f"no Docker engine answers: {exc}") from exc
-    return client
+    return connect(TRANSFER_TIMEOUT).sdk
 
 
 def load_into_engine(archive: Path, tag: str) -> str:

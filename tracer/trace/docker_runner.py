@@ -52,19 +52,10 @@ class ContainerSpec:
 
 
 def connect() -> Any:
-    """A docker SDK client for the local engine, or EnvironmentProblem naming why not."""
-    try:
-        import docker
-    except ImportError as exc:  # pragma: no cover - dependency declared in pyproject
-        raise EnvironmentProblem(
-            "the docker Python SDK is not installed (pip install docker)"
-        ) from exc
-    try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure here means no usable engine
-        raise EnvironmentProblem(f"no Docker engine answers: {exc}") from exc
-    return client
+    """The process's docker SDK client (tracer.engine: one client, a deadline per call)."""
+    from tracer.engine import connect as engine
+
+    return engine().sdk
 
 
 def image_config(client: Any, image: str) -> ImageConfig:

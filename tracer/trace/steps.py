@@ -223,8 +223,12 @@ def run_exec(ctx: StepContext, label: str, step: ExecStep, stem: str) -> StepOut
     box: dict[str, Any] = {}
 
     def target() -> None:
+        from tracer.engine import connect
+
         try:
-            box["out"] = api.exec_start(exec_id, demux=True)
+            # no per-read deadline: a step may be silent for its whole timeout, which the
+            # join below enforces
+            box["out"] = connect(None).api.exec_start(exec_id, demux=True)
         except Exception as exc:  # noqa: BLE001 - reported as the step's failure
             box["error"] = exc
 

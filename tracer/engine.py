@@ -1,0 +1,98 @@
+"""The one door to the Docker engine: a client with a deadline on every call.
+
+Every module that talks to the engine gets its client here, so three things hold
+everywhere at once:
+
+- a deadline: the docker SDK waits 60 s by default per HTTP read, and tracer used to ask
+  for 300-600 s; an engine that answers the ping and then hangs held a run for minutes.
+  Every call now fails after `CALL_TIMEOUT` seconds of silence (streams of data, like an
+  image save, only need to keep flowing);
+- one meaning for failures: whatever goes wrong between tracer and the engine (refused
+  connection, timeout, an error status, an answer that is not JSON) is an environment
+  problem, exit 4, with what tracer was trying to do. Only "no such image" keeps its own
+  meaning, because the caller knows whether that is bad input;
+- one client per process (and per timeout), pinged once: not a new connection and a ping
+  per question.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tracer.errors import EnvironmentProblem
+
+CALL_TIMEOUT = 60.0  # seconds of silence after which one engine call counts as hung
+TRANSFER_TIMEOUT = 300.0  # image save/load: silence allowed while the engine unpacks a layer
+PING_TIMEOUT = 10.0  # the first contact: an engine that cannot ping in 10 s is not usable
+
+
+class Engine:
+    """A connected engine: the SDK's high-level client (`sdk`) and low-level one (`api`)."""
+
+    def __init__(self, sdk: Any, timeout: float | None) -> None:
+        self.sdk = sdk
+        self.api = sdk.api
+        self.timeout = timeout
+
+    @contextmanager
+    def errors(self, what: str) -> Iterator[None]:
+        """Map engine failures inside the block to EnvironmentProblem naming `what`.
+
+        docker.errors.NotFound (ImageNotFound, a removed container) passes through
+        unchanged: "not there" is a verdict the caller turns into bad input or an
+        environment problem, depending on what was expected to be there.
+        """
+        with engine_errors(what, self.timeout):
+            yield
+
+
+@contextmanager
+def engine_errors(what: str, timeout: float | None = CALL_TIMEOUT) -> Iterator[None]:
+    """The mapping `Engine.errors` applies, usable without an Engine at hand."""
+    import docker
+    import requests
+
+    try:
+        yield
+    except docker.errors.NotFound:
+        raise
+    except docker.errors.APIError as exc:
+        detail = exc.explanation or str(exc)
+        raise EnvironmentProblem(f"the Docker engine failed to {what}: {detail}") from None
+    except requests.exceptions.Timeout:
+        raise EnvironmentProblem(
+            f"the Docker engine did not answer within {timeout:g}s while trying to {what}; "
+            "is it overloaded or hung?") from None
+    except (requests.exceptions.JSONDecodeError, json.JSONDecodeError,
+            UnicodeDecodeError) as exc:
+        raise EnvironmentProblem(
+            f"the Docker engine sent a malformed answer while trying to {what}: "
+            f"{str(exc)[:200]}") from None
+    except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+        raise EnvironmentProblem(
+            f"lost the Docker engine while trying to {what}: {str(exc)[:300]}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def connect(timeout: float | None = CALL_TIMEOUT) -> Engine:
+    """The process's engine client for this per-call timeout (None: no deadline, only for
+    streams whose caller enforces its own, like a smoke step's exec). Pinged on first use;
+    EnvironmentProblem when no engine answers."""
+    try:
+        import docker
+    except ImportError as exc:  # pragma: no cover - dependency declared in pyproject
+        raise EnvironmentProblem("the docker Python SDK is not installed") from exc
+    try:
+        sdk = docker.from_env(timeout=PING_TIMEOUT)
+        sdk.ping()
+    except Exception as exc:  # noqa: BLE001 - every failure here means "no usable engine"
+        raise EnvironmentProblem(
+            f"no Docker engine answers ({str(exc)[:300]}); start one (scripts/setup does) or "
+            "set DOCKER_HOST") from None
+    # the SDK passes this to every request; None means wait forever (see the docstring)
+    sdk.api.timeout = timeout
+    return Engine(sdk, timeout)
