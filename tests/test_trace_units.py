@@ -4,40 +4,55 @@ from __future__ import annotations
 
 import pytest
 
-from tracer.errors import BadInput
+from tracer.errors import BadInput, ImageFormatError
+from tracer.image.config import ImageConfig
 from tracer.profile_model import RunSpec
-from tracer.trace.docker_runner import ImageConfig, effective_argv
+from tracer.trace.docker_runner import effective_argv
 from tracer.trace.run import Timeline, _strace_error
 from tracer.trace.steps import first_lines
 
-CFG = ImageConfig(
-    entrypoint=["/docker-entrypoint.sh"],
-    cmd=["nginx", "-g", "daemon off;"],
-    workdir="/",
-    user="",
-    env=[],
-)
+CFG = ImageConfig(entrypoint=["/docker-entrypoint.sh"], cmd=["nginx", "-g", "daemon off;"])
 
 
-def test_effective_argv_takes_each_part_from_the_profile_or_else_the_image():
+def test_effective_argv_follows_dockers_rule_for_entrypoint_and_cmd():
     assert effective_argv(RunSpec(), CFG, "img") == [
-        "/docker-entrypoint.sh",
-        "nginx",
-        "-g",
-        "daemon off;",
-    ]
+        "/docker-entrypoint.sh", "nginx", "-g", "daemon off;"]
+    # a cmd replaces the image's Cmd, the image's entrypoint stays
     assert effective_argv(RunSpec(cmd=["nginx", "-t"]), CFG, "img") == [
-        "/docker-entrypoint.sh",
-        "nginx",
-        "-t",
-    ]
-    assert effective_argv(RunSpec(entrypoint=["/bin/sh"], cmd=[]), CFG, "img") == ["/bin/sh"]
+        "/docker-entrypoint.sh", "nginx", "-t"]
+    # an entrypoint replaces the image's and DROPS the image's Cmd (docker run --entrypoint)
+    assert effective_argv(RunSpec(entrypoint=["/usr/sbin/nginx"]), CFG, "img") == [
+        "/usr/sbin/nginx"]
+    assert effective_argv(RunSpec(entrypoint=["/bin/sh"], cmd=["-c", "true"]), CFG, "img") == [
+        "/bin/sh", "-c", "true"]
+    # no entrypoint in the image: the cmd alone
+    assert ImageConfig(cmd=["/bin/bash"]).command(None, None) == ["/bin/bash"]
 
 
 def test_an_image_with_nothing_to_run_is_bad_input():
-    empty = ImageConfig(entrypoint=[], cmd=[], workdir="/", user="", env=[])
     with pytest.raises(BadInput, match="img"):
-        effective_argv(RunSpec(), empty, "img")
+        effective_argv(RunSpec(), ImageConfig(), "img")
+
+
+@pytest.mark.parametrize("cfg", ["a string", ["a", "list"], {"Env": ["A=1", 2]},
+                                 {"Cmd": {"x": 1}}, {"User": 0}, {"Labels": {"a": 1}},
+                                 {"ExposedPorts": ["80/tcp"]}, {"Healthcheck": "CMD true"}])
+def test_a_malformed_image_config_is_bad_input_naming_the_field(cfg):
+    with pytest.raises(ImageFormatError, match="config"):
+        ImageConfig.from_image_json({"config": cfg}, "img")
+
+
+def test_image_config_reads_every_field_the_run_and_init_need():
+    cfg = ImageConfig.from_image_json({"config": {
+        "Entrypoint": ["/e"], "Cmd": ["c"], "Env": ["PATH=/bin", "A=b=c"], "User": "33",
+        "WorkingDir": "/srv", "ExposedPorts": {"80/tcp": {}}, "Volumes": {"/data": {}},
+        "Labels": {"l": "v"}, "StopSignal": "SIGQUIT",
+        "Healthcheck": {"Test": ["CMD", "/e", "check"]}}}, "img")
+    assert cfg.env == {"PATH": "/bin", "A": "b=c"}
+    assert cfg.environment({"A": "x"}) == {"PATH": "/bin", "A": "x"}
+    assert (cfg.user, cfg.workdir, cfg.exposed_ports, cfg.volumes) == (
+        "33", "/srv", ["80/tcp"], ["/data"])
+    assert cfg.healthcheck == ["CMD", "/e", "check"] and cfg.stop_signal == "SIGQUIT"
 
 
 def test_timeline_attributes_times_to_the_step_that_was_running():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from tracer.image.config import ImageConfig
 from tracer.image.flatten import flatten
 from tracer.image.reference import parse_reference
 from tracer.image.source import open_image
-from tracer.pipeline import effective_argv, image_env, workdir
-from tracer.profile_model import Profile
+from tracer.pipeline import workdir
 from tracer.static import Closure, Resolver
 
 
@@ -16,9 +16,7 @@ def ldd(image: str, paths: list[str]) -> Closure:
     with workdir() as work:
         with open_image(ref, work / "source") as source:
             flat = flatten(source, work / "root")
-        roots = list(paths)
-        if not roots:
-            argv = effective_argv(Profile(name="ldd", image=image), flat.config)
-            roots = argv[:1]
-        env = image_env(flat.config, {})
+        config = ImageConfig.from_image_json(flat.config, str(ref))
+        roots = list(paths) or config.command(None, None)[:1]
+        env = config.environment()
         return Resolver(flat.rootfs(), env=env).closure(roots)

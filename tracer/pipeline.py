@@ -27,6 +27,7 @@ from tracer.diagnose import Diagnosis, diagnose
 from tracer.engine import connect
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
+from tracer.image.config import ImageConfig
 from tracer.image.flatten import flatten
 from tracer.image.model import FlatImage
 from tracer.image.reference import ImageRef, default_output, parse_reference
@@ -51,6 +52,7 @@ class Prepared:
     flat: FlatImage
     root: RootFS
     engine_ref: str
+    config: ImageConfig  # the flattened image's run config, validated
 
 
 @contextmanager
@@ -64,30 +66,6 @@ def workdir(prefix: str = "tracer-") -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def image_env(config: dict, extra: dict[str, str]) -> dict[str, str]:
-    """The image's Env with the profile's env merged over it (what the app really sees)."""
-    env: dict[str, str] = {}
-    for item in (config.get("config") or {}).get("Env") or []:
-        key, _, value = item.partition("=")
-        env[key] = value
-    env.update(extra)
-    return env
-
-
-def effective_argv(profile: Profile, config: dict) -> list[str]:
-    """Entrypoint + cmd as Docker combines them (a new entrypoint drops the image's Cmd)."""
-    cfg = config.get("config") or {}
-    entrypoint = profile.run.entrypoint if profile.run.entrypoint is not None \
-        else (cfg.get("Entrypoint") or [])
-    if profile.run.cmd is not None:
-        cmd = profile.run.cmd
-    elif profile.run.entrypoint is not None:
-        cmd = []
-    else:
-        cmd = cfg.get("Cmd") or []
-    return list(entrypoint) + list(cmd)
 
 
 class EngineImages:
@@ -138,19 +116,21 @@ def prepare(image: str, name: str, work: Path, engine: EngineImages,
         engine_ref = f"{tmp.name}:{tmp.tag}"
         seconds["load_input"] = seconds.get("load_input", 0.0) + time.monotonic() - t0
         progress.done()
-    return Prepared(ref=ref, flat=flat, root=flat.rootfs(), engine_ref=engine_ref)
+    config = ImageConfig.from_image_json(flat.config, str(ref))
+    return Prepared(ref=ref, flat=flat, root=flat.rootfs(), engine_ref=engine_ref,
+                    config=config)
 
 
 def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult) -> Closure:
     """ELF closure of entrypoint/cmd, exec'd programs and keep.binaries."""
-    config = prepared.flat.config
+    config = prepared.config
     roots: list[str] = []
-    argv = effective_argv(profile, config)
+    argv = config.command(profile.run.entrypoint, profile.run.cmd)
     if argv:
         roots.append(argv[0])
     roots += [p for p in trace.execs if p]
     roots += profile.keep.binaries
-    env = image_env(config, profile.run.env)
+    env = config.environment(profile.run.env)
     return Resolver(prepared.root, env=env, implicit_dlopens=True).closure(dict.fromkeys(roots))
 
 
@@ -171,15 +151,15 @@ def build_keeplist(profile: Profile, prepared: Prepared, trace: SmokeResult,
     for package, paths in package_files(root, profile.keep.packages).items():
         for path in paths:
             builder.add(path, Reason("keep.packages", package))
-    cfg = flat.config.get("config") or {}
+    cfg = prepared.config
     # The runtime (not the traced process) resolves these before the app starts.
     for path in ("/etc/passwd", "/etc/group"):
         if path in flat.entries:
             builder.add(path, Reason("config", "user lookup by the container runtime"))
-    workdir_path = profile.run.workdir or cfg.get("WorkingDir")
+    workdir_path = profile.run.workdir or cfg.workdir
     if workdir_path:
         builder.add(workdir_path, Reason("config", "WorkingDir"))
-    for volume in cfg.get("Volumes") or {}:
+    for volume in cfg.volumes:
         builder.add(volume, Reason("config", "Volume"))
     return builder.build()
 

@@ -17,22 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.errors import BadInput, EnvironmentProblem
+from tracer.image.config import ImageConfig
 from tracer.profile_model import RunSpec
 
 
 class StartFailed(Exception):
     """The engine could not start the container's process (e.g. its entrypoint is missing)."""
-
-
-@dataclass(frozen=True)
-class ImageConfig:
-    """The parts of an image's config a run needs."""
-
-    entrypoint: list[str]
-    cmd: list[str]
-    workdir: str
-    user: str
-    env: list[str]
 
 
 @dataclass(frozen=True)
@@ -68,21 +58,12 @@ def image_config(client: Any, image: str) -> ImageConfig:
         raise BadInput(f"image {image!r} is not in the Docker engine") from exc
     except docker.errors.APIError as exc:
         raise EnvironmentProblem(f"the Docker engine failed to inspect {image!r}: {exc}") from exc
-    cfg = attrs.get("Config") or {}
-    return ImageConfig(
-        entrypoint=list(cfg.get("Entrypoint") or []),
-        cmd=list(cfg.get("Cmd") or []),
-        workdir=cfg.get("WorkingDir") or "/",
-        user=cfg.get("User") or "",
-        env=list(cfg.get("Env") or []),
-    )
+    return ImageConfig.parse(attrs.get("Config"), f"image {image}")
 
 
 def effective_argv(run: RunSpec, cfg: ImageConfig, image: str) -> list[str]:
-    """entrypoint + cmd as PROFILE.md says: each from the profile if given, else the image."""
-    entry = run.entrypoint if run.entrypoint is not None else cfg.entrypoint
-    cmd = run.cmd if run.cmd is not None else cfg.cmd
-    argv = [*entry, *cmd]
+    """What the container runs (ImageConfig.command: Docker's rule); BadInput if nothing."""
+    argv = cfg.command(run.entrypoint, run.cmd)
     if not argv:
         raise BadInput(f"image {image!r} has no Entrypoint or Cmd and the profile sets neither")
     return argv

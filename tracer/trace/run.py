@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from tracer.errors import EnvironmentProblem
+from tracer.image.config import ImageConfig
 from tracer.profile_model import Profile
 from tracer.trace import fanotify
 from tracer.trace.bundle import BUNDLE_MOUNT, OUTPUT_MOUNT, build_bundle, make_output_dir
 from tracer.trace.docker_runner import (
     ContainerSpec,
     DockerRunner,
-    ImageConfig,
     StartFailed,
     connect,
     effective_argv,
