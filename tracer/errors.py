@@ -29,13 +29,18 @@ class SmokeFailedOnOriginal(TracerError):
     exit_code = 3
 
 
-class VerificationFailed(TracerError):
-    """The minimized image failed its smoke test (exit 1)."""
-
-    exit_code = 1
-
-
 class EnvironmentProblem(TracerError):
     """No Docker engine, no strace, no permission (exit 4)."""
 
     exit_code = 4
+
+
+def no_space(directory: object, needed: int | None = None) -> EnvironmentProblem:
+    """The error for a full disk (ENOSPC/EDQUOT): exit 4, naming where and roughly how much.
+
+    A full disk is the machine's problem, never a malformed image: tracer used to report
+    it as "corrupt gzip" (2) or crash in a cleanup that hit the same full disk (70).
+    """
+    about = f" (needed about {max(needed >> 20, 1)} MB)" if needed else ""
+    return EnvironmentProblem(f"no space left in {directory}{about}; free some space or set "
+                              "TMPDIR (or TRACER_WORKDIR) to a larger filesystem")
