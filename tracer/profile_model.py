@@ -37,6 +37,8 @@ class RunSpec:
     stdout: str | None = None  # job mode: regex the job's stdout must match (extension)
     stderr: str | None = None  # job mode: regex the job's stderr must match (extension)
     timeout: float = 300.0  # hard limit for the whole run, seconds
+    stdin: str | None = None  # text fed to the main process (stdin_file already read); None:
+    #                           stdin is empty and closed
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class HttpStep:
     url: str
     status: int | None = 200
     body: str | None = None  # regex searched in the response body
-    timeout: float = 30.0
+    timeout: float = 30.0  # one deadline for the whole request: connect, headers, body
+    max_body: int | None = None  # bytes of body read at most (None: budgets.http_body)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class ArgvStep:
     stdout: str | None = None
     stderr: str | None = None
     timeout: float = 60.0
+    stdin: str | None = None  # text fed to the program; None: stdin is empty and closed
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class KeepSpec:
     paths: list[str] = field(default_factory=list)  # globs: * within a name, ** across dirs
     binaries: list[str] = field(default_factory=list)
     packages: list[str] = field(default_factory=list)
+    granularity: str = "file"  # file | package: a kept path pulls in its whole package
 
 
 @dataclass(frozen=True)
@@ -125,3 +130,4 @@ class Profile:
     exclude: list[str] = field(default_factory=list)
     version: int = 1
     source: Path | None = None  # the YAML file it came from, for messages
+    budgets: dict[str, int] = field(default_factory=dict)  # raised budgets (tracer.budgets)
