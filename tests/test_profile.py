@@ -1,4 +1,4 @@
-"""Profile loading: the contract of PROFILE.md, and errors that name file, line and field."""
+"""Profile loading: the format of docs/profile.md, and errors that name file, line and field."""
 
 from __future__ import annotations
 
@@ -7,8 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from tracer.budgets import DEFAULT, MiB
 from tracer.errors import BadInput
-from tracer.profile import ProfileErrors, load_profile, parse_duration, parse_profile
+from tracer.profile import (
+    Overrides,
+    ProfileErrors,
+    apply_overrides,
+    budgets_of,
+    describe_checks,
+    load_profile,
+    parse_budget_flags,
+    parse_duration,
+    parse_profile,
+)
 from tracer.profile_model import CommandStep, ExecStep, HttpStep, SleepStep, TcpStep
 
 FULL = """\
@@ -226,3 +237,274 @@ def test_smoke_steps_only_talk_to_loopback() -> None:
         "localhost, ::1), got '10.0.0.5'",
         "p.yaml:8: smoke[2].tcp.host: only loopback addresses are allowed",
     ]
+
+
+JOB = """\
+version: 1
+name: report
+image: app:1
+run:
+  mode: job
+"""
+
+
+def test_stdin_inline_for_the_job_and_for_steps() -> None:
+    p = parse_profile(JOB + """\
+  stdin: "<items><item>a</item></items>\\n"
+smoke:
+  - command: ["python3", "-c", "import sys; print(sys.stdin.read())"]
+    stdin: |
+      line one
+      line two
+""")
+    assert p.run.stdin == "<items><item>a</item></items>\n"
+    assert p.smoke[0].step.stdin == "line one\nline two\n"
+
+
+def test_without_stdin_it_is_none_meaning_empty_and_closed() -> None:
+    p = parse_profile(JOB + "smoke:\n  - command: [cat]\n")
+    assert p.run.stdin is None and p.smoke[0].step.stdin is None
+
+
+def test_stdin_file_is_read_relative_to_the_profile(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "in.xml").write_text("<x>\u00e9</x>\n", encoding="utf-8")
+    (tmp_path / "step.txt").write_text("hello\n")
+    prof = tmp_path / "p.yaml"
+    prof.write_text(JOB + "  stdin_file: data/in.xml\nsmoke:\n  - command: [cat]\n"
+                    "    stdin_file: step.txt\n")
+    p = load_profile(prof)
+    assert p.run.stdin == "<x>\u00e9</x>\n" and p.smoke[0].step.stdin == "hello\n"
+
+
+def test_stdin_file_problems_name_the_field(tmp_path: Path) -> None:
+    (tmp_path / "big.txt").write_bytes(b"x" * 2000)
+    (tmp_path / "bin.dat").write_bytes(b"\xff\xfe\x00")
+    prof = tmp_path / "p.yaml"
+    prof.write_text(JOB + """\
+  stdin: inline
+  stdin_file: other.txt
+smoke:
+  - command: [cat]
+    stdin_file: missing.txt
+  - command: [cat]
+    stdin_file: big.txt
+  - command: [cat]
+    stdin_file: bin.dat
+  - command: [cat]
+    stdin_file: .
+""")
+    with pytest.raises(ProfileErrors) as info:
+        load_profile(prof, Overrides(budgets={"profile_bytes": 1000}))
+    problems = [p.replace(str(prof), "p.yaml") for p in info.value.problems]
+    assert problems[0] == "p.yaml:7: run.stdin_file: give stdin or stdin_file, not both"
+    assert problems[1].startswith("p.yaml:10: smoke[0].stdin_file: 'missing.txt' (relative to ")
+    assert "cannot read it: No such file or directory" in problems[1]
+    assert problems[2].startswith("p.yaml:12: smoke[1].stdin_file: 'big.txt'")
+    assert "over the profile_bytes budget of 1000; raise it with --budget" in problems[2]
+    assert problems[3].startswith("p.yaml:14: smoke[2].stdin_file: 'bin.dat'")
+    assert "not UTF-8 text" in problems[3]
+    assert problems[4].startswith("p.yaml:16: smoke[3].stdin_file: '.'")
+    assert "not a regular file" in problems[4]
+    assert len(problems) == 5
+
+
+def test_stdin_is_only_for_exec_and_command_steps() -> None:
+    problems = errors_of("""\
+        version: 1
+        name: app
+        image: app:1
+        run: {network: host}
+        smoke:
+          - http: {url: "http://127.0.0.1:1/"}
+            stdin: x
+        """)
+    assert problems == ["p.yaml:7: smoke[0].stdin: only for exec and command steps, not http"]
+
+
+def test_unknown_keys_say_did_you_mean() -> None:
+    problems = errors_of("""\
+        version: 1
+        name: app
+        image: app:1
+        run:
+          entrypiont: ["/app"]
+        smoke:
+          - comand: [x]
+        kep: {}
+        """)
+    assert problems[0].startswith(
+        "p.yaml:5: run.entrypiont: unknown key; did you mean 'entrypoint'? (expected one of:")
+    assert problems[1].startswith("p.yaml:7: smoke[0].comand: unknown key; did you mean "
+                                  "'command'?")
+    assert problems[3].startswith("p.yaml:8: kep: unknown key; did you mean 'keep'?")
+    nothing_close = errors_of("version: 1\nname: a\nimage: a:1\nzzzz: 1\n")
+    assert nothing_close[0].startswith("p.yaml:4: zzzz: unknown key (expected one of:")
+
+
+def test_granularity_and_budgets_in_the_profile() -> None:
+    p = parse_profile("""\
+version: 1
+name: app
+image: app:1
+keep: {granularity: package}
+budgets: {image_bytes: 64GiB, layers: 1000, http_body: 512KiB}
+""")
+    assert p.keep.granularity == "package"
+    assert p.budgets == {"image_bytes": 64 << 30, "layers": 1000, "http_body": 512 << 10}
+    b = budgets_of(p)
+    assert b.layers == 1000 and b.entries == DEFAULT.entries
+    assert parse_profile("version: 1\nname: a\nimage: a:1\n").keep.granularity == "file"
+
+
+def test_bad_granularity_and_budgets_name_line_and_field() -> None:
+    problems = errors_of("""\
+        version: 1
+        name: app
+        image: app:1
+        keep: {granularity: pakage}
+        budgets:
+          layer: 10
+          entries: many
+          profile_bytes: 10MiB
+          http_body: 0
+        """)
+    assert problems[0] == ("p.yaml:4: keep.granularity: expected one of file, package, got "
+                           "'pakage'; did you mean 'package'?")
+    assert problems[1].startswith("p.yaml:6: budgets.layer: unknown key; did you mean 'layers'?")
+    assert problems[2] == ("p.yaml:7: budgets.entries: expected a positive number or a size "
+                           "like 512KiB, 64MiB, 2GiB, got 'many'")
+    assert problems[3].startswith("p.yaml:8: budgets.profile_bytes: only --budget "
+                                  "profile_bytes=N raises it")
+    assert problems[4].startswith("p.yaml:9: budgets.http_body: expected a positive number")
+
+
+def test_command_line_overrides_win_over_the_profile() -> None:
+    p = parse_profile("version: 1\nname: a\nimage: a:1\nkeep: {granularity: package}\n"
+                      "budgets: {layers: 1000, entries: 5}\n")
+    flags = parse_budget_flags(["layers=2000", "image_bytes=1GiB"])
+    assert flags == {"layers": 2000, "image_bytes": 1 << 30}
+    o = Overrides(budgets=flags, granularity="file")
+    q = apply_overrides(p, o)
+    assert q.keep.granularity == "file" and p.keep.granularity == "package"
+    assert q.budgets == {"layers": 2000, "entries": 5, "image_bytes": 1 << 30}
+    assert apply_overrides(p, Overrides()) is p
+    assert o.argv() == ["--budget=image_bytes=1073741824", "--budget=layers=2000",
+                        "--granularity=file"]
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("layers", "expected NAME=VALUE"),
+    ("layer=3", "unknown budget 'layer'; did you mean 'layers'?"),
+    ("layers=many", "budget layers: expected a positive number or size"),
+    ("layers=0", "budget layers: expected a positive number or size"),
+])
+def test_bad_budget_flags_are_bad_input(flag: str, message: str) -> None:
+    with pytest.raises(BadInput, match=message.replace("?", "\\?")):
+        parse_budget_flags([flag])
+
+
+def test_keep_binaries_take_absolute_globs_or_bare_program_names() -> None:
+    p = parse_profile("version: 1\nname: a\nimage: a:1\n"
+                      "keep: {binaries: ['/usr/bin/memc*', '/usr/lib/x/[a-c]?', getent]}\n")
+    assert p.keep.binaries == ["/usr/bin/memc*", "/usr/lib/x/[a-c]?", "getent"]
+    problems = errors_of("""\
+        version: 1
+        name: a
+        image: a:1
+        keep: {binaries: ["memc*", "bin/sh", "", "/x/[\\\\]"]}
+        """)
+    assert problems == [
+        "p.yaml:4: keep.binaries[0]: a glob must be an absolute path (/usr/bin/memc*), got "
+        "'memc*'",
+        "p.yaml:4: keep.binaries[1]: expected an absolute path or glob (/usr/bin/x, /usr/bin/x*) "
+        "or a bare program name, got 'bin/sh'",
+        "p.yaml:4: keep.binaries[2]: expected an absolute path or glob (/usr/bin/x, /usr/bin/x*) "
+        "or a bare program name, got ''",
+        "p.yaml:4: keep.binaries[3]: invalid glob '/x/[\\\\]': unterminated character set at "
+        "position 3",
+    ]
+
+
+def test_http_max_body_is_a_size() -> None:
+    p = parse_profile("version: 1\nname: a\nimage: a:1\nrun: {network: host}\nsmoke:\n"
+                      "  - http: {url: 'http://127.0.0.1:1/', max_body: 64KiB}\n"
+                      "  - http: {url: 'http://127.0.0.1:1/'}\n")
+    assert p.smoke[0].step.max_body == 64 << 10 and p.smoke[1].step.max_body is None
+
+
+def test_validate_counts_checks_the_way_minimize_reports_them() -> None:
+    service = parse_profile(FULL)
+    assert describe_checks(service) == "5 smoke steps (+ the ready check)"
+    job = parse_profile(JOB + "smoke:\n  - command: [x]\n")
+    assert describe_checks(job) == "1 smoke step (+ the job's own run)"
+
+
+def test_deep_nesting_is_bad_input_with_file_and_line() -> None:
+    problems = errors_of("version: 1\nname: a\nimage: a:1\nexclude: " + "[" * 50_000 + "\n")
+    assert problems == ["p.yaml:4: nested deeper than 64 levels"]
+
+
+def test_alias_expansion_is_bounded() -> None:
+    lines = ["version: 1", "name: a", "image: a:1",
+             'l0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    problems = errors_of("\n".join(lines) + "\nexclude: *a9\n")
+    assert len(problems) == 1 and problems[0].startswith("p.yaml:")
+    assert "aliases expand the document by more than 100,000 nodes" in problems[0]
+
+
+def test_a_recursive_alias_is_refused() -> None:
+    problems = errors_of("version: 1\nname: a\nimage: a:1\nexclude: &x [*x]\n")
+    assert problems == ["p.yaml:4: an alias refers to a node that contains it (a recursive "
+                        "structure is not a profile)"]
+
+
+def test_modest_aliases_still_work() -> None:
+    p = parse_profile("version: 1\nname: a\nimage: a:1\nrun: {network: host}\n"
+                      "smoke:\n  - &get {http: {url: 'http://127.0.0.1:1/'}}\n  - *get\n"
+                      "exclude: &docs ['/usr/share/doc/**']\nkeep: {paths: *docs}\n")
+    assert len(p.smoke) == 2 and p.keep.paths == p.exclude == ["/usr/share/doc/**"]
+
+
+@pytest.mark.parametrize("value,message", [
+    ("1" + "0" * 5000, "run.ready.tcp: not a valid value (Exceeds the limit"),
+    ("2001-13-45", "run.ready.tcp: not a valid value"),
+])
+def test_values_yaml_cannot_construct_are_errors(value: str, message: str) -> None:
+    problems = errors_of(f"version: 1\nname: a\nimage: a:1\nrun: {{network: host, ready: "
+                         f"{{tcp: {value}}}}}\n")
+    assert len(problems) == 1 and problems[0].startswith("p.yaml:4: " + message)
+
+
+def test_pathological_regexes_and_durations_are_errors() -> None:
+    problems = errors_of(f"""\
+        version: 1
+        name: a
+        image: a:1
+        run: {{mode: job, stdout: "{'(' * 50_000}", stderr: "a{{99999999999}}", timeout: 99999h}}
+        """)
+    assert problems[0].startswith("p.yaml:4: run.stdout: regular expression too large or too "
+                                  "deeply nested")
+    assert problems[1].startswith("p.yaml:4: run.stderr: regular expression too large")
+    assert problems[2] == "p.yaml:4: run.timeout: at most 24h, got '99999h'"
+
+
+def test_the_profile_size_is_checked_before_parsing(tmp_path: Path) -> None:
+    prof = tmp_path / "big.yaml"
+    prof.write_text("version: 1\nname: a\nimage: a:1\n# " + "x" * (2 * MiB) + "\n")
+    with pytest.raises(BadInput) as info:
+        load_profile(prof)
+    assert str(info.value) == (
+        f"{prof}: the profile is larger than the profile_bytes budget of 1MiB; if this file is "
+        "trusted, raise it with --budget profile_bytes=N (a profile cannot raise it itself)")
+    assert load_profile(prof, Overrides(budgets={"profile_bytes": 4 * MiB})).name == "a"
+
+
+def test_many_problems_are_capped_in_the_message() -> None:
+    text = "version: 1\nname: a\nimage: a:1\nexclude:\n" + "  - rel\n" * 500
+    with pytest.raises(ProfileErrors) as info:
+        parse_profile(text, filename="p.yaml")
+    assert len(info.value.problems) == 500
+    assert str(info.value).count("\n") == 101 and str(info.value).endswith("... and 400 more "
+                                                                        "problems")
