@@ -1,6 +1,6 @@
 """Errors that end a run, each carrying the exit code of the command-line contract.
 
-PROFILE.md fixes the exit codes scripts rely on; raising one of these anywhere in the
+README.md and docs/profile.md fix the exit codes scripts rely on; raising one anywhere in the
 pipeline is how a module says which of them applies, without knowing about the CLI.
 """
 

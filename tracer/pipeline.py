@@ -1,4 +1,4 @@
-"""`tracer minimize`: the whole pipeline, in the one direction DESIGN.md draws.
+"""`tracer minimize`: the whole pipeline, in one direction (README.md, "Layout").
 
 profile → image → flattened root → traced run of the original (must pass, else exit 3)
 → ELF closure → keep-list → candidate image in the engine → verification run (untraced)

@@ -827,6 +827,16 @@ def load_profile(path: str | Path, overrides: Overrides | None = None) -> Profil
     return apply_overrides(profile, overrides)
 
 
+SCHEMA_FILE = "profile.schema.json"  # package data, next to this module
+
+
+def json_schema_text() -> str:
+    """The JSON Schema of the format (draft-07), as shipped in the package, for editors."""
+    from importlib.resources import files
+
+    return files("tracer").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+
+
 def describe_checks(profile: Profile) -> str:
     """How many checks a run makes, in the words `tracer minimize` reports them: the
     service's ready check or the job's own run comes first, then the smoke steps."""

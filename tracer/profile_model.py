@@ -1,4 +1,4 @@
-"""The profile as data: what PROFILE.md version 1 describes, already validated.
+"""The profile as data: what docs/profile.md (version 1) describes, already validated.
 
 These dataclasses are the only thing the rest of the pipeline sees of a profile; the
 YAML parsing and validation live in `tracer.profile` so that runners and the keep-list

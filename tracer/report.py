@@ -1,6 +1,6 @@
 """The report of one `tracer minimize` run: JSON for tools, a table for people.
 
-Field names of the JSON follow PROFILE.md (`name`, `image`, `output`, `size_before`,
+Field names of the JSON follow docs/profile.md (`name`, `image`, `output`, `size_before`,
 `size_after`, `files_before`, `files_after`, `verified`, `seconds`, `kept`), because
 nightly jobs and dashboards parse them; everything else is additional.
 """

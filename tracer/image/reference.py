@@ -1,4 +1,4 @@
-"""Image references in skopeo's transport syntax (PROFILE.md, "Image references").
+"""Image references in skopeo's transport syntax (docs/profile.md, "Value types").
 
 Operators write these in profiles and on the command line; parsing them once, strictly,
 means every later stage can trust `transport`, `path`, `name` and `tag`.
