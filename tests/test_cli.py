@@ -20,7 +20,8 @@ def tracer(*args: str) -> subprocess.CompletedProcess:
 def test_help_explains_commands_and_exit_codes() -> None:
     proc = tracer("--help")
     assert proc.returncode == 0
-    for word in ("minimize", "diagnose", "why", "batch", "ldd", "validate", "exit codes"):
+    for word in ("minimize", "diagnose", "why", "batch", "ldd", "validate", "init", "schema",
+                 "exit codes", "docs/profile.md"):
         assert word in proc.stdout
     sub = tracer("minimize", "--help")
     assert "--report" in sub.stdout and "--output" in sub.stdout and "3 the smoke test" in \
@@ -36,6 +37,10 @@ def test_bad_arguments_exit_2() -> None:
 def test_validate_accepts_the_shipped_profiles_and_names_errors(tmp_path: Path) -> None:
     ok = tracer("validate", *sorted(str(p) for p in (REPO / "profiles").glob("*.yaml")))
     assert ok.returncode == 0 and ok.stdout.count(": ok (") == 4
+    assert "profiles/nginx.yaml: ok (nginx: 4 smoke steps (+ the ready check))" in ok.stdout
+    assert "profiles/hardcases.yaml: ok (hardcases: 2 smoke steps (+ the job's own run))" \
+        in ok.stdout
+    assert "?" not in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nname: app\nimage: 'oci:'\nrun: {mode: batch}\n")
     proc = tracer("validate", str(bad))
@@ -74,3 +79,59 @@ def test_an_internal_error_is_not_mistaken_for_a_failed_verification(monkeypatch
     monkeypatch.setitem(cli.COMMANDS, "validate", boom)
     assert cli.main(["validate", "x.yaml"]) == cli.INTERNAL_ERROR == 70
     assert "internal error: RuntimeError: kaboom" in capsys.readouterr().err
+
+
+def test_schema_prints_the_shipped_json_schema() -> None:
+    proc = tracer("schema")
+    assert proc.returncode == 0
+    schema = json.loads(proc.stdout)
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert proc.stdout == (REPO / "tracer" / "profile.schema.json").read_text()
+
+
+def test_budget_and_granularity_flags_are_checked(tmp_path: Path) -> None:
+    prof = tmp_path / "p.yaml"
+    prof.write_text("version: 1\nname: a\nimage: a:1\n# " + "x" * 1_100_000 + "\n")
+    refused = tracer("validate", str(prof))
+    assert refused.returncode == 2
+    assert f"{prof}: the profile is larger than the profile_bytes budget of 1MiB" in \
+        refused.stderr and "--budget profile_bytes=N" in refused.stderr
+    raised = tracer("validate", str(prof), "--budget", "profile_bytes=2MiB")
+    assert raised.returncode == 0, raised.stderr
+    for args, message in [
+        (["validate", str(prof), "--budget", "layer=3"], "did you mean 'layers'?"),
+        (["validate", str(prof), "--budget", "layers"], "expected NAME=VALUE"),
+        (["minimize", str(prof), "--budget", "image_bytes=lots"], "budget image_bytes"),
+        (["minimize", str(prof), "--granularity", "dir"], "invalid choice: 'dir'"),
+        (["batch", str(prof), "--granularity", "dir"], "invalid choice: 'dir'"),
+        (["ldd", "a:1", "--budget", "nope=1"], "unknown budget 'nope'"),
+        (["diagnose", str(prof), "--budget", "nope=1"], "unknown budget 'nope'"),
+    ]:
+        proc = tracer(*args)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+
+
+def test_batch_refuses_two_profiles_with_one_name(tmp_path: Path) -> None:
+    first, second = tmp_path / "web.yaml", tmp_path / "web-copy.yaml"
+    for p in (first, second):
+        p.write_text("version: 1\nname: web\nimage: docker-archive:/nonexistent/x.tar\n")
+    (tmp_path / "other.yaml").write_text("version: 1\nname: other\nimage: a:1\n")
+    (tmp_path / "broken.yaml").write_text("version: 1\nname: web\nimage: [\n")
+    proc = tracer("batch", str(tmp_path), str(first), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2
+    assert f"{second} and {first} both have name: web" in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def test_batch_passes_budget_and_granularity_to_every_job(tmp_path: Path) -> None:
+    """The batch loads each profile with --budget (a 1.5 MiB profile loads), and so does
+    each `tracer minimize` child: it fails on the missing image, not on the budget."""
+    prof = tmp_path / "big.yaml"
+    prof.write_text("version: 1\nname: big\nimage: docker-archive:/nonexistent/big.tar\n"
+                    "keep: {granularity: file}\n# " + "x" * 1_500_000 + "\n")
+    out = tmp_path / "out"
+    proc = tracer("batch", str(prof), "--out", str(out), "--budget", "profile_bytes=2MiB",
+                  "--granularity", "package")
+    assert proc.returncode == 1, proc.stderr
+    log = (out / "big" / "run.log").read_text()
+    assert "profile_bytes" not in log and "big.tar" in log

@@ -29,7 +29,7 @@ import psutil
 from tracer import __version__
 from tracer.errors import BadInput, TracerError
 from tracer.image.reference import ImageRef, default_output, parse_reference
-from tracer.profile import load_profile
+from tracer.profile import Overrides, load_profile
 from tracer.profile_model import Profile
 
 STATE_FILE = "state.json"
@@ -61,19 +61,50 @@ def default_jobs() -> int:
 
 
 def find_profiles(args: list[str]) -> list[Path]:
-    """Profile files named directly, or every *.yaml/*.yml in a named directory."""
+    """Profile files named directly, or every *.yaml/*.yml in a named directory.
+
+    A file named twice (directly and through its directory) is one job, not two.
+    """
     found: list[Path] = []
+    seen: set[Path] = set()
     for arg in args:
         p = Path(arg)
         if p.is_dir():
-            found += sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml"))
+            candidates = sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml"))
         elif p.is_file():
-            found.append(p)
+            candidates = [p]
         else:
             raise BadInput(f"{arg}: no such profile file or directory")
+        for q in candidates:
+            if q.resolve() not in seen:
+                seen.add(q.resolve())
+                found.append(q)
     if not found:
         raise BadInput("no profiles found in: " + " ".join(args))
     return found
+
+
+def check_unique_names(paths: list[Path], overrides: Overrides | None = None) -> None:
+    """Refuse a batch in which two profiles have the same `name:` (exit 2, naming both).
+
+    Each job writes under OUT/NAME/: two profiles with one name would share a state
+    file, a log and a report, and mix them. A profile that does not load is left to its
+    own job, which fails with its problems.
+    """
+    first: dict[str, Path] = {}
+    clashes: list[str] = []
+    for path in paths:
+        try:
+            name = load_profile(path, overrides).name
+        except TracerError:
+            continue
+        if name in first:
+            clashes.append(f"{first[name]} and {path} both have name: {name}")
+        else:
+            first[name] = path
+    if clashes:
+        raise BadInput("profiles in one batch need different names (each job writes under "
+                       "OUT/NAME/):\n  " + "\n  ".join(clashes))
 
 
 def image_digest(ref: ImageRef) -> str:
@@ -130,10 +161,12 @@ def _keeplist_paths(path: Path) -> set[str]:
 class Batch:
     """Runs jobs; `stop()` (Ctrl-C) terminates every running child and waits for it."""
 
-    def __init__(self, out: Path, jobs: int, force: bool) -> None:
+    def __init__(self, out: Path, jobs: int, force: bool,
+                 overrides: Overrides | None = None) -> None:
         self.out = out
         self.jobs = jobs
         self.force = force
+        self.overrides = overrides or Overrides()  # --budget/--granularity for every job
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._stopping = False
@@ -170,7 +203,7 @@ class Batch:
 
     def _run_job(self, profile_path: Path, started: float) -> JobResult:
         try:
-            profile = load_profile(profile_path)
+            profile = load_profile(profile_path, self.overrides)
         except TracerError as exc:
             return JobResult(name=profile_path.stem, profile=str(profile_path), status="failed",
                              exit_code=exc.exit_code, seconds=0.0, message=str(exc))
@@ -183,6 +216,8 @@ class Batch:
                            log=str(job_dir / "run.log"), report=str(job_dir / "report.json"))
         state_path = job_dir / STATE_FILE
         fingerprint = _fingerprint(profile_path, profile)
+        if self.overrides.argv():  # another --granularity or --budget is another job
+            fingerprint["overrides"] = " ".join(self.overrides.argv())
         previous = _load_json(state_path)
         if (not self.force and previous == fingerprint and output_exists(out_ref)):
             result.status, result.exit_code = "skipped", 0
@@ -197,7 +232,7 @@ class Batch:
         if keeplist_path.exists():
             shutil.copyfile(keeplist_path, previous_keeplist)
         cmd = [sys.executable, "-m", "tracer", "minimize", str(profile_path),
-               "--report", str(report_path)]
+               "--report", str(report_path), *self.overrides.argv()]
         timeout = 2 * profile.run.timeout + 600  # trace + verify each bounded by run.timeout
         with open(job_dir / "run.log", "wb") as log:
             with self._lock:

@@ -1,8 +1,8 @@
 """Command line: parse arguments, call the pipeline, print. No logic lives here.
 
-Exit codes are the contract of PROFILE.md: 0 success, 1 the minimized image failed
-verification, 2 bad input, 3 the smoke test failed on the original image, 4 environment
-problem; 130 for Ctrl-C after everything was cleaned up.
+Exit codes are the contract documented in README.md and docs/profile.md: 0 success, 1 the
+minimized image failed verification, 2 bad input, 3 the smoke test failed on the original
+image, 4 environment problem; 130 for Ctrl-C after everything was cleaned up.
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tracer import __version__
 from tracer.errors import BadInput, TracerError
+
+if TYPE_CHECKING:
+    from tracer.profile import Overrides
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in tracer, never confused with 0-4
 
@@ -22,7 +26,8 @@ EPILOG = """exit codes: 0 success; 1 the minimized image failed verification; 2 
 (profile, image reference, arguments); 3 the smoke test failed on the original image;
 4 environment problem (no Docker engine, no strace, no permission); 70 internal error;
 130 interrupted (everything started was cleaned up).
-Profiles: see profiles/README.md; image references: docker-daemon:NAME[:TAG], NAME[:TAG],
+Profiles: the format reference is docs/profile.md, advice in profiles/README.md; start one
+with `tracer init IMAGE`. Image references: docker-daemon:NAME[:TAG], NAME[:TAG],
 docker-archive:PATH[:NAME[:TAG]], oci:PATH[:TAG]."""
 
 
@@ -33,6 +38,19 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
+                   help="raise a resource budget for this run (repeatable; wins over the "
+                   "profile's budgets:), e.g. --budget image_bytes=64GiB; names in "
+                   "docs/profile.md")
+
+
+def _add_granularity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--granularity", choices=("file", "package"),
+                   help="override keep.granularity: file keeps what was used, package "
+                   "also the rest of each package it came from")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +71,28 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--report", type=Path, help="write the JSON report here, and the keep-list "
                    "next to it (FILE.keeplist)")
     m.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_granularity(m)
+    _add_budget(m)
 
-    v = sub.add_parser("validate", help="check a profile without running anything")
+    v = sub.add_parser("validate", help="check a profile without running anything",
+                       epilog="exit 0 when every profile is valid, else 2.")
     v.add_argument("profile", type=Path, nargs="+")
+    _add_budget(v)
+
+    i = sub.add_parser("init", help="write a starting profile from an image's config",
+                       description="Read IMAGE's config (entrypoint, cmd, user, workdir, "
+                       "env, exposed ports, healthcheck) and package database, and write a "
+                       "profile that validates as written, with TODO comments where a person "
+                       "must decide.", epilog="exit 2 for a bad image reference or when FILE "
+                       "exists; 4 when the Docker engine is needed and not there.")
+    i.add_argument("image", help="image reference")
+    i.add_argument("-o", "--output", dest="file", type=Path,
+                   help="write the profile here (default: print it); never overwrites")
+
+    sub.add_parser("schema", help="print the JSON Schema of the profile format",
+                   description="Print the JSON Schema (draft-07) of the profile format, for "
+                   "editors: `tracer schema > tracer-profile.schema.json`, then start a "
+                   "profile with `# yaml-language-server: $schema=tracer-profile.schema.json`.")
 
     ld = sub.add_parser("ldd", help="the files the dynamic loader would map, inside an image",
                         description="Resolve ELF dependencies statically inside IMAGE (no "
@@ -65,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("image", help="image reference")
     ld.add_argument("paths", nargs="*", metavar="PATH", help="in-image paths or program names")
     ld.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_budget(ld)
     d = sub.add_parser("diagnose", help="why does the minimized image fail? (traced run)",
                        description="Run the profile's smoke test traced against the minimized "
                        "image and list every file it looked for that exists in the original "
@@ -74,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "output)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_budget(d)
 
     w = sub.add_parser("why", help="why is PATH kept, or why not?",
                        description="Answer from the files `tracer minimize --report` left: "
@@ -93,22 +132,40 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("tracer-batch"),
                    help="directory for logs, reports and summaries (default: ./tracer-batch)")
     b.add_argument("--force", action="store_true", help="redo unchanged jobs too")
+    _add_granularity(b)
+    _add_budget(b)
     return parser
+
+
+def _overrides(args: argparse.Namespace) -> Overrides:
+    from tracer.profile import Overrides, parse_budget_flags
+
+    return Overrides(budgets=parse_budget_flags(args.budget),
+                     granularity=getattr(args, "granularity", None))
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
     import time
 
-    from tracer.batch import Batch, default_jobs, find_profiles, summary_table, write_summaries
+    from tracer.batch import (
+        Batch,
+        check_unique_names,
+        default_jobs,
+        find_profiles,
+        summary_table,
+        write_summaries,
+    )
 
+    overrides = _overrides(args)
     profiles = find_profiles(args.profiles)
     if args.jobs is not None and args.jobs < 1:
         raise BadInput("--jobs must be at least 1")
+    check_unique_names(profiles, overrides)
     jobs = args.jobs or default_jobs()
     print(f"tracer batch: {len(profiles)} profile(s), {jobs} at a time, output in {args.out}",
           file=sys.stderr)
     started = time.monotonic()
-    batch = Batch(args.out, jobs, args.force)
+    batch = Batch(args.out, jobs, args.force, overrides)
     results = batch.run(profiles)
     write_summaries(args.out, results, time.monotonic() - started)
     print(summary_table(results))
@@ -120,7 +177,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     from tracer.profile import load_profile
     from tracer.progress import Progress
 
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, _overrides(args))
     diagnosis = diagnose_profile(profile, image=args.image, progress=Progress(quiet=args.quiet))
     if args.json:
         print(json.dumps(diagnosis.to_json(), indent=2))
@@ -145,7 +202,7 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
     from tracer.progress import Progress
     from tracer.report import summary_table
 
-    profile = load_profile(args.profile)
+    profile = load_profile(args.profile, _overrides(args))
     report = minimize(profile, output=args.output, report_path=args.report,
                       progress=Progress(quiet=args.quiet))
     print(summary_table(report))
@@ -162,13 +219,14 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from tracer.profile import load_profile
+    from tracer.profile import describe_checks, load_profile
 
+    overrides = _overrides(args)
     status = 0
     for path in args.profile:
         try:
-            profile = load_profile(path)
-            print(f"{path}: ok ({profile.name}, {len(profile.smoke)} smoke steps)")
+            profile = load_profile(path, overrides)
+            print(f"{path}: ok ({profile.name}: {describe_checks(profile)})")
         except BadInput as exc:
             print(f"tracer: {exc}", file=sys.stderr)
             status = 2
@@ -179,7 +237,7 @@ def _cmd_ldd(args: argparse.Namespace) -> int:
     from tracer.inspect_image import ldd
     from tracer.static import format_text, to_json
 
-    closure = ldd(args.image, args.paths)
+    closure = ldd(args.image, args.paths, budgets=_overrides(args).run_budgets)
     if args.json:
         print(json.dumps(to_json(closure), indent=2))
     else:
@@ -187,8 +245,29 @@ def _cmd_ldd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from tracer.init_profile import init_profile, write_new
+
+    text = init_profile(args.image)
+    if args.file is None:
+        sys.stdout.write(text)
+        return 0
+    write_new(args.file, text)
+    print(f"wrote {args.file}; check its TODO comments, then: tracer validate {args.file} && "
+          f"tracer minimize {args.file}", file=sys.stderr)
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from tracer.profile import json_schema_text
+
+    sys.stdout.write(json_schema_text())
+    return 0
+
+
 COMMANDS = {"minimize": _cmd_minimize, "validate": _cmd_validate, "ldd": _cmd_ldd,
-            "diagnose": _cmd_diagnose, "why": _cmd_why, "batch": _cmd_batch}
+            "diagnose": _cmd_diagnose, "why": _cmd_why, "batch": _cmd_batch,
+            "init": _cmd_init, "schema": _cmd_schema}
 
 
 def _interrupt(signum: int, frame: object) -> None:

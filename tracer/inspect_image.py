@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tracer.budgets import DEFAULT, Budgets
 from tracer.image.config import ImageConfig
 from tracer.image.flatten import flatten
 from tracer.image.reference import parse_reference
@@ -10,8 +11,11 @@ from tracer.pipeline import workdir
 from tracer.static import Closure, Resolver
 
 
-def ldd(image: str, paths: list[str]) -> Closure:
-    """ELF closure of `paths` (default: entrypoint + cmd's program) inside `image`."""
+def ldd(image: str, paths: list[str], budgets: Budgets = DEFAULT) -> Closure:
+    """ELF closure of `paths` (default: entrypoint + cmd's program) inside `image`.
+
+    `budgets` (the command line's --budget) bound reading the image and resolving.
+    """
     ref = parse_reference(image)
     with workdir() as work:
         with open_image(ref, work / "source") as source:
