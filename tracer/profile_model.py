@@ -114,7 +114,7 @@ class SmokeStep:
 @dataclass(frozen=True)
 class KeepSpec:
     paths: list[str] = field(default_factory=list)  # globs: * within a name, ** across dirs
-    binaries: list[str] = field(default_factory=list)
+    binaries: list[str] = field(default_factory=list)  # absolute paths/globs, or names on PATH
     packages: list[str] = field(default_factory=list)
     granularity: str = "file"  # file | package: a kept path pulls in its whole package
 
