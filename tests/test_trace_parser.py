@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,13 +126,83 @@ def test_real_trace_fork_inherits_cwd_and_background_jobs_are_followed(host_stra
     assert [a for a in acc if a.path == str(tree / "link") and a.ok]
 
 
-def test_mkdir_and_unlink_targets_are_not_recorded(host_strace, tmp_path):
+def _meanings(accesses, path) -> set[tuple[str, str, bool]]:
+    return {(a.syscall, str(a.meaning), a.ok) for a in accesses if a.path == str(path)}
+
+
+def test_real_trace_gives_every_path_naming_call_its_meaning(host_strace, tmp_path):
+    """Names made, linked, renamed and removed at run time are recorded as such: the
+    keep-list needs the directory they were made in, not the name."""
+    d = tmp_path / "w"
+    d.mkdir()
     lines = capture(
-        host_strace, tmp_path, "mkdir newdir; touch newdir/f; rm newdir/f; rmdir newdir", tmp_path
+        host_strace, tmp_path,
+        "cd w; mkdir new; touch new/f; : > g; mkfifo p; ln new/f h; ln -s f s; mv g g2; "
+        "rm h; rmdir new 2>/dev/null; cat g2",
+        tmp_path,
     )
     acc = parse_trace(lines, initial_cwd=str(tmp_path)).accesses
-    assert not [a for a in acc if a.syscall in ("mkdir", "mkdirat", "unlink", "unlinkat", "rmdir")]
-    assert [a for a in acc if a.path == str(tmp_path / "newdir" / "f")]  # touch opened it
+    assert ("mkdir", "create", True) in _meanings(acc, d / "new")
+    assert ("openat", "create", True) in _meanings(acc, d / "new" / "f")  # touch: O_CREAT
+    assert ("openat", "create", True) in _meanings(acc, d / "g")  # shell redirection
+    assert ("mknodat", "create", True) in _meanings(acc, d / "p")
+    assert ("linkat", "entry", True) in _meanings(acc, d / "new" / "f")  # the existing name
+    assert ("linkat", "create", True) in _meanings(acc, d / "h")
+    assert ("symlinkat", "create", True) in _meanings(acc, d / "s")
+    assert not _meanings(acc, d / "f"), "a symlink's text is not a lookup"
+    assert ("renameat2", "remove", True) in _meanings(acc, d / "g")
+    assert ("renameat2", "create", True) in _meanings(acc, d / "g2")
+    assert ("unlinkat", "remove", True) in _meanings(acc, d / "h")
+    assert ("rmdir", "remove", False) in _meanings(acc, d / "new")  # not empty: ENOTEMPTY
+    assert ("openat", "read", True) in _meanings(acc, d / "g2")  # cat reads it
+
+
+def test_real_trace_records_unix_socket_names_and_unnamed_temp_files(host_strace, tmp_path):
+    d = tmp_path / "sockdir"
+    d.mkdir()
+    script = (
+        "import os, socket\n"
+        "s = socket.socket(socket.AF_UNIX); s.bind('sockdir/srv.sock'); s.listen(1)\n"
+        f"c = socket.socket(socket.AF_UNIX); c.connect({str(d / 'srv.sock')!r})\n"
+        "a = socket.socket(socket.AF_UNIX); a.bind(b'\\0abstract-name')\n"
+        "t = socket.socket()\n"
+        "try: t.connect(('127.0.0.1', 9))\n"
+        "except OSError: pass\n"
+        f"os.close(os.open({str(d)!r}, os.O_TMPFILE | os.O_RDWR))\n"
+    )
+    (tmp_path / "sock.py").write_text(script)
+    lines = capture(host_strace, tmp_path, f"{sys.executable} sock.py", tmp_path)
+    acc = parse_trace(lines, initial_cwd=str(tmp_path)).accesses
+    sock = _meanings(acc, d / "srv.sock")
+    assert ("bind", "create", True) in sock, "a relative sun_path resolves against the cwd"
+    assert ("connect", "connect", True) in sock
+    assert not [a for a in acc if "abstract-name" in a.path], "abstract sockets name no file"
+    assert not [a for a in acc if a.syscall == "connect" and a.path != str(d / "srv.sock")]
+    assert ("openat", "entry", True) in _meanings(acc, d), "O_TMPFILE uses the directory"
+
+
+def test_real_trace_failed_execve_is_no_exec(host_strace, tmp_path):
+    """A PATH search tries execve in each directory: the misses are failed lookups, never
+    an exec of that program, and never the program later accesses are attributed to."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "noexec").write_text("#!/bin/sh\necho never\n")  # exists, not executable
+    lines = capture(
+        host_strace, tmp_path,
+        f"PATH={tmp_path}/missing:{bindir}:/usr/bin /usr/bin/env cat /dev/null; "
+        f"PATH={bindir}:{tmp_path}/missing /usr/bin/env noexec; true",
+        tmp_path,
+    )
+    parsed = parse_trace(lines, initial_cwd=str(tmp_path))
+    failed = [a for a in parsed.accesses if a.syscall == "execve" and not a.ok]
+    assert {a.path for a in failed} >= {f"{tmp_path}/missing/cat", f"{bindir}/cat",
+                                         f"{bindir}/noexec", f"{tmp_path}/missing/noexec"}
+    assert all(str(a.meaning) == "exec" and a.program == "/usr/bin/env" for a in failed)
+    assert not [e for e in parsed.execs if e.startswith(str(tmp_path))], parsed.execs
+    assert "/usr/bin/cat" in parsed.execs and "/usr/bin/env" in parsed.execs
+    # what runs after the misses is attributed to the program that really runs
+    devnull_reads = [a for a in parsed.accesses if a.path == "/dev/null" and a.ok]
+    assert devnull_reads and {a.program for a in devnull_reads} == {"/usr/bin/cat"}
 
 
 # ---- hand-written edge cases -------------------------------------------------------------
@@ -250,3 +321,79 @@ def test_normalize_and_excluder():
     ex = excluder(["/proc", "/run/"])
     assert ex("/proc") and ex("/proc/1/maps") and ex("/run/x")
     assert not ex("/processes") and not ex("/runner")
+
+
+def test_socket_names_hex_escaped_relative_truncated_and_failed():
+    lines = [
+        '9 3.0 chdir("/srv/app") = 0',
+        r'9 3.1 bind(3<socket:[1]>, {sa_family=AF_UNIX, sun_path="\x2f\x72\x75\x6e\x2f'
+        r'\x61\x2f\x73"}, 110) = 0',
+        '9 3.2 connect(4<socket:[2]>, {sa_family=AF_UNIX, sun_path="rel.sock"}, 110) = 0',
+        '9 3.3 connect(5<socket:[3]>, {sa_family=AF_UNIX, sun_path="/var/run/nscd/socket"}, '
+        "110) = -1 ENOENT (No such file or directory)",
+        '9 3.4 bind(6<socket:[4]>, {sa_family=AF_UNIX, sun_path="/run/lo"...}, 110) = 0',
+        '9 3.5 connect(7<socket:[5]>, {sa_family=AF_INET, sin_port=htons(80), '
+        'sin_addr=inet_addr("127.0.0.1")}, 16) = 0',
+        '9 3.6 bind(8<socket:[6]>, {sa_family=AF_UNIX, sun_path=@"abstract"}, 11) = 0',
+    ]
+    acc = parse_trace(lines).accesses
+    got = [(a.path, a.syscall, str(a.meaning), a.ok, a.errno) for a in acc
+           if a.syscall != "chdir"]
+    assert got == [
+        ("/run/a/s", "bind", "create", True, None),
+        ("/srv/app/rel.sock", "connect", "connect", True, None),
+        ("/var/run/nscd/socket", "connect", "connect", False, "ENOENT"),
+    ]  # a truncated name is not a name; AF_INET and abstract sockets name no file
+
+
+def test_open_flags_decide_between_read_create_and_directory_use():
+    lines = [
+        '1 1.0 openat(AT_FDCWD, "/etc/a", O_RDONLY|O_CLOEXEC) = 3',
+        '1 1.1 openat(AT_FDCWD, "/var/log/app.log", O_WRONLY|O_CREAT|O_APPEND, 0640) = 3',
+        '1 1.2 open("/tmp/x", O_RDWR|O_CREAT|O_EXCL, 0600) = 4',
+        '1 1.3 openat2(AT_FDCWD, "/tmp/y", {flags=O_RDWR|O_CREAT, mode=0600}, 24) = 5',
+        '1 1.4 openat(AT_FDCWD, "/var/tmp", O_RDWR|O_TMPFILE, 0600) = 6',
+        '1 1.5 creat("/tmp/z", 0644) = 7',
+        '1 1.6 linkat(6</var/tmp/#123 (deleted)>, "", AT_FDCWD, "/var/tmp/done", '
+        "AT_EMPTY_PATH) = 0",
+        '1 1.7 symlinkat("/etc/target", AT_FDCWD, "/run/app/current") = 0',
+        '1 1.8 renameat2(AT_FDCWD, "/tmp/x", 3</var/lib>, "app/state", RENAME_NOREPLACE) = 0',
+    ]
+    got = [(a.path, a.syscall, str(a.meaning)) for a in parse_trace(lines).accesses]
+    assert got == [
+        ("/etc/a", "openat", "read"),
+        ("/var/log/app.log", "openat", "create"),
+        ("/tmp/x", "open", "create"),
+        ("/tmp/y", "openat2", "create"),
+        ("/var/tmp", "openat", "entry"),
+        ("/tmp/z", "creat", "create"),
+        ("/var/tmp/done", "linkat", "create"),  # the fd half (AT_EMPTY_PATH) names nothing
+        ("/run/app/current", "symlinkat", "create"),
+        ("/tmp/x", "renameat2", "remove"),
+        ("/var/lib/app/state", "renameat2", "create"),
+    ]
+
+
+def test_same_path_used_two_ways_is_two_accesses():
+    lines = [
+        '1 1.0 openat(AT_FDCWD, "/run/app.pid", O_RDONLY) = -1 ENOENT (No such file)',
+        '1 1.1 openat(AT_FDCWD, "/run/app.pid", O_RDONLY) = -1 ENOENT (No such file)',
+        '1 1.2 openat(AT_FDCWD, "/run/app.pid", O_WRONLY|O_CREAT, 0644) = -1 ENOENT (No such)',
+    ]
+    acc = parse_trace(lines).accesses
+    assert [(str(a.meaning), a.ok) for a in acc] == [("read", False), ("create", False)]
+
+
+def test_failed_execve_changes_neither_program_nor_execs():
+    lines = [
+        '4 1.0 execve("/usr/bin/env", ["env", "tool"], 0x1 /* 1 var */) = 0',
+        '4 1.1 execve("/usr/local/bin/tool", ["tool"], 0x1 /* 1 var */) = -1 ENOENT (No such)',
+        '4 1.2 execve("/usr/bin/tool", ["tool"], 0x1 /* 1 var */) = -1 EACCES (Permission)',
+        '4 1.3 openat(AT_FDCWD, "/etc/after", O_RDONLY) = 3',
+    ]
+    parsed = parse_trace(lines)
+    assert parsed.execs == ["/usr/bin/env"]
+    after = next(a for a in parsed.accesses if a.path == "/etc/after")
+    assert (after.program, after.cmdline) == ("/usr/bin/env", ("env", "tool"))
+    misses = [a for a in parsed.accesses if a.path.endswith("/tool")]
+    assert [(a.ok, str(a.meaning)) for a in misses] == [(False, "exec"), (False, "exec")]

@@ -21,7 +21,7 @@ BUNDLE_MOUNT = "/.tracer"  # read-only: strace, its libs, the loader
 OUTPUT_MOUNT = "/.tracer-out"  # writable by anyone: the trace files
 # %file: every call taking a path; the fd calls whose path we need; exec; and the fork
 # family only (not all of %process: wait4/exit_group stops cost time and tell nothing).
-TRACE_SET = "%file,getdents,getdents64,fchdir,clone,clone3,fork,vfork"
+TRACE_SET = "%file,getdents,getdents64,fchdir,bind,connect,clone,clone3,fork,vfork"
 
 
 @dataclass(frozen=True)

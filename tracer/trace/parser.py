@@ -1,85 +1,102 @@
-"""From strace syscalls to file accesses: which path, resolved how, by which program.
+"""From strace syscalls to path uses: which path, meaning what, by which program.
 
 The trace is interpreted per process: each pid has a cwd (chdir/fchdir, inherited over
 fork/clone, corrected by every `-y` `AT_FDCWD</dir>` annotation) and a program (its last
-successful execve), so relative names become absolute in-container paths and each access
-says who made it. Paths are kept as the program named them (symlinks on the way are part
-of what the image needs); mkdir/unlink-style targets are ignored (the app creates or
-removes them, the image need not ship them); failed lookups are kept with their errno.
+successful execve: a failed one, such as a PATH search miss, changes nothing), so relative
+names become absolute in-container paths and each access says who made it. Paths are kept
+as the program named it (symlinks on the way are part of what the image needs).
+
+Every syscall that names a path counts, with its meaning (`result.Meaning`): opens read,
+execve execs, stat/access/readlink need the entry, getdents lists, and calls that make,
+reach or remove a name at run time (openat with O_CREAT, mkdir, mknod, bind/connect of a
+unix socket, the new name of rename/link/symlink, unlink) need the directory they act in.
+Failed calls are kept with their errno: they are what a diagnosis needs.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from tracer.trace.result import Access, dedupe
+from tracer.trace.result import Access, Meaning, dedupe
 from tracer.trace.strace_syntax import Syscall, decode_string, fd_path, iter_syscalls, string_list
 
-# syscall -> (index of the dirfd argument or None, index of the path argument)
-PATH_CALLS: dict[str, tuple[int | None, int]] = {
-    "open": (None, 0),
-    "openat": (0, 1),
-    "openat2": (0, 1),
-    "execve": (None, 0),
-    "execveat": (0, 1),
-    "stat": (None, 0),
-    "lstat": (None, 0),
-    "stat64": (None, 0),
-    "lstat64": (None, 0),
-    "newfstatat": (0, 1),
-    "fstatat64": (0, 1),
-    "statx": (0, 1),
-    "access": (None, 0),
-    "faccessat": (0, 1),
-    "faccessat2": (0, 1),
-    "readlink": (None, 0),
-    "readlinkat": (0, 1),
-    "chdir": (None, 0),
-    "chroot": (None, 0),
-    "statfs": (None, 0),
-    "getxattr": (None, 0),
-    "lgetxattr": (None, 0),
-    "listxattr": (None, 0),
-    "llistxattr": (None, 0),
-    "chmod": (None, 0),
-    "chown": (None, 0),
-    "lchown": (None, 0),
-    "fchmodat": (0, 1),
-    "fchownat": (0, 1),
-    "utimensat": (0, 1),
-    "utimes": (None, 0),
-    "utime": (None, 0),
-    "inotify_add_watch": (None, 1),
-    "uselib": (None, 0),
-    "name_to_handle_at": (0, 1),
+READ, EXEC, ENTRY, CREATE = Meaning.READ, Meaning.EXEC, Meaning.ENTRY, Meaning.CREATE
+REMOVE = Meaning.REMOVE
+
+
+@dataclass(frozen=True)
+class PathArg:
+    """One path a syscall names: its dirfd argument (None: relative to the cwd), its path
+    argument, and what the call does with it. `meaning=None`: an open, decided by flags."""
+
+    dirfd: int | None
+    path: int
+    meaning: Meaning | None
+
+
+def _args(*specs: tuple[int | None, int, Meaning | None]) -> tuple[PathArg, ...]:
+    return tuple(PathArg(d, p, m) for d, p, m in specs)
+
+
+# syscall -> every path it names. Calls of %file not listed (mount, swapon, acct, ...)
+# name nothing an application image must ship.
+PATH_CALLS: dict[str, tuple[PathArg, ...]] = {
+    "open": _args((None, 0, None)),
+    "openat": _args((0, 1, None)),
+    "openat2": _args((0, 1, None)),
+    "creat": _args((None, 0, CREATE)),
+    "truncate": _args((None, 0, READ)),
+    "uselib": _args((None, 0, READ)),
+    "execve": _args((None, 0, EXEC)),
+    "execveat": _args((0, 1, EXEC)),
+    **{name: _args((None, 0, ENTRY)) for name in (
+        "stat", "lstat", "stat64", "lstat64", "access", "readlink", "chdir", "chroot",
+        "statfs", "statfs64", "getxattr", "lgetxattr", "listxattr", "llistxattr",
+        "setxattr", "lsetxattr", "removexattr", "lremovexattr", "chmod", "chown", "lchown",
+        "utimes", "utime")},
+    **{name: _args((0, 1, ENTRY)) for name in (
+        "newfstatat", "fstatat64", "statx", "faccessat", "faccessat2", "readlinkat",
+        "fchmodat", "fchmodat2", "fchownat", "utimensat", "futimesat", "name_to_handle_at")},
+    "inotify_add_watch": _args((None, 1, ENTRY)),
+    "mkdir": _args((None, 0, CREATE)),
+    "mkdirat": _args((0, 1, CREATE)),
+    "mknod": _args((None, 0, CREATE)),
+    "mknodat": _args((0, 1, CREATE)),
+    "link": _args((None, 0, ENTRY), (None, 1, CREATE)),
+    "linkat": _args((0, 1, ENTRY), (2, 3, CREATE)),
+    "symlink": _args((None, 1, CREATE)),  # argument 0 is the link's text, not a lookup
+    "symlinkat": _args((1, 2, CREATE)),
+    "rename": _args((None, 0, REMOVE), (None, 1, CREATE)),
+    "renameat": _args((0, 1, REMOVE), (2, 3, CREATE)),
+    "renameat2": _args((0, 1, REMOVE), (2, 3, CREATE)),
+    "unlink": _args((None, 0, REMOVE)),
+    "unlinkat": _args((0, 1, REMOVE)),
+    "rmdir": _args((None, 0, REMOVE)),
 }
 # Calls on an fd whose -y path is the thing used (the directory listed, the new cwd).
-FD_CALLS = {"getdents", "getdents64", "fchdir"}
+FD_CALLS = {"getdents": Meaning.LIST, "getdents64": Meaning.LIST, "fchdir": ENTRY}
+# Unix sockets by name: strace shows the address as `{sa_family=AF_UNIX, sun_path="..."}`
+# (abstract sockets as `sun_path=@"..."`: no file, nothing to keep).
+SOCKET_CALLS = {"bind": CREATE, "connect": Meaning.CONNECT}
 FORK_CALLS = {"clone", "clone3", "fork", "vfork"}
 EXEC_CALLS = {"execve", "execveat"}
-# Everything with a name we do not record: targets the app creates, removes or renames.
-IGNORED_CALLS = {
-    "mkdir",
-    "mkdirat",
-    "unlink",
-    "unlinkat",
-    "rmdir",
-    "rename",
-    "renameat",
-    "renameat2",
-    "link",
-    "linkat",
-    "symlink",
-    "symlinkat",
-    "mknod",
-    "mknodat",
-    "creat",
-    "truncate",
-}
+OPEN_FLAGS_ARG = {"open": 1, "openat": 2, "openat2": 2}
+_SUN_PATH = re.compile(r'sun_path=("(?:[^"\\]|\\.)*"(?:\.\.\.)?)')
 
-INTERESTING = frozenset(PATH_CALLS) | FD_CALLS | FORK_CALLS
+INTERESTING = frozenset(PATH_CALLS) | frozenset(FD_CALLS) | frozenset(SOCKET_CALLS) | FORK_CALLS
+
+
+def open_meaning(flags: str) -> Meaning:
+    """An open's meaning from its flags: O_TMPFILE names the directory an unnamed file is
+    made in (the directory itself is used), O_CREAT may make the name, else a read."""
+    if "O_TMPFILE" in flags:
+        return ENTRY
+    if "O_CREAT" in flags:
+        return CREATE
+    return READ
 
 
 @dataclass
@@ -163,7 +180,7 @@ class TraceInterpreter:
             return None
         return normalize(posixpath.join(base, path)) if path else normalize(base)
 
-    def _record(self, sc: Syscall, proc: _Proc, path: str) -> None:
+    def _record(self, sc: Syscall, proc: _Proc, path: str, meaning: Meaning) -> None:
         if self.excluded(path):
             return
         self.accesses.append(
@@ -176,6 +193,7 @@ class TraceInterpreter:
                 program=proc.program,
                 cmdline=proc.cmdline,
                 step=self.step_of(sc.ts),
+                meaning=meaning,
             )
         )
 
@@ -189,36 +207,54 @@ class TraceInterpreter:
                 self.procs[child] = replace(proc)
             return
         if sc.name in FD_CALLS:
-            path = fd_path(sc.args[0]) if sc.args else None
-            if path is None:
-                return
-            path = normalize(path)
-            if sc.name == "fchdir" and sc.ok:
-                proc.cwd = path
-            self._record(sc, proc, path)
+            self._fd_call(sc, proc)
+        elif sc.name in SOCKET_CALLS:
+            self._socket_call(sc, proc)
+        elif sc.name in PATH_CALLS:
+            for arg in PATH_CALLS[sc.name]:
+                self._path_arg(sc, proc, arg)
+
+    def _fd_call(self, sc: Syscall, proc: _Proc) -> None:
+        path = fd_path(sc.args[0]) if sc.args else None
+        if path is None:
             return
-        spec = PATH_CALLS.get(sc.name)
-        if spec is None:
+        path = normalize(path)
+        if sc.name == "fchdir" and sc.ok:
+            proc.cwd = path
+        self._record(sc, proc, path, FD_CALLS[sc.name])
+
+    def _socket_call(self, sc: Syscall, proc: _Proc) -> None:
+        m = _SUN_PATH.search(sc.args[1]) if len(sc.args) > 1 else None
+        dec = decode_string(m.group(1)) if m else None
+        if dec is None or not dec[0] or dec[1]:  # no name, or cut short: nothing certain
             return
-        dirfd_i, path_i = spec
-        if len(sc.args) <= path_i:
+        path = self._resolve(proc, None, dec[0])
+        if path is not None:
+            self._record(sc, proc, path, SOCKET_CALLS[sc.name])
+
+    def _path_arg(self, sc: Syscall, proc: _Proc, arg: PathArg) -> None:
+        if len(sc.args) <= arg.path:
             return
-        dec = decode_string(sc.args[path_i])
+        dec = decode_string(sc.args[arg.path])
         if dec is None:  # NULL or an address: no name to record
             return
         name = dec[0]
-        flags = " ".join(sc.args[path_i + 1 :])
+        flags = " ".join(sc.args[arg.path + 1 :])
         if name == "" and "AT_EMPTY_PATH" in flags and sc.name not in EXEC_CALLS:
-            return  # fstat on an fd already opened (and recorded) by name
-        dirfd = sc.args[dirfd_i] if dirfd_i is not None else None
+            return  # the call acts on an fd already opened (and recorded) by name
+        dirfd = sc.args[arg.dirfd] if arg.dirfd is not None else None
         path = self._resolve(proc, dirfd, name)
         if path is None:
             return
-        self._record(sc, proc, path)
+        meaning = arg.meaning
+        if meaning is None:
+            i = OPEN_FLAGS_ARG[sc.name]
+            meaning = open_meaning(sc.args[i] if len(sc.args) > i else "")
+        self._record(sc, proc, path, meaning)
         if sc.name == "chdir" and sc.ok:
             proc.cwd = path
-        if sc.name in EXEC_CALLS and sc.ok:
-            argv_i = path_i + 1
+        if sc.name in EXEC_CALLS and sc.ok:  # a failed execve runs nothing
+            argv_i = arg.path + 1
             proc.program = path
             proc.cmdline = tuple(string_list(sc.args[argv_i])) if len(sc.args) > argv_i else ()
             if not self.excluded(path) and path not in self.execs:
@@ -244,7 +280,11 @@ def parse_trace(
     excluded: Callable[[str], bool] | None = None,
     initial_cwd: str = "/",
 ) -> ParsedTrace:
-    """Parse strace output (`-f -y -ttt`, `-xx` recommended) into deduplicated accesses."""
+    """Parse strace output (`-f -y -ttt`, `-xx` recommended) into deduplicated accesses.
+
+    `execs` lists the programs exec'd successfully, in order; failed execve calls (a PATH
+    search trying each directory) are accesses with ok=False and never an exec.
+    """
     calls = list(iter_syscalls(lines, INTERESTING))
     interp = TraceInterpreter(
         step_of=step_of or (lambda _ts: "run"),

@@ -7,16 +7,46 @@ image can use them without knowing how they were recorded (strace, fanotify, or 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Meaning(StrEnum):
+    """What a syscall's use of a path says the image must have.
+
+    READ and EXEC need the file itself; ENTRY needs the entry to exist (stat, access,
+    readlink, chdir: not its contents); LIST needs the directory (getdents). CREATE,
+    CONNECT and REMOVE name a path the program makes, reaches (a unix socket) or deletes
+    at run time: what the image must have is the directory it happens in, with the
+    image's owner and mode (a non-root service creating /run/app/sock needs /run/app
+    owned by its user). If such a path does exist in the image, the entry itself counts.
+    """
+
+    READ = "read"
+    EXEC = "exec"
+    ENTRY = "entry"
+    LIST = "list"
+    CREATE = "create"
+    CONNECT = "connect"
+    REMOVE = "remove"
+
+    @property
+    def in_parent(self) -> bool:
+        """True when the path is made or removed at run time: its directory is the need."""
+        return self in (Meaning.CREATE, Meaning.CONNECT, Meaning.REMOVE)
+
+
+_EXEC_SYSCALLS = frozenset({"execve", "execveat", "fanotify:exec"})
 
 
 @dataclass(frozen=True)
 class Access:
-    """One recorded file access: which path, how, by whom and during which step.
+    """One recorded use of a path: which path, how, by whom, during which step, meaning what.
 
     `path` is the absolute, lexically normalized in-container path as the program named it
     (relative paths resolved against the process's cwd or dirfd); fanotify gives resolved
     paths only. Failed lookups (`ok=False`) are kept because they are what the diagnosis of
-    a minimized image that misses a file needs.
+    a minimized image that misses a file needs. `meaning` is a read unless the recorder
+    knows more; an exec syscall (execve, execveat, a fanotify exec event) is always EXEC.
     """
 
     path: str
@@ -27,11 +57,17 @@ class Access:
     program: str
     cmdline: tuple[str, ...]
     step: str
+    meaning: Meaning = Meaning.READ
+
+    def __post_init__(self) -> None:
+        meaning = Meaning.EXEC if self.syscall in _EXEC_SYSCALLS else Meaning(self.meaning)
+        object.__setattr__(self, "meaning", meaning)
 
     @property
-    def key(self) -> tuple[str, str, bool, str | None, str, str]:
-        """Deduplication key: the same access by the same program in the same step is one."""
-        return (self.path, self.syscall, self.ok, self.errno, self.program, self.step)
+    def key(self) -> tuple[str, str, bool, str | None, str, str, str]:
+        """Deduplication key: the same use by the same program in the same step is one."""
+        return (self.path, self.syscall, self.ok, self.errno, self.program, self.step,
+                str(self.meaning))
 
 
 @dataclass
@@ -60,20 +96,10 @@ class SmokeResult:
     failure: str | None = None
     notes: list[str] = field(default_factory=list)  # why a recorder did not run, overflows
 
-    @property
-    def used_paths(self) -> set[str]:
-        """Paths successfully accessed, the input the keep-list wants."""
-        return {a.path for a in self.accesses if a.ok}
-
-    @property
-    def failed_lookups(self) -> list[Access]:
-        """Accesses that failed (ENOENT, EACCES, ...), the input a diagnosis wants."""
-        return [a for a in self.accesses if not a.ok]
-
 
 def dedupe(accesses: list[Access]) -> list[Access]:
     """Keep the first access of each key, in order, so the earliest pid/cmdline is reported."""
-    seen: set[tuple[str, str, bool, str | None, str, str]] = set()
+    seen: set[tuple[str, str, bool, str | None, str, str, str]] = set()
     out: list[Access] = []
     for a in accesses:
         if a.key not in seen:
