@@ -159,3 +159,118 @@ def test_keep_paths_written_through_a_symlink_match_the_real_files(tmp_path: Pat
     assert "/lib" in kl.kept  # the link the operator wrote keeps working
     assert "/etc/app/main.conf" in kl.kept and "/etc/app/conf.d/a.conf" not in kl.kept
     assert b.unmatched_keep_paths == ["/nope/**"]
+
+
+# ---- the closure follows every kept symlink, however it came to be kept ---------------
+
+def link_root(tmp_path: Path) -> tuple[Path, dict[str, E]]:
+    """Links of every shape: relative, absolute, to a directory, a chain over three names,
+    one climbing with `..`, and one dangling."""
+    root, entries = make_root(tmp_path)
+    (root / "opt/v1/lib").mkdir(parents=True)
+    (root / "opt/v1/lib/mod.so").write_bytes(b"m")
+    os.symlink("v1", root / "opt/current")  # -> a directory
+    os.symlink("/usr/bin/perl", root / "usr/bin/abs")  # absolute
+    os.symlink("hop2", root / "usr/bin/hop1")
+    os.symlink("../bin/hop3", root / "usr/bin/hop2")  # climbs out and back
+    os.symlink("perl", root / "usr/bin/hop3")
+    os.symlink("nowhere", root / "usr/bin/dangling")
+    for name in ("current",):
+        entries[f"/opt/{name}"] = E("symlink", os.readlink(root / "opt" / name))
+    entries.update({"/opt": E("dir"), "/opt/v1": E("dir"), "/opt/v1/lib": E("dir"),
+                    "/opt/v1/lib/mod.so": E("file", size=1)})
+    for name in ("abs", "hop1", "hop2", "hop3", "dangling"):
+        entries[f"/usr/bin/{name}"] = E("symlink", os.readlink(root / "usr/bin" / name))
+    return root, entries
+
+
+LINK_CASES = [
+    ("/usr/bin/abs", ["/usr/bin/perl"]),
+    ("/usr/bin/hop1", ["/usr/bin/hop2", "/usr/bin/hop3", "/usr/bin/perl"]),
+    ("/opt/current", ["/opt/v1"]),
+    ("/lib", ["/usr/lib"]),
+]
+
+
+@pytest.mark.parametrize("link,targets", LINK_CASES)
+@pytest.mark.parametrize("how", ["keep.paths", "elf", "hardlink-free add(follow=False)"])
+def test_a_kept_symlink_keeps_what_it_points_to(tmp_path: Path, link: str,
+                                                targets: list[str], how: str) -> None:
+    """Whatever kept the link (a keep.paths glob matching only the link, an ELF need that
+    is not followed when added), the written image must not hold a dangling link."""
+    root, entries = link_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root), keep_paths=[link] if how == "keep.paths" else [])
+    if how == "keep.paths":
+        b.add_keep_paths()
+    else:
+        b.add(link, Reason(how.split()[0], "x"), follow=False)
+    kl = b.build()
+    assert link in kl.kept
+    for target in targets:
+        assert target in kl.kept, (target, sorted(kl.kept))
+    assert any(r.kind == "symlink" and r.detail.endswith(link) for r in kl.kept[targets[-1]])
+
+
+def test_a_dangling_symlink_is_kept_alone(tmp_path: Path) -> None:
+    root, entries = link_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root))
+    b.add("/usr/bin/dangling", Reason("traced", "readlink"), follow=False)
+    kl = b.build()
+    assert "/usr/bin/dangling" in kl.kept and "/usr/bin/nowhere" not in kl.kept
+
+
+def test_a_symlink_kept_through_a_hardlink_group_is_followed_too(tmp_path: Path) -> None:
+    root, entries = link_root(tmp_path)
+    group = ("/usr/bin/perl", "/usr/bin/perl5.36")
+    b = KeepListBuilder(entries, RootFS(root),
+                        hardlink_group=lambda p: group if p in group else (p,))
+    b.add("/usr/bin/hop3", Reason("elf", "x"), follow=False)
+    kl = b.build()
+    assert {"/usr/bin/perl", "/usr/bin/perl5.36"} <= set(kl.kept)
+
+
+# ---- exclude loses to keep.paths whenever ANY reason is keep.paths ---------------------
+
+ORDERS = [
+    [Reason("keep.paths", "/usr/share/doc/**"), Reason("traced", "openat")],
+    [Reason("traced", "openat"), Reason("keep.paths", "/usr/share/doc/**")],
+    [Reason("elf", "a -> b"), Reason("traced", "openat"), Reason("keep.paths", "/x/**")],
+    [Reason("symlink", "on the way"), Reason("keep.paths", "/x/**"), Reason("elf", "y")],
+]
+
+
+@pytest.mark.parametrize("reasons", ORDERS)
+def test_keep_paths_anywhere_among_the_reasons_beats_exclude(tmp_path: Path,
+                                                               reasons: list[Reason]) -> None:
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root), exclude=["/usr/share/doc/**"])
+    for reason in reasons:
+        b.add("/usr/share/doc/app/README", reason)
+    kl = b.build()
+    assert "/usr/share/doc/app/README" in kl.kept
+    assert "/usr/share/doc/app/README" not in kl.excluded
+
+
+@pytest.mark.parametrize("reasons", [[r for r in order if r.kind != "keep.paths"]
+                                     for order in ORDERS])
+def test_without_a_keep_paths_reason_exclude_removes_whatever_the_order(
+        tmp_path: Path, reasons: list[Reason]) -> None:
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root), exclude=["/usr/share/doc/**"])
+    for reason in reasons:
+        b.add("/usr/share/doc/app/README", reason)
+    kl = b.build()
+    assert "/usr/share/doc/app/README" not in kl.kept
+    assert list(kl.excluded["/usr/share/doc/app/README"].reasons) == reasons
+
+
+def test_keep_paths_glob_added_after_other_evidence_still_wins(tmp_path: Path) -> None:
+    """The pipeline adds traced evidence first and keep.paths after: the glob's reason is
+    then the second one, and must still win over exclude."""
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root), keep_paths=["/usr/share/doc/app/*"],
+                        exclude=["/usr/share/doc/**"])
+    b.add("/usr/share/doc/app/README", Reason("traced", "openat by /app in run"))
+    b.add_keep_paths()
+    kl = b.build()
+    assert [r.kind for r in kl.kept["/usr/share/doc/app/README"]] == ["traced", "keep.paths"]

@@ -31,6 +31,7 @@ from tracer.errors import BadInput, TracerError
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.profile import Overrides, load_profile
 from tracer.profile_model import Profile
+from tracer.runfiles import keeplist_paths
 
 STATE_FILE = "state.json"
 KILL_GRACE = 30.0  # seconds between SIGTERM and SIGKILL for a job that overran
@@ -152,10 +153,8 @@ def _fingerprint(profile_path: Path, profile: Profile) -> dict[str, str]:
 
 
 def _keeplist_paths(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    return {line.split("\t", 1)[0] for line in path.read_text(encoding="utf-8").splitlines()
-            if line}
+    """Kept paths as the keep-list writes them (escaped: one line per name, whatever it holds)."""
+    return keeplist_paths(path)
 
 
 class Batch:

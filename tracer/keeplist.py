@@ -5,7 +5,7 @@ image config) adds paths with a Reason; exclude then removes what the operator r
 out (unless keep.paths names it too); finally the list is closed over symlink chains,
 parent directories and hardlink groups so the written image is self-consistent. Every
 path carries all its reasons, which is what `tracer why` and the diffable keep-list
-file are made of.
+file are made of. The image root `/` is always kept: every image has it.
 """
 
 from __future__ import annotations
@@ -18,14 +18,20 @@ from pathlib import Path
 from typing import Protocol
 
 from tracer.rootfs import RootFS, SymlinkLoop
+from tracer.runfiles import keeplist_line
 
 
 @dataclass(frozen=True, order=True)
 class Reason:
     """Why one path is kept: a category (counted in reports) and a human detail."""
 
-    kind: str  # elf | traced | keep.paths | keep.packages | config | symlink | parent | hardlink
+    # elf | keep.binaries | traced | keep.paths | keep.packages | config | runtime | root
+    # | symlink | parent | hardlink
+    kind: str
     detail: str
+
+
+ROOT_REASON = Reason("root", "the image root directory, present in every image")
 
 
 class EntryLike(Protocol):
@@ -38,7 +44,8 @@ def compile_globs(patterns: Iterable[str]) -> list[tuple[str, re.Pattern[str]]]:
     """Translate profile globs: `*` within a name, `**` across directories.
 
     `/etc/nginx/**` also matches `/etc/nginx` itself: an operator who keeps a tree
-    means the directory as well.
+    means the directory as well. Wildcards match every character a name may hold, a
+    newline included.
     """
     out = []
     for original in patterns:
@@ -72,7 +79,7 @@ def compile_globs(patterns: Iterable[str]) -> list[tuple[str, re.Pattern[str]]]:
             else:
                 parts.append(re.escape(ch))
                 i += 1
-        out.append((original, re.compile("".join(parts))))
+        out.append((original, re.compile("".join(parts), re.S)))
     return out
 
 
@@ -118,12 +125,11 @@ class KeepList:
         return dict(sorted(c.items()))
 
     def lines(self) -> list[str]:
-        """One sorted line per path, `PATH<TAB>reason; reason`, stable for nightly diffs."""
-        out = []
-        for path in sorted(self.kept):
-            reasons = sorted(set(self.kept[path]))
-            out.append(path + "\t" + "; ".join(f"{r.kind}: {r.detail}" for r in reasons))
-        return out
+        """One sorted line per path, `PATH<TAB>reason; reason`, stable for nightly diffs;
+        names escaped (tracer.runfiles) so that any name is exactly one line."""
+        return sorted(keeplist_line(path, [f"{r.kind}: {r.detail}"
+                                           for r in sorted(set(reasons))])
+                      for path, reasons in self.kept.items())
 
     def excluded_json(self) -> dict[str, dict]:
         return {p: {"rule": e.rule, "reasons": [f"{r.kind}: {r.detail}" for r in e.reasons]}
@@ -217,10 +223,10 @@ class KeepListBuilder:
     def build(self) -> KeepList:
         result = KeepList(missing=dict(self.missing),
                           unmatched_keep_paths=list(self.unmatched_keep_paths))
-        kept: dict[str, list[Reason]] = {}
+        kept: dict[str, list[Reason]] = {"/": [ROOT_REASON]}
         for path, reasons in self.wanted.items():
             if path == "/":
-                continue
+                continue  # kept whatever exclude says: no image is without it
             forced = any(r.kind == "keep.paths" for r in reasons)
             rule = first_match(path, self.exclude_globs)
             if rule is not None and not forced:

@@ -9,7 +9,6 @@ directory is removed on success, failure and Ctrl-C.
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import shutil
@@ -27,14 +26,14 @@ from tracer.diagnose import Diagnosis, diagnose
 from tracer.engine import connect
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
+from tracer.evidence import build_keeplist, write_path_index
 from tracer.image.config import ImageConfig
 from tracer.image.flatten import flatten
 from tracer.image.model import FlatImage
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.sink import write_image
 from tracer.image.source import open_image
-from tracer.keeplist import KeepList, KeepListBuilder, Reason, size_of
-from tracer.packages import package_files
+from tracer.keeplist import Reason, size_of
 from tracer.profile_model import Profile
 from tracer.progress import Progress
 from tracer.report import Report, StepSummary
@@ -134,36 +133,6 @@ def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult) -> 
     return Resolver(prepared.root, env=env, implicit_dlopens=True).closure(dict.fromkeys(roots))
 
 
-def build_keeplist(profile: Profile, prepared: Prepared, trace: SmokeResult,
-                   closure: Closure) -> KeepList:
-    flat, root = prepared.flat, prepared.root
-    builder = KeepListBuilder(flat.entries, root, profile.keep.paths, profile.exclude,
-                              hardlink_group=flat.hardlink_group)
-    for path, needs in closure.files.items():
-        for need in needs[:3]:
-            builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind), follow=False)
-    for access in trace.accesses:
-        if not access.ok:
-            continue
-        who = access.program or "?"
-        builder.add(access.path, Reason("traced", f"{access.syscall} by {who} in {access.step}"))
-    builder.add_keep_paths()
-    for package, paths in package_files(root, profile.keep.packages).items():
-        for path in paths:
-            builder.add(path, Reason("keep.packages", package))
-    cfg = prepared.config
-    # The runtime (not the traced process) resolves these before the app starts.
-    for path in ("/etc/passwd", "/etc/group"):
-        if path in flat.entries:
-            builder.add(path, Reason("config", "user lookup by the container runtime"))
-    workdir_path = profile.run.workdir or cfg.workdir
-    if workdir_path:
-        builder.add(workdir_path, Reason("config", "WorkingDir"))
-    for volume in cfg.volumes:
-        builder.add(volume, Reason("config", "Volume"))
-    return builder.build()
-
-
 def biggest(flat: FlatImage, kept: dict[str, list[Reason]], n: int = 10
             ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """The largest kept files, and directories (up to 3 levels) by kept bytes."""
@@ -179,20 +148,6 @@ def biggest(flat: FlatImage, kept: dict[str, list[Reason]], n: int = 10
             dirs["/" + "/".join(parts[:depth])] += entry.size
     files.sort(key=lambda x: (-x[1], x[0]))
     return files[:n], sorted(dirs.items(), key=lambda x: (-x[1], x[0]))[:n]
-
-
-def write_path_index(flat: FlatImage, path: Path) -> None:
-    """Every path of the original image with its kind and link target, gzipped.
-
-    Lets `tracer why` say "not in the image" and follow the image's symlinks
-    (`/lib/x/libc.so.6` is `/usr/lib/x/libc.so.6` under merged /usr) without the image.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8", errors="surrogateescape") as f:
-        for p in sorted(flat.entries):
-            e = flat.entries[p]
-            f.write(f"{p}\t{e.kind}\t{e.linkname}\n")
-    os.replace(tmp, path)
 
 
 def _steps(result: SmokeResult) -> list[StepSummary]:
