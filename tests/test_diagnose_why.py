@@ -7,9 +7,11 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from tracer.diagnose import diagnose, suggest_globs
 from tracer.rootfs import RootFS
-from tracer.trace.result import Access, SmokeResult, StepOutcome
+from tracer.trace.result import Access, Meaning, SmokeResult, StepOutcome
 from tracer.why import why
 
 
@@ -25,9 +27,11 @@ def original_root(tmp_path: Path) -> RootFS:
 
 
 def access(path: str, errno: str | None = "ENOENT", step: str = "smoke[0].exec",
-           program: str = "/app") -> Access:
-    return Access(path=path, syscall="openat", ok=errno is None, errno=errno, pid=7,
-                  program=program, cmdline=(program, "--x"), step=step)
+           program: str = "/app", meaning: Meaning = Meaning.READ,
+           syscall: str = "openat") -> Access:
+    return Access(path=path, syscall=syscall, ok=errno is None, errno=errno, pid=7,
+                  program=program, cmdline=(program, "--x") if program else (), step=step,
+                  meaning=meaning)
 
 
 def test_only_files_of_the_original_are_reported_with_rule_and_yaml(tmp_path: Path) -> None:
@@ -104,7 +108,7 @@ def test_files_the_original_run_used_and_the_minimized_image_lacks(tmp_path: Pat
     ])
     minimized_run = SmokeResult(passed=False, accesses=[
         access("/usr/share/zoneinfo/Europe", errno=None, step="smoke[0].http")])
-    present = {"/usr/lib/gconv/A.so"}.__contains__
+    present = {"/lib", "/usr", "/usr/lib", "/usr/lib/gconv", "/usr/lib/gconv/A.so"}.__contains__
     d = diagnose(minimized_run, root, exclude=["/usr/share/zoneinfo/**"],
                  original_run=original_run, present=present)
     assert [(m.image_path, m.errno, m.excluded_by) for m in d.missing] == [
@@ -128,3 +132,204 @@ def test_why_follows_the_image_symlinks(tmp_path: Path) -> None:
     assert "is /usr/lib/x/libc.so.6 in the image" in text and "elf: /usr/bin/app" in text
     untouched = why(report, "/lib/x/libm.so.6")
     assert not untouched.kept and untouched.in_image is True
+
+
+# ---- a diagnosis that is never wrong -------------------------------------------------------
+
+def runtime_root(tmp_path: Path) -> RootFS:
+    root = original_root(tmp_path)
+    base = Path(root.root)
+    (base / "run/app").mkdir(parents=True)
+    (base / "tmp").mkdir()
+    (base / "tmp").chmod(0o1777)
+    os.symlink("/run", base / "var-run")
+    return root
+
+
+def everything_but(root: RootFS, *lacking: str):
+    """`present` of a minimized image holding every original path except `lacking`."""
+    base = Path(root.root)
+    have = {"/" + str(p.relative_to(base)) for p in base.rglob("*")} | {"/"}
+    return (have - set(lacking)).__contains__
+
+
+def test_the_root_directory_is_never_missing(tmp_path: Path) -> None:
+    """The original run chdir'd to / and listed it; / is in every image, whatever
+    `present` says, and keep.paths "/" is never suggested."""
+    root = runtime_root(tmp_path)
+    original_run = SmokeResult(passed=True, accesses=[
+        access("/", errno=None, meaning=Meaning.ENTRY, syscall="chdir"),
+        access("/", errno=None, meaning=Meaning.LIST, syscall="getdents64")])
+    minimized = SmokeResult(passed=False, accesses=[
+        access("/", errno="ENOENT", meaning=Meaning.ENTRY, syscall="chdir")])
+    for present in (set().__contains__, everything_but(root, "/")):
+        d = diagnose(minimized, root, original_run=original_run, present=present)
+        assert not [m for m in d.missing if m.image_path == "/" or m.path == "/"]
+        assert "/" not in d.suggestions and '"/"' not in d.format_text()
+
+
+@pytest.mark.parametrize("syscall,meaning", [("bind", Meaning.CREATE),
+                                             ("openat", Meaning.CREATE),
+                                             ("mkdir", Meaning.CREATE),
+                                             ("connect", Meaning.CONNECT)])
+def test_a_failed_create_names_the_missing_directory(tmp_path: Path, syscall: str,
+                                                     meaning: Meaning) -> None:
+    root = runtime_root(tmp_path)
+    minimized = SmokeResult(passed=False, accesses=[
+        access("/var-run/app/app.sock", errno="ENOENT", meaning=meaning, syscall=syscall)])
+    d = diagnose(minimized, root, exclude=["/run/app/**"],
+                 present=everything_but(root, "/run/app"))
+    assert [(m.path, m.image_path, m.acted_on, m.excluded_by) for m in d.missing] == [
+        ("/var-run/app", "/run/app", "/var-run/app/app.sock", "/run/app/**")]
+    assert d.suggestions == ["/run/app"]
+    text = d.format_text()
+    assert f"{syscall} of /var-run/app/app.sock -> ENOENT" in text and '- "/run/app"' in text
+    # the directory is there: the socket is simply not up, no file is missing
+    d = diagnose(minimized, root, present=everything_but(root))
+    assert d.missing == []
+
+
+def test_a_name_the_original_run_created_needs_its_directory(tmp_path: Path) -> None:
+    root = runtime_root(tmp_path)
+    original_run = SmokeResult(passed=True, accesses=[
+        access("/tmp/out.1234", errno=None, meaning=Meaning.CREATE),
+        access("/tmp/out.1234", errno=None, meaning=Meaning.REMOVE, syscall="unlink")])
+    d = diagnose(SmokeResult(passed=False), root, exclude=["/tmp/**"],
+                 original_run=original_run, present=everything_but(root, "/tmp"))
+    assert [(m.image_path, m.errno, m.acted_on, m.excluded_by) for m in d.missing] == [
+        ("/tmp", "absent", "/tmp/out.1234", "/tmp/**")]
+    assert d.suggestions == ["/tmp"]
+
+
+EXCLUDE_CASES = [
+    # (asked, lacking in the minimized image, exclude rules, the rule to blame)
+    ("/lib/gconv/A.so", "/usr/lib/gconv/A.so", ["/usr/lib/gconv/**"], "/usr/lib/gconv/**"),
+    ("/lib/gconv/A.so", "/usr/lib/gconv/A.so", ["/usr/share/**", "/usr/lib/gconv/A.so"],
+     "/usr/lib/gconv/A.so"),
+    # a rule written for the name as asked never removed the image path: not to blame
+    ("/lib/gconv/A.so", "/usr/lib/gconv/A.so", ["/lib/gconv/**"], None),
+    ("/usr/lib/gconv/B.so", "/usr/lib/gconv/B.so", ["/usr/share/zoneinfo/**"], None),
+    # the file is there, the symlink on the way is what exclude removed
+    ("/lib/gconv/C.so", "/lib", ["/usr/share/**", "/lib"], "/lib"),
+]
+
+
+@pytest.mark.parametrize("asked,lacking,rules,blamed", EXCLUDE_CASES)
+def test_exclude_attribution_names_the_rule_that_removed_what_is_missing(
+        tmp_path: Path, asked: str, lacking: str, rules: list[str], blamed: str | None) -> None:
+    root = original_root(tmp_path)
+    result = SmokeResult(passed=False, accesses=[access(asked)])
+    d = diagnose(result, root, exclude=rules, present=everything_but(root, lacking))
+    assert [(m.path, m.image_path, m.excluded_by) for m in d.missing] == [
+        (asked, lacking, blamed)]
+    text = d.format_text()
+    assert (f"removed by exclude rule {blamed!r}" in text) == (blamed is not None)
+    assert "narrow these exclude rules" in text if blamed else "narrow" not in text
+
+
+def test_an_unidentified_program_is_said_in_words(tmp_path: Path) -> None:
+    root = original_root(tmp_path)
+    result = SmokeResult(passed=False, accesses=[
+        access("/usr/share/zoneinfo/Europe/Berlin", program="")])
+    text = diagnose(result, root).format_text()
+    assert "in smoke[0].exec, an unidentified process:" in text
+    assert "?" not in text and "()" not in text
+
+
+def test_suggestions_are_never_a_whole_tree() -> None:
+    assert suggest_globs(["/", "/a", "/b", "/c"]) == ["/a", "/b", "/c"]
+    assert suggest_globs(["/usr/a", "/usr/b", "/usr/c"]) == ["/usr/a", "/usr/b", "/usr/c"]
+    assert suggest_globs(["/usr/lib/a", "/usr/lib/b", "/usr/lib/c"]) == ["/usr/lib/*"]
+    assert not [s for s in suggest_globs(["/x/y/" + c for c in "abcdef"]) if "**" in s]
+
+
+# ---- why: /, program names, keep.binaries, interpreters ------------------------------------
+
+def indexed_run(tmp_path: Path, kept: dict[str, list[str]], entries: list[tuple],
+                path_env: str | None = "/usr/local/bin:/usr/bin:/bin") -> Path:
+    """A report, keep-list and path index as `tracer minimize --report` writes them."""
+    from tracer.image.model import Entry, FlatImage
+    from tracer.runfiles import keeplist_line, write_path_index
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    report = tmp_path / "run.json"
+    report.write_text(json.dumps({"name": "run", "excluded_paths": {}}))
+    (tmp_path / "run.keeplist").write_text(
+        "".join(keeplist_line(p, r) + "\n" for p, r in sorted(kept.items())))
+    flat_entries = {"/": Entry("/", "dir", 0o755, 0, 0, 0.0, 0, "", {}, 0)}
+    for path, kind, mode, link in entries:
+        flat_entries[path] = Entry(path, kind, mode, 0, 0, 0.0, 0, link, {}, 0)
+    write_path_index(FlatImage(entries=flat_entries, root=None, config={}, source_digest=""),
+                     tmp_path / "run.paths.gz", path_env=path_env)
+    return report
+
+
+BIN_ENTRIES = [("/usr", "dir", 0o755, ""), ("/usr/bin", "dir", 0o755, ""),
+               ("/bin", "symlink", 0o777, "usr/bin"), ("/usr/local", "dir", 0o755, ""),
+               ("/usr/local/bin", "dir", 0o755, ""),
+               ("/usr/local/bin/memcflush", "file", 0o644, ""),  # not executable: skipped
+               ("/usr/bin/memcflush", "file", 0o755, ""),
+               ("/usr/bin/memcstat", "file", 0o755, ""),
+               ("/usr/bin/python3", "symlink", 0o777, "python3.11"),
+               ("/usr/bin/python3.11", "file", 0o755, ""),
+               ("/usr/bin/bash", "file", 0o755, ""), ("/usr/bin/notes.txt", "file", 0o644, "")]
+
+
+def test_why_root_is_kept(tmp_path: Path) -> None:
+    for report in (saved_run(tmp_path), indexed_run(tmp_path / "n", {}, BIN_ENTRIES)):
+        answer = why(report, "/")
+        assert answer.kept and "root" in answer.reasons[0]
+        assert "/ is KEPT because" in answer.format_text()
+
+
+def test_why_looks_bare_program_names_up_on_the_image_path(tmp_path: Path) -> None:
+    report = indexed_run(tmp_path, {
+        "/usr/bin/memcflush": ["keep.binaries: /usr/bin/memc*"],
+        "/usr/bin/memcstat": ["keep.binaries: /usr/bin/memc*", "elf: /usr/bin/memcstat"]},
+        BIN_ENTRIES)
+    answer = why(report, "memcflush")
+    assert answer.kept and answer.path == "/usr/bin/memcflush"
+    text = answer.format_text()
+    assert text.startswith("memcflush is /usr/bin/memcflush on the image's PATH "
+                           "(/usr/local/bin:/usr/bin:/bin)")
+    assert "keep.binaries: /usr/bin/memc*" in text
+    absent = why(report, "memcached")
+    assert not absent.kept and absent.in_image is False
+    assert "no program of that name is on the image's PATH" in absent.format_text()
+    # without a path index, the keep-list and the default PATH still answer
+    (tmp_path / "run.paths.gz").unlink()
+    assert why(report, "memcstat").path == "/usr/bin/memcstat"
+
+
+def test_why_advice_for_interpreters_programs_and_files_that_are_not_kept(
+        tmp_path: Path) -> None:
+    report = indexed_run(tmp_path, {}, BIN_ENTRIES)
+    python = why(report, "python3").format_text()
+    assert "python3 is /usr/bin/python3 on the image's PATH" in python
+    assert "interpreter" in python and "keep.paths would keep the binary without its" in python
+    assert "smoke step" in python and "keep.binaries" in python
+    assert "add it to keep.paths" not in python
+    bash = why(report, "/bin/bash").format_text()
+    assert "is a shell: name it in keep.binaries" in bash and "add it to keep.paths" not in bash
+    program = why(report, "/usr/bin/memcstat").format_text()
+    assert "keep.binaries, which keeps the libraries it links" in program
+    data = why(report, "/usr/bin/notes.txt").format_text()
+    assert "add it to keep.paths if the application needs it" in data
+    assert "keep.binaries" in data  # "nothing needed it" names every kind of rule
+
+
+def test_why_never_crashes_on_a_broken_run_file(tmp_path: Path) -> None:
+    from tracer.errors import BadInput
+
+    report = saved_run(tmp_path)
+    (tmp_path / "app.keeplist").write_bytes(b"/ok\telf: x\n/bad\\q\telf: y\n")
+    with pytest.raises(BadInput, match=r"app.keeplist:2: .*lone backslash"):
+        why(report, "/ok")
+    (tmp_path / "app.keeplist").write_bytes(b"/ok\telf: \xff\n")
+    with pytest.raises(BadInput, match="not UTF-8"):
+        why(report, "/ok")
+    (tmp_path / "app.keeplist").write_text("/ok\telf: x\n")
+    with gzip.open(tmp_path / "app.paths.gz", "wt") as f:
+        f.write("/\tdir\t\n/ok\tweird-kind\t\n")
+    with pytest.raises(BadInput, match="app.paths.gz:2: not a path index line"):
+        why(report, "/ok")

@@ -1,22 +1,43 @@
 """"Why is this file kept?" / "why is it not?", answered from a run's saved files.
 
 `tracer minimize --report R.json` leaves R.json (with the exclude decisions), R.keeplist
-(every kept path with its reasons) and R.paths.gz (every path of the original image).
-Those three answer the question without the image or the engine, which is what someone
-debugging a production failure at 3 a.m. has at hand.
+(every kept path with its reasons) and R.paths.gz (every path of the original image and
+its PATH; formats in tracer.runfiles). Those three answer the question without the image
+or the engine, which is what someone debugging a production failure at 3 a.m. has at
+hand. A bare program name (`memcflush`) is looked up on the image's PATH, the way
+`tracer ldd` and the container would find it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
+import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracer.errors import BadInput
-from tracer.image.model import Entry, FlatImage
+from tracer.keeplist import ROOT_REASON
 from tracer.rootfs import SymlinkLoop
+from tracer.runfiles import PathIndex, read_keeplist, read_path_index, unescape
+from tracer.static import which
+from tracer.static.script import DEFAULT_PATH
+
+# Programs that read a standard library or scripts at run time: keeping the binary alone
+# (keep.paths) gives an interpreter that cannot start its first script.
+_INTERPRETER = re.compile(r"(python|perl|ruby|php|node|nodejs|java|lua|tclsh|guile)"
+                          r"[0-9.]*(-[a-z]+)?")
+_SHELL = re.compile(r"(sh|bash|dash|ash|zsh|ksh|mksh|busybox)")
+# Where Debian puts each interpreter's library tree, for the example in the advice.
+_LIBRARY_TREES = {"perl": "/usr/share/perl/** and /usr/lib/x86_64-linux-gnu/perl/**",
+                  "ruby": "/usr/lib/ruby/**", "php": "/usr/share/php/**",
+                  "node": "/usr/share/nodejs/** and your app's node_modules/**",
+                  "nodejs": "/usr/share/nodejs/**", "java": "/usr/lib/jvm/**",
+                  "lua": "/usr/share/lua/**", "tclsh": "/usr/share/tcltk/**",
+                  "guile": "/usr/share/guile/**"}
+NOTHING_NEEDED_IT = ("not in the ELF closure of what runs or of keep.binaries, not touched "
+                     "by the traced smoke test, not matched by keep.paths or keep.packages")
 
 
 @dataclass
@@ -27,96 +48,162 @@ class WhyAnswer:
     reasons: list[str] = field(default_factory=list)
     excluded_by: str | None = None
     in_image: bool | None = None  # None: unknown (no image path list at hand)
+    program: str | None = None  # the bare program name asked for, when one was
+    search_path: str | None = None  # the PATH it was looked up on
+    executable: bool = False  # an executable file in the image (from the path index)
 
     def format_text(self) -> str:
+        lead = ""
+        if self.program is not None:
+            if self.in_image is False and self.path == self.program:
+                return (f"{self.program} is NOT kept: no program of that name is on the "
+                        f"image's PATH ({self.search_path}); give the path if it is "
+                        "elsewhere")
+            lead = f"{self.program} is {self.path} on the image's PATH ({self.search_path}).\n"
+        return lead + self._format_path()
+
+    def _format_path(self) -> str:
         if self.image_path and self.image_path != self.path:
             inner = WhyAnswer(path=self.image_path, kept=self.kept, reasons=self.reasons,
-                              excluded_by=self.excluded_by, in_image=self.in_image)
+                              excluded_by=self.excluded_by, in_image=self.in_image,
+                              executable=self.executable)
             return (f"{self.path} is {self.image_path} in the image (through symlinks, "
-                    "which are kept with it).\n" + inner.format_text())
+                    "which are kept with it).\n" + inner._format_path())
         if self.kept:
             return f"{self.path} is KEPT because:\n" + "\n".join(f"  - {r}"
                                                                  for r in self.reasons)
         if self.excluded_by:
             return (f"{self.path} is NOT kept: it was needed ({'; '.join(self.reasons)}) but "
-                    f"the profile's exclude rule {self.excluded_by!r} removed it; add it to "
-                    "keep.paths to keep it anyway")
+                    f"the profile's exclude rule {self.excluded_by!r} removed it; "
+                    + (_interpreter_advice(self.path) or "add it to keep.paths to keep it "
+                       "anyway (keep.paths wins over exclude)"))
         if self.in_image is False:
             return f"{self.path} is NOT kept: it is not in the original image at all"
         if self.in_image:
             return (f"{self.path} is NOT kept: it is in the original image but nothing needed "
-                    "it (not in the ELF closure, not touched by the traced smoke test, not "
-                    "matched by keep.paths or keep.packages); add it to keep.paths if the "
-                    "application needs it")
+                    f"it ({NOTHING_NEEDED_IT}); " + self._advice())
         return f"{self.path} is NOT kept (the original image's path list is not available)"
+
+    def _advice(self) -> str:
+        interpreter = _interpreter_advice(self.path)
+        if interpreter:
+            return interpreter
+        if self.executable:
+            return ("if the application runs it, add a smoke step that does (tracing keeps "
+                    "what it uses), or name it in keep.binaries, which keeps the libraries "
+                    "it links as well; keep.paths would keep the file alone")
+        return "add it to keep.paths if the application needs it"
+
+
+def _interpreter_advice(path: str) -> str:
+    """Advice for an interpreter or shell (by its file name), "" for anything else."""
+    name = posixpath.basename(path)
+    if _SHELL.fullmatch(name):
+        return (f"{name} is a shell: name it in keep.binaries (it and the libraries it links "
+                "are kept), or add a smoke step that runs the scripts production runs with "
+                "it, which also keeps every program they call")
+    m = _INTERPRETER.fullmatch(name)
+    if m:
+        tree = _LIBRARY_TREES.get(m.group(1), "its library directory")
+        if m.group(1) == "python":
+            version = re.match(r"[0-9.]*", name[len("python"):])
+            tree = f"/usr/lib/python{version.group(0) if version else ''}*/**"
+        return (f"{name} is an interpreter: keep.paths would keep the binary without its "
+                "standard library and modules. Add a smoke step that runs it the way "
+                "production does (the traced run keeps every module it loads), or name it in "
+                "keep.binaries (it and the libraries it links) together with keep.paths for "
+                f"its library tree (for example {tree})")
+    return ""
 
 
 def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(path.stem + suffix)
 
 
-def _read_keeplist(path: Path) -> dict[str, list[str]]:
+def _read_report(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read the keep-list: {exc}") from None
-    kept: dict[str, list[str]] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line:
-            continue
-        name, sep, reasons = line.partition("\t")
-        if not sep or not name.startswith("/"):
-            raise BadInput(f"{path}:{number}: not a keep-list line (PATH<TAB>reasons)")
-        kept[name] = reasons.split("; ")
-    return kept
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{path}: not a readable tracer report: {exc}") from None
+    if not isinstance(report, dict):
+        raise BadInput(f"{path}: not a tracer report (not a JSON object)")
+    return report
+
+
+def _is_executable(index: PathIndex | None, path: str) -> bool:
+    if index is None:
+        return False
+    with contextlib.suppress(SymlinkLoop):
+        st = index.image.rootfs().stat(path)
+        return st is not None and (st.st_mode & 0o170000) == 0o100000 and bool(
+            st.st_mode & 0o111)
+    return False
 
 
 def why(source: Path, path: str) -> WhyAnswer:
-    """Answer for `path` from a report (.json) or a keep-list file."""
-    path = "/" + path.strip("/") if path != "/" else "/"
+    """Answer for `path` (an in-image path, or a bare program name looked up on the
+    image's PATH) from a report (.json) or a keep-list file. A path may also be given as
+    the keep-list writes it (escaped)."""
     report: dict = {}
     if source.suffix == ".json":
-        try:
-            report = json.loads(source.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"{source}: not a readable tracer report: {exc}") from None
+        report = _read_report(source)
         keeplist_path = _sibling(source, ".keeplist")
     else:
         keeplist_path = source
-        report_path = _sibling(source, ".json")
-        if report_path.exists():
-            report = json.loads(report_path.read_text(encoding="utf-8"))
-    kept = _read_keeplist(keeplist_path)
-    excluded = report.get("excluded_paths") or {}
-    index = _read_path_index(keeplist_path.with_name(keeplist_path.stem + ".paths.gz"))
+        if _sibling(source, ".json").exists():
+            report = _read_report(_sibling(source, ".json"))
+    kept = read_keeplist(keeplist_path)
+    kept.setdefault("/", [f"{ROOT_REASON.kind}: {ROOT_REASON.detail}"])
+    excluded = report.get("excluded_paths")
+    excluded = excluded if isinstance(excluded, dict) else {}
+    index = read_path_index(keeplist_path.with_name(keeplist_path.stem + ".paths.gz"))
+
+    program = None
+    search_path = None
+    if "/" not in path:
+        program = path
+        search_path = (index.path_env if index is not None and index.path_env is not None
+                       else DEFAULT_PATH)
+        found = _which(index, kept, path, search_path)
+        if found is None:
+            return WhyAnswer(path=path, kept=False, in_image=False, program=program,
+                             search_path=search_path)
+        path = found
+    path = posixpath.normpath("/" + path.strip("/")) if path != "/" else "/"
+
+    def known(p: str) -> bool:
+        return p in kept or p in excluded or (index is not None and p in index.image.entries)
+
+    if not known(path) and "\\" in path:
+        with contextlib.suppress(ValueError):
+            if known(unescape(path)):
+                path = unescape(path)
     image_path = path
     if index is not None and path not in kept:
         with contextlib.suppress(SymlinkLoop):  # a loop: answer for the path as given
-            image_path = index.rootfs().resolve(path, follow_last=False).path
-    answer = WhyAnswer(path=path, kept=False, image_path=image_path)
+            image_path = index.image.rootfs().resolve(path, follow_last=False).path
+    answer = WhyAnswer(path=path, kept=False, image_path=image_path, program=program,
+                       search_path=search_path, executable=_is_executable(index, path))
     if index is not None:
-        answer.in_image = image_path in index.entries
+        answer.in_image = image_path in index.image.entries
     if image_path in kept:
         answer.kept, answer.reasons, answer.in_image = True, kept[image_path], True
-    elif image_path in excluded:
+    elif image_path in excluded and isinstance(excluded[image_path], dict):
         entry = excluded[image_path]
         answer.excluded_by = entry.get("rule")
-        answer.reasons = entry.get("reasons", [])
+        answer.reasons = [str(r) for r in entry.get("reasons", [])]
         answer.in_image = True
     return answer
 
 
-def _read_path_index(path: Path) -> FlatImage | None:
-    """The original image's paths (`PATH<TAB>kind<TAB>link`) as an index-only FlatImage."""
-    if not path.exists():
-        return None
-    entries: dict[str, Entry] = {}
-    with gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            name, _, rest = line.rstrip("\n").partition("\t")
-            kind, _, link = rest.partition("\t")
-            entries[name] = Entry(path=name, kind=kind or "file", mode=0o755, uid=0, gid=0,
-                                  mtime=0.0, size=0, linkname=link, xattrs={}, layer=0)
-    entries.setdefault("/", Entry(path="/", kind="dir", mode=0o755, uid=0, gid=0, mtime=0.0,
-                                  size=0, linkname="", xattrs={}, layer=0))
-    return FlatImage(entries=entries, root=None, config={}, source_digest="")
+def _which(index: PathIndex | None, kept: dict[str, list[str]], name: str,
+           search_path: str) -> str | None:
+    """The path a bare program name runs as: on the image's PATH in the path index, or,
+    without an index, the first PATH directory whose NAME the keep-list holds."""
+    if index is not None:
+        return which(index.image.rootfs(), name, search_path)
+    for d in search_path.split(":"):
+        candidate = posixpath.join(d or "/", name)
+        if candidate in kept:
+            return candidate
+    return None
