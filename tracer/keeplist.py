@@ -181,7 +181,8 @@ class KeepListBuilder:
         except SymlinkLoop:
             return
         for hop in full.links:
-            self._want(hop, Reason("symlink", f"chain of {link}"))
+            if hop != link:
+                self._want(hop, Reason("symlink", f"chain of {link}"))
         if full.exists:
             self._want(full.path, Reason("symlink", f"target of {link}"))
 
