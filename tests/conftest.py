@@ -19,6 +19,8 @@ FIXTURE_IMAGES = {
     "pyapp": "tracer-fixture/pyapp:test",
     "hardcases": "tracer-fixture/hardcases:test",
     "layers": "tracer-fixture/layers:test",
+    "unixsock": "tracer-fixture/unixsock:test",
+    "tmpjob": "tracer-fixture/tmpjob:test",
 }
 
 

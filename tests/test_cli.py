@@ -35,8 +35,9 @@ def test_bad_arguments_exit_2() -> None:
 
 
 def test_validate_accepts_the_shipped_profiles_and_names_errors(tmp_path: Path) -> None:
-    ok = tracer("validate", *sorted(str(p) for p in (REPO / "profiles").glob("*.yaml")))
-    assert ok.returncode == 0 and ok.stdout.count(": ok (") == 4
+    shipped = sorted(str(p) for p in (REPO / "profiles").glob("*.yaml"))
+    ok = tracer("validate", *shipped)
+    assert ok.returncode == 0 and ok.stdout.count(": ok (") == len(shipped) >= 4
     assert "profiles/nginx.yaml: ok (nginx: 4 smoke steps (+ the ready check))" in ok.stdout
     assert "profiles/hardcases.yaml: ok (hardcases: 2 smoke steps (+ the job's own run))" \
         in ok.stdout
