@@ -177,7 +177,9 @@ def test_real_trace_records_unix_socket_names_and_unnamed_temp_files(host_strace
     assert ("bind", "create", True) in sock, "a relative sun_path resolves against the cwd"
     assert ("connect", "connect", True) in sock
     assert not [a for a in acc if "abstract-name" in a.path], "abstract sockets name no file"
-    assert not [a for a in acc if a.syscall == "connect" and a.path != str(d / "srv.sock")]
+    # the TCP connect names no file (glibc may probe nscd's socket when it looks up a user)
+    assert {a.path for a in acc if a.syscall == "connect"} <= {str(d / "srv.sock"),
+                                                                "/var/run/nscd/socket"}
     assert ("openat", "entry", True) in _meanings(acc, d), "O_TMPFILE uses the directory"
 
 
