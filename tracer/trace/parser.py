@@ -112,7 +112,6 @@ class ParsedTrace:
 
     accesses: list[Access] = field(default_factory=list)
     execs: list[str] = field(default_factory=list)
-    syscalls: int = 0
 
 
 def normalize(path: str) -> str:
@@ -294,4 +293,4 @@ def parse_trace(
     )
     for sc in calls:
         interp.feed(sc)
-    return ParsedTrace(dedupe(interp.accesses), interp.execs, len(calls))
+    return ParsedTrace(dedupe(interp.accesses), interp.execs)
