@@ -146,3 +146,42 @@ def test_broken_run_files_are_bad_input(tmp_path: Path) -> None:
     index.write_bytes(b"not gzip at all")
     with pytest.raises(BadInput, match="not a readable path index"):
         read_path_index(index)
+
+
+def test_why_on_the_command_line_prints_hostile_names_escaped(tmp_path: Path) -> None:
+    """`tracer why` with a name holding a newline and bytes that are not UTF-8, given raw in
+    argv: exit 0, one escaped line for the name, valid JSON with --json."""
+    import sys
+
+    name = os.fsdecode(b"/etc/evil\n/etc/shadow\t\xff")
+    kl = KeepList(kept={"/": [Reason("root", "r")], name: [Reason("traced", f"openat {name}")]})
+    kl.write(tmp_path / "r.keeplist")
+    (tmp_path / "r.json").write_text(json.dumps({"name": "r", "excluded_paths": {}}))
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    for asked in (os.fsencode(name), os.fsencode(escape(name))):
+        proc = subprocess.run([sys.executable, "-m", "tracer", "why", str(tmp_path / "r.json"),
+                               asked], capture_output=True, env=env,
+                              cwd=Path(__file__).resolve().parent.parent)
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout.decode("utf-8")
+        assert out.splitlines()[0] == f"{escape(name)} is KEPT because:"
+        assert not [line for line in out.splitlines() if line.startswith("/etc/shadow")]
+    proc = subprocess.run([sys.executable, "-m", "tracer", "why", str(tmp_path / "r.json"),
+                           os.fsencode(name), "--json"], capture_output=True, env=env,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["kept"] is True
+
+
+def test_diagnosis_text_shows_hostile_names_escaped(tmp_path: Path) -> None:
+    from tracer.diagnose import diagnose
+    from tracer.trace.result import Access, SmokeResult
+
+    name = "/etc/a\nb"
+    flat = flat_from_layers(tmp_path, layer(M("etc", "dir"), M("etc/a\nb", data=b"x")))
+    result = SmokeResult(passed=False, accesses=[Access(
+        path=name, syscall="openat", ok=False, errno="ENOENT", pid=1, program="/bin/x\ty",
+        cmdline=("x", "\n--fake"), step="run")])
+    text = diagnose(result, flat.rootfs()).format_text()
+    assert "    /etc/a\\nb  [openat -> ENOENT]" in text
+    assert "  in run, /bin/x\\ty (x \\n--fake):" in text
+    assert '      - "/etc/a\\nb"' in text  # a YAML string that means the real name

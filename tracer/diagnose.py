@@ -14,6 +14,7 @@ file is the cause at all.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 from tracer.evidence import UNIDENTIFIED, needed_path, parent_of
 from tracer.keeplist import compile_globs, first_match
 from tracer.rootfs import RootFS, SymlinkLoop
+from tracer.runfiles import escape
 from tracer.trace.result import Access, SmokeResult
 
 MISSING_ERRNOS = ("ENOENT", "ENOTDIR", "ELOOP")
@@ -57,6 +59,7 @@ class Diagnosis:
                 "step_failures": self.step_failures, "suggested_keep_paths": self.suggestions}
 
     def format_text(self) -> str:
+        """For people: names escaped (tracer.runfiles), keep.paths lines as YAML strings."""
         lines: list[str] = []
         if self.step_failures:
             lines.append("failed smoke steps:")
@@ -75,15 +78,15 @@ class Diagnosis:
         for m in self.missing:
             groups[(m.step, m.program)].append(m)
         for (step, program), items in sorted(groups.items()):
-            cmd = " ".join(items[0].cmdline)
-            lines.append(f"  in {step}, {program or UNIDENTIFIED}"
+            cmd = escape(" ".join(items[0].cmdline))
+            lines.append(f"  in {step}, {escape(program) if program else UNIDENTIFIED}"
                          + (f" ({cmd})" if cmd else "") + ":")
             lines += [f"    {_describe(m)}" for m in items]
         excluded_rules = sorted({m.excluded_by for m in self.missing if m.excluded_by})
         lines.append("add to the profile:")
         lines.append("  keep:")
         lines.append("    paths:")
-        lines += [f'      - "{s}"' for s in self.suggestions]
+        lines += [f"      - {json.dumps(s)}" for s in self.suggestions]  # YAML-quoted
         if excluded_rules:
             lines.append("  (keep.paths wins over exclude; or narrow these exclude rules: "
                          + ", ".join(excluded_rules) + ")")
@@ -92,16 +95,17 @@ class Diagnosis:
 
 def _describe(m: MissingFile) -> str:
     """One missing thing: what was asked, what is lacking, how it was used, which rule."""
-    lacking = f" (lacking {m.image_path})" if m.image_path != m.path else ""
+    lacking = f" (lacking {escape(m.image_path)})" if m.image_path != m.path else ""
     if m.acted_on is not None:
-        used = (f"{m.syscall} of {m.acted_on} in the original run" if m.errno == ABSENT
-                else f"{m.syscall} of {m.acted_on} -> {m.errno}")
+        name = escape(m.acted_on)
+        used = (f"{m.syscall} of {name} in the original run" if m.errno == ABSENT
+                else f"{m.syscall} of {name} -> {m.errno}")
         how = f"{used}: the directory it is in is missing now"
     else:
         how = (f"{m.syscall} in the original run, absent now" if m.errno == ABSENT
                else f"{m.syscall} -> {m.errno}")
     why = f", removed by exclude rule {m.excluded_by!r}" if m.excluded_by else ""
-    return f"{m.path}{lacking}  [{how}{why}]"
+    return f"{escape(m.path)}{lacking}  [{how}{why}]"
 
 
 def suggest_globs(paths: Iterable[str]) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from tracer.errors import BadInput
 from tracer.keeplist import ROOT_REASON
 from tracer.rootfs import SymlinkLoop
-from tracer.runfiles import PathIndex, read_keeplist, read_path_index, unescape
+from tracer.runfiles import PathIndex, escape, read_keeplist, read_path_index, unescape
 from tracer.static import which
 from tracer.static.script import DEFAULT_PATH
 
@@ -53,36 +53,39 @@ class WhyAnswer:
     executable: bool = False  # an executable file in the image (from the path index)
 
     def format_text(self) -> str:
+        """The answer for people: names are shown escaped (tracer.runfiles), so a name with
+        a newline or bytes that are not UTF-8 can neither break nor fake the output."""
         lead = ""
         if self.program is not None:
+            program, where = escape(self.program), escape(self.search_path or "")
             if self.in_image is False and self.path == self.program:
-                return (f"{self.program} is NOT kept: no program of that name is on the "
-                        f"image's PATH ({self.search_path}); give the path if it is "
-                        "elsewhere")
-            lead = f"{self.program} is {self.path} on the image's PATH ({self.search_path}).\n"
+                return (f"{program} is NOT kept: no program of that name is on the image's "
+                        f"PATH ({where}); give the path if it is elsewhere")
+            lead = f"{program} is {escape(self.path)} on the image's PATH ({where}).\n"
         return lead + self._format_path()
 
     def _format_path(self) -> str:
+        path = escape(self.path)
         if self.image_path and self.image_path != self.path:
             inner = WhyAnswer(path=self.image_path, kept=self.kept, reasons=self.reasons,
                               excluded_by=self.excluded_by, in_image=self.in_image,
                               executable=self.executable)
-            return (f"{self.path} is {self.image_path} in the image (through symlinks, "
+            return (f"{path} is {escape(self.image_path)} in the image (through symlinks, "
                     "which are kept with it).\n" + inner._format_path())
+        reasons = [escape(r) for r in self.reasons]
         if self.kept:
-            return f"{self.path} is KEPT because:\n" + "\n".join(f"  - {r}"
-                                                                 for r in self.reasons)
+            return f"{path} is KEPT because:\n" + "\n".join(f"  - {r}" for r in reasons)
         if self.excluded_by:
-            return (f"{self.path} is NOT kept: it was needed ({'; '.join(self.reasons)}) but "
-                    f"the profile's exclude rule {self.excluded_by!r} removed it; "
+            return (f"{path} is NOT kept: it was needed ({'; '.join(reasons)}) but the "
+                    f"profile's exclude rule {self.excluded_by!r} removed it; "
                     + (_interpreter_advice(self.path) or "add it to keep.paths to keep it "
                        "anyway (keep.paths wins over exclude)"))
         if self.in_image is False:
-            return f"{self.path} is NOT kept: it is not in the original image at all"
+            return f"{path} is NOT kept: it is not in the original image at all"
         if self.in_image:
-            return (f"{self.path} is NOT kept: it is in the original image but nothing needed "
-                    f"it ({NOTHING_NEEDED_IT}); " + self._advice())
-        return f"{self.path} is NOT kept (the original image's path list is not available)"
+            return (f"{path} is NOT kept: it is in the original image but nothing needed it "
+                    f"({NOTHING_NEEDED_IT}); " + self._advice())
+        return f"{path} is NOT kept (the original image's path list is not available)"
 
     def _advice(self) -> str:
         interpreter = _interpreter_advice(self.path)
@@ -97,7 +100,7 @@ class WhyAnswer:
 
 def _interpreter_advice(path: str) -> str:
     """Advice for an interpreter or shell (by its file name), "" for anything else."""
-    name = posixpath.basename(path)
+    name = escape(posixpath.basename(path))
     if _SHELL.fullmatch(name):
         return (f"{name} is a shell: name it in keep.binaries (it and the libraries it links "
                 "are kept), or add a smoke step that runs the scripts production runs with "
