@@ -18,7 +18,7 @@ import pytest
 from prereq import missing as prereq_missing
 
 from tracer.rootfs import RootFS
-from tracer.static import Closure, Resolver, entrypoint_roots, format_text, to_json, which
+from tracer.static import Closure, Resolver, format_text, to_json, which
 
 HOST_LDSO = Path("/lib64/ld-linux-x86-64.so.2")
 TRIPLET_DIR = "usr/lib/x86_64-linux-gnu"
@@ -326,8 +326,3 @@ def test_json_lists_every_file_with_reasons(sysroot: Path) -> None:
     assert entry["reasons"] == [{"kind": "needed", "chain": ["/app/rpath", "liba.so", "libb.so"]}]
     assert data["errors"] == [] and data["missing"] == []
 
-
-def test_entrypoint_roots_follow_docker_rules() -> None:
-    assert entrypoint_roots(["/usr/sbin/nginx"], ["-g", "daemon off;"]) == ["/usr/sbin/nginx"]
-    assert entrypoint_roots(None, ["python3", "app.py"]) == ["python3"]
-    assert entrypoint_roots([], []) == []

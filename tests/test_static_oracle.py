@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from prereq import missing as prereq_missing
 
+from tracer.keep_policy import IMPLICIT_DLOPENS
 from tracer.rootfs import RootFS
 from tracer.static import Closure, Resolver
 
@@ -118,7 +119,7 @@ def test_implicit_dlopen_of_libgcc_s_is_added_only_on_request() -> None:
     fs = _need_rootfs()
     plain = Resolver(fs).closure(["/usr/bin/ls"])
     assert not any(p.endswith("/libgcc_s.so.1") for p in plain.files)
-    wide = Resolver(fs, implicit_dlopens=True).closure(["/usr/bin/ls"])
+    wide = Resolver(fs, dlopens=IMPLICIT_DLOPENS).closure(["/usr/bin/ls"])
     gcc_s = [p for p in wide.files if p.endswith("/libgcc_s.so.1")]
     assert gcc_s and fs.is_file(gcc_s[0])
     assert wide.missing == [] and set(plain.files) < set(wide.files)

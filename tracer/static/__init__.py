@@ -1,12 +1,14 @@
 """Static ELF / #! closure: every file the dynamic loader would map, found without running.
 
-Public API: Resolver(root, env).closure(roots) -> Closure; which(); format_text(); to_json().
+Public API: Resolver(root, env, dlopens=..., budgets=...).closure(roots) -> Closure;
+which(); format_text(); to_json(); expand_binaries() for keep.binaries patterns.
 """
 
+from tracer.static.closure import Closure, Missing, Need
 from tracer.static.elf import CorruptElf, ElfInfo, parse_elf
 from tracer.static.output import format_text, to_json
-from tracer.static.resolver import Closure, Missing, Need, Resolver
-from tracer.static.script import entrypoint_roots, which
+from tracer.static.resolver import Resolver
+from tracer.static.script import which
 
 __all__ = [
     "Closure",
@@ -15,7 +17,6 @@ __all__ = [
     "Missing",
     "Need",
     "Resolver",
-    "entrypoint_roots",
     "format_text",
     "parse_elf",
     "to_json",

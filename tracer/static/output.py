@@ -7,7 +7,7 @@ the same facts for scripts, with stable ordering so outputs can be diffed.
 
 from __future__ import annotations
 
-from tracer.static.resolver import Closure, Need
+from tracer.static.closure import Closure, Need
 
 
 def _chain(need: Need) -> str:

@@ -73,13 +73,3 @@ def _is_exec(root: RootFS, path: str) -> bool:
         return False
     return st is not None and stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
 
-
-def entrypoint_roots(entrypoint: list[str] | None, cmd: list[str] | None) -> list[str]:
-    """The program a container starts, as Docker picks it: Entrypoint[0], else Cmd[0].
-
-    Arguments are not programs (`nginx -g "daemon off;"`), so only that one name is a root;
-    `tracer ldd IMAGE` with no PATH uses this. A shell-form command yields the shell; the
-    programs it runs are found by tracing, not here.
-    """
-    argv = list(entrypoint or []) or list(cmd or [])
-    return argv[:1]

@@ -1,0 +1,267 @@
+"""glibc's ld.so: where it looks for a library, one method per rule of ld.so(8).
+
+ld.so(8), "Search order" (and elf/dl-load.c `_dl_map_object`), for a name without a slash:
+
+1. DT_RPATH: of the requester, then of the object that loaded it, up to the executable;
+   only when the requester has no DT_RUNPATH (and an object's DT_RPATH is void when it
+   has a DT_RUNPATH);
+2. LD_LIBRARY_PATH (the image's or profile's Env), `:` or `;` separated; its `$ORIGIN` is
+   the executable's directory;
+3. DT_RUNPATH of the requester only (not inherited);
+4. /etc/ld.so.cache; for a requester with DF_1_NODEFLIB, entries in the default
+   directories are skipped (tracer: an image without a cache has its ld.so.conf
+   directories stand in for it, as the directories ldconfig would have indexed);
+5. the default directories (/lib, /usr/lib, Debian's multiarch ones), unless the requester
+   has DF_1_NODEFLIB.
+
+A name with a slash is opened as it is. Each directory of rules 1, 2, 3 and 5 is tried
+with its glibc-hwcaps (and legacy hwcap) subdirectories first; a file of another ELF class
+or machine is skipped. `$ORIGIN`, `$LIB` and `$PLATFORM` are expanded in each element of a
+path list and in DT_NEEDED names; `$ORIGIN` is the directory of the object whose list it
+is (of the executable for LD_LIBRARY_PATH), as that object was found.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from tracer.rootfs import SymlinkLoop
+from tracer.static.abi import Abi, abi_for, default_dirs, lib_token
+from tracer.static.closure import Closure
+from tracer.static.ldcache import LdCacheEntry, LdCacheError, parse_ld_so_cache
+from tracer.static.ldconf import read_ld_so_conf
+from tracer.static.search import DirSearch, Found, Loaded, SearchList, inherited
+
+DST = re.compile(r"\$(\{(ORIGIN|LIB|PLATFORM)\}|(ORIGIN|LIB|PLATFORM)(?![A-Za-z0-9_]))")
+LD_SO_CACHE = "/etc/ld.so.cache"
+LD_SO_PRELOAD = "/etc/ld.so.preload"
+MAX_CACHE_BYTES = 64 << 20  # real caches are well under 1 MiB
+MAX_PRELOAD_BYTES = 1 << 16
+
+
+class GlibcLoader:
+    """glibc's search rules over one image root (state: the image's cache, memoized lists)."""
+
+    def __init__(self, search: DirSearch, env: dict[str, str]) -> None:
+        self.search = search
+        self.root = search.root
+        self.env_library_path = env.get("LD_LIBRARY_PATH") or None
+        self.env_preload = env.get("LD_PRELOAD") or None
+        self._abis: dict[tuple[str, int, bool, int], Abi] = {}
+        self._cache: dict[str, list[LdCacheEntry]] | None = None
+        self._cache_error: str | None = None
+        self._cache_read = False
+        self._conf: tuple[str, ...] | None = None
+        self._preload_file: list[str] | None = None
+
+    # -- the search order -----------------------------------------------------------------
+    def find(self, name: str, req: Loaded, c: Closure) -> Found | None:
+        """The file ld.so maps for `name` requested by `req`, or None (not found)."""
+        key = req.info.abi_key
+        if "/" in name:
+            return self.search.open_path(name, key, c)
+        for lists in (self.dt_rpath(req), self.ld_library_path(req), self.dt_runpath(req)):
+            for lst in lists:
+                hit = self.search.find(lst, name, key, c)
+                if isinstance(hit, Found):
+                    return hit
+                # None: not there; STOP: glibc's open_path gave up on this list only
+        hit = self.ld_so_cache(name, req, c)
+        if hit is not None:
+            return hit
+        for lst in self.default_dirs(req):
+            hit = self.search.find(lst, name, key, c)
+            if isinstance(hit, Found):
+                return hit
+        return None
+
+    def dt_rpath(self, req: Loaded) -> tuple[SearchList, ...]:
+        """Rule 1: DT_RPATH of the requester, then of its loader, ..., the executable."""
+        if req.info.runpath is not None:
+            return ()
+        return inherited(req, "glibc:rpath", lambda o: self._own_list(o, o.info.rpath))
+
+    def ld_library_path(self, req: Loaded) -> tuple[SearchList, ...]:
+        """Rule 2: LD_LIBRARY_PATH, with `$ORIGIN` the executable's directory."""
+        if not self.env_library_path:
+            return ()
+        main = req
+        while main.loader is not None:
+            main = main.loader
+        return (self._list(self.env_library_path, main, ":;"),)
+
+    def dt_runpath(self, req: Loaded) -> tuple[SearchList, ...]:
+        """Rule 3: DT_RUNPATH of the requester only."""
+        lst = self._own_list(req, req.info.runpath)
+        return (lst,) if lst is not None else ()
+
+    def ld_so_cache(self, name: str, req: Loaded, c: Closure) -> Found | None:
+        """Rule 4: /etc/ld.so.cache, hwcaps entries best first (ld.so.conf dirs if none).
+
+        With DF_1_NODEFLIB on the requester, an entry inside a default directory is not
+        used (glibc compares the cached path with each system directory as a prefix).
+        """
+        abi = self.abi(req)
+        system = tuple(d.rstrip("/") + "/" for d in default_dirs(self.root, abi))
+        cache = self._read_cache(c)
+        if cache is not None:
+            entries = cache.get(name, ())
+            if req.info.nodeflib:
+                entries = [e for e in entries if not e.path.startswith(system)]
+            return self._from_cache(entries, req, abi, c)
+        dirs = [d for d in self._conf_dirs()
+                if not (req.info.nodeflib and (d.rstrip("/") + "/").startswith(system))]
+        hit = self.search.find(self._fixed_list(("glibc:conf", abi), dirs, abi), name,
+                               req.info.abi_key, c)
+        return hit if isinstance(hit, Found) else None
+
+    def default_dirs(self, req: Loaded) -> tuple[SearchList, ...]:
+        """Rule 5: the compiled-in system directories, unless DF_1_NODEFLIB."""
+        if req.info.nodeflib:
+            return ()
+        abi = self.abi(req)
+        dirs = list(default_dirs(self.root, abi))
+        return (self._fixed_list(("glibc:default", abi), dirs, abi),)
+
+    # -- what else ld.so reads --------------------------------------------------------------
+    def preloads(self) -> list[str]:
+        """LD_PRELOAD, then /etc/ld.so.preload (whitespace or `:` separated)."""
+        names: list[str] = []
+        if self.env_preload:
+            names += self.env_preload.replace(":", " ").split()
+        if self._preload_file is None:
+            self._preload_file = []
+            if self.root.is_file(LD_SO_PRELOAD):
+                try:
+                    with self.root.open(LD_SO_PRELOAD) as fh:
+                        text = fh.read(MAX_PRELOAD_BYTES).decode("utf-8", "replace")
+                    self._preload_file = text.replace(":", " ").split()
+                except (OSError, SymlinkLoop):
+                    pass
+        return names + self._preload_file
+
+    def needed_name(self, name: str, obj: Loaded) -> str:
+        """A DT_NEEDED name as ld.so looks it up: with its DSTs expanded."""
+        return self.expand(name, obj, self.abi(obj)) if "$" in name else name
+
+    def abi(self, obj: Loaded) -> Abi:
+        info = obj.info
+        key = (info.machine, info.elfclass, info.little_endian, info.e_flags)
+        hit = self._abis.get(key)
+        if hit is None:
+            hit = self._abis[key] = abi_for(info)
+        return hit
+
+    def expand(self, text: str, obj: Loaded, abi: Abi) -> str:
+        """Substitute `$ORIGIN` (obj's directory), `$LIB` and `$PLATFORM` in `text`."""
+        origin = posixpath.dirname(obj.path) or "/"
+
+        def sub(m: re.Match[str]) -> str:
+            tok = m.group(2) or m.group(3)
+            if tok == "ORIGIN":
+                return origin
+            if tok == "LIB":
+                return lib_token(self.root, abi)
+            return abi.platform
+
+        return DST.sub(sub, text)
+
+    # -- path lists ---------------------------------------------------------------------
+    def _variants(self, abi: Abi) -> tuple[str, ...]:
+        return tuple(f"glibc-hwcaps/{h}" for h in abi.hwcaps) + abi.legacy
+
+    def _own_list(self, obj: Loaded, spec: str | None) -> SearchList | None:
+        if spec is None:
+            return None
+        return self._list(spec, obj, ":")
+
+    def _list(self, spec: str, obj: Loaded, seps: str) -> SearchList:
+        """A path list as glibc's fillin_rpath splits it: elements split on `seps`, DSTs
+        expanded per element, trailing slashes dropped, an empty element the working dir."""
+        abi = self.abi(obj)
+        origin = posixpath.dirname(obj.path) if "$" in spec else ""
+        key = ("glibc:list", seps, spec, origin, abi)
+        hit = self.search.memo.get(key)
+        if hit is None:
+            for s in seps[1:]:
+                spec = spec.replace(s, seps[0])
+            dirs = []
+            for element in spec.split(seps[0]):
+                self.search.work.spend(1)
+                if "$" in element:
+                    element = self.expand(element, obj, abi)
+                if element != "/":
+                    element = element.rstrip("/")
+                dirs.append(self.search.absolute(element) if element else self.search.cwd)
+            hit = self.search.memo[key] = self.search.search_list(dirs, self._variants(abi))
+        return hit  # type: ignore[return-value]
+
+    def _fixed_list(self, key: tuple, dirs: list[str], abi: Abi) -> SearchList:
+        hit = self.search.memo.get(key)
+        if hit is None:
+            hit = self.search.memo[key] = self.search.search_list(
+                [self.search.absolute(d) for d in dirs], self._variants(abi))
+        return hit  # type: ignore[return-value]
+
+    # -- the cache --------------------------------------------------------------------------
+    def _read_cache(self, c: Closure) -> dict[str, list[LdCacheEntry]] | None:
+        """The image's ld.so.cache by name, read once; None when it has no usable one."""
+        if not self._cache_read:
+            self._cache_read = True
+            if self.root.is_file(LD_SO_CACHE):
+                try:
+                    with self.root.open(LD_SO_CACHE) as fh:
+                        data = fh.read(MAX_CACHE_BYTES + 1)
+                    if len(data) > MAX_CACHE_BYTES:
+                        raise LdCacheError(f"larger than {MAX_CACHE_BYTES >> 20} MiB")
+                    entries = parse_ld_so_cache(data)
+                    self.search.work.spend(1 + len(entries))
+                    table: dict[str, list[LdCacheEntry]] = {}
+                    for e in entries:
+                        table.setdefault(e.name, []).append(e)
+                    self._cache = table
+                except (OSError, SymlinkLoop, LdCacheError) as exc:
+                    self._cache_error = f"{LD_SO_CACHE}: unreadable ld.so.cache: {exc}"
+        if self._cache_error:
+            c.error(self._cache_error)
+        return self._cache
+
+    def _from_cache(self, entries: list[LdCacheEntry], req: Loaded, abi: Abi,
+                    c: Closure) -> Found | None:
+        """The entry the loader picks: the best glibc-hwcaps subdirectory this ABI knows,
+        then legacy-hwcap entries, then the plain one; an entry naming a subdirectory the
+        loader does not know is never picked. Other variants are kept as alternates."""
+        rank = {h: i for i, h in enumerate(abi.hwcaps)}
+        legacy, plain = len(rank), len(rank) + 1
+
+        def order(e: LdCacheEntry) -> int:
+            if e.hwcaps is None:
+                return plain
+            return legacy if e.hwcaps == "legacy-hwcap" else rank[e.hwcaps]
+
+        usable = [e for e in entries if e.hwcaps in rank or e.hwcaps in (None, "legacy-hwcap")]
+        hits = [(e, h) for e in sorted(usable, key=order)
+                if (h := self.search.open_path(e.path, req.info.abi_key, c))]
+        if not hits:
+            return None
+        first_entry, first = hits[0]
+        # Keep the other variants the loader could pick on another CPU: the hwcaps ones, and
+        # the plain one when the first choice was a hwcaps variant.
+        alts = []
+        seen = {first.resolved.path}
+        for e, h in hits[1:]:
+            if h.resolved.path in seen or not (e.hwcaps or first_entry.hwcaps):
+                continue
+            seen.add(h.resolved.path)
+            alts.append((h.path, h.resolved))
+            if not e.hwcaps:
+                break
+        return Found(first.path, first.resolved, first.info, tuple(alts))
+
+    def _conf_dirs(self) -> tuple[str, ...]:
+        if self._conf is None:
+            self._conf = tuple(read_ld_so_conf(self.root))
+            self.search.work.spend(1 + len(self._conf))
+        return self._conf
+
