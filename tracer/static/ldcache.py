@@ -15,7 +15,12 @@ Formats (glibc sysdeps/generic/dl-cache.h):
   order is the one of the machine that ran ldconfig (a cross-built s390x image has a
   big-endian cache), recorded in the header flags.
   An optional extension names the glibc-hwcaps subdirectories; an entry whose hwcap
-  field has only DL_CACHE_HWCAP_EXTENSION set in its upper half indexes that list.
+  field has only DL_CACHE_HWCAP_EXTENSION set in its upper half indexes that list. The
+  extension's offsets, and those of the names it lists, count from the start of the file
+  (dl-cache.c: `cache_extension_load (cache_new, cache, ...)`, `cache + *left`), not from
+  the new header: in a compat file ldconfig writes the names relative to the new header,
+  so the loader reads other bytes there and never picks those hwcaps entries (nor does
+  `ldconfig -p` print their names); the parser reads what the loader reads.
 
 The image is hostile input: every count and offset is checked against the file before it
 is used (the checks are the loader's own where it has them: an entry count must fit the
@@ -131,7 +136,7 @@ def _parse_new(data: bytes, base: int) -> list[LdCacheEntry]:
     else:
         raise LdCacheError(f"new-format cache claims {nlibs} entries, file too short")
     (ext_off,) = struct.unpack_from(bo + "I", data, base + 32)
-    hwcaps_names = _hwcaps_extension(data, base, ext_off, bo)
+    hwcaps_names = _hwcaps_extension(data, ext_off, bo)
     out = []
     for i in range(nlibs):
         flags, key, value, _osv, hwcap = struct.unpack_from(
@@ -147,13 +152,14 @@ def _parse_new(data: bytes, base: int) -> list[LdCacheEntry]:
     return out
 
 
-def _hwcaps_extension(data: bytes, base: int, ext_off: int, bo: str) -> list[str]:
+def _hwcaps_extension(data: bytes, ext_off: int, bo: str) -> list[str]:
     """Names of the glibc-hwcaps subdirectories that hwcaps entries index into.
 
     A missing or foreign extension is no extension (the loader then ignores hwcaps
-    entries); a glibc-hwcaps section pointing outside the file is an error.
+    entries); a glibc-hwcaps section pointing outside the file is an error. All offsets
+    count from the start of the file (see the module docstring).
     """
-    at = base + ext_off
+    at = ext_off
     if not ext_off or at + EXTENSION_HEADER > len(data):
         return []
     magic, count = struct.unpack_from(bo + "II", data, at)
@@ -167,10 +173,9 @@ def _hwcaps_extension(data: bytes, base: int, ext_off: int, bo: str) -> list[str
         tag, _flags, off, size = struct.unpack_from(bo + "IIII", data, sec)
         if tag != EXT_TAG_GLIBC_HWCAPS:
             continue
-        start = base + off
-        if size % 4 or start + size > len(data):
+        if size % 4 or off + size > len(data):
             raise LdCacheError(f"glibc-hwcaps section of {size} bytes at offset {off} "
                                "outside the file")
-        for (soff,) in struct.iter_unpack(bo + "I", data[start:start + size]):
-            names.append(_cstr(data, base, soff))
+        for (soff,) in struct.iter_unpack(bo + "I", data[off:off + size]):
+            names.append(_cstr(data, 0, soff))
     return names
