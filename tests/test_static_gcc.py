@@ -36,10 +36,13 @@ def real_loader(root: Path, exe: str, env: dict[str, str] | None = None) -> tupl
     # ldd's own method: LD_TRACE_LOADED_OBJECTS makes the loader list instead of run, and
     # keeps going past a missing library (`ld.so --list` stops at the first one). chroot is
     # done in the child itself so the variable reaches only the image's loader.
+    def enter() -> None:  # chroot, then chdir: relative paths are relative to the image
+        os.chroot(root)
+        os.chdir("/")
+
     out = subprocess.run(
-        ["/lib64/ld-linux-x86-64.so.2", exe],
-        capture_output=True, text=True, cwd="/", preexec_fn=lambda: os.chroot(root),
-        env={"LD_TRACE_LOADED_OBJECTS": "1", **(env or {})}, check=False,
+        ["/lib64/ld-linux-x86-64.so.2", exe], capture_output=True, text=True,
+        preexec_fn=enter, env={"LD_TRACE_LOADED_OBJECTS": "1", **(env or {})}, check=False,
     )
     fs = RootFS(root)
     found, missing = set(), set()
@@ -326,3 +329,167 @@ def test_json_lists_every_file_with_reasons(sysroot: Path) -> None:
     assert entry["reasons"] == [{"kind": "needed", "chain": ["/app/rpath", "liba.so", "libb.so"]}]
     assert data["errors"] == [] and data["missing"] == []
 
+
+
+# -- $ORIGIN is the directory of the right object --------------------------------------------
+
+def _lib(gcc: str, path: Path, body: int, *flags: str) -> None:
+    cc(gcc, LIB.format(name=f"f{body}", body=body), path, "-shared", "-fPIC", *flags)
+
+
+@pytest.fixture(scope="module")
+def originroot(sysroot: Path, tmp_path_factory: pytest.TempPathFactory, gcc: str) -> Path:
+    """Programs whose libraries exist twice: where $ORIGIN of the right object points, and
+    where $ORIGIN of a wrong one (the requester, its loader) would point."""
+    root = tmp_path_factory.mktemp("origin") / "img"
+    shutil.copytree(sysroot, root, symlinks=True)
+    # LD_LIBRARY_PATH=$ORIGIN/../zlib: the executable's directory, whoever asks (here
+    # libdep, loaded by libtop, loaded by the executable)
+    for d in ("app/zlib", "opt/zlib"):  # /opt/zlib: $ORIGIN of libdep or libtop
+        _lib(gcc, root / d / "libz2.so", 21)
+    cc(gcc, "int f21(void);\nint dep(void) { return f21(); }\n", root / "opt/dep/libdep.so",
+       "-shared", "-fPIC", f"-L{root}/app/zlib", "-lz2")
+    cc(gcc, "int dep(void);\nint top(void) { return dep(); }\n", root / "opt/top/libtop.so",
+       "-shared", "-fPIC", f"-L{root}/opt/dep", "-ldep")
+    cc(gcc, PROG.format(fn="top"), root / "app/bin/llp", f"-L{root}/opt/top", "-ltop",
+       f"-Wl,-rpath-link,{root}/app/zlib:{root}/opt/dep", "-Wl,--disable-new-dtags",
+       "-Wl,-rpath,/opt/top:/opt/dep")
+    # the same DT_RUNPATH text in two libraries: each $ORIGIN is its own directory
+    for n in (1, 2):
+        _lib(gcc, root / f"opt/o{n}/sub/libs{n}.so", 40 + n)
+        cc(gcc, f"int f4{n}(void);\nint o{n}(void) {{ return f4{n}(); }}\n",
+           root / f"opt/o{n}/libo{n}.so", "-shared", "-fPIC", f"-L{root}/opt/o{n}/sub",
+           f"-ls{n}", "-Wl,--enable-new-dtags", "-Wl,-rpath,$ORIGIN/sub")
+    # a library reached through a symlink in another directory: $ORIGIN is the link's
+    # directory (the path the loader opened), not the target's
+    _lib(gcc, root / "opt/links/libnear.so", 43)
+    _lib(gcc, root / "opt/real/libnear.so", 44)
+    cc(gcc, "int f43(void);\nint far(void) { return f43(); }\n", root / "opt/real/libfar.so",
+       "-shared", "-fPIC", f"-L{root}/opt/links", "-lnear", "-Wl,--enable-new-dtags",
+       "-Wl,-rpath,$ORIGIN")
+    os.symlink("../real/libfar.so", root / "opt/links/libfar.so")
+    cc(gcc, PROG.format(fn="far"), root / "app/vialink", f"-L{root}/opt/real", "-lfar",
+       f"-Wl,-rpath-link,{root}/opt/links", "-Wl,--enable-new-dtags", "-Wl,-rpath,/opt/links")
+    cc(gcc, "int o1(void); int o2(void);\nint main(void) { return o1() + o2(); }\n",
+       root / "app/twice", f"-L{root}/opt/o1", f"-L{root}/opt/o2", "-lo1", "-lo2",
+       f"-Wl,-rpath-link,{root}/opt/o1/sub:{root}/opt/o2/sub", "-Wl,--enable-new-dtags",
+       "-Wl,-rpath,/opt/o1:/opt/o2")
+    # DT_RPATH $ORIGIN/lib of the executable, inherited by liba: the executable's $ORIGIN
+    _lib(gcc, root / "app/r/lib/libq.so", 22)
+    _lib(gcc, root / "app/r/lib/lib/libq.so", 23)  # liba's $ORIGIN/lib
+    cc(gcc, "int f22(void);\nint a2(void) { return f22(); }\n", root / "app/r/lib/liba2.so",
+       "-shared", "-fPIC", f"-L{root}/app/r/lib", "-lq")
+    cc(gcc, PROG.format(fn="a2"), root / "app/r/inherit", f"-L{root}/app/r/lib", "-la2",
+       f"-Wl,-rpath-link,{root}/app/r/lib", "-Wl,--disable-new-dtags",
+       "-Wl,-rpath,$ORIGIN/lib")
+    return root
+
+
+def test_origin_in_ld_library_path_is_the_executables_directory(originroot: Path) -> None:
+    env = {"LD_LIBRARY_PATH": "$ORIGIN/../zlib"}
+    c = Resolver(RootFS(originroot), env).closure(["/app/bin/llp"])
+    assert "/app/zlib/libz2.so" in loaded(c)
+    assert "/opt/zlib/libz2.so" not in c.files
+    assert c.files["/app/zlib/libz2.so"][0].chain == (
+        "/app/bin/llp", "libtop.so", "libdep.so", "libz2.so")
+    agrees(originroot, "/app/bin/llp", c, env)
+    # written with braces, and after another element: the same object's directory
+    env = {"LD_LIBRARY_PATH": "/nowhere:${ORIGIN}/../zlib"}
+    c = Resolver(RootFS(originroot), env).closure(["/app/bin/llp"])
+    assert "/app/zlib/libz2.so" in loaded(c)
+    agrees(originroot, "/app/bin/llp", c, env)
+
+
+def test_origin_in_an_inherited_rpath_is_its_holders_directory(originroot: Path) -> None:
+    c = Resolver(RootFS(originroot)).closure(["/app/r/inherit"])
+    assert {"/app/r/lib/liba2.so", "/app/r/lib/libq.so"} <= loaded(c)
+    assert "/app/r/lib/lib/libq.so" not in c.files
+    agrees(originroot, "/app/r/inherit", c)
+
+
+def test_origin_of_a_library_found_through_a_link_is_the_links_directory(
+        originroot: Path) -> None:
+    c = Resolver(RootFS(originroot)).closure(["/app/vialink"])
+    assert {"/opt/real/libfar.so", "/opt/links/libnear.so"} <= loaded(c)
+    assert "/opt/real/libnear.so" not in c.files
+    agrees(originroot, "/app/vialink", c)
+
+
+def test_origin_in_the_same_runpath_text_of_two_libraries(originroot: Path) -> None:
+    c = Resolver(RootFS(originroot)).closure(["/app/twice"])
+    assert {"/opt/o1/sub/libs1.so", "/opt/o2/sub/libs2.so"} <= loaded(c)
+    assert c.missing == []
+    agrees(originroot, "/app/twice", c)
+
+
+# -- ld.so.cache: glibc-hwcaps entries, DF_1_NODEFLIB ---------------------------------------
+
+@pytest.fixture(scope="module")
+def cacheroot(sysroot: Path, tmp_path_factory: pytest.TempPathFactory, gcc: str) -> Path:
+    """libhc.so.1 in /opt/c and its glibc-hwcaps/x86-64-v{2,3} subdirectories, found only
+    through the ld.so.cache that ldconfig writes (the program has no RPATH); the v3 build
+    needs libv3dep.so. A DF_1_NODEFLIB program needs a library of /opt/c (not a system
+    directory: its cache entry stays usable) and one of the default directories."""
+    if shutil.which("ldconfig") is None:
+        prereq_missing("ldconfig not installed; run scripts/setup")
+    root = tmp_path_factory.mktemp("cache") / "img"
+    shutil.copytree(sysroot, root, symlinks=True)
+    (root / "etc/ld.so.conf").write_text("/opt/c\n")
+    soname = "-Wl,-soname,libhc.so.1"
+    _lib(gcc, root / "opt/c/libv3dep.so", 31)
+    cc(gcc, LIB.format(name="hc", body=1), root / "opt/c/libhc.so.1", "-shared", "-fPIC",
+       soname)
+    cc(gcc, LIB.format(name="hc", body=2), root / "opt/c/glibc-hwcaps/x86-64-v2/libhc.so.1",
+       "-shared", "-fPIC", soname)
+    cc(gcc, "int f31(void);\n" + LIB.format(name="hc", body="f31()"),
+       root / "opt/c/glibc-hwcaps/x86-64-v3/libhc.so.1", "-shared", "-fPIC", soname,
+       f"-L{root}/opt/c", "-lv3dep")
+    cc(gcc, PROG.format(fn="hc"), root / "app/viacache", f"-L{root}/opt/c", "-l:libhc.so.1")
+    # DF_1_NODEFLIB: libk from the cache (/opt/c), libd only in a default directory, libc
+    # through its RPATH
+    _lib(gcc, root / "opt/c/libk.so", 32)
+    _lib(gcc, root / TRIPLET_DIR / "libd.so", 33)
+    (root / "opt/libc").mkdir()
+    os.symlink(f"/{TRIPLET_DIR}/libc.so.6", root / "opt/libc/libc.so.6")
+    cc(gcc, "int f32(void); int f33(void);\nint main(void) { return f32() + f33(); }\n",
+       root / "app/nodeflib", f"-L{root}/opt/c", "-lk", f"-L{root}/{TRIPLET_DIR}", "-ld",
+       "-Wl,-z,nodefaultlib", "-Wl,--disable-new-dtags", "-Wl,-rpath,/opt/libc")
+    subprocess.run(["ldconfig", "-r", str(root)], check=True, capture_output=True)
+    return root
+
+
+def test_cache_hwcaps_entries_best_first_every_variant_kept(cacheroot: Path) -> None:
+    c = Resolver(RootFS(cacheroot)).closure(["/app/viacache"])
+    base, v2, v3 = ("/opt/c/libhc.so.1", "/opt/c/glibc-hwcaps/x86-64-v2/libhc.so.1",
+                    "/opt/c/glibc-hwcaps/x86-64-v3/libhc.so.1")
+    assert {base, v2, v3, "/opt/c/libv3dep.so"} <= loaded(c)
+    # the loader's pick (the best subdirectory x86-64 knows) is the one the name maps to;
+    # the others are kept as what another CPU would load
+    assert [n.chain for n in c.files[v3]] == [("/app/viacache", "libhc.so.1")]
+    assert all(n.chain[-1] in (v2, base) for n in c.files[v2] + c.files[base])
+    assert c.missing == [] and c.errors == []
+    found, missing = real_loader(cacheroot, "/app/viacache")
+    assert found <= loaded(c) and missing == set()
+    if v3 in found:  # this CPU is x86-64-v3 or better: the real loader picked ours
+        assert found & {base, v2, v3} == {v3}
+
+
+def test_nodeflib_skips_default_dirs_in_the_cache_not_the_cache(cacheroot: Path) -> None:
+    c = Resolver(RootFS(cacheroot)).closure(["/app/nodeflib"])
+    assert "/opt/c/libk.so" in loaded(c)
+    assert [m.name for m in c.missing] == ["libd.so"]
+    agrees(cacheroot, "/app/nodeflib", c)
+
+
+def test_compat_cache_hwcaps_entries_are_not_used_as_the_loader_does_not(
+        cacheroot: Path, tmp_path: Path) -> None:
+    """In the compat layout the loader reads the hwcaps names at other bytes than ldconfig
+    wrote them, so it only ever maps the plain entry."""
+    root = tmp_path / "img"
+    shutil.copytree(cacheroot, root, symlinks=True)
+    subprocess.run(["ldconfig", "-r", str(root), "-c", "compat"], check=True,
+                   capture_output=True)
+    c = Resolver(RootFS(root)).closure(["/app/viacache"])
+    assert "/opt/c/libhc.so.1" in loaded(c)
+    assert not any("glibc-hwcaps" in p for p in c.files)
+    agrees(root, "/app/viacache", c)

@@ -225,6 +225,26 @@ def test_string_bounds_are_exact(tmp_path: Path) -> None:
         parse_bytes(tmp_path, write_elf(needed=[1], strtab=table, strsz=8))
 
 
+def test_strtab_address_bounds_are_exact(tmp_path: Path) -> None:
+    """DT_STRTAB must lie in a PT_LOAD's file part: its last byte is in, the next is not."""
+    end = len(write_elf())  # the PT_LOAD covers [0, end)
+    assert parse_bytes(tmp_path, write_elf(strtab_addr=end - 1, strsz=1, needed=[0])).needed \
+        == ("",)
+    with pytest.raises(CorruptElf, match="in no PT_LOAD segment"):
+        parse_bytes(tmp_path, write_elf(strtab_addr=end))
+
+
+def test_interp_length_bounds_are_the_kernels(tmp_path: Path) -> None:
+    """binfmt_elf takes a PT_INTERP of 2 to PATH_MAX (4096) bytes, NUL included."""
+    for interp, ok in ((b"/\0", True), (b"/" * 4095 + b"\0", True),
+                       (b"/" * 4096 + b"\0", False), (b"/", False)):
+        if ok:
+            assert parse_bytes(tmp_path, write_elf(interp=interp)).interp == interp[:-1].decode()
+        else:
+            with pytest.raises(CorruptElf, match="PT_INTERP of"):
+                parse_bytes(tmp_path, write_elf(interp=interp))
+
+
 def test_many_names_into_one_endless_string_read_a_bounded_amount(tmp_path: Path) -> None:
     """2,000 DT_NEEDED entries all pointing at 512 KiB without a NUL: read naively, 1 GB."""
     data = write_elf(needed=[0] * 2000, strtab=b"A" * (512 << 10) + b"\0")

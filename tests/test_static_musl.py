@@ -57,11 +57,18 @@ def muslroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def musl_list(root: Path, exe: str) -> tuple[set[str], str]:
+def musl_list(root: Path, exe: str, env: dict[str, str] | None = None,
+              loader: str = "/lib/ld-musl-x86_64.so.1") -> tuple[set[str], str]:
+    """musl's own answer, run in a chroot as `loader --list exe` (invoked so, musl takes
+    `loader` as its own name, which is what PT_INTERP gives it when the kernel starts it)."""
     if os.geteuid() != 0:
         prereq_missing("chroot needs root")
-    out = subprocess.run(["/lib/ld-musl-x86_64.so.1", "--list", exe], capture_output=True,
-                         text=True, cwd="/", preexec_fn=lambda: os.chroot(root), check=False)
+    def enter() -> None:  # chroot, then chdir: relative paths are relative to the image
+        os.chroot(root)
+        os.chdir("/")
+
+    out = subprocess.run([loader, "--list", exe], capture_output=True, env=env or {},
+                         text=True, preexec_fn=enter, check=False)
     fs = RootFS(root)
     found = set()
     for line in out.stdout.splitlines():
@@ -87,3 +94,55 @@ def test_musl_missing_library(muslroot: Path) -> None:
     assert "libn.so" in err
     with_env = Resolver(RootFS(muslroot), {"LD_LIBRARY_PATH": "/opt/notinpath"})
     assert with_env.closure(["/app/needs-n"]).missing == []
+
+
+def test_musl_expands_nothing_in_ld_library_path(muslroot: Path, tmp_path: Path) -> None:
+    """musl takes `$ORIGIN/notinpath` literally: a relative directory named `$ORIGIN`."""
+    root = tmp_path / "root"
+    shutil.copytree(muslroot, root, symlinks=True)
+    (root / "$ORIGIN").mkdir()
+    shutil.copytree(root / "opt/notinpath", root / "$ORIGIN/notinpath")
+    (root / "app/notinpath").mkdir()  # where a glibc-style expansion would look: empty
+    env = {"LD_LIBRARY_PATH": "$ORIGIN/notinpath"}
+    c = Resolver(RootFS(root), env).closure(["/app/needs-n"])
+    assert "/$ORIGIN/notinpath/libn.so" in c.files and c.missing == []
+    found, err = musl_list(root, "/app/needs-n", env)
+    assert "/$ORIGIN/notinpath/libn.so" in found and "libn.so" not in err
+
+
+def test_musl_is_every_libc_name_itself(muslroot: Path, tmp_path: Path) -> None:
+    """Alpine links against libc.musl-x86_64.so.1: musl answers it with itself."""
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    src = tmp_path / "s.c"
+    src.write_text("int s(void) { return 0; }\n")
+    _cc("-shared", "-fPIC", "-Wl,-soname,libc.musl-x86_64.so.1", "-o",
+        str(stub / "libc.musl-x86_64.so.1"), str(src))
+    root = tmp_path / "root"
+    shutil.copytree(muslroot, root, symlinks=True)
+    src.write_text("int main(void) { return 0; }\n")
+    _cc("-o", str(root / "app/alpine"), str(src), f"-L{stub}", "-Wl,--no-as-needed",
+        "-l:libc.musl-x86_64.so.1")
+    c = Resolver(RootFS(root)).closure(["/app/alpine"])
+    assert c.missing == [] and c.errors == []
+    mapped = {p for p, ns in c.files.items() if any(n.kind in ("needed", "interp") for n in ns)}
+    assert mapped == {"/usr/lib/x86_64-linux-musl/libc.so"}
+    found, err = musl_list(root, "/app/alpine")
+    assert found == mapped and err == ""
+
+
+def test_musl_path_file_is_found_next_to_the_loader(muslroot: Path, tmp_path: Path) -> None:
+    """PT_INTERP /usr/lib/ld-musl-x86_64.so.1 reads /usr/etc/ld-musl-x86_64.path."""
+    root = tmp_path / "root"
+    shutil.copytree(muslroot, root, symlinks=True)
+    (root / "usr/etc").mkdir()
+    (root / "usr/etc/ld-musl-x86_64.path").write_text("/opt/notinpath:/usr/lib/x86_64-linux-musl")
+    src = tmp_path / "p.c"
+    src.write_text("int n(void);\nint main(void) { return n(); }\n")
+    _cc("-o", str(root / "app/usrprog"), str(src), f"-L{root}/opt/notinpath", "-ln",
+        "-Wl,--dynamic-linker=/usr/lib/ld-musl-x86_64.so.1")
+    c = Resolver(RootFS(root)).closure(["/app/usrprog", "/app/needs-n"])
+    assert [(m.name, m.needed_by) for m in c.missing] == [("libn.so", ("/app/needs-n",))]
+    assert "/opt/notinpath/libn.so" in c.files
+    found, err = musl_list(root, "/app/usrprog", loader="/usr/lib/ld-musl-x86_64.so.1")
+    assert "/opt/notinpath/libn.so" in found and err == ""
