@@ -27,7 +27,6 @@ class Abi:
     libdir: str  # upstream glibc's "lib" / "lib64" / "libx32"
     platform: str  # $PLATFORM
     hwcaps: tuple[str, ...]  # glibc-hwcaps subdirectories, best first
-    musl_arch: str | None = None
     legacy: tuple[str, ...] = ("tls",)  # pre-2.37 legacy hwcap subdirectories, best first
 
 
@@ -36,44 +35,41 @@ def abi_for(info: ElfInfo) -> Abi:
     m, c, le = info.machine, info.elfclass, info.little_endian
     if m == "EM_X86_64":
         if c == 32:
-            return Abi("x86_64-linux-gnux32", "libx32", "x86_64", (), "x32")
+            return Abi("x86_64-linux-gnux32", "libx32", "x86_64", ())
         return Abi("x86_64-linux-gnu", "lib64", "x86_64",
-                   ("x86-64-v4", "x86-64-v3", "x86-64-v2"), "x86_64",
+                   ("x86-64-v4", "x86-64-v3", "x86-64-v2"),
                    ("tls/x86_64/x86_64", "tls/x86_64", "tls", "x86_64/x86_64", "x86_64"))
     if m == "EM_386":
-        return Abi("i386-linux-gnu", "lib", "i686", (), "i386")
+        return Abi("i386-linux-gnu", "lib", "i686", ())
     if m == "EM_AARCH64":
         return Abi("aarch64-linux-gnu" if le else "aarch64_be-linux-gnu", "lib64", "aarch64",
-                   (), "aarch64" if le else "aarch64_be")
+                   ())
     if m == "EM_S390":
         if c == 64:
-            return Abi("s390x-linux-gnu", "lib64", "z900", ("z16", "z15", "z14", "z13"), "s390x")
+            return Abi("s390x-linux-gnu", "lib64", "z900", ("z16", "z15", "z14", "z13"))
         return Abi("s390-linux-gnu", "lib", "z900", ())
     if m == "EM_ARM":
         hard = bool(info.e_flags & EF_ARM_ABI_FLOAT_HARD)
-        return Abi("arm-linux-gnueabihf" if hard else "arm-linux-gnueabi", "lib", "v7l", (),
-                   "armhf" if hard else "arm")
+        return Abi("arm-linux-gnueabihf" if hard else "arm-linux-gnueabi", "lib", "v7l", ())
     if m == "EM_PPC64":
         if le:
-            return Abi("powerpc64le-linux-gnu", "lib64", "power8", ("power10", "power9"),
-                       "powerpc64le")
-        return Abi("powerpc64-linux-gnu", "lib64", "power8", (), "powerpc64")
+            return Abi("powerpc64le-linux-gnu", "lib64", "power8", ("power10", "power9"))
+        return Abi("powerpc64-linux-gnu", "lib64", "power8", ())
     if m == "EM_PPC":
-        return Abi("powerpc-linux-gnu", "lib", "ppc", (), "powerpc")
+        return Abi("powerpc-linux-gnu", "lib", "ppc", ())
     if m == "EM_RISCV":
         return Abi("riscv64-linux-gnu" if c == 64 else "riscv32-linux-gnu",
                    "lib64/lp64d" if c == 64 else "lib32/ilp32d", "riscv",
-                   ("rva20u64",) if c == 64 else (), "riscv64" if c == 64 else "riscv32")
+                   ("rva20u64",) if c == 64 else ())
     if m == "EM_MIPS":
         if c == 64:
             return Abi("mips64el-linux-gnuabi64" if le else "mips64-linux-gnuabi64", "lib64",
-                       "mips", (), "mips64el" if le else "mips64")
-        return Abi("mipsel-linux-gnu" if le else "mips-linux-gnu", "lib", "mips", (),
-                   "mipsel" if le else "mips")
+                       "mips", ())
+        return Abi("mipsel-linux-gnu" if le else "mips-linux-gnu", "lib", "mips", ())
     if m == "EM_LOONGARCH":
-        return Abi("loongarch64-linux-gnu", "lib64", "loongarch", (), "loongarch64")
+        return Abi("loongarch64-linux-gnu", "lib64", "loongarch", ())
     if m == "EM_SPARCV9":
-        return Abi("sparc64-linux-gnu", "lib64", "sparc64", (), None)
+        return Abi("sparc64-linux-gnu", "lib64", "sparc64", ())
     return Abi(None, "lib64" if c == 64 else "lib", "", ())
 
 

@@ -40,7 +40,6 @@ MACHINES = {
     43: "EM_SPARCV9", 62: "EM_X86_64", 183: "EM_AARCH64", 243: "EM_RISCV",
     258: "EM_LOONGARCH",
 }
-TYPES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
 
 
 class CorruptElf(ImageFormatError):
@@ -55,7 +54,6 @@ class ElfInfo:
     elfclass: int  # 32 or 64
     little_endian: bool
     machine: str  # e_machine as "EM_X86_64", or "EM_<number>" for machines not tabulated
-    e_type: str  # "ET_EXEC", "ET_DYN", ...
     e_flags: int
     interp: str | None
     needed: tuple[str, ...]
@@ -120,10 +118,10 @@ class _Reader:
         wide, bo = ident[4] == 2, "<" if ident[5] == 1 else ">"
         self.wide, self.bo = wide, bo
         if wide:
-            e_type, e_machine, _v, _entry, phoff, _sh, e_flags, _eh, phentsize, phnum = \
+            _type, e_machine, _v, _entry, phoff, _sh, e_flags, _eh, phentsize, phnum = \
                 struct.unpack(bo + "HHIQQQIHHH", self.read(16, 42, "ELF header"))
         else:
-            e_type, e_machine, _v, _entry, phoff, _sh, e_flags, _eh, phentsize, phnum = \
+            _type, e_machine, _v, _entry, phoff, _sh, e_flags, _eh, phentsize, phnum = \
                 struct.unpack(bo + "HHIIIIIHHH", self.read(16, 30, "ELF header"))
         loads: list[tuple[int, int, int]] = []  # (vaddr, offset, filesz)
         interp: str | None = None
@@ -153,7 +151,6 @@ class _Reader:
             elfclass=64 if wide else 32,
             little_endian=bo == "<",
             machine=MACHINES.get(e_machine, f"EM_{e_machine}"),
-            e_type=TYPES.get(e_type, f"ET_{e_type:#x}"),
             e_flags=e_flags,
             interp=interp,
             needed=tuple(fields.needed),
