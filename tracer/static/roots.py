@@ -55,9 +55,14 @@ class BinaryMatches:
                            "is matched inside the image, a bare name on its PATH)")
 
 
-def expand_binaries(root: RootFS, entries: Iterable[str], path_env: str = DEFAULT_PATH,
+def expand_binaries(root: RootFS, entries: Iterable[str], path_env: str | None = None,
                     cwd: str = "/") -> BinaryMatches:
-    """Expand keep.binaries `entries` inside `root` (see the module docstring)."""
+    """Expand keep.binaries `entries` inside `root` (see the module docstring).
+
+    `path_env` is the container's PATH (None: the default a shell would use); `cwd` its
+    working directory, for relative paths.
+    """
+    path_env = path_env if path_env is not None else DEFAULT_PATH
     out = BinaryMatches()
     for entry in entries:
         if entry in out.matched:
