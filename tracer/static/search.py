@@ -160,13 +160,12 @@ class DirSearch:
             if d.real is None:
                 continue
             self._index(d.real)
-            members = [Dir(f"{d.path.rstrip('/')}/{sub}", real)
-                       for sub, real in self._variant_dirs(d.real, variants)] + [d]
-            for rank, m in enumerate(members):
-                assert m.real is not None
-                if m.real not in pos:
-                    pos[m.real] = (g, rank, m)
-                    self._index(m.real)
+            members = [(real, Dir(f"{d.path.rstrip('/')}/{sub}", real))
+                       for sub, real in self._variant_dirs(d.real, variants)] + [(d.real, d)]
+            for rank, (real, m) in enumerate(members):
+                if real not in pos:
+                    pos[real] = (g, rank, m)
+                    self._index(real)
         return SearchList(pos, None, len(paths))
 
     def dir(self, path: str) -> Dir:
