@@ -23,4 +23,4 @@ def ldd(image: str, paths: list[str], budgets: Budgets = DEFAULT) -> Closure:
         config = ImageConfig.from_image_json(flat.config, str(ref))
         roots = list(paths) or config.command(None, None)[:1]
         env = config.environment()
-        return Resolver(flat.rootfs(), env=env).closure(roots)
+        return Resolver(flat.rootfs(), env=env, budgets=budgets).closure(roots)

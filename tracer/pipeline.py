@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer import __version__
+from tracer.budgets import Budgets
 from tracer.diagnose import Diagnosis, diagnose
 from tracer.engine import connect
 from tracer.environment import require_strace
@@ -33,12 +34,14 @@ from tracer.image.model import FlatImage
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.sink import write_image
 from tracer.image.source import open_image
+from tracer.keep_policy import IMPLICIT_DLOPENS
 from tracer.keeplist import Reason, size_of
+from tracer.profile import budgets_of
 from tracer.profile_model import Profile
 from tracer.progress import Progress
 from tracer.report import Report, StepSummary
 from tracer.rootfs import RootFS
-from tracer.static import Closure, Resolver
+from tracer.static import Closure, Resolver, expand_binaries
 from tracer.trace.result import SmokeResult
 from tracer.trace.run import run_smoke
 
@@ -120,17 +123,26 @@ def prepare(image: str, name: str, work: Path, engine: EngineImages,
                     config=config)
 
 
-def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult) -> Closure:
-    """ELF closure of entrypoint/cmd, exec'd programs and keep.binaries."""
+def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult,
+                   budgets: Budgets) -> tuple[Closure, dict[str, str]]:
+    """ELF closure of entrypoint/cmd, exec'd programs and keep.binaries, and which closure
+    roots came from which keep.binaries entry (globs and bare names expanded in the image;
+    an entry that matches nothing is bad input naming it)."""
     config = prepared.config
+    env = config.environment(profile.run.env)
     roots: list[str] = []
     argv = config.command(profile.run.entrypoint, profile.run.cmd)
     if argv:
         roots.append(argv[0])
     roots += [p for p in trace.execs if p]
-    roots += profile.keep.binaries
-    env = config.environment(profile.run.env)
-    return Resolver(prepared.root, env=env, implicit_dlopens=True).closure(dict.fromkeys(roots))
+    binaries = expand_binaries(prepared.root, profile.keep.binaries, env.get("PATH"),
+                               cwd=profile.run.workdir or config.workdir or "/")
+    binaries.require_all()
+    roots += binaries.paths()
+    from_rules = {path: rule for rule, paths in binaries.matched.items() for path in paths}
+    closure = Resolver(prepared.root, env=env, dlopens=IMPLICIT_DLOPENS,
+                       budgets=budgets).closure(dict.fromkeys(roots))
+    return closure, from_rules
 
 
 def biggest(flat: FlatImage, kept: dict[str, list[Reason]], n: int = 10
@@ -192,6 +204,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
     """
     progress = progress or Progress()
     started = time.monotonic()
+    budgets = budgets_of(profile)
     seconds: dict[str, float] = {}
     out_text = output or profile.output
     in_ref = parse_reference(profile.image)
@@ -229,8 +242,8 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
 
             progress.phase("ELF closure and keep-list")
             t0 = time.monotonic()
-            closure = static_closure(profile, prepared, trace)
-            keeplist = build_keeplist(profile, prepared, trace, closure)
+            closure, binaries = static_closure(profile, prepared, trace, budgets)
+            keeplist = build_keeplist(profile, prepared, trace, closure, binaries)
             seconds["analyse"] = time.monotonic() - t0
             report.unresolved_libraries = sorted(
                 f"{m.name} (needed by {' -> '.join(m.needed_by)})" for m in closure.missing)
