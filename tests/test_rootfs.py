@@ -108,3 +108,13 @@ def test_open_refuses_a_host_symlink_swapped_in_after_resolution(image: Path) ->
     os.symlink("/etc/hostname", image / "usr/bin/tool")
     with pytest.raises(OSError):
         fs.open("/usr/bin/tool")
+
+
+def test_a_name_too_long_for_the_host_is_simply_absent(tmp_path: Path) -> None:
+    """An image link or lookup with a 300-byte component must not crash the directory
+    backend (ENAMETOOLONG from the host's lstat): such a name cannot exist in the tree."""
+    (tmp_path / "etc").mkdir()
+    os.symlink("/" + "a" * 300 + "/x", tmp_path / "etc" / "long")
+    fs = RootFS(tmp_path)
+    assert not fs.exists("/" + "b" * 300)
+    assert fs.resolve("/etc/long").exists is False

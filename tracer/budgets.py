@@ -36,7 +36,7 @@ class Budgets:
     path_length: int = 4096  # bytes of one in-image path or link target (PATH_MAX)
     json_bytes: int = 4 * MiB  # one manifest, index or config document
     # -- analysis -------------------------------------------------------------------------
-    resolver_work: int = 2_000_000  # candidate paths the static ELF resolver may probe
+    resolver_work: int = 2_000_000  # units of static ELF resolver work (lookups, probes)
     profile_bytes: int = 1 * MiB  # one profile file
     # -- the traced run -------------------------------------------------------------------
     trace_bytes: int = 2 * GiB  # strace output of one traced run

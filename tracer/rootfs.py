@@ -18,6 +18,7 @@ straight from the layer data, so an image never has to be extracted to be inspec
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -108,6 +109,10 @@ class RootFS:
             st: os.stat_result | None = os.lstat(self.host_path(path))
         except (FileNotFoundError, NotADirectoryError):
             st = None
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            st = None  # a name the host cannot hold cannot exist in this tree either
         self._lstat_cache[path] = st
         return st
 
