@@ -1,0 +1,55 @@
+"""Alpine packages from the image's apk database (`/lib/apk/db/installed`).
+
+One record per package, records separated by a blank line; `P:` name, `V:` version, `F:` a
+directory (relative to /), `R:` a file in the last `F:` directory. Other fields (checksums,
+architecture, ACLs, dependencies) are ignored.
+"""
+
+from __future__ import annotations
+
+from tracer.units.model import Unit
+from tracer.units.reader import DbReader
+
+INSTALLED = "/lib/apk/db/installed"
+
+
+def read_apk(reader: DbReader) -> list[Unit]:
+    text = reader.text(INSTALLED)
+    if text is None:
+        return []
+    units: list[Unit] = []
+    seen: set[str] = set()
+    bad = 0
+    for block in text.split("\n\n"):
+        name = version = None
+        directory: str | None = None
+        listed: list[str] = []
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if not sep or len(key) != 1:
+                continue
+            if key == "P":
+                name = value
+            elif key == "V":
+                version = value
+            elif key == "F":
+                directory = value.strip("/")
+                listed.append("/" + directory)
+            elif key == "R":
+                if directory is None:
+                    bad += 1  # a file before any directory: apk writes R: only after F:
+                    directory = ""
+                listed.append(f"/{directory}/{value}" if directory else f"/{value}")
+        if not block.strip():
+            continue
+        if not name or name in seen:
+            bad += 1
+            continue
+        seen.add(name)
+        reader.count(len(listed), INSTALLED)
+        owned = [c for p in listed if (c := reader.canonical(p)) is not None and c != "/"]
+        units.append(Unit("apk", name, version or None, INSTALLED, tuple(owned)))
+    if bad:
+        reader.warn(f"{INSTALLED}: {bad} malformed record(s) (no P: name, a duplicate name, "
+                    "or R: before F:); their paths stay at file granularity")
+    return units

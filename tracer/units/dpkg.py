@@ -1,0 +1,145 @@
+"""Debian packages from the image's dpkg database.
+
+- `/var/lib/dpkg/info/NAME.list` or `NAME:ARCH.list` (Multi-Arch: same) lists the paths
+  dpkg unpacked for a package, one per line, as the .deb names them (`/lib/...` even on a
+  merged-/usr image);
+- `/var/lib/dpkg/status` says which packages are installed, with version and
+  architecture; a .list of a package that status calls not-installed or config-files is a
+  leftover and owns nothing. Without a readable status every .list counts (a warning says
+  so), because images that strip status still have their files;
+- `/var/lib/dpkg/diversions` (triples: path, diverted-to path, diverting package or `:`
+  for a local diversion): a package other than the diverting one that lists the path
+  really has its file at the diverted-to path, and the diverting package keeps the path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tracer.units.model import Unit
+from tracer.units.reader import DbReader
+
+INFO = "/var/lib/dpkg/info"
+STATUS = "/var/lib/dpkg/status"
+DIVERSIONS = "/var/lib/dpkg/diversions"
+
+# dpkg's package states in which files are on disk (dpkg(1) "Package states").
+PRESENT = {"installed", "half-installed", "unpacked", "half-configured", "triggers-awaited",
+           "triggers-pending"}
+
+
+@dataclass(frozen=True)
+class StatusEntry:
+    name: str
+    arch: str | None
+    version: str | None
+    state: str
+
+
+def parse_status(text: str, reader: DbReader) -> list[StatusEntry]:
+    """Stanzas of the status file; malformed stanzas are skipped with one warning."""
+    entries: list[StatusEntry] = []
+    bad = 0
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if not line or line[0] in " \t" or ":" not in line:
+                continue  # continuation lines (descriptions, conffiles) and garbage
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip().lower(), value.strip())
+        if not fields:
+            continue
+        name = fields.get("package", "")
+        status = fields.get("status", "").split()
+        if not name or len(status) != 3:
+            bad += 1
+            continue
+        entries.append(StatusEntry(name, fields.get("architecture") or None,
+                                   fields.get("version") or None, status[2]))
+    if bad:
+        reader.warn(f"{STATUS}: {bad} stanza(s) without Package or a valid Status; skipped")
+    return entries
+
+
+def parse_diversions(text: str, reader: DbReader) -> list[tuple[str, str, str]]:
+    lines = text.splitlines()
+    if len(lines) % 3:
+        reader.warn(f"{DIVERSIONS}: {len(lines)} lines is not a whole number of "
+                    "(path, diverted-to, package) triples; the incomplete one is ignored")
+    out = []
+    for i in range(0, len(lines) - 2, 3):
+        source, target, package = lines[i], lines[i + 1], lines[i + 2]
+        if source.startswith("/") and target.startswith("/") and package:
+            out.append((source, target, package))
+        else:
+            reader.warn(f"{DIVERSIONS}: malformed triple at line {i + 1}; ignored")
+    return out
+
+
+def _list_paths(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("/") and line != "/."]
+
+
+def read_dpkg(reader: DbReader) -> list[Unit]:
+    """Installed Debian packages with their (diverted, canonical) paths; [] without dpkg."""
+    root = reader.root
+    if not root.is_dir(INFO):
+        return []
+    lists = [n for n in root.listdir(INFO) if n.endswith(".list") and len(n) > 5]
+    if not lists:
+        return []
+    status_text = reader.text(STATUS)
+    status: list[StatusEntry] | None = None
+    if status_text is None:
+        reader.warn(f"{STATUS} is missing or unreadable: every .list file counts as an "
+                    "installed package, versions unknown")
+    else:
+        status = parse_status(status_text, reader)
+    by_name: dict[str, list[StatusEntry]] = {}
+    for entry in status or ():
+        by_name.setdefault(entry.name, []).append(entry)
+
+    raw: dict[str, tuple[str, str | None, str | None, list[str]]] = {}  # list file -> unit
+    skipped = 0
+    for filename in sorted(lists):
+        stem = filename[:-5]
+        name, _, arch = stem.partition(":")
+        if not name:
+            continue
+        version: str | None = None
+        if status is not None:
+            candidates = by_name.get(name, [])
+            if arch:
+                candidates = [e for e in candidates if e.arch == arch]
+            present = [e for e in candidates if e.state in PRESENT]
+            if not present:
+                skipped += 1
+                continue
+            version = present[0].version
+        text = reader.text(f"{INFO}/{filename}")
+        if text is None:
+            continue
+        paths = _list_paths(text)
+        reader.count(len(paths), f"{INFO}/{filename}")
+        raw[filename] = (name, arch or None, version, paths)
+    if skipped:
+        reader.warn(f"{INFO}: {skipped} .list file(s) of packages dpkg's status does not "
+                    "call installed; ignored")
+
+    diversions_text = reader.text(DIVERSIONS)
+    diversions = parse_diversions(diversions_text, reader) if diversions_text else []
+    diverted = {source: (target, package) for source, target, package in diversions}
+
+    units: list[Unit] = []
+    for filename, (name, arch, version, paths) in raw.items():
+        owned: list[str] = []
+        for path in paths:
+            hit = diverted.get(path)
+            if hit is not None and hit[1] != name:
+                path = hit[0]  # dpkg put this package's copy at the diverted-to name
+            canonical = reader.canonical(path)
+            if canonical is not None and canonical != "/":
+                owned.append(canonical)
+        units.append(Unit("dpkg", name, version, f"{INFO}/{filename}",
+                          tuple(dict.fromkeys(owned)), arch))
+    return units

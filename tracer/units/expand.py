@@ -1,0 +1,212 @@
+"""Package granularity: every kept file pulls in the whole unit it belongs to.
+
+A smoke test covers the main path; production then uses the same program a little
+differently (another codec, time zone, stdlib module, subcommand). The files it needs
+then are, far more often than not, in the same package as a file the smoke test used:
+`encodings/iso8859_15.py` next to `encodings/utf_8.py`, `zoneinfo/America/New_York` next
+to `zoneinfo/Europe/Berlin`. So for every unit that owns a kept file the rest of the unit
+is added, minus what no program reads at run time (the built-in default excludes below).
+
+Built-in default excludes (only for what a unit adds; a file the evidence keeps stays):
+
+- `/usr/share/doc/**`, `/usr/share/man/**`, `/usr/share/info/**`, `/usr/share/lintian/**`,
+  `/usr/share/doc-base/**`: documentation and packaging metadata;
+- `/usr/share/locale/<lang>/**` for every language not in use. A language is in use
+  when a file under `/usr/share/locale/<dir>/` is kept at file level (a program opened a
+  message catalog there) or when LANGUAGE (each entry), LC_ALL, LC_MESSAGES or LANG of
+  the run's environment names it; the language of `de_AT.UTF-8@euro` is `de` and keeps
+  every `de*` directory. C and POSIX name none. Compiled locales (`/usr/lib/locale`)
+  are never excluded: C.UTF-8 lives there.
+
+The profile's `exclude` still applies after this (the caller's keep-list builder does it).
+"""
+
+from __future__ import annotations
+
+import re
+import stat
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracer.keeplist import compile_globs, first_match
+from tracer.rootfs import SymlinkLoop
+from tracer.units.index import UnitIndex
+from tracer.units.model import Unit
+
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    "/usr/share/doc/**",
+    "/usr/share/man/**",
+    "/usr/share/info/**",
+    "/usr/share/lintian/**",
+    "/usr/share/doc-base/**",
+)
+LOCALE_DIR = "/usr/share/locale"
+LOCALE_RULE = "/usr/share/locale/<lang>/** for languages not in use"
+LANGUAGE_VARS = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
+
+# Which reason of a kept path is the best explanation of why its unit is pulled in.
+REASON_RANK = {"traced": 0, "elf": 1, "keep.binaries": 2, "keep.paths": 3, "config": 4,
+               "keep.packages": 5, "symlink": 6, "hardlink": 7, "package": 8, "parent": 9}
+VERBS = {"open": "opened", "openat": "opened", "openat2": "opened", "creat": "opened",
+         "fanotify:open": "opened", "execve": "executed", "execveat": "executed",
+         "fanotify:exec": "executed", "uselib": "loaded", "readlink": "read as a link",
+         "readlinkat": "read as a link"}
+
+
+def language_of(name: str) -> str | None:
+    """`de_AT.UTF-8@euro` -> `de`; None for C, POSIX and empty names."""
+    base = re.split(r"[_.@]", name, maxsplit=1)[0].lower()
+    return None if base in ("", "c", "posix") else base
+
+
+def languages_in_use(kept: Iterable[str], env: Mapping[str, str]) -> set[str]:
+    """Languages whose message catalogs a package may add (see the module docstring)."""
+    used: set[str] = set()
+    for var in LANGUAGE_VARS:
+        for item in (env.get(var) or "").split(":"):
+            lang = language_of(item.strip())
+            if lang:
+                used.add(lang)
+    prefix = LOCALE_DIR + "/"
+    for path in kept:
+        if path.startswith(prefix) and "/" in path[len(prefix):]:
+            lang = language_of(path[len(prefix):].split("/", 1)[0])
+            if lang:
+                used.add(lang)
+    return used
+
+
+def reason_parts(reason: Any) -> tuple[str, str]:
+    """(kind, detail) of a keep-list Reason or of its text `kind: detail`."""
+    kind, detail = getattr(reason, "kind", None), getattr(reason, "detail", None)
+    if isinstance(kind, str) and isinstance(detail, str):
+        return kind, detail
+    text = str(reason)
+    head, sep, tail = text.partition(": ")
+    if sep and head in REASON_RANK:
+        return head, tail
+    return "", text
+
+
+def describe(path: str, kind: str, detail: str) -> str:
+    """`/x/utf_8.py was opened by python3 in smoke[0]`: a reason as a sentence about `path`."""
+    if kind == "traced":
+        m = re.match(r"^(\S+) by (.*)$", detail)
+        if m:
+            verb = VERBS.get(m.group(1))
+            if verb is None:
+                verb = "looked up" if "stat" in m.group(1) or "access" in m.group(1) else \
+                    f"used ({m.group(1)})"
+            return f"{path} was {verb} by {m.group(2)}"
+        return f"{path} was used ({detail})"
+    if kind == "elf":
+        return f"{path} is needed by {detail}"
+    if kind in ("keep.paths", "keep.binaries", "keep.packages"):
+        return f"{path} is kept by {kind} {detail!r}"
+    if kind in ("config", "symlink", "hardlink", "parent"):
+        return f"{path} is kept ({kind}: {detail})"
+    return f"{path} is kept ({detail})" if detail else f"{path} is kept"
+
+
+@dataclass
+class PulledUnit:
+    """One unit the expansion pulled in, what triggered it and what it adds."""
+
+    unit: Unit
+    trigger: str  # the kept path that pulled it in
+    reason: str  # the keep-list reason text of every path it adds
+    added: list[str] = field(default_factory=list)  # paths added (not kept before)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"unit": self.unit.label, "kind": self.unit.kind, "name": self.unit.name,
+                "version": self.unit.version, "source": self.unit.source,
+                "trigger": self.trigger, "reason": self.reason, "added_paths": len(self.added)}
+
+
+@dataclass
+class Expansion:
+    """What package granularity adds to a file-level keep-list."""
+
+    pulled: list[PulledUnit] = field(default_factory=list)  # sorted by unit key
+    added: dict[str, str] = field(default_factory=dict)  # path -> reason (first unit wins)
+    default_excluded: dict[str, str] = field(default_factory=dict)  # path -> built-in rule
+    languages: list[str] = field(default_factory=list)  # languages in use (locale rule)
+    rules: list[str] = field(default_factory=list)  # the built-in rules that applied
+
+    def to_json(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for rule in self.default_excluded.values():
+            rule = LOCALE_RULE if rule.startswith(LOCALE_DIR + "/") else rule
+            counts[rule] = counts.get(rule, 0) + 1
+        return {"default_excludes": self.rules, "languages_in_use": self.languages,
+                "default_excluded_paths": dict(sorted(counts.items())),
+                "units": [p.to_json() for p in self.pulled], "added_paths": len(self.added)}
+
+
+def _is_dir(index: UnitIndex, path: str) -> bool | None:
+    """True/False for a directory or not, None when the image lacks the path."""
+    try:
+        st = index.root.lstat(path)
+    except SymlinkLoop:
+        return None
+    return None if st is None else stat.S_ISDIR(st.st_mode)
+
+
+def expand(index: UnitIndex, kept: Mapping[str, Sequence[Any]], *,
+           env: Mapping[str, str] | None = None,
+           excludes: Sequence[str] = DEFAULT_EXCLUDES) -> Expansion:
+    """The paths package granularity adds to `kept` (path -> reasons), with their reasons.
+
+    `kept` maps the file-level keep-list's paths to their reasons (keep-list Reason
+    objects or their `kind: detail` texts). Every kept path that is not a directory
+    pulls in its primary unit (directories are shared by many units and are kept as
+    parents anyway); the unit's reason names the best reason of its best trigger
+    (traced before elf before keep.* before config, then the first path). `env` is the
+    run's environment, for the languages in use. Paths already kept are not added again,
+    so nothing here removes a file the evidence keeps.
+    """
+    out = Expansion()
+    languages = languages_in_use(kept, env or {})
+    out.languages = sorted(languages)
+    globs = compile_globs(excludes)
+    out.rules = [*excludes, LOCALE_RULE]
+
+    best: dict[str, tuple[tuple[int, str], str]] = {}  # unit key -> ((rank, path), because)
+    for path, reasons in kept.items():
+        if _is_dir(index, path) is not False:
+            continue
+        unit = index.unit_of(path)
+        if unit is None:
+            continue
+        parts = [reason_parts(r) for r in reasons] or [("", "")]
+        kind, detail = min(parts, key=lambda kd: REASON_RANK.get(kd[0], 10))
+        rank = (REASON_RANK.get(kind, 10), path)
+        if unit.key not in best or rank < best[unit.key][0]:
+            best[unit.key] = (rank, describe(path, kind, detail))
+
+    locale_prefix = LOCALE_DIR + "/"
+    for key in sorted(best):
+        unit = index.units[key]
+        (_, trigger), because = best[key]
+        pulled = PulledUnit(unit, trigger, f"{unit.label}, because {because}")
+        for path in unit.paths:
+            if path in kept or path in out.added or path in out.default_excluded:
+                continue
+            is_dir = _is_dir(index, path)
+            if is_dir is None:
+                continue  # listed, but gone from the image (a later layer removed it)
+            rule = first_match(path, globs)
+            if rule is None and path.startswith(locale_prefix):
+                rest = path[len(locale_prefix):]
+                lang_dir = rest.split("/", 1)[0]
+                lang = language_of(lang_dir)
+                if lang and lang not in languages and ("/" in rest or is_dir):
+                    rule = f"{LOCALE_DIR}/{lang_dir}/**"
+            if rule is not None:
+                out.default_excluded[path] = rule
+                continue
+            out.added[path] = pulled.reason
+            pulled.added.append(path)
+        out.pulled.append(pulled)
+    return out

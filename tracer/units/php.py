@@ -1,0 +1,68 @@
+"""PHP packages installed by Composer: `vendor/composer/installed.json`.
+
+Composer 2 writes `{"packages": [...]}`, Composer 1 a bare list; each package has a
+`name`, a `version` and (Composer 2) an `install-path` relative to vendor/composer/,
+else it lives at vendor/NAME. The package's directory is the unit. PEAR's registry
+(`.registry/*.reg`, PHP-serialized) is not read: PEAR is rare in images and its
+packages are usually Debian php-* packages that dpkg already owns; PECL extensions are
+single .so files that the ELF closure and the trace already keep.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+
+from tracer.rootfs import normalize
+from tracer.units.model import Unit
+from tracer.units.reader import DbReader
+
+INSTALLED = "/vendor/composer/installed.json"
+
+
+def read_composer(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
+    manifests = [p for p in paths if p.endswith(INSTALLED)]
+    if not manifests:
+        return []
+    wanted: dict[str, tuple[str, str | None, str]] = {}  # directory -> name, version, manifest
+    for manifest in manifests:
+        doc = reader.json(manifest)
+        packages = doc.get("packages") if isinstance(doc, dict) else doc
+        if not isinstance(packages, list):
+            if doc is not None:
+                reader.warn(f"{manifest}: no package list; ignored")
+            continue
+        composer_dir = posixpath.dirname(manifest)
+        vendor = posixpath.dirname(composer_dir)
+        for pkg in packages:
+            if not isinstance(pkg, dict) or not isinstance(pkg.get("name"), str):
+                continue
+            name = pkg["name"][:200]
+            version = pkg.get("version") if isinstance(pkg.get("version"), str) else None
+            rel = pkg.get("install-path")
+            directory = (normalize(posixpath.join(composer_dir, rel)) if isinstance(rel, str)
+                         else normalize(f"{vendor}/{name}"))
+            canonical = reader.canonical(directory)
+            if canonical is not None and canonical != "/":
+                wanted.setdefault(canonical, (name, version, manifest))
+    members: dict[str, list[str]] = {}
+    for path in paths:
+        parent = path
+        while parent.count("/") > 1:
+            if parent in wanted:
+                members.setdefault(parent, []).append(path)
+                break
+            parent = parent.rpartition("/")[0]
+    units: list[Unit] = []
+    names: set[str] = set()
+    for directory, (name, version, manifest) in sorted(wanted.items()):
+        owned = members.get(directory)
+        if not owned:
+            continue
+        if name in names:
+            name = f"{name} ({directory})"
+        names.add(name)
+        reader.count(len(owned), manifest)
+        units.append(Unit("composer", name, (version or "")[:100] or None, manifest,
+                          tuple(sorted(owned))))
+    return units
