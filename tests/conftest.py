@@ -21,6 +21,7 @@ FIXTURE_IMAGES = {
     "layers": "tracer-fixture/layers:test",
     "unixsock": "tracer-fixture/unixsock:test",
     "tmpjob": "tracer-fixture/tmpjob:test",
+    "codecs": "tracer-fixture/codecs:test",
 }
 
 
