@@ -1,0 +1,248 @@
+"""Package granularity on hand-made images: what a kept file pulls in, why, and at what price.
+
+The expansion is checked through the real keep-list builder (the way the pipeline will
+call it): reasons name the unit and the trigger's best reason, built-in excludes leave out
+docs and other languages' catalogs without ever removing a kept file, the profile's
+exclude still wins, the ELF closure runs over added programs with real Debian binaries,
+and the per-unit sizes add up to the keep-lists' totals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from image_builders import M, flat_from_layers, layer
+from prereq import missing
+
+from tracer.image import FlatImage
+from tracer.keeplist import KeepList, KeepListBuilder, Reason, size_of
+from tracer.units import (
+    DEFAULT_EXCLUDES,
+    LOCALE_RULE,
+    NO_UNIT,
+    UnitIndex,
+    elf_roots,
+    expand,
+    unit_sizes,
+    widen,
+)
+from tracer.units.expand import language_of, languages_in_use
+
+BOOKWORM = Path("/var/cache/tracer/rootfs-bookworm")
+PY = "/usr/lib/python3.11"
+STDLIB_LIST = "\n".join([
+    PY, f"{PY}/encodings", f"{PY}/encodings/__init__.py", f"{PY}/encodings/utf_8.py",
+    f"{PY}/encodings/iso8859_15.py", f"{PY}/encodings/iso8859_1.py", f"{PY}/csv.py",
+    "/usr/share/doc/libpython3.11-stdlib", "/usr/share/doc/libpython3.11-stdlib/copyright",
+    "/usr/share/man/man1/pydoc.1.gz", "/usr/share/locale/de/LC_MESSAGES/py.mo",
+    "/usr/share/locale/de_AT/LC_MESSAGES/py.mo", "/usr/share/locale/fr/LC_MESSAGES/py.mo",
+    "/usr/share/locale/fr", "/usr/share/locale/locale.alias", f"{PY}/listed-but-removed.py",
+]) + "\n"
+STATUS = b"".join(
+    b"Package: %s\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n\n" % n
+    for n in (b"libpython3.11-stdlib", b"python3.11-minimal", b"tzdata"))
+
+
+def stdlib_image(tmp: Path) -> FlatImage:
+    files = [f"{PY}/encodings/__init__.py", f"{PY}/encodings/utf_8.py",
+             f"{PY}/encodings/iso8859_15.py", f"{PY}/encodings/iso8859_1.py", f"{PY}/csv.py",
+             "/usr/share/doc/libpython3.11-stdlib/copyright", "/usr/share/man/man1/pydoc.1.gz",
+             "/usr/share/locale/de/LC_MESSAGES/py.mo", "/usr/share/locale/de_AT/LC_MESSAGES/py.mo",
+             "/usr/share/locale/fr/LC_MESSAGES/py.mo", "/usr/share/locale/locale.alias",
+             "/usr/bin/python3.11", "/usr/share/zoneinfo/Europe/Berlin",
+             "/usr/share/zoneinfo/America/New_York", "/srv/app.py"]
+    members = [M(f.lstrip("/"), data=b"x" * (100 + 10 * i)) for i, f in enumerate(files)]
+    members += [
+        M("var/lib/dpkg/status", data=STATUS),
+        M("var/lib/dpkg/info/libpython3.11-stdlib:amd64.list", data=STDLIB_LIST.encode()),
+        M("var/lib/dpkg/info/python3.11-minimal.list", data=b"/usr/bin/python3.11\n"),
+        M("var/lib/dpkg/info/tzdata.list", data=b"/usr/share/zoneinfo/Europe/Berlin\n"
+                                               b"/usr/share/zoneinfo/America/New_York\n"),
+    ]
+    return flat_from_layers(tmp, layer(*members))
+
+
+TRACED = Reason("traced", "openat by python3 in smoke[0]")
+
+
+def test_reason_names_the_unit_and_the_triggers_best_reason(tmp_path: Path) -> None:
+    flat = stdlib_image(tmp_path)
+    index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
+    utf8 = f"{PY}/encodings/utf_8.py"
+    want = ("package libpython3.11-stdlib, because /usr/lib/python3.11/encodings/utf_8.py "
+            "was opened by python3 in smoke[0]")
+    for reasons in ([Reason("symlink", "on the way"), TRACED, Reason("elf", "a -> b")],
+                    ["elf: a -> b", "traced: openat by python3 in smoke[0]"]):
+        expansion = expand(index, {utf8: reasons, f"{PY}/encodings": [Reason("parent", "x")]})
+        assert expansion.added[f"{PY}/encodings/iso8859_15.py"] == want
+        assert [p.unit.name for p in expansion.pulled] == ["libpython3.11-stdlib"]
+        assert expansion.pulled[0].trigger == utf8
+    # a traced trigger beats an elf one, whichever path sorts first
+    expansion = expand(index, {f"{PY}/csv.py": ["elf: /usr/bin/python3.11"], utf8: [TRACED]})
+    assert expansion.pulled[0].trigger == utf8
+
+
+def test_directories_and_unowned_paths_pull_nothing(tmp_path: Path) -> None:
+    flat = stdlib_image(tmp_path)
+    index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
+    expansion = expand(index, {f"{PY}/encodings": [TRACED], "/srv/app.py": [TRACED],
+                               "/no/such/file": [TRACED]})
+    assert expansion.pulled == [] and expansion.added == {}
+
+
+def test_default_excludes_and_languages_in_use(tmp_path: Path) -> None:
+    flat = stdlib_image(tmp_path)
+    index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
+    kept = {f"{PY}/encodings/utf_8.py": [TRACED],
+            "/usr/share/doc/libpython3.11-stdlib/copyright": [Reason("keep.paths", "/usr/**")]}
+    expansion = expand(index, kept, env={"LANG": "de_DE.UTF-8"})
+    added, excluded = set(expansion.added), expansion.default_excluded
+    assert expansion.languages == ["de"]
+    assert {"/usr/share/locale/de/LC_MESSAGES/py.mo", "/usr/share/locale/de_AT/LC_MESSAGES/py.mo",
+            "/usr/share/locale/locale.alias", f"{PY}/csv.py"} <= added
+    assert excluded["/usr/share/locale/fr/LC_MESSAGES/py.mo"] == "/usr/share/locale/fr/**"
+    assert excluded["/usr/share/locale/fr"] == "/usr/share/locale/fr/**"
+    assert excluded["/usr/share/man/man1/pydoc.1.gz"] == "/usr/share/man/**"
+    # a kept file is never taken away by a built-in rule, nor added twice
+    assert "/usr/share/doc/libpython3.11-stdlib/copyright" not in added | set(excluded)
+    assert f"{PY}/listed-but-removed.py" not in added  # listed, not in the image
+    assert expansion.rules == [*DEFAULT_EXCLUDES, LOCALE_RULE]
+    report = expansion.to_json()
+    assert report["default_excluded_paths"][LOCALE_RULE] == 2
+    assert report["units"][0]["unit"] == "package libpython3.11-stdlib"
+    # C locale: no language is in use unless a catalog was opened
+    assert expand(index, kept, env={"LANG": "C.UTF-8"}).languages == []
+    kept["/usr/share/locale/fr/LC_MESSAGES/py.mo"] = [TRACED]
+    assert expand(index, kept).languages == ["fr"]
+
+
+def test_language_of_and_languages_in_use() -> None:
+    assert language_of("de_AT.UTF-8@euro") == "de"
+    assert language_of("pt_BR") == "pt" and language_of("sr@latin") == "sr"
+    assert language_of("C") is None and language_of("POSIX") is None and language_of("") is None
+    env = {"LANGUAGE": "fr_CA:es", "LC_ALL": "", "LANG": "C.UTF-8", "LC_MESSAGES": "it_IT"}
+    assert languages_in_use(["/usr/share/locale/nl/LC_MESSAGES/x.mo",
+                             "/usr/share/locale/locale.alias"], env) == {"fr", "es", "it", "nl"}
+
+
+def file_level(flat: FlatImage, kept: dict[str, list[Reason]],
+               exclude: tuple[str, ...] = ()) -> tuple[KeepListBuilder, KeepList]:
+    builder = KeepListBuilder(flat.entries, flat.rootfs(), exclude=exclude,
+                              hardlink_group=flat.hardlink_group)
+    for path, reasons in kept.items():
+        for reason in reasons:
+            builder.add(path, reason)
+    return builder, builder.build()
+
+
+def test_widen_through_the_builder_and_sizes_add_up(tmp_path: Path) -> None:
+    flat = stdlib_image(tmp_path)
+    index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
+    builder, files = file_level(flat, {
+        f"{PY}/encodings/utf_8.py": [TRACED],
+        "/usr/share/zoneinfo/Europe/Berlin": [Reason("traced", "openat by python3 in job")],
+        "/srv/app.py": [Reason("keep.paths", "/srv/**")],
+    }, exclude=(f"{PY}/encodings/iso8859_1.py",))
+    widening = widen(builder, files, index, env={})
+    packages = builder.build()
+    kept = packages.kept
+    assert any(r == Reason("package", "package tzdata, because /usr/share/zoneinfo/Europe/Berlin"
+                           " was opened by python3 in job")
+               for r in kept["/usr/share/zoneinfo/America/New_York"])
+    assert f"{PY}/encodings/iso8859_15.py" in kept
+    assert f"{PY}/encodings/iso8859_1.py" not in kept  # the profile's exclude wins
+    assert f"{PY}/encodings/iso8859_1.py" in packages.excluded
+    assert "/usr/share/man/man1/pydoc.1.gz" not in kept
+    assert "/usr/bin/python3.11" not in kept  # another package, not pulled in
+    assert widening.closure.files == {}  # no ELF file among the additions
+    table = unit_sizes(index, flat.entries, files.kept, kept)
+    assert table.file_total == size_of(flat.entries, files.kept)
+    assert table.package_total == size_of(flat.entries, kept)
+    assert sum(r.file_bytes for r in table.rows) == table.file_total
+    assert sum(r.package_bytes for r in table.rows) == table.package_total
+    assert sum(r.added_bytes for r in table.rows) == table.package_total - table.file_total > 0
+    added = [r.added_bytes for r in table.rows]
+    assert added == sorted(added, reverse=True)
+    rows = {r.label: r for r in table.rows}
+    assert rows[NO_UNIT].added_bytes == 0 and rows[NO_UNIT].file_bytes > 0  # /srv/app.py
+    berlin = flat.entries["/usr/share/zoneinfo/Europe/Berlin"].size
+    new_york = flat.entries["/usr/share/zoneinfo/America/New_York"].size
+    assert (rows["package tzdata"].file_bytes, rows["package tzdata"].package_bytes) == (
+        berlin, berlin + new_york)
+    text = table.format_text()
+    assert table.rows[0].label == "package libpython3.11-stdlib"  # the biggest price first
+    assert text.index("libpython3.11-stdlib") < text.index("tzdata") < text.index(NO_UNIT)
+    assert table.to_json()["added_bytes"] == table.package_total - table.file_total
+
+
+def real(path: str) -> bytes:
+    host = BOOKWORM / path.lstrip("/")
+    if not host.exists():
+        missing(f"{host} is missing (the debootstrap root); run scripts/setup")
+    return host.resolve().read_bytes()
+
+
+def test_elf_closure_runs_over_what_the_units_added(tmp_path: Path) -> None:
+    lib = "usr/lib/x86_64-linux-gnu"
+    status = b"".join(
+        b"Package: %s\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n\n" % n
+        for n in (b"coreutils", b"libselinux1", b"libpcre2-8-0", b"libc6"))
+    flat = flat_from_layers(tmp_path, layer(
+        M("lib", "symlink", linkname="usr/lib"), M("bin", "symlink", linkname="usr/bin"),
+        M("lib64", "dir"),
+        M("lib64/ld-linux-x86-64.so.2", "symlink",
+          linkname="/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+        M(f"{lib}/ld-linux-x86-64.so.2", data=real(f"/{lib}/ld-linux-x86-64.so.2"), mode=0o755),
+        M(f"{lib}/libc.so.6", data=real(f"/{lib}/libc.so.6")),
+        M(f"{lib}/libselinux.so.1", data=real(f"/{lib}/libselinux.so.1")),
+        M(f"{lib}/libpcre2-8.so.0", data=real(f"/{lib}/libpcre2-8.so.0")),
+        M("usr/bin/ls", data=real("/usr/bin/ls"), mode=0o755),
+        M("usr/bin/cat.txt", data=b"not a program"),
+        M("var/lib/dpkg/status", data=status),
+        M("var/lib/dpkg/info/coreutils.list", data=b"/bin/ls\n/bin/cat.txt\n"),
+        M("var/lib/dpkg/info/libselinux1:amd64.list", data=b"/lib/x86_64-linux-gnu/"
+                                                          b"libselinux.so.1\n"),
+        M("var/lib/dpkg/info/libpcre2-8-0:amd64.list", data=b"/lib/x86_64-linux-gnu/"
+                                                           b"libpcre2-8.so.0\n"),
+        M("var/lib/dpkg/info/libc6:amd64.list", data=b"/lib/x86_64-linux-gnu/libc.so.6\n"
+          b"/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2\n/lib64/ld-linux-x86-64.so.2\n"),
+    ))
+    index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
+    builder, files = file_level(flat, {"/bin/cat.txt": [TRACED]})
+    assert "/usr/bin/ls" not in files.kept
+    widening = widen(builder, files, index, env={})
+    assert elf_roots(flat.rootfs(), widening.expansion.added) == ["/usr/bin/ls"]
+    kept = builder.build().kept
+    assert any(r.kind == "package" and r.detail.startswith("package coreutils, because "
+                                                           "/usr/bin/cat.txt was opened")
+               for r in kept["/usr/bin/ls"])
+    for needed in ("libselinux.so.1", "libpcre2-8.so.0", "libc.so.6", "ld-linux-x86-64.so.2"):
+        assert any(r.kind == "elf" for r in kept[f"/{lib}/{needed}"]), needed
+    assert widening.closure.missing == []
+    table = unit_sizes(index, flat.entries, files.kept, kept)
+    rows = {r.label: r for r in table.rows}
+    # libselinux1 was not pulled in, but the ELF closure of an added program needs it:
+    # it is part of the price and has its own row
+    assert rows["package libselinux1"].added_bytes == flat.entries[f"/{lib}/libselinux.so.1"].size
+    assert rows["package libc6"].added_bytes > 1_000_000
+    assert table.rows[0].label == "package libc6"  # biggest first
+    assert sum(r.added_bytes for r in table.rows) == table.package_total - table.file_total
+
+
+@pytest.mark.parametrize("reasons,phrase", [
+    (["traced: execve by sh in smoke[1].command"], "was executed by sh in smoke[1].command"),
+    (["traced: newfstatat by python3 in job"], "was looked up by python3 in job"),
+    (["elf: /usr/bin/python3 -> libz.so.1"], "is needed by /usr/bin/python3 -> libz.so.1"),
+    (["keep.paths: /etc/**"], "is kept by keep.paths '/etc/**'"),
+    (["config: WorkingDir"], "is kept (config: WorkingDir)"),
+    (["something odd"], "is kept (something odd)"),
+    ([], "is kept"),
+])
+def test_trigger_reasons_read_as_sentences(tmp_path: Path, reasons: list[str], phrase: str
+                                           ) -> None:
+    flat = stdlib_image(tmp_path)
+    index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
+    expansion = expand(index, {f"{PY}/csv.py": reasons})
+    assert expansion.pulled[0].reason == (f"package libpython3.11-stdlib, because {PY}/csv.py "
+                                          + phrase)
