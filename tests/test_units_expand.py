@@ -57,8 +57,9 @@ def stdlib_image(tmp: Path) -> FlatImage:
         M("var/lib/dpkg/status", data=STATUS),
         M("var/lib/dpkg/info/libpython3.11-stdlib:amd64.list", data=STDLIB_LIST.encode()),
         M("var/lib/dpkg/info/python3.11-minimal.list", data=b"/usr/bin/python3.11\n"),
-        M("var/lib/dpkg/info/tzdata.list", data=b"/usr/share/zoneinfo/Europe/Berlin\n"
+        M("var/lib/dpkg/info/tzdata.list", data=b"/lib\n/usr/share/zoneinfo/Europe/Berlin\n"
                                                b"/usr/share/zoneinfo/America/New_York\n"),
+        M("lib", "symlink", linkname="usr/lib"),
     ]
     return flat_from_layers(tmp, layer(*members))
 
@@ -87,7 +88,10 @@ def test_directories_and_unowned_paths_pull_nothing(tmp_path: Path) -> None:
     flat = stdlib_image(tmp_path)
     index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
     expansion = expand(index, {f"{PY}/encodings": [TRACED], "/srv/app.py": [TRACED],
-                               "/no/such/file": [TRACED]})
+                               "/no/such/file": [TRACED],
+                               # merged /usr: a link to a directory that .list files name
+                               "/lib": [Reason("symlink", f"on the way to /lib/{PY}")]})
+    assert index.unit_of("/lib").name == "tzdata"
     assert expansion.pulled == [] and expansion.added == {}
 
 
@@ -233,6 +237,7 @@ def test_elf_closure_runs_over_what_the_units_added(tmp_path: Path) -> None:
 @pytest.mark.parametrize("reasons,phrase", [
     (["traced: execve by sh in smoke[1].command"], "was executed by sh in smoke[1].command"),
     (["traced: newfstatat by python3 in job"], "was looked up by python3 in job"),
+    (["traced: execve by ? in run"], "was executed in run"),
     (["elf: /usr/bin/python3 -> libz.so.1"], "is needed by /usr/bin/python3 -> libz.so.1"),
     (["keep.paths: /etc/**"], "is kept by keep.paths '/etc/**'"),
     (["config: WorkingDir"], "is kept (config: WorkingDir)"),

@@ -32,7 +32,7 @@ from typing import Any
 from tracer.keeplist import compile_globs, first_match
 from tracer.rootfs import SymlinkLoop
 from tracer.units.index import UnitIndex
-from tracer.units.model import Unit
+from tracer.units.model import PRIORITY, Unit
 
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     "/usr/share/doc/**",
@@ -89,6 +89,13 @@ def reason_parts(reason: Any) -> tuple[str, str]:
     return "", text
 
 
+def _rank(reason: tuple[str, str]) -> tuple[int, int]:
+    """Order of reasons: by kind, and among traced ones what opened or ran the file first."""
+    kind, detail = reason
+    used = kind == "traced" and VERBS.get(detail.split(" ", 1)[0], "") in ("opened", "executed")
+    return REASON_RANK.get(kind, 10), 0 if used or kind != "traced" else 1
+
+
 def describe(path: str, kind: str, detail: str) -> str:
     """`/x/utf_8.py was opened by python3 in smoke[0]`: a reason as a sentence about `path`."""
     if kind == "traced":
@@ -98,7 +105,10 @@ def describe(path: str, kind: str, detail: str) -> str:
             if verb is None:
                 verb = "looked up" if "stat" in m.group(1) or "access" in m.group(1) else \
                     f"used ({m.group(1)})"
-            return f"{path} was {verb} by {m.group(2)}"
+            who = m.group(2)
+            if who.startswith("? in "):  # the recorder could not name the program
+                return f"{path} was {verb} {who[2:]}"
+            return f"{path} was {verb} by {who}"
         return f"{path} was used ({detail})"
     if kind == "elf":
         return f"{path} is needed by {detail}"
@@ -128,7 +138,7 @@ class PulledUnit:
 class Expansion:
     """What package granularity adds to a file-level keep-list."""
 
-    pulled: list[PulledUnit] = field(default_factory=list)  # sorted by unit key
+    pulled: list[PulledUnit] = field(default_factory=list)  # system packages first, by key
     added: dict[str, str] = field(default_factory=dict)  # path -> reason (first unit wins)
     default_excluded: dict[str, str] = field(default_factory=dict)  # path -> built-in rule
     languages: list[str] = field(default_factory=list)  # languages in use (locale rule)
@@ -144,10 +154,14 @@ class Expansion:
                 "units": [p.to_json() for p in self.pulled], "added_paths": len(self.added)}
 
 
-def _is_dir(index: UnitIndex, path: str) -> bool | None:
-    """True/False for a directory or not, None when the image lacks the path."""
+def _is_dir(index: UnitIndex, path: str, *, follow: bool = False) -> bool | None:
+    """True/False for a directory or not, None when the image lacks the path.
+
+    `follow`: a symlink to a directory counts as one (merged /usr's `/lib`, which dozens
+    of .list files name, must not pull in every package that lists it).
+    """
     try:
-        st = index.root.lstat(path)
+        st = index.root.stat(path) if follow else index.root.lstat(path)
     except SymlinkLoop:
         return None
     return None if st is None else stat.S_ISDIR(st.st_mode)
@@ -160,9 +174,14 @@ def expand(index: UnitIndex, kept: Mapping[str, Sequence[Any]], *,
 
     `kept` maps the file-level keep-list's paths to their reasons (keep-list Reason
     objects or their `kind: detail` texts). Every kept path that is not a directory
-    pulls in its primary unit (directories are shared by many units and are kept as
-    parents anyway); the unit's reason names the best reason of its best trigger
-    (traced before elf before keep.* before config, then the first path). `env` is the
+    pulls in every unit that owns it (directories are shared by many units and are kept
+    as parents anyway): its system package and, where a language layout claims it too,
+    that unit. A distribution may split one stdlib package directory across packages
+    (what interpreter start-up needs in a -minimal package, the rest elsewhere); the
+    stdlib directory unit still keeps all of encodings/ together.
+    A unit's reason names the best reason of its best trigger (traced before elf before
+    keep.* before config, opened or executed before looked up, then the first path); a
+    path two pulled units own carries the reason of the system package. `env` is the
     run's environment, for the languages in use. Paths already kept are not added again,
     so nothing here removes a file the evidence keeps.
     """
@@ -172,23 +191,24 @@ def expand(index: UnitIndex, kept: Mapping[str, Sequence[Any]], *,
     globs = compile_globs(excludes)
     out.rules = [*excludes, LOCALE_RULE]
 
-    best: dict[str, tuple[tuple[int, str], str]] = {}  # unit key -> ((rank, path), because)
+    best: dict[str, tuple[tuple[int, int, str], str]] = {}  # key -> ((rank, path), because)
     for path, reasons in kept.items():
-        if _is_dir(index, path) is not False:
+        if _is_dir(index, path) is not False or _is_dir(index, path, follow=True):
             continue
-        unit = index.unit_of(path)
-        if unit is None:
+        units = index.units_of(path)
+        if not units:
             continue
         parts = [reason_parts(r) for r in reasons] or [("", "")]
-        kind, detail = min(parts, key=lambda kd: REASON_RANK.get(kd[0], 10))
-        rank = (REASON_RANK.get(kind, 10), path)
-        if unit.key not in best or rank < best[unit.key][0]:
-            best[unit.key] = (rank, describe(path, kind, detail))
+        kind, detail = min(parts, key=_rank)
+        rank = (*_rank((kind, detail)), path)
+        for unit in units:
+            if unit.key not in best or rank < best[unit.key][0]:
+                best[unit.key] = (rank, describe(path, kind, detail))
 
     locale_prefix = LOCALE_DIR + "/"
-    for key in sorted(best):
+    for key in sorted(best, key=lambda k: (PRIORITY.get(index.units[k].kind, 9), k)):
         unit = index.units[key]
-        (_, trigger), because = best[key]
+        (_, _, trigger), because = best[key]
         pulled = PulledUnit(unit, trigger, f"{unit.label}, because {because}")
         for path in unit.paths:
             if path in kept or path in out.added or path in out.default_excluded:
