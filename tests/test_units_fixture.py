@@ -66,6 +66,13 @@ def run_job(image: str, env: dict[str, str], args: list[str]) -> tuple[int, byte
     return proc.returncode, proc.stdout
 
 
+@pytest.mark.parametrize("what", [p[0] for p in PRODUCTION])
+def test_production_uses_pass_on_the_original_image(fixture_image, what: str) -> None:
+    _, env, args, expected = next(p for p in PRODUCTION if p[0] == what)
+    code, out = run_job(fixture_image("codecs"), env, args)
+    assert code == 0 and expected.search(out), out
+
+
 def test_index_of_flattened_fixture_images(fixture_image, tmp_path: Path) -> None:
     flat = flatten_ref(f"docker-daemon:{fixture_image('codecs')}", tmp_path / "codecs")
     root = flat.rootfs()
@@ -86,6 +93,11 @@ def test_index_of_flattened_fixture_images(fixture_image, tmp_path: Path) -> Non
     assert (fmt.kind, fmt.name, fmt.version) == ("python-dist", "reportfmt", "1.0")
     assert set(index.files_of(fmt)) >= {f"{site}/reportfmt/csvout.py",
                                         f"{site}/reportfmt-1.0.dist-info/RECORD"}
+    pyapp = flatten_ref(f"docker-daemon:{fixture_image('pyapp')}", tmp_path / "pyapp")
+    pyindex = UnitIndex.build(pyapp.rootfs(), paths=pyapp.entries)
+    decoder = pyindex.units_of("/usr/lib/python3.11/json/decoder.py")
+    assert [u.kind for u in decoder] == ["dpkg", "python-stdlib"]
+    assert "/usr/lib/python3.11/json/encoder.py" in pyindex.files_of(decoder[1])
     # every dpkg-listed file of the python3.11 packages is in the image under its name
     for unit in index.find("libpython3.11-stdlib") + index.find("python3.11-minimal"):
         for path in index.files_of(unit):

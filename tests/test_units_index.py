@@ -414,3 +414,16 @@ def test_package_db_bytes_bounds_all_reads_together(build, monkeypatch) -> None:
         UnitIndex.build(build(dpkg_tree()))
     monkeypatch.setattr(reader, "PACKAGE_DB_BYTES", 4096)
     assert UnitIndex.build(build(dpkg_tree())).unit_of("/usr/bin/other") is not None
+
+
+# -- keep.packages reads through the same databases --------------------------------------
+def test_keep_packages_uses_status_diversions_and_image_names(build) -> None:
+    from tracer.packages import package_files
+
+    files = package_files(build(dpkg_tree()), ["tool", "libm:i386"])
+    assert files["tool"] == ["/usr", "/usr/bin", "/usr/bin/tool.real", "/usr/bin/other"]
+    assert files["libm:i386"] == ["/usr/lib/i386-linux-gnu/libm.so"]
+    with pytest.raises(BadInput, match="not installed in the image.*gone"):
+        package_files(build(dpkg_tree()), ["gone"])  # only config files are left
+    real = package_files(bookworm(), ["libc6"])["libc6"]
+    assert "/usr/lib/x86_64-linux-gnu/libc.so.6" in real
