@@ -363,6 +363,21 @@ def test_garbage_databases_never_crash(build, where: str) -> None:
         assert all(p.startswith("/") for p in index.files_of(unit))
 
 
+def test_hostile_entries_are_skipped_with_warnings(build) -> None:
+    tree = dpkg_tree()
+    tree["/var/lib/dpkg/info/tool.list"] = (b"/usr/bin/other\n/usr/bin/\0nul\n/"
+                                            + b"a" * 5000 + b"\n")
+    tree["/app/node_modules/deep/package.json"] = b"[" * 100_000
+    tree["/app/node_modules/deep/index.js"] = b""
+    tree["/srv/vendor/composer/installed.json"] = b'{"packages": {"not": "a list"}}'
+    index = UnitIndex.build(build(tree))
+    assert index.files_of("dpkg:tool") == ("/usr/bin/other",)
+    assert index.unit_of("/app/node_modules/deep/index.js").name == "deep"
+    text = "\n".join(index.warnings)
+    for words in ("NUL byte", "longer than 4096", "not valid JSON", "no package list"):
+        assert words in text, words
+
+
 @pytest.mark.parametrize("text", [
     b"Package: tool\n",  # no status
     b"Status: install ok installed\n",  # no name
