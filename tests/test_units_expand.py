@@ -24,6 +24,7 @@ from tracer.units import (
     UnitIndex,
     elf_roots,
     expand,
+    package_granularity,
     unit_sizes,
     widen,
 )
@@ -251,3 +252,18 @@ def test_trigger_reasons_read_as_sentences(tmp_path: Path, reasons: list[str], p
     expansion = expand(index, {f"{PY}/csv.py": reasons})
     assert expansion.pulled[0].reason == (f"package libpython3.11-stdlib, because {PY}/csv.py "
                                           + phrase)
+
+
+def test_package_granularity_in_one_call_for_the_pipeline(tmp_path: Path) -> None:
+    flat = stdlib_image(tmp_path)
+    builder, files = file_level(flat, {f"{PY}/encodings/utf_8.py": [TRACED]})
+    result = package_granularity(builder, files, flat.rootfs(), flat.entries,
+                                 env={"LANG": "de_DE.UTF-8"})
+    assert result.file_level is files
+    assert f"{PY}/encodings/iso8859_15.py" in result.keeplist.kept
+    report = result.to_json()
+    assert report["file_bytes"] == size_of(flat.entries, files.kept)
+    assert report["package_bytes"] == size_of(flat.entries, result.keeplist.kept)
+    assert sum(u["added_bytes"] for u in report["units"]) == report["added_bytes"] > 0
+    assert report["expansion"]["languages_in_use"] == ["de"]
+    assert report["warnings"] == [] and report["unresolved_after_expansion"] == []

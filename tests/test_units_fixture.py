@@ -33,7 +33,7 @@ from tracer.pipeline import (
 from tracer.profile import load_profile
 from tracer.progress import Progress
 from tracer.trace.run import run_smoke
-from tracer.units import UnitIndex, unit_sizes, widen
+from tracer.units import UnitIndex, package_granularity
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -133,12 +133,13 @@ def test_package_granularity_survives_production_uses_file_granularity_does_not(
             closure = static_closure(profile, prepared, trace)
             file_level = build_keeplist(profile, prepared, trace, closure)
 
-            index = UnitIndex.build(prepared.root, paths=flat.entries)
             builder = rebuild(profile, prepared, file_level)
             assert builder.build().kept.keys() == file_level.kept.keys()
             env = prepared.config.environment(profile.run.env)
-            widening = widen(builder, file_level, index, env=env)
-            package_level = builder.build()
+            result = package_granularity(builder, file_level, prepared.root, flat.entries,
+                                         env=env)
+            widening, package_level, table = result.widening, result.keeplist, result.sizes
+            assert result.warnings == []
 
             pulled = {p.unit.name: p for p in widening.expansion.pulled}
             assert {"libpython3.11-minimal", "tzdata", "reportfmt"} <= set(pulled)
@@ -150,7 +151,6 @@ def test_package_granularity_survives_production_uses_file_granularity_does_not(
             assert "/usr/lib/python3.11/encodings/iso8859_15.py" not in file_level.kept
             assert not any(p.startswith("/usr/share/doc/") for p in package_level.kept)
 
-            table = unit_sizes(index, flat.entries, file_level.kept, package_level.kept)
             assert table.file_total == size_of(flat.entries, file_level.kept)
             assert table.package_total == size_of(flat.entries, package_level.kept)
             assert sum(r.file_bytes for r in table.rows) == table.file_total
@@ -158,6 +158,10 @@ def test_package_granularity_survives_production_uses_file_granularity_does_not(
                 table.package_total - table.file_total
             assert table.file_total < table.package_total < flat.content_size() * 0.6
             print(table.format_text())
+            report = result.to_json()
+            assert sum(u["added_bytes"] for u in report["units"]) == report["added_bytes"] > 0
+            assert "/usr/share/doc/**" in report["expansion"]["default_excludes"]
+            assert report["unresolved_after_expansion"] == []
 
             images = {}
             for name, keeplist in (("file", file_level), ("package", package_level)):

@@ -15,13 +15,16 @@ from __future__ import annotations
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from tracer.keeplist import KeepList, KeepListBuilder, Reason
+from tracer.budgets import DEFAULT, Budgets
+from tracer.keeplist import EntryLike, KeepList, KeepListBuilder, Reason
 from tracer.rootfs import RootFS, SymlinkLoop
 from tracer.static import Closure, Resolver
 from tracer.static.elf import ELF_MAGIC
 from tracer.units.expand import DEFAULT_EXCLUDES, Expansion, expand
 from tracer.units.index import UnitIndex
+from tracer.units.sizes import SizeTable, unit_sizes
 
 
 @dataclass
@@ -68,3 +71,37 @@ def widen(builder: KeepListBuilder, file_level: KeepList, index: UnitIndex, *,
         for need in needs[:3]:
             builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind), follow=False)
     return Widening(expansion, closure)
+
+
+@dataclass
+class PackageGranularity:
+    """Everything package granularity produced for one image, for the keep-list and report."""
+
+    keeplist: KeepList  # the package-level keep-list (profile exclude and closures applied)
+    file_level: KeepList  # what file granularity keeps, for the price comparison
+    widening: Widening
+    sizes: SizeTable
+    warnings: list[str]  # malformed package databases (the run goes on)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's `package_granularity` section: price per unit and what was added."""
+        return {**self.sizes.to_json(), "expansion": self.widening.expansion.to_json(),
+                "unresolved_after_expansion": sorted(
+                    f"{m.name} (needed by {' -> '.join(m.needed_by)})"
+                    for m in self.widening.closure.missing),
+                "warnings": self.warnings}
+
+
+def package_granularity(builder: KeepListBuilder, file_level: KeepList, root: RootFS,
+                        entries: Mapping[str, EntryLike], *, env: Mapping[str, str] | None = None,
+                        budgets: Budgets = DEFAULT) -> PackageGranularity:
+    """Index the image, widen `builder` to whole units, build, and price it per unit.
+
+    `builder` holds the file-level evidence and `file_level` is its build(); `entries` is
+    the flattened image's index (every path, and sizes for the price).
+    """
+    index = UnitIndex.build(root, paths=entries, budgets=budgets)
+    widening = widen(builder, file_level, index, env=env)
+    keeplist = builder.build()
+    sizes = unit_sizes(index, entries, file_level.kept, keeplist.kept)
+    return PackageGranularity(keeplist, file_level, widening, sizes, list(index.warnings))
