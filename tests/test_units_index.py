@@ -421,14 +421,11 @@ def test_oversized_databases_are_bad_input_naming_the_budget(build) -> None:
         UnitIndex.build(build(tree), budgets=small)
 
 
-def test_package_db_bytes_bounds_all_reads_together(build, monkeypatch) -> None:
-    import tracer.units.reader as reader
-
-    monkeypatch.setattr(reader, "PACKAGE_DB_BYTES", 300)
+def test_package_db_bytes_bounds_all_reads_together(build) -> None:
     with pytest.raises(BudgetExceeded, match="package_db_bytes"):
-        UnitIndex.build(build(dpkg_tree()))
-    monkeypatch.setattr(reader, "PACKAGE_DB_BYTES", 4096)
-    assert UnitIndex.build(build(dpkg_tree())).unit_of("/usr/bin/other") is not None
+        UnitIndex.build(build(dpkg_tree()), budgets=Budgets(package_db_bytes=300))
+    assert UnitIndex.build(build(dpkg_tree()), budgets=Budgets(package_db_bytes=4096)
+                           ).unit_of("/usr/bin/other") is not None
 
 
 # -- keep.packages reads through the same databases --------------------------------------

@@ -35,6 +35,7 @@ class Budgets:
     entries: int = 2_000_000  # paths of one flattened image (and of one layer)
     path_length: int = 4096  # bytes of one in-image path or link target (PATH_MAX)
     json_bytes: int = 4 * MiB  # one manifest, index or config document
+    package_db_bytes: int = 256 * MiB  # package databases read for one image (dpkg, apk, ...)
     # -- analysis -------------------------------------------------------------------------
     resolver_work: int = 2_000_000  # units of static ELF resolver work (lookups, probes)
     profile_bytes: int = 1 * MiB  # one profile file

@@ -21,16 +21,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracer.budgets import DEFAULT as DEFAULT_BUDGETS
 from tracer.errors import BadInput
 from tracer.image.config import ImageConfig
 from tracer.image.reference import ImageRef, default_output, parse_reference
-from tracer.packages import APK_INSTALLED, DPKG_INFO
 from tracer.rootfs import RootFS, SymlinkLoop, normalize
+from tracer.units.apk import read_apk
+from tracer.units.dpkg import read_dpkg
+from tracer.units.reader import DbReader
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SHELLS = ("sh", "bash", "dash", "ash", "busybox")
 MAX_CANDIDATES = 40  # listed programs; a package with hundreds is not a hint any more
-MAX_DB_FILE = 8 << 20  # bytes read of one package database file (hostile input)
 # Environment that decides which files the application reads, and so which are kept.
 _ENV_THAT_MATTERS = re.compile(r"^(LANG|LANGUAGE|LC_[A-Z]+|TZ)$")
 _DOC_EXCLUDES = ("/usr/share/doc/**", "/usr/share/man/**", "/usr/share/info/**",
@@ -135,40 +137,15 @@ def _names_of(root: RootFS, path: str) -> set[str]:
     return names
 
 
-def _read_db(root: RootFS, path: str) -> str | None:
-    if not root.is_file(path):
-        return None
-    with root.open(path) as f:
-        return f.read(MAX_DB_FILE).decode("utf-8", errors="surrogateescape")
-
-
-def _dpkg_files(root: RootFS) -> dict[str, list[str]]:
-    """Package (as dpkg names its .list file: `name` or `name:arch`) -> listed paths."""
+def _package_db(root: RootFS) -> dict[str, list[str]]:
+    """Installed package -> its paths, through the same bounded readers as keep.packages
+    and package granularity (dpkg status and diversions honoured; apk when no dpkg)."""
+    reader = DbReader(root, DEFAULT_BUDGETS)
+    units = read_dpkg(reader) or read_apk(reader)
     out: dict[str, list[str]] = {}
-    for entry in root.listdir(DPKG_INFO):
-        if entry.endswith(".list"):
-            text = _read_db(root, f"{DPKG_INFO}/{entry}")
-            if text is not None:
-                out[entry[:-5]] = [line for line in text.splitlines()
-                                   if line.startswith("/") and line != "/."]
-    return out
-
-
-def _apk_files(root: RootFS) -> dict[str, list[str]]:
-    """Package -> paths, from apk's installed database (P: name, F: dir, R: file)."""
-    text = _read_db(root, APK_INSTALLED)
-    out: dict[str, list[str]] = {}
-    for block in (text or "").split("\n\n"):
-        name, directory, paths = None, "", []
-        for line in block.splitlines():
-            if line.startswith("P:"):
-                name = line[2:]
-            elif line.startswith("F:"):
-                directory = line[2:]
-            elif line.startswith("R:"):
-                paths.append("/" + posixpath.join(directory, line[2:]))
-        if name:
-            out[name] = paths
+    for unit in units:
+        name = f"{unit.name}:{unit.arch}" if unit.arch else unit.name
+        out.setdefault(name, []).extend(unit.paths)
     return out
 
 
@@ -183,7 +160,7 @@ def find_companions(root: RootFS, config: ImageConfig) -> Companions:
     programs = [p for name in _entry_programs(config) if (p := _which(root, name, dirs))]
     if not programs:
         return Companions(note="the image's command names no program found in the image")
-    db = _dpkg_files(root) or _apk_files(root)
+    db = _package_db(root)
     if not db:
         return Companions(program=programs[0],
                           note="the image has no dpkg or apk package database")

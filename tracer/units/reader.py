@@ -15,14 +15,9 @@ import json
 import stat
 from collections.abc import Iterator
 
-from tracer.budgets import BudgetExceeded, Budgets, MiB
+from tracer.budgets import BudgetExceeded, Budgets
 from tracer.rootfs import RootFS, SymlinkLoop, normalize
 
-# Bytes of package databases one index may read, all files together (and so each one).
-# Real images stay far below: a Debian image with 1,500 packages has about 5 MB of
-# status and 30 MB of .list files. Proposed as Budgets.package_db_bytes; until that field
-# exists this default applies.
-PACKAGE_DB_BYTES = 256 * MiB
 MAX_WARNINGS = 50  # more are counted, not listed: a garbage image must not flood the report
 
 
@@ -32,7 +27,9 @@ class DbReader:
     def __init__(self, root: RootFS, budgets: Budgets) -> None:
         self.root = root
         self.budgets = budgets
-        self.limit: int = getattr(budgets, "package_db_bytes", PACKAGE_DB_BYTES)
+        # all database files together (and so each one); real images stay far below: a
+        # Debian image with 1,500 packages has about 5 MB of status and 30 MB of .list files
+        self.limit = budgets.package_db_bytes
         self.used = 0
         self.records = 0
         self.warnings: list[str] = []

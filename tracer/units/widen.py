@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracer.budgets import DEFAULT, Budgets
+from tracer.keep_policy import IMPLICIT_DLOPENS
 from tracer.keeplist import EntryLike, KeepList, KeepListBuilder, Reason
 from tracer.rootfs import RootFS, SymlinkLoop
 from tracer.static import Closure, Resolver
@@ -65,7 +66,7 @@ def widen(builder: KeepListBuilder, file_level: KeepList, index: UnitIndex, *,
     expansion = expand(index, file_level.kept, env=env, excludes=tuple(excludes))
     for path, text in expansion.added.items():
         builder.add(path, Reason("package", text), follow=False)
-    resolver = resolver or Resolver(index.root, env=env, implicit_dlopens=True)
+    resolver = resolver or Resolver(index.root, env=env, dlopens=IMPLICIT_DLOPENS)
     closure = resolver.closure(elf_roots(index.root, expansion.added))
     for path, needs in closure.files.items():
         for need in needs[:3]:
