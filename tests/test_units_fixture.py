@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from image_builders import flatten_ref
 
+from tracer.budgets import DEFAULT
 from tracer.image import parse_reference
 from tracer.image.sink import write_image
 from tracer.keeplist import KeepList, KeepListBuilder, Reason, size_of
@@ -130,8 +131,8 @@ def test_package_granularity_survives_production_uses_file_granularity_does_not(
             trace = run_smoke(profile, prepared.engine_ref, traced=True,
                               workdir=work / "trace", progress=progress)
             assert trace.passed, trace.failure
-            closure = static_closure(profile, prepared, trace)
-            file_level = build_keeplist(profile, prepared, trace, closure)
+            closure, binaries = static_closure(profile, prepared, trace, DEFAULT)
+            file_level = build_keeplist(profile, prepared, trace, closure, binaries)
 
             builder = rebuild(profile, prepared, file_level)
             assert builder.build().kept.keys() == file_level.kept.keys()
