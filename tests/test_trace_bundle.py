@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
+from prereq import missing
 
 from tracer.errors import EnvironmentProblem
-from tracer.trace.bundle import BUNDLE_MOUNT, build_bundle, make_output_dir
+from tracer.trace.bundle import BUNDLE_MOUNT, build_bundle
+from tracer.trace.users import RunAs
 
 
 def test_bundle_runs_strace_through_its_own_loader_with_an_empty_environment(host_strace, tmp_path):
@@ -37,6 +38,37 @@ def test_missing_strace_is_an_environment_problem(tmp_path):
         build_bundle(tmp_path, str(tmp_path / "no-such-strace"))
 
 
-def test_output_dir_is_writable_by_any_user(tmp_path: Path):
-    out = make_output_dir(tmp_path)
-    assert out.stat().st_mode & 0o7777 == 0o1777
+def test_strace_stays_root_and_starts_the_app_as_the_user(host_strace, tmp_path):
+    bundle = build_bundle(tmp_path, host_strace)
+    cmd = bundle.command("/.tracer-out/main.fifo", ["id"], RunAs("0", strace_user="app"))
+    assert cmd[cmd.index("-u") + 1] == "app" and cmd.index("-u") < cmd.index("--")
+    assert cmd[-2:] == ["--", "id"]
+    if not bundle.has_setpriv:
+        return
+    cmd = bundle.command("/.tracer-out/main.fifo", ["id"],
+                         RunAs("0", setpriv=["--reuid=7", "--regid=8", "--clear-groups"]))
+    assert "-u" not in cmd
+    tail = cmd[cmd.index("--") + 1:]
+    assert tail == [f"{BUNDLE_MOUNT}/{bundle.loader_name}", "--library-path",
+                    f"{BUNDLE_MOUNT}/lib", f"{BUNDLE_MOUNT}/setpriv", "--reuid=7", "--regid=8",
+                    "--clear-groups", "--", "id"]
+
+
+def test_bundled_setpriv_and_dash_run_through_the_bundle_loader(host_strace, tmp_path):
+    """What the container runs, with the host paths of the bundle and an empty environment:
+    the waiter reads its gate line and execs the program; setpriv switches the user."""
+    bundle = build_bundle(tmp_path, host_strace)
+    if not (bundle.has_dash and bundle.has_setpriv):
+        missing("this host has no dash or setpriv (util-linux)")
+    d = bundle.host_dir
+    gate = tmp_path / "gate"
+    gate.write_text("go\n")
+    cmd = [a.replace(BUNDLE_MOUNT, str(d)) for a in bundle.waiter(str(gate), ["echo", "hi"])]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+                         check=True, timeout=30).stdout
+    assert out == "hi\n"
+    run = [str(d / bundle.loader_name), "--library-path", str(d / "lib"), str(d / "setpriv"),
+           "--reuid=65534", "--regid=65534", "--clear-groups", "--", "id", "-u"]
+    out = subprocess.run(run, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+                         check=True, timeout=30).stdout
+    assert out.strip() == "65534"

@@ -4,7 +4,10 @@ The image under test may have no libc, a different libc (musl) or a libc too old
 host's strace. So the bundle carries the host's strace, every library the host's `ldd`
 lists for it and the host's loader, and is started through that loader with
 `--library-path`: nothing of the image is used to run the tracer, and nothing of the
-tracer leaks into what the trace records (its mount point is excluded).
+tracer leaks into what the trace records (its mount point is excluded). Two more host
+programs ride along when the host has them: `setpriv` (to start the app as a user strace's
+`-u` cannot name, see `users`) and `dash` (the waiter that holds an untraced app until
+fanotify's mark is in place). The bundle is mounted read-only.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracer.errors import EnvironmentProblem
+from tracer.trace.users import RunAs
 
 BUNDLE_MOUNT = "/.tracer"  # read-only: strace, its libs, the loader
-OUTPUT_MOUNT = "/.tracer-out"  # writable by anyone: the trace files
+OUTPUT_MOUNT = "/.tracer-out"  # read-only: the FIFOs tracer made (see channels)
 # %file: every call taking a path; the fd calls whose path we need; exec; and the fork
 # family only (not all of %process: wait4/exit_group stops cost time and tell nothing).
 TRACE_SET = "%file,getdents,getdents64,fchdir,bind,connect,clone,clone3,fork,vfork"
@@ -30,20 +34,30 @@ class StraceBundle:
 
     host_dir: Path
     loader_name: str  # file name of the loader inside the bundle
+    has_setpriv: bool = False
+    has_dash: bool = False
 
-    def command(self, output_file: str, argv: list[str]) -> list[str]:
+    def _run(self, program: str) -> list[str]:
+        """argv prefix that runs bundled `program` through the bundle's own loader."""
+        return [f"{BUNDLE_MOUNT}/{self.loader_name}", "--library-path", f"{BUNDLE_MOUNT}/lib",
+                f"{BUNDLE_MOUNT}/{program}"]
+
+    def command(self, output_file: str, argv: list[str], run_as: RunAs | None = None
+                ) -> list[str]:
         """argv that runs `argv` under strace, writing the trace to `output_file` (container path).
 
         `-f --seccomp-bpf` stops only at the traced calls (cheap); `-y` decodes fds to paths
         (dirfds, getdents, fchdir); `-xx` hex-escapes strings so any byte round-trips;
         `-ttt` timestamps attribute calls to smoke steps; `-qq` and `-e signal=none` keep
-        strace quiet; `-o` keeps its output away from the app's stdout/stderr.
+        strace quiet; `-o` keeps its output away from the app's stdout/stderr. With
+        `run_as`, strace stays root and starts the app as the profile's user (`-u NAME`, or
+        the bundled setpriv with numeric ids).
         """
+        user = ["-u", run_as.strace_user] if run_as and run_as.strace_user else []
+        switch = [*self._run("setpriv"), *run_as.setpriv, "--"] if run_as and run_as.setpriv \
+            else []
         return [
-            f"{BUNDLE_MOUNT}/{self.loader_name}",
-            "--library-path",
-            f"{BUNDLE_MOUNT}/lib",
-            f"{BUNDLE_MOUNT}/strace",
+            *self._run("strace"),
             "-f",
             "--seccomp-bpf",
             "-qq",
@@ -56,11 +70,19 @@ class StraceBundle:
             f"trace={TRACE_SET}",
             "-e",
             "signal=none",
+            *user,
             "-o",
             output_file,
             "--",
+            *switch,
             *argv,
         ]
+
+    def waiter(self, gate: str, argv: list[str]) -> list[str]:
+        """argv that waits for one line on the FIFO `gate`, then execs `argv` (fanotify-only
+        runs: the app must not open anything before the mark is in place)."""
+        return [*self._run("dash"), "-c", 'read _ < "$0"; exec "$@"', gate,
+                *argv]
 
 
 def _ldd(binary: str) -> tuple[list[Path], Path]:
@@ -87,7 +109,8 @@ def _ldd(binary: str) -> tuple[list[Path], Path]:
 
 
 def build_bundle(workdir: Path, strace: str | None = None) -> StraceBundle:
-    """Copy the host's strace, its libraries and loader into `workdir/strace-bundle`."""
+    """Copy the host's strace (and setpriv, dash), their libraries and loader into
+    `workdir/strace-bundle`."""
     path = strace or shutil.which("strace")
     if not path or not Path(path).is_file():
         raise EnvironmentProblem("strace is not installed on this host (apt-get install strace)")
@@ -95,19 +118,24 @@ def build_bundle(workdir: Path, strace: str | None = None) -> StraceBundle:
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "lib").mkdir(parents=True)
-    libs, loader = _ldd(path)
-    shutil.copy2(Path(path).resolve(), dest / "strace")
-    for lib in libs:
-        shutil.copy2(lib.resolve(), dest / "lib" / lib.name)
+    programs = {"strace": path}
+    for extra in ("setpriv", "dash"):
+        found = shutil.which(extra)
+        if found and Path(found).is_file():
+            programs[extra] = found
+    loader: Path | None = None
+    for name, program in programs.items():
+        libs, loader_of = _ldd(program)
+        if loader is None:
+            loader = loader_of
+        elif loader_of.name != loader.name:
+            continue  # built for another loader: not usable through ours
+        shutil.copy2(Path(program).resolve(), dest / name)
+        for lib in libs:
+            shutil.copy2(lib.resolve(), dest / "lib" / lib.name)
+    assert loader is not None  # strace's, or _ldd raised
     shutil.copy2(loader.resolve(), dest / loader.name)
     for f in [dest, dest / "lib", *dest.rglob("*")]:
         f.chmod(0o755)
-    return StraceBundle(dest, loader.name)
-
-
-def make_output_dir(workdir: Path, name: str = "trace-out") -> Path:
-    """A directory for trace files that the app's user (maybe not root) can write (1777)."""
-    out = Path(workdir) / name
-    out.mkdir(parents=True, exist_ok=True)
-    out.chmod(0o1777)
-    return out
+    return StraceBundle(dest, loader.name, has_setpriv=(dest / "setpriv").exists(),
+                        has_dash=(dest / "dash").exists())

@@ -3,26 +3,40 @@
 Every container is created here and remembered by id, so `cleanup()` can remove all of
 them on success, failure and Ctrl-C alike. The profile's `run:` section and the image's
 config are combined here into one `ContainerSpec`, the same for traced and untraced runs
-except for the strace wrapper, the bundle mounts and CAP_SYS_PTRACE.
+except for the recorder's wrapper, its read-only mounts, the user strace starts as and
+CAP_SYS_PTRACE.
+
+Nothing here waits by polling: exits come from the engine's `wait`, log lines from one
+follow stream per container. What a container prints is read as a stream into a bounded
+tail (`capture.TailBuffer`), never whole. A container that someone else removes during the
+run is an environment problem (`ContainerGone`, exit 4), not a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
-import time
+import socket
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from tracer.errors import BadInput, EnvironmentProblem
 from tracer.image.config import ImageConfig
 from tracer.profile_model import RunSpec
+from tracer.trace.capture import TailBuffer
 
 
 class StartFailed(Exception):
     """The engine could not start the container's process (e.g. its entrypoint is missing)."""
+
+
+class ContainerGone(EnvironmentProblem):
+    """A container of this run disappeared (removed by someone else): exit 4."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +50,11 @@ class ContainerSpec:
     workdir: str | None = None
     network: str = "none"
     tmpfs: list[str] = field(default_factory=list)
+    tmpfs_bytes: int | None = None  # size of each tmpfs: the app cannot fill the host's RAM
     binds: dict[str, tuple[str, bool]] = field(default_factory=dict)  # target -> (src, ro)
     cap_add: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)  # lets an operator find leftovers
+    stdin: str | None = None  # fed to the main process, then closed; None: empty and closed
 
 
 def connect() -> Any:
@@ -46,6 +62,14 @@ def connect() -> Any:
     from tracer.engine import connect as engine
 
     return engine().sdk
+
+
+def stream_client() -> Any:
+    """The client for streams that are silent for long (follow logs, exec output, wait):
+    no per-read deadline; the caller enforces its own."""
+    from tracer.engine import connect as engine
+
+    return engine(None).sdk
 
 
 def image_config(client: Any, image: str) -> ImageConfig:
@@ -69,12 +93,92 @@ def effective_argv(run: RunSpec, cfg: ImageConfig, image: str) -> list[str]:
     return argv
 
 
+def raw_socket(sock: Any) -> socket.socket:
+    """The real socket under the SDK's hijacked connection (SocketIO or socket)."""
+    return getattr(sock, "_sock", sock)
+
+
+@contextlib.contextmanager
+def engine_calls(container: Any, what: str) -> Iterator[None]:
+    """Engine failures as EnvironmentProblem; a vanished container as ContainerGone."""
+    import docker
+
+    from tracer.engine import engine_errors
+
+    try:
+        with engine_errors(what):
+            yield
+    except docker.errors.NotFound:
+        raise ContainerGone(
+            f"container {getattr(container, 'name', container)} disappeared while tracer "
+            f"was trying to {what}: something else removed it during the run") from None
+
+
+class LogWatch:
+    """Follows a container's stdout+stderr: a bounded tail, and whether a regex was seen.
+
+    One stream per container instead of fetching the whole log on every poll: a ready
+    line is noticed when it is written, and an app that logs gigabytes costs `cap` bytes.
+    The regex is searched line by line (a line longer than the cap is searched in its tail).
+    """
+
+    def __init__(self, container: Any, pattern: str | None, cap: int) -> None:
+        self.container, self.cap = container, cap
+        self.pattern = re.compile(pattern.encode(), re.M) if pattern else None
+        self.tail = TailBuffer(cap)
+        self.matched = threading.Event()
+        self.ended = threading.Event()
+        self.changed = threading.Condition()
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._follow, name="logs", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        partial = b""
+        try:
+            self._stream = stream_client().api.logs(
+                self.container.id, stdout=True, stderr=True, stream=True, follow=True)
+            for chunk in self._stream:
+                self.tail.write(chunk)
+                if self.pattern is not None and not self.matched.is_set():
+                    lines = (partial + chunk).split(b"\n")
+                    partial = lines.pop()[-self.cap :]
+                    if any(self.pattern.search(ln) for ln in lines) or self.pattern.search(
+                        partial
+                    ):
+                        self.matched.set()
+                with self.changed:
+                    self.changed.notify_all()
+        except Exception:  # noqa: BLE001 - the container went away: the stream just ends
+            pass
+        finally:
+            self.ended.set()
+            with self.changed:
+                self.changed.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until new output arrives, the stream ends, or `timeout` passes."""
+        with self.changed:
+            if not self.ended.is_set():
+                self.changed.wait(max(timeout, 0))
+
+    def close(self) -> None:
+        stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+        self._thread.join(5)
+
+
 class DockerRunner:
     """Creates containers and remembers them so that all are removed, whatever happens."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, output_cap: int = 1 << 20) -> None:
         self.client = client
+        self.output_cap = output_cap
         self.created: list[str] = []
+        self._stdin: dict[str, tuple[Any, bytes]] = {}  # name -> (stdin socket, data) to feed
+        self._sockets: list[Any] = []  # every hijacked connection, closed by cleanup()
 
     def create(self, spec: ContainerSpec) -> Any:
         import docker
@@ -83,6 +187,7 @@ class DockerRunner:
             docker.types.Mount(target, src, type="bind", read_only=ro)
             for target, (src, ro) in spec.binds.items()
         ]
+        size = f"size={spec.tmpfs_bytes}" if spec.tmpfs_bytes else ""
         # Named and remembered BEFORE the engine is asked: if the answer never arrives
         # (Ctrl-C, a failed inspect inside the SDK), cleanup still removes it by name.
         name = f"tracer-{uuid.uuid4().hex[:16]}"
@@ -97,10 +202,11 @@ class DockerRunner:
                 user=spec.user or "",
                 working_dir=spec.workdir or None,
                 network_mode=spec.network,
-                tmpfs={p: "" for p in spec.tmpfs},
+                tmpfs={p: size for p in spec.tmpfs},
                 mounts=mounts,
                 cap_add=spec.cap_add or None,
                 labels=spec.labels,
+                stdin_open=spec.stdin is not None,
                 detach=True,
             )
         except docker.errors.ImageNotFound as exc:
@@ -109,68 +215,106 @@ class DockerRunner:
             raise EnvironmentProblem(
                 f"the Docker engine refused to create a container: {exc}"
             ) from exc
+        if spec.stdin is not None:
+            # attached before the start, so not a byte is lost; StdinOnce closes the
+            # process's stdin when this connection is done
+            with engine_calls(container, "attach to the container's stdin"):
+                sock = self.client.api.attach_socket(
+                    container.id, params={"stdin": 1, "stream": 1})
+            self._sockets.append(sock)
+            self._stdin[name] = (sock, spec.stdin.encode())
         return container
 
     def start(self, container: Any) -> None:
         """Start; StartFailed when the runtime cannot start the process (a missing entrypoint
-        in a minimized image is the application's failure, not the environment's)."""
+        in a minimized image is the application's failure, not the environment's). Then
+        feed `stdin` (if the spec asked for it) from a thread and close it."""
         import docker
 
         try:
             container.start()
+        except docker.errors.NotFound:
+            raise ContainerGone(f"container {container.name} disappeared before it started: "
+                                "something else removed it") from None
         except docker.errors.APIError as exc:
             msg = str(exc.explanation or exc)
             raise StartFailed(f"the container did not start: {msg}") from exc
+        pending = self._stdin.pop(container.name, None)
+        if pending is not None:
+            feed(*pending)
 
     def status(self, container: Any) -> tuple[str, int | None]:
         """(state, exit code if exited) from a fresh inspect."""
-        container.reload()
+        with engine_calls(container, "inspect a container"):
+            container.reload()
         state = container.attrs.get("State") or {}
         status = state.get("Status", "")
         return status, (state.get("ExitCode") if status in ("exited", "dead") else None)
 
     def wait(self, container: Any, timeout: float) -> int | None:
-        """Exit code, or None after `timeout` seconds (the container keeps running)."""
-        deadline = time.monotonic() + max(timeout, 0)
-        pause = 0.01  # back off to 100 ms: a short job is noticed as soon as it ends
-        while True:
-            status, code = self.status(container)
-            if code is not None:
-                return code
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.1)
+        """Exit code, or None after `timeout` seconds (the container keeps running).
 
-    def logs(self, container: Any, *, stdout: bool = True, stderr: bool = True) -> str:
-        try:
-            data = container.logs(stdout=stdout, stderr=stderr)
-        except Exception:  # noqa: BLE001 - a vanished container simply has no more logs
-            return ""
-        return data.decode("utf-8", "replace")
+        The engine answers when the container exits: no polling, a short job is noticed
+        at once.
+        """
+        import requests
 
-    def stop(self, container: Any, *, traced: bool, grace: float = 5.0) -> int | None:
-        """Stop gracefully so strace can flush its trace, then kill after `grace` seconds.
+        if timeout <= 0:
+            return self.status(container)[1]
+        with engine_calls(container, "wait for a container"):
+            try:
+                answer = stream_client().api.wait(container.id, timeout=timeout)
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                answer = None  # our own timeout (the SDK may wrap it): still running?
+        if answer is None:
+            return self.status(container)[1]
+        return int(answer.get("StatusCode", -1))
+
+    def logs(
+        self, container: Any, *, stdout: bool = True, stderr: bool = True, raw: bool = False
+    ) -> str:
+        """The tail (output_cap bytes) of the container's output, read as a stream.
+
+        strace's own lines are removed unless `raw` (the environment-problem check wants
+        them; a step's regex and a failure report must not see them)."""
+        from tracer.trace.capture import without_tool_lines
+
+        tail = TailBuffer(self.output_cap)
+        with contextlib.suppress(Exception):  # a vanished container has no more logs
+            tail.feed(self.client.api.logs(container.id, stdout=stdout, stderr=stderr,
+                                           stream=True, follow=False))
+        text = tail.text()
+        return text if raw else without_tool_lines(text)
+
+    def watch_logs(self, container: Any, pattern: str | None) -> LogWatch:
+        return LogWatch(container, pattern, self.output_cap)
+
+    def stop(self, container: Any, *, graceful: bool, grace: float = 5.0) -> int | None:
+        """End the container. Not graceful (an untraced run whose steps are all judged):
+        SIGKILL at once, there is nothing left to learn from it. Graceful (a traced run):
+        let the app shut down and strace flush, then kill after `grace` seconds.
 
         With strace as PID 1, `docker stop` would signal strace, which blocks fatal
         signals and is then SIGKILLed with its buffer unwritten. So the application (the
         children of PID 1, seen from the engine's host) gets SIGTERM; strace then exits
-        on its own when the last tracee is gone. Untraced, or where the host pids cannot be
-        signalled (not root, remote engine), SIGTERM goes to PID 1 as `docker stop` does.
+        on its own when the last tracee is gone. Where the host pids cannot be signalled
+        (not root, remote engine), SIGTERM goes to PID 1 as `docker stop` does.
         """
         status, code = self.status(container)
         if code is not None:
             return code
+        if not graceful:
+            self.kill(container)
+            return self.wait(container, 10)
         pid = (container.attrs.get("State") or {}).get("Pid") or 0
-        if not (traced and self._signal_tree(pid, signal.SIGTERM)):
+        if not self._signal_tree(pid, signal.SIGTERM):
             with contextlib.suppress(Exception):
                 container.kill(signal="SIGTERM")
         code = self.wait(container, grace)
-        if code is None and traced and self._signal_tree(pid, signal.SIGKILL):
+        if code is None and self._signal_tree(pid, signal.SIGKILL):
             code = self.wait(container, 3)  # strace sees its tracees die and flushes
         if code is None:
-            with contextlib.suppress(Exception):
-                container.kill()
+            self.kill(container)
             code = self.wait(container, 10)
         return code
 
@@ -207,8 +351,32 @@ class DockerRunner:
 
     def cleanup(self) -> None:
         """Remove every container this runner created (by its unique name); never raises."""
+        for sock in self._sockets:
+            with contextlib.suppress(Exception):
+                sock.close()
+        self._sockets.clear()
+        self._stdin.clear()
         while self.created:
             cid = self.created[-1]  # forgotten only once its removal was attempted
             with contextlib.suppress(Exception):
                 self.client.api.remove_container(cid, force=True, v=True)
             self.created.pop()
+
+
+def feed(sock: Any, data: bytes) -> threading.Thread:
+    """Write `data` to a hijacked stdin connection from a thread, then close the write side
+    (the process reads EOF). A thread: an app that prints before it reads must not
+    deadlock against us, and one that never reads must not hold the run."""
+
+    def write() -> None:
+        raw = raw_socket(sock)
+        try:
+            if data:
+                raw.sendall(data)
+            raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the process exited or closed its stdin: what it did not read is moot
+
+    thread = threading.Thread(target=write, name="stdin", daemon=True)
+    thread.start()
+    return thread

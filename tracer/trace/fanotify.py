@@ -1,10 +1,22 @@
-"""The fanotify recorder: every open and exec on a container's overlay filesystem.
+"""The fanotify recorder: every open and exec through a container's own root mount.
 
 ptrace cannot follow a setuid exec and sees nothing of what the kernel opens itself (the
-ELF interpreter, a `#!` interpreter); fanotify sees every open on the filesystem, whoever
-makes it. It gives resolved paths only and no stat/access/readlink/listing, so it is the
-second recorder, merged with strace. It needs CAP_SYS_ADMIN on the engine's host; where
-that is missing `available()` says why and the run goes on with strace alone.
+ELF interpreter, a `#!` interpreter); fanotify sees every open, whoever makes it. It gives
+resolved paths only and no stat/access/readlink/listing, so it is the second recorder,
+merged with strace (or the only one, for an app that behaves differently under ptrace).
+It needs CAP_SYS_ADMIN on the engine's host; where that is missing `available()` says why
+and the run goes on with strace alone.
+
+Attribution: only the traced container's processes count.
+- The mark is a MOUNT mark on the container's own root mount, reached through
+  /proc/<container pid>/root. That mount exists only in the container's mount namespace:
+  a host process reading the same files through the engine's merged directory (`docker
+  cp`, an operator's `cat`) goes through another mount and produces no event at all. The
+  kernel names each file relative to that mount's root, i.e. as the container sees it.
+- Each event's process must also be in one of the traced containers' PID namespaces; an
+  event of any other live process (a host process that reached the mount through
+  /proc/<pid>/root) is dropped and counted (`foreign`). A process that has already exited
+  when its event is read cannot be checked; its event is attributed by the mount alone.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ FAN_NONBLOCK = 0x00000002
 FAN_CLASS_NOTIF = 0x00000000
 FAN_UNLIMITED_QUEUE = 0x00000010
 FAN_MARK_ADD = 0x00000001
-FAN_MARK_FILESYSTEM = 0x00000100
+FAN_MARK_MOUNT = 0x00000010
 FAN_OPEN = 0x00000020
 FAN_OPEN_EXEC = 0x00001000
 FAN_Q_OVERFLOW = 0x00004000
@@ -80,18 +92,21 @@ def available() -> str | None:
 
 @dataclass
 class FanotifyRecorder:
-    """Records opens/execs under `merged_dir` (a mounted overlay) in a background thread."""
+    """Records opens/execs through the root mounts of the containers whose init pids are
+    added (`add`), in a background thread."""
 
-    merged_dir: str
     events: list[FanEvent] = field(default_factory=list)
     overflowed: bool = False
     lost: int = 0  # events whose file the kernel could not open for us
+    foreign: int = 0  # events of processes outside the traced containers, dropped
     _fd: int = -1
+    _namespaces: set[str] = field(default_factory=set)  # pid namespaces that count
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Mark the overlay's filesystem; raises OSError with the reason if the kernel refuses."""
+    def start(self, container_pid: int) -> None:
+        """Open the group and mark the first container; raises OSError with the reason if
+        the kernel refuses."""
         libc = _libc()
         fd = libc.fanotify_init(
             FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
@@ -100,17 +115,29 @@ class FanotifyRecorder:
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify_init: {os.strerror(err)}")
-        mask = FAN_OPEN | FAN_OPEN_EXEC | FAN_ONDIR
-        rc = libc.fanotify_mark(
-            fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, mask, _AT_FDCWD, os.fsencode(self.merged_dir)
-        )
-        if rc < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(err, f"fanotify_mark {self.merged_dir}: {os.strerror(err)}")
         self._fd = fd
+        try:
+            self.add(container_pid)
+        except OSError:
+            os.close(fd)
+            self._fd = -1
+            raise
         self._thread = threading.Thread(target=self._loop, name="fanotify", daemon=True)
         self._thread.start()
+
+    def add(self, container_pid: int) -> None:
+        """Mark the root mount of the container whose process (as the host sees it) is
+        `container_pid`, and let its PID namespace count. Call while that process is held
+        before the application's first open (strace blocked on its FIFO, or the waiter)."""
+        root = f"/proc/{container_pid}/root"
+        namespace = os.readlink(f"/proc/{container_pid}/ns/pid")
+        rc = _libc().fanotify_mark(self._fd, FAN_MARK_ADD | FAN_MARK_MOUNT,
+                                   FAN_OPEN | FAN_OPEN_EXEC | FAN_ONDIR, _AT_FDCWD,
+                                   os.fsencode(root))
+        if rc < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"fanotify_mark {root}: {os.strerror(err)}")
+        self._namespaces.add(namespace)
 
     def stop(self) -> None:
         """Drain what is queued, stop the thread and close the fd; safe to call twice."""
@@ -163,32 +190,34 @@ class FanotifyRecorder:
                 continue
             finally:
                 os.close(fd)
+            if not self._ours(pid):
+                self.foreign += 1
+                continue
             is_exec = bool(mask & FAN_OPEN_EXEC)
             program, cmdline = self._program(pid)
-            self.events.append(
-                FanEvent(self._in_container(path), pid, is_exec, now, program, cmdline)
-            )
+            self.events.append(FanEvent(path, pid, is_exec, now, program, cmdline))
 
-    def _in_container(self, path: str) -> str:
-        """The path as the container sees it, whichever view the kernel gave us."""
-        merged = self.merged_dir.rstrip("/")
-        if path == merged:
-            return "/"
-        if path.startswith(merged + "/"):
-            return path[len(merged) :]
-        return path
+    def _ours(self, pid: int) -> bool:
+        """False for a live process outside every traced container's PID namespace."""
+        try:
+            return os.readlink(f"/proc/{pid}/ns/pid") in self._namespaces
+        except OSError:
+            return True  # exited before we looked: the mount mark attributes it
 
-    def _program(self, pid: int) -> tuple[str, tuple[str, ...]]:
+    @staticmethod
+    def _program(pid: int) -> tuple[str, tuple[str, ...]]:
         """The process's executable and argv now (best effort: it may have exec'd or exited
         since the event). Not cached: an exec from a bind mount gives no event to
-        invalidate a cache with, and a stale program would misattribute every later open."""
+        invalidate a cache with, and a stale program would misattribute every later open.
+        The kernel names the executable as the container sees it (its mounts are not
+        reachable from our root)."""
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = tuple(os.fsdecode(a) for a in f.read().split(b"\0") if a)
+                argv = tuple(os.fsdecode(a) for a in f.read(1 << 16).split(b"\0") if a)
         except OSError:
             return "", ()
-        return self._in_container(exe), argv
+        return exe, argv
 
 
 def is_tooling(ev: FanEvent, tool_prefix: str) -> bool:

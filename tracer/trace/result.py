@@ -80,7 +80,8 @@ class StepOutcome:
     seconds: float
     exit_code: int | None = None
     message: str = ""
-    output: str = ""
+    output: str = ""  # on failure: the tail of its output, the body, or the bytes received
+    logs: str = ""  # on failure of a service's step: the main container's last log lines
 
 
 @dataclass
@@ -95,6 +96,10 @@ class SmokeResult:
     seconds: float = 0.0
     failure: str | None = None
     notes: list[str] = field(default_factory=list)  # why a recorder did not run, overflows
+    # the app behaved differently under strace: the evidence is fanotify's alone (opens
+    # and execs, no failed lookups, no stat/readlink/listing)
+    fanotify_only: bool = False
+    foreign_events: int = 0  # fanotify events of processes outside the container, dropped
 
 
 def dedupe(accesses: list[Access]) -> list[Access]:

@@ -1,29 +1,36 @@
 """run_smoke: start the image as the profile says, run every smoke step, record what it used.
 
-This module only orchestrates: the engine side is `docker_runner`, the steps are `steps`,
-the recorders are the strace bundle (`bundle` + `parser`) and `fanotify`. The order is
-fixed: create -> (mark fanotify) -> start -> ready (or job run) -> smoke steps -> stop ->
-parse; the `finally` removes every container on success, failure and Ctrl-C.
+This module only orchestrates, in named stages that each return a typed value:
+`_prepare` (bundle, trace channels, the user the app runs as) -> `_start_main` (create,
+start, fanotify mark, release the app) -> `_first_step` (job run or ready) ->
+`_smoke_steps` -> `_stop` -> `_evidence` (parse the traces, merge fanotify). The engine
+side is `docker_runner`, the steps are `steps`, trace data crosses through `channels`; the
+`finally` removes every container on success, failure and Ctrl-C.
+
+Three ways to run (`Mode`): untraced (verification), strace (+ fanotify where the host
+allows it), and fanotify alone (an app that behaves differently under ptrace; see
+`original.trace_original`).
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
-import os
+import enum
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracer.budgets import DEFAULT, Budgets
 from tracer.errors import EnvironmentProblem
 from tracer.image.config import ImageConfig
-from tracer.profile_model import Profile
+from tracer.profile_model import CommandStep, ExecStep, Profile
 from tracer.trace import fanotify
-from tracer.trace.bundle import BUNDLE_MOUNT, OUTPUT_MOUNT, build_bundle, make_output_dir
+from tracer.trace.bundle import BUNDLE_MOUNT, OUTPUT_MOUNT, StraceBundle, build_bundle
+from tracer.trace.channels import Gate, TraceChannels
 from tracer.trace.docker_runner import (
     ContainerSpec,
     DockerRunner,
@@ -34,11 +41,26 @@ from tracer.trace.docker_runner import (
 )
 from tracer.trace.parser import excluder, parse_trace
 from tracer.trace.result import Access, SmokeResult, StepOutcome, dedupe
-from tracer.trace.steps import StepContext, first_lines, run_step, wait_ready
+from tracer.trace.steps import (
+    StepContext,
+    check_output,
+    explain_exec_failure,
+    run_step,
+    step_stem,
+    wait_ready,
+)
+from tracer.trace.users import RunAs, plan
 
 ALWAYS_EXCLUDED = (BUNDLE_MOUNT, OUTPUT_MOUNT, "/proc", "/sys", "/dev")
 STOP_LABEL = "stop"
 RUN_LABEL = "org.tracer.smoke"  # on every container a smoke run creates (value: profile name)
+MAIN = "main"  # the main process's trace stream
+
+
+class Mode(enum.Enum):
+    UNTRACED = "untraced"
+    STRACE = "strace"  # strace, plus fanotify where the host allows it
+    FANOTIFY = "fanotify"  # fanotify alone: no ptrace at all
 
 
 class Timeline:
@@ -59,34 +81,6 @@ class Timeline:
         return self.labels[max(i, 0)]
 
 
-class _FifoPump:
-    """Reads strace's output FIFO into a file.
-
-    strace opens its `-o` file before it starts the application, and opening a FIFO for
-    writing blocks until a reader comes: so the application cannot run before the
-    fanotify mark is in place, and nothing it opens at startup is missed.
-    """
-
-    def __init__(self, fifo: Path, dest: Path) -> None:
-        self.fifo, self.dest = fifo, dest
-        self.thread = threading.Thread(target=self._pump, name="strace-fifo", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def _pump(self) -> None:
-        with open(self.fifo, "rb") as src, open(self.dest, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 16)
-
-    def release(self) -> None:
-        """Unblock a writer that never came (strace failed to start) and end the thread."""
-        if self.thread.is_alive():
-            with contextlib.suppress(OSError):
-                fd = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-                os.close(fd)
-            self.thread.join(10)
-
-
 def _strace_error(logs: str) -> str | None:
     """strace's own complaint about tracing itself (ptrace or seccomp refused), if any.
 
@@ -101,6 +95,14 @@ def _strace_error(logs: str) -> str | None:
     return None
 
 
+def budgets_for(profile: Profile, budgets: Budgets | None = None) -> Budgets:
+    """The budgets a run spends: given ones, else the defaults with the profile's raises."""
+    if budgets is not None:
+        return budgets
+    where = f"{profile.source or profile.name}: budgets"
+    return DEFAULT.override(profile.budgets, where) if profile.budgets else DEFAULT
+
+
 def run_smoke(
     profile: Profile,
     image: str,
@@ -108,176 +110,423 @@ def run_smoke(
     traced: bool,
     workdir: Path,
     progress: Callable[[str], None] | None = None,
+    budgets: Budgets | None = None,
 ) -> SmokeResult:
     """Run the profile's smoke test against `image` (a reference the engine knows).
 
     Never raises on a failing step (passed=False, `failure` says which and why); raises
-    EnvironmentProblem (no engine, no strace, no permission) and BadInput (image not in
-    the engine). Every container created is removed before returning, and so is the
-    scratch directory made under `workdir` (bundle, trace files), Ctrl-C included.
+    EnvironmentProblem (no engine, no strace, no permission, a container removed by
+    someone else) and BadInput (image not in the engine). Every container created is
+    removed before returning, and so is the scratch directory made under `workdir`
+    (bundle, FIFOs, trace copies), Ctrl-C included.
     """
+    mode = Mode.STRACE if traced else Mode.UNTRACED
+    return run_in_mode(profile, image, mode, workdir=workdir, progress=progress,
+                       budgets=budgets)
+
+
+def run_in_mode(
+    profile: Profile,
+    image: str,
+    mode: Mode,
+    *,
+    workdir: Path,
+    progress: Callable[[str], None] | None = None,
+    budgets: Budgets | None = None,
+) -> SmokeResult:
+    """`run_smoke` with the recording mode chosen explicitly."""
     t0 = time.monotonic()
     client = connect()
     cfg = image_config(client, image)
     argv = effective_argv(profile.run, cfg, image)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="trace-", dir=workdir))
+    spent = budgets_for(profile, budgets)
+    run = _Run(profile, image, mode, DockerRunner(client, output_cap=spent.output_bytes),
+               spent, progress or (lambda _msg: None), t0)
     try:
-        return _run_smoke_in(
-            scratch,
-            profile,
-            image,
-            traced=traced,
-            client=client,
-            cfg=cfg,
-            argv=argv,
-            say=progress or (lambda _msg: None),
-            t0=t0,
-        )
+        setup = _prepare(scratch, run, cfg, argv)
+        return _run_smoke_in(setup, run)
     finally:
+        run.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_smoke_in(
-    scratch: Path,
-    profile: Profile,
-    image: str,
-    *,
-    traced: bool,
-    client: Any,
-    cfg: ImageConfig,
-    argv: list[str],
-    say: Callable[[str], None],
-    t0: float,
-) -> SmokeResult:
-    """The run itself: create -> (fanotify) -> start -> ready/job -> steps -> stop -> parse."""
-    run = profile.run
-    bundle = build_bundle(scratch) if traced else None
-    outdir = make_output_dir(scratch) if traced else None
-    binds = (
-        {BUNDLE_MOUNT: (str(bundle.host_dir), True), OUTPUT_MOUNT: (str(outdir), False)}
-        if bundle and outdir
-        else {}
+# -- the state of one run and what is fixed before it starts -----------------------------
+
+
+@dataclass
+class _Run:
+    """What a run accumulates; `close()` removes containers and ends every helper thread."""
+
+    profile: Profile
+    image: str
+    mode: Mode
+    runner: DockerRunner
+    budgets: Budgets
+    say: Callable[[str], None]
+    t0: float
+    timeline: Timeline = field(default_factory=Timeline)
+    notes: list[str] = field(default_factory=list)
+    fan: fanotify.FanotifyRecorder | None = None
+    channels: TraceChannels | None = None
+    gates: dict[str, Gate] = field(default_factory=dict)
+    watch: Any = None
+    labels: dict[str, str] = field(default_factory=lambda: {MAIN: ""})  # stem -> label
+
+    def note(self, msg: str) -> None:
+        self.notes.append(msg)
+        self.say(msg)
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+        self.runner.cleanup()  # first: dead writers end every pump
+        for gate in self.gates.values():
+            gate.close()
+        if self.channels is not None:
+            self.channels.close()
+        if self.fan is not None:
+            self.fan.stop()
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Everything fixed before the first container starts."""
+
+    argv: list[str]
+    cfg: ImageConfig
+    bundle: StraceBundle | None
+    run_as: RunAs
+    fanotify_reason: str | None  # None: fanotify is used
+
+    def binds(self, run: _Run) -> dict[str, tuple[str, bool]]:
+        """Read-only mounts: the bundle and the FIFO directory, nothing writable."""
+        if self.bundle is None or run.channels is None:
+            return {}
+        return {BUNDLE_MOUNT: (str(self.bundle.host_dir), True),
+                OUTPUT_MOUNT: (str(run.channels.host_dir), True)}
+
+
+def _stems(profile: Profile) -> list[str]:
+    """Every trace stream a run can have: main, and each exec and command step."""
+    return [MAIN] + [step_stem(s) for s in profile.smoke
+                     if isinstance(s.step, ExecStep | CommandStep)]
+
+
+def _prepare(scratch: Path, run: _Run, cfg: ImageConfig, argv: list[str]) -> _Setup:
+    """Bundle, FIFOs and gates (before any container), the user the app runs as."""
+    if run.mode is Mode.UNTRACED:
+        return _Setup(argv, cfg, None, RunAs(run.profile.run.user), "not tracing")
+    reason = fanotify.available()
+    if run.mode is Mode.FANOTIFY and reason is not None:
+        raise EnvironmentProblem(f"cannot record with fanotify alone: {reason}")
+    bundle = build_bundle(scratch)
+    if run.mode is Mode.FANOTIFY:
+        if not bundle.has_dash:
+            raise EnvironmentProblem("cannot record with fanotify alone: the host has no dash "
+                                     "to hold the app until the mark is in place")
+        run.channels = TraceChannels(scratch, [], cap=run.budgets.trace_bytes,
+                                     mount=OUTPUT_MOUNT)
+        run.gates = {stem: Gate(run.channels, f"go-{stem}") for stem in _stems(run.profile)
+                     if stem == MAIN or stem.endswith("-command")}
+        return _Setup(argv, cfg, bundle, RunAs(run.profile.run.user), None)
+    run_as = _run_as(run, cfg, bundle)
+    if run_as.note:
+        run.note(run_as.note)
+    # strace writes the FIFOs: as root, they are 0600 and a non-root app cannot open them
+    root = run_as.drops or _is_root(run_as.container_user or cfg.user or None)
+    run.channels = TraceChannels(scratch, _stems(run.profile), cap=run.budgets.trace_bytes,
+                                 mount=OUTPUT_MOUNT, writer_mode=0o600 if root else 0o666)
+    if reason is not None:
+        run.note(f"fanotify not used: {reason}")
+    return _Setup(argv, cfg, bundle, run_as, reason)
+
+
+def _is_root(user: str | None) -> bool:
+    from tracer.trace.users import ROOT_FORMS
+
+    return user is None or user in ROOT_FORMS
+
+
+def _run_as(run: _Run, cfg: ImageConfig, bundle: StraceBundle) -> RunAs:
+    """strace as root, the app as the profile's (else the image's) user."""
+    user = run.profile.run.user or cfg.user or None
+    if _is_root(user):
+        return RunAs(container_user=run.profile.run.user)
+    files = _image_files(run, ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf"))
+    return plan(user, passwd=files[0], group=files[1], nsswitch=files[2],
+                setpriv=bundle.has_setpriv)
+
+
+def _image_files(run: _Run, paths: tuple[str, ...], cap: int = 1 << 20) -> list[str | None]:
+    """Small text files of the image (regular files only, at most `cap` bytes each), read
+    from a created, never started container: the user database the runtime would use."""
+    import io
+    import tarfile
+
+    import docker
+
+    spec = ContainerSpec(image=run.image, argv=["/"], network="none",
+                         labels={RUN_LABEL: run.profile.name})
+    container = run.runner.create(spec)
+    out: list[str | None] = []
+    try:
+        for path in paths:
+            try:
+                stream, info = run.runner.client.api.get_archive(container.id, path)
+            except docker.errors.NotFound:
+                out.append(None)
+                continue
+            if int(info.get("size", 0)) > cap:
+                out.append(None)
+                continue
+            data = b"".join(stream)[: cap + 4096]
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                member = tar.next()
+                f = tar.extractfile(member) if member is not None and member.isreg() else None
+                out.append(f.read(cap).decode("utf-8", "replace") if f else None)
+    finally:
+        run.runner.remove(container)
+    return out
+
+
+# -- the stages --------------------------------------------------------------------------
+
+
+def _spec(setup: _Setup, run: _Run, argv: list[str], stdin: str | None) -> ContainerSpec:
+    r = run.profile.run
+    strace = run.mode is Mode.STRACE
+    return ContainerSpec(
+        image=run.image,
+        argv=argv,
+        env=dict(r.env),
+        user=setup.run_as.container_user if strace else r.user,
+        workdir=r.workdir,
+        network=r.network,
+        tmpfs=list(r.tmpfs),
+        tmpfs_bytes=run.budgets.tmpfs_bytes,
+        binds=setup.binds(run),
+        cap_add=["SYS_PTRACE"] if strace else [],
+        labels={RUN_LABEL: run.profile.name},
+        stdin=stdin,
     )
 
-    def wrap(cmd: list[str], stem: str, suffix: str = ".trace") -> list[str]:
-        if bundle is None:
-            return cmd
-        return bundle.command(f"{OUTPUT_MOUNT}/{stem}{suffix}", cmd)
 
-    def spec(cmd: list[str]) -> ContainerSpec:
-        return ContainerSpec(
-            image=image,
-            argv=cmd,
-            env=dict(run.env),
-            user=run.user,
-            workdir=run.workdir,
-            network=run.network,
-            tmpfs=list(run.tmpfs),
-            binds=binds,
-            cap_add=["SYS_PTRACE"] if traced else [],
-            labels={RUN_LABEL: profile.name},
-        )
+def _wrap(setup: _Setup, run: _Run, argv: list[str], stem: str) -> list[str]:
+    """argv as the container runs it: under strace, behind the waiter, or as is."""
+    if setup.bundle is None or run.channels is None:
+        return argv
+    if run.mode is Mode.STRACE:
+        return setup.bundle.command(run.channels.container_path(stem), argv, setup.run_as)
+    if stem in run.gates:
+        return setup.bundle.waiter(run.gates[stem].container_path, argv)
+    return argv  # an exec step in a fanotify-only run: its container is marked already
 
-    runner = DockerRunner(client)
-    timeline = Timeline()
-    labels: dict[str, str] = {"main": ""}  # trace stem -> fixed label ("" = by timeline)
-    steps: list[StepOutcome] = []
-    recorders: list[str] = ["strace"] if traced else []
-    notes: list[str] = []
 
-    def note(msg: str) -> None:
-        notes.append(msg)
-        say(msg)
+def _release(setup: _Setup, run: _Run, stem: str, container: Any) -> None:
+    """A process of stream `stem` exists and is held: mark its container for fanotify if
+    it is a new one, then let it go (open its FIFO, or open its gate)."""
+    new_container = stem == MAIN or (run.fan is not None and stem.endswith("-command"))
+    if setup.fanotify_reason is None and new_container:
+        _mark(run, container)
+    if run.mode is Mode.STRACE and run.channels is not None:
+        run.channels.open(stem)
+    elif stem in run.gates:
+        run.gates[stem].release()
 
-    fan: fanotify.FanotifyRecorder | None = None
-    pump: _FifoPump | None = None
-    deadline = time.monotonic() + run.timeout
+
+def _mark(run: _Run, container: Any) -> None:
+    """Add the container's root mount to fanotify (starting the recorder on first use)."""
     try:
-        fan_reason = fanotify.available() if traced else "not tracing"
-        if fan_reason is None and outdir is not None:
-            os.mkfifo(outdir / "main.fifo", 0o666)
-            (outdir / "main.fifo").chmod(0o666)
-            pump = _FifoPump(outdir / "main.fifo", outdir / "main.trace")
-            main = runner.create(spec(wrap(argv, "main", ".fifo")))
+        pid = _container_pid(run, container)
+        if run.fan is None:
+            fan = fanotify.FanotifyRecorder()
+            fan.start(pid)
+            run.fan = fan
         else:
-            if traced:
-                note(f"fanotify not used: {fan_reason}")
-            main = runner.create(spec(wrap(argv, "main")))
-        say(f"starting {image}" + (" under strace" if traced else ""))
-        timeline.mark("run")
-        try:
-            runner.start(main)
-        except StartFailed as exc:
-            first = "run" if run.mode == "job" else "ready"
-            kind = "job" if run.mode == "job" else "ready"
-            steps.append(StepOutcome(first, kind, False, 0.0, None, str(exc), ""))
-            return _finish(steps, recorders=[], t0=t0)
-        if pump is not None:
-            fan = _start_fanotify(main, note)  # strace waits on the FIFO until pump opens it
-            pump.start()
-            if fan is not None:
-                recorders.append("fanotify")
-        ctx = StepContext(
-            runner=runner,
-            container=main,
-            wrap=wrap,
-            command_spec=lambda cmd, stem: spec(wrap(cmd, stem)),
-            deadline=deadline,
-        )
-        if run.mode == "job":
-            outcome = _run_job(runner, main, profile, deadline)
-            ctx.container = None
-        else:
-            outcome = wait_ready(ctx, run.ready)
-        steps.append(outcome)
-        if outcome.passed:
-            for smoke in profile.smoke:
-                if time.monotonic() >= deadline:
-                    steps.append(
-                        StepOutcome(
-                            smoke.label,
-                            smoke.kind,
-                            False,
-                            0.0,
-                            None,
-                            f"run timeout of {run.timeout:g}s reached",
-                            "",
-                        )
-                    )
-                    break
-                say(f"{smoke.label}")
-                timeline.mark(smoke.label)
-                labels[f"smoke-{smoke.index}-{smoke.kind}"] = smoke.label
-                outcome = run_step(ctx, smoke)
-                steps.append(outcome)
-                if not outcome.passed:
-                    break
-        timeline.mark(STOP_LABEL)
-        if run.mode != "job":
-            runner.stop(main, traced=traced)
-        if traced:
-            err = _strace_error(runner.logs(main))
-            if err and not steps[0].passed:
-                raise EnvironmentProblem(f"strace could not trace the application: {err}")
-    finally:
-        runner.cleanup()  # first: a dead strace closes the FIFO and ends the pump
-        if pump is not None:
-            pump.release()
-        if fan is not None:
-            fan.stop()
+            run.fan.add(pid)
+    except OSError as exc:
+        if run.mode is Mode.FANOTIFY:
+            raise EnvironmentProblem(f"cannot record with fanotify alone: {exc}") from exc
+        run.note(f"fanotify not used: {exc}")
 
-    result = _finish(steps, recorders=recorders, t0=t0)
-    if traced and outdir is not None:
-        result.accesses, result.execs = _collect(
-            outdir, labels, timeline, profile, cfg.workdir, fan
-        )
-        if fan is not None and fan.overflowed:
-            note("fanotify queue overflowed: some opens were only seen by strace")
-        if fan is not None and fan.lost:
-            note(f"fanotify: {fan.lost} events whose file could not be opened were dropped")
-    result.notes = notes
-    result.seconds = round(time.monotonic() - t0, 3)
+
+def _container_pid(run: _Run, container: Any) -> int:
+    """The container's first process as this host sees it; OSError unless it provably is
+    that container's (a remote engine's pid would name some unrelated local process)."""
+    run.runner.status(container)
+    pid = int((container.attrs.get("State") or {}).get("Pid") or 0)
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            mine = container.id in f.read(1 << 16)
+    except OSError:
+        mine = False
+    if not pid or not mine:
+        raise OSError(f"the container's processes are not visible from here (pid {pid}; "
+                      "a remote engine?)")
+    return pid
+
+
+def _start_main(setup: _Setup, run: _Run) -> Any | StepOutcome:
+    """Create and start the main container, mark it, release the app; a failed start is
+    the app's failure (its first step's outcome)."""
+    r = run.profile.run
+    main = run.runner.create(_spec(setup, run, _wrap(setup, run, setup.argv, MAIN), r.stdin))
+    run.say(f"starting {run.image}" + {Mode.STRACE: " under strace",
+                                        Mode.FANOTIFY: " under fanotify alone"}.get(run.mode, ""))
+    run.timeline.mark("run")
+    try:
+        run.runner.start(main)
+    except StartFailed as exc:
+        first, kind = ("run", "job") if r.mode == "job" else ("ready", "ready")
+        return StepOutcome(first, kind, False, 0.0, None, str(exc), "")
+    if r.mode != "job":
+        run.watch = run.runner.watch_logs(main, r.ready.log)
+    _release(setup, run, MAIN, main)
+    return main
+
+
+def _first_step(setup: _Setup, run: _Run, ctx: StepContext) -> StepOutcome:
+    """Job mode: the run itself is the test. Service mode: wait until it is ready."""
+    if run.profile.run.mode != "job":
+        return wait_ready(ctx, run.profile.run.ready)
+    outcome = _run_job(run, ctx.container, ctx.deadline, setup.argv[0])
+    ctx.container = None  # no exec steps into a finished job
+    return outcome
+
+
+def _run_job(run: _Run, container: Any, deadline: float, program: str) -> StepOutcome:
+    """The container runs to completion; exit code and output regexes decide."""
+    r = run.profile.run
+    start = time.monotonic()
+    code = run.runner.wait(container, deadline - time.monotonic())
+    if code is None:
+        run.runner.kill(container)
+    run.runner.status(container)  # still there? (removed by someone else: exit 4)
+    out = run.runner.logs(container, stderr=False)
+    err = run.runner.logs(container, stdout=False)
+    if code is None:
+        from tracer.trace.capture import last_lines
+
+        both = (out + ("\n" if out and err else "") + err).strip()
+        return StepOutcome("run", "job", False, round(time.monotonic() - start, 3), None,
+                           f"did not finish within the run timeout of {r.timeout:g}s",
+                           last_lines(both))
+    outcome = check_output("run", "job", start, code, r, out, err)
+    return explain_exec_failure(run.runner, container, outcome, program)
+
+
+def _smoke_steps(run: _Run, ctx: StepContext) -> list[StepOutcome]:
+    """Every smoke step in order, stopping at the first failure or the run's timeout."""
+    outcomes: list[StepOutcome] = []
+    for smoke in run.profile.smoke:
+        if time.monotonic() >= ctx.deadline:
+            outcomes.append(StepOutcome(smoke.label, smoke.kind, False, 0.0, None,
+                                        f"run timeout of {run.profile.run.timeout:g}s reached"))
+            break
+        run.say(smoke.label)
+        run.timeline.mark(smoke.label)
+        run.labels[step_stem(smoke)] = smoke.label
+        outcome = run_step(ctx, smoke)
+        outcomes.append(outcome)
+        if not outcome.passed:
+            break
+    return outcomes
+
+
+def _stop(run: _Run, main: Any, steps: list[StepOutcome]) -> None:
+    """End the main container: gracefully when recording (files opened at shutdown count),
+    at once when not (the verdict is in). Then check strace was allowed to trace."""
+    run.timeline.mark(STOP_LABEL)
+    if run.profile.run.mode != "job":
+        run.runner.stop(main, graceful=run.mode is not Mode.UNTRACED)
+    if run.mode is Mode.STRACE:
+        err = _strace_error(run.runner.logs(main, raw=True))
+        if err and not steps[0].passed:
+            raise EnvironmentProblem(f"strace could not trace the application: {err}")
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    accesses: list[Access]
+    execs: list[str]
+
+
+def _evidence(setup: _Setup, run: _Run) -> _Evidence:
+    """Parse every trace copy (main by timeline, steps by their label), merge fanotify."""
+    r = run.profile.run
+    excluded = excluder([*ALWAYS_EXCLUDED, *r.tmpfs])
+    cwd = r.workdir or setup.cfg.workdir or "/"
+    accesses: list[Access] = []
+    execs: list[str] = []
+    tool = BUNDLE_MOUNT + "/"
+    for stem, path in (run.channels.traces() if run.channels else {}).items():
+        fixed = run.labels.get(stem, "")
+        step_of = run.timeline.step_of if not fixed else (lambda _ts, lab=fixed: lab)
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            parsed = parse_trace(f, step_of=step_of, excluded=excluded, initial_cwd=cwd)
+        # the bundle's own helpers (setpriv switching users) are not the app
+        accesses.extend(a for a in parsed.accesses if not a.program.startswith(tool))
+        execs.extend(e for e in parsed.execs if e not in execs)
+    if run.fan is not None:
+        fan_acc = fanotify.to_accesses(run.fan.events, step_of=run.timeline.step_of,
+                                       excluded=excluded)
+        accesses.extend(fan_acc)
+        execs.extend(a.path for a in fan_acc if a.syscall == "fanotify:exec"
+                     and a.path not in execs)
+    return _Evidence(dedupe(accesses), execs)
+
+
+def _recorder_notes(run: _Run) -> list[str]:
+    notes = list(run.channels.notes()) if run.channels is not None else []
+    fan = run.fan
+    if fan is not None and fan.overflowed:
+        notes.append("fanotify queue overflowed: some opens were only seen by strace")
+    if fan is not None and fan.lost:
+        notes.append(f"fanotify: {fan.lost} events whose file could not be opened were dropped")
+    if fan is not None and fan.foreign:
+        notes.append(f"fanotify: {fan.foreign} opens by processes outside the container "
+                     "(e.g. on the host) were not counted")
+    return notes
+
+
+def _run_smoke_in(setup: _Setup, run: _Run) -> SmokeResult:
+    """The run itself: start -> job/ready -> steps -> stop -> evidence."""
+    started = _start_main(setup, run)
+    if isinstance(started, StepOutcome):
+        return _finish([started], recorders=[], t0=run.t0)
+    main = started
+    ctx = StepContext(
+        runner=run.runner,
+        container=main,
+        wrap=lambda argv, stem: _wrap(setup, run, argv, stem),
+        command_spec=lambda step, stem: _spec(setup, run, _wrap(setup, run, list(step.argv),
+                                                                stem), step.stdin),
+        deadline=time.monotonic() + run.profile.run.timeout,
+        budgets=run.budgets,
+        exec_user=setup.run_as.container_user if run.mode is Mode.STRACE else None,
+        before_step=lambda stem, container: _release(setup, run, stem, container),
+        watch=run.watch,
+    )
+    steps = [_first_step(setup, run, ctx)]
+    if steps[0].passed:
+        steps += _smoke_steps(run, ctx)
+    _stop(run, main, steps)
+    run.close()  # every writer gone: the traces are complete
+    recorders = {Mode.STRACE: ["strace"], Mode.FANOTIFY: []}.get(run.mode, [])
+    if run.fan is not None:
+        recorders.append("fanotify")
+    result = _finish(steps, recorders=recorders, t0=run.t0)
+    if run.mode is not Mode.UNTRACED:
+        evidence = _evidence(setup, run)
+        result.accesses, result.execs = evidence.accesses, evidence.execs
+        for msg in _recorder_notes(run):
+            run.note(msg)
+        result.foreign_events = run.fan.foreign if run.fan is not None else 0
+    result.fanotify_only = run.mode is Mode.FANOTIFY
+    result.notes = run.notes
+    result.seconds = round(time.monotonic() - run.t0, 3)
     return result
 
 
@@ -292,76 +541,3 @@ def _finish(steps: list[StepOutcome], *, recorders: list[str], t0: float) -> Smo
         failure=f"{failed.label}: {failed.message}" if failed else None,
     )
 
-
-def _start_fanotify(container: Any, say: Callable[[str], None]) -> fanotify.FanotifyRecorder | None:
-    """Mark the container's overlay (GraphDriver.Data.MergedDir); None with a note if we cannot."""
-    container.reload()
-    merged = ((container.attrs.get("GraphDriver") or {}).get("Data") or {}).get("MergedDir")
-    if not merged or not os.path.isdir(merged):
-        say("fanotify not used: the container's merged directory is not visible here")
-        return None
-    rec = fanotify.FanotifyRecorder(merged)
-    try:
-        rec.start()
-    except OSError as exc:
-        say(f"fanotify not used: {exc}")
-        return None
-    return rec
-
-
-def _run_job(
-    runner: DockerRunner, container: Any, profile: Profile, deadline: float
-) -> StepOutcome:
-    """Job mode: the container runs to completion; exit code and output regexes decide."""
-    import re
-
-    run = profile.run
-    start = time.monotonic()
-    code = runner.wait(container, deadline - time.monotonic())
-    out = runner.logs(container, stderr=False)
-    err = runner.logs(container, stdout=False)
-    both = (out + err).strip()
-    secs = round(time.monotonic() - start, 3)
-    if code is None:
-        runner.kill(container)
-        msg = f"did not finish within the run timeout of {run.timeout:g}s"
-        return StepOutcome("run", "job", False, secs, None, msg, first_lines(both))
-    if code != run.exit:
-        msg = f"expected exit code {run.exit}, got {code}"
-        return StepOutcome("run", "job", False, secs, code, msg, first_lines(both))
-    if run.stdout and not re.search(run.stdout, out, re.M):
-        msg = f"stdout does not match {run.stdout!r}"
-        return StepOutcome("run", "job", False, secs, code, msg, first_lines(both))
-    if run.stderr and not re.search(run.stderr, err, re.M):
-        msg = f"stderr does not match {run.stderr!r}"
-        return StepOutcome("run", "job", False, secs, code, msg, first_lines(both))
-    return StepOutcome("run", "job", True, secs, code)
-
-
-def _collect(
-    outdir: Path,
-    labels: dict[str, str],
-    timeline: Timeline,
-    profile: Profile,
-    image_workdir: str,
-    fan: fanotify.FanotifyRecorder | None,
-) -> tuple[list[Access], list[str]]:
-    """Parse every trace file (main by timeline, steps by their label) and merge fanotify."""
-    excluded = excluder([*ALWAYS_EXCLUDED, *profile.run.tmpfs])
-    cwd = profile.run.workdir or image_workdir or "/"
-    accesses: list[Access] = []
-    execs: list[str] = []
-    for path in sorted(outdir.glob("*.trace")):
-        fixed = labels.get(path.stem, "")
-        step_of = timeline.step_of if not fixed else (lambda _ts, lab=fixed: lab)
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            parsed = parse_trace(f, step_of=step_of, excluded=excluded, initial_cwd=cwd)
-        accesses.extend(parsed.accesses)
-        execs.extend(e for e in parsed.execs if e not in execs)
-    if fan is not None:
-        fan_acc = fanotify.to_accesses(fan.events, step_of=timeline.step_of, excluded=excluded)
-        accesses.extend(fan_acc)
-        execs.extend(
-            a.path for a in fan_acc if a.syscall == "fanotify:exec" and a.path not in execs
-        )
-    return dedupe(accesses), execs
