@@ -42,6 +42,7 @@ from tracer.progress import Progress
 from tracer.report import Report, StepSummary
 from tracer.rootfs import RootFS
 from tracer.static import Closure, Resolver, expand_binaries
+from tracer.trace.original import trace_original
 from tracer.trace.result import SmokeResult
 from tracer.trace.run import run_smoke
 
@@ -226,8 +227,8 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
 
             progress.phase("traced run of the original image")
             t0 = time.monotonic()
-            trace = run_smoke(profile, prepared.engine_ref, traced=True, workdir=work / "trace",
-                              progress=progress)
+            trace = trace_original(profile, prepared.engine_ref, workdir=work / "trace",
+                                   progress=progress)
             seconds["trace"] = time.monotonic() - t0
             report.recorders = list(trace.recorders)
             report.recorder_notes = list(trace.notes)
