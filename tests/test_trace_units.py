@@ -74,4 +74,5 @@ def test_strace_refusing_to_trace_is_told_apart_from_a_missing_program():
 def test_first_lines_keeps_the_head_and_says_how_much_was_cut():
     text = "\n".join(f"line {i}" for i in range(30))
     out = first_lines(text, 3)
-    assert out == "line 0\nline 1\nline 2\n... (27 more lines)"
+    assert out == "line 0\nline 1\nline 2\n... (" + str(len(text) - 20) + " more characters)"
+    assert len(first_lines("x" * 10**6)) < 5000, "one endless line is cut too"

@@ -84,9 +84,15 @@ def exec_failure(raw: str) -> str | None:
     return None
 
 
-def last_lines(text: str, n: int = 20) -> str:
-    """The last `n` lines, saying how many came before (failures are explained at the end)."""
+SHOWN_CHARS = 4000  # a failure shows this much of any output, however long its lines
+
+
+def last_lines(text: str, n: int = 20, max_chars: int = SHOWN_CHARS) -> str:
+    """The last `n` lines (at most `max_chars`), saying how much came before: failures are
+    explained at the end of an output."""
     lines = text.rstrip("\n").splitlines()
-    if len(lines) <= n:
-        return "\n".join(lines)
-    return f"... ({len(lines) - n} earlier lines)\n" + "\n".join(lines[-n:])
+    shown = "\n".join(lines[-n:])
+    if len(shown) > max_chars:
+        shown = shown[-max_chars:]
+    cut = len("\n".join(lines)) - len(shown)
+    return (f"... ({cut} earlier characters)\n" if cut > 0 else "") + shown

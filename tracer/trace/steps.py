@@ -29,7 +29,13 @@ from tracer.profile_model import (
     TcpStep,
 )
 from tracer.trace import http_probe
-from tracer.trace.capture import TailBuffer, exec_failure, last_lines, without_tool_lines
+from tracer.trace.capture import (
+    SHOWN_CHARS,
+    TailBuffer,
+    exec_failure,
+    last_lines,
+    without_tool_lines,
+)
 from tracer.trace.docker_runner import (
     ContainerSpec,
     DockerRunner,
@@ -45,10 +51,12 @@ OUTPUT_LINES = 20  # lines of output kept in a failed step's outcome
 SHOWN_BYTES = 200  # bytes of a tcp answer quoted in a message
 
 
-def first_lines(text: str, n: int = OUTPUT_LINES) -> str:
+def first_lines(text: str, n: int = OUTPUT_LINES, max_chars: int = SHOWN_CHARS) -> str:
+    """The first `n` lines (at most `max_chars`) of an answer, saying how much more came."""
     lines = text.splitlines()
-    more = f"\n... ({len(lines) - n} more lines)" if len(lines) > n else ""
-    return "\n".join(lines[:n]) + more
+    shown = "\n".join(lines[:n])[:max_chars]
+    more = len("\n".join(lines)) - len(shown)
+    return shown + (f"\n... ({more} more characters)" if more > 0 else "")
 
 
 @dataclass
