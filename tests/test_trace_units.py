@@ -76,3 +76,72 @@ def test_first_lines_keeps_the_head_and_says_how_much_was_cut():
     out = first_lines(text, 3)
     assert out == "line 0\nline 1\nline 2\n... (" + str(len(text) - 20) + " more characters)"
     assert len(first_lines("x" * 10**6)) < 5000, "one endless line is cut too"
+
+
+PASSWD = """root:x:0:0:root:/root:/bin/bash
+app:x:1000:1000::/home/app:/bin/sh
+svc:x:1001:1002::/:/usr/sbin/nologin
+broken line
+"""
+GROUP = """root:x:0:
+app:x:1000:
+svcgrp:x:1002:
+video:x:44:app,svc
+audio:x:29:svc
+"""
+
+
+def test_a_named_user_is_started_by_strace_itself_when_the_image_uses_files():
+    from tracer.trace.users import plan
+
+    run_as = plan("app", passwd=PASSWD, group=GROUP, nsswitch="passwd: files\n", setpriv=True)
+    assert (run_as.container_user, run_as.strace_user, run_as.setpriv) == ("0", "app", [])
+    # a uid with a passwd entry is that name (the runtime takes its gid and groups too)
+    assert plan("1001", passwd=PASSWD, group=GROUP, nsswitch=None, setpriv=True).strace_user \
+        == "svc"
+
+
+@pytest.mark.parametrize("user,args", [
+    ("svc:video", ["--reuid=1001", "--regid=44", "--clear-groups"]),  # explicit group: only it
+    ("1001:29", ["--reuid=1001", "--regid=29", "--clear-groups"]),
+    ("4242", ["--reuid=4242", "--regid=0", "--clear-groups"]),  # no entry: gid 0, no groups
+])
+def test_forms_strace_cannot_name_go_through_setpriv_with_the_runtimes_ids(user, args):
+    from tracer.trace.users import plan
+
+    run_as = plan(user, passwd=PASSWD, group=GROUP, nsswitch=None, setpriv=True)
+    assert run_as.container_user == "0" and run_as.strace_user is None
+    assert run_as.setpriv == args
+
+
+def test_supplementary_groups_and_nss_modules_send_a_name_to_setpriv():
+    from tracer.trace.users import plan
+
+    run_as = plan("svc", passwd=PASSWD, group=GROUP, nsswitch="passwd: compat\ngroup: files",
+                  setpriv=True)
+    assert run_as.setpriv == ["--reuid=1001", "--regid=1002", "--groups=29,44"]
+
+
+def test_unresolvable_users_and_root_keep_the_containers_user():
+    from tracer.trace.users import plan
+
+    for user in (None, "root", "0", "0:0"):
+        assert not plan(user, passwd=PASSWD, group=GROUP, nsswitch=None, setpriv=True).drops
+    # the runtime refuses these: traced, the run must fail the same way
+    for user in ("nosuch", "app:nosuchgroup"):
+        run_as = plan(user, passwd=PASSWD, group=GROUP, nsswitch=None, setpriv=True)
+        assert run_as.container_user == user and not run_as.drops
+    # no setpriv on the host: today's behaviour, said in a note
+    run_as = plan("4242", passwd=PASSWD, group=GROUP, nsswitch=None, setpriv=False)
+    assert run_as.container_user == "4242" and "setuid" in (run_as.note or "")
+
+
+def test_tool_lines_are_filtered_and_exec_failures_told_in_words():
+    from tracer.trace.capture import exec_failure, without_tool_lines
+
+    raw = ("app says hi\n/.tracer/strace: Can't stat '/bin/app': No such file or directory\n"
+           "/.tracer/strace: exec: Permission denied\nlast\n")
+    assert without_tool_lines(raw) == "app says hi\nlast\n"
+    assert exec_failure(raw) == "No such file or directory"
+    assert exec_failure("/.tracer/strace: exec: Permission denied\n") == "Permission denied"
+    assert exec_failure("app: exec: nothing\n") is None

@@ -207,7 +207,9 @@ class DockerRunner:
                 cap_add=spec.cap_add or None,
                 labels=spec.labels,
                 stdin_open=spec.stdin is not None,
-                detach=True,
+                # not "detached" when stdin is fed: only then does the SDK set StdinOnce,
+                # which closes the process's stdin when our attach ends (EOF for the app)
+                detach=spec.stdin is None,
             )
         except docker.errors.ImageNotFound as exc:
             raise BadInput(f"image {spec.image!r} is not in the Docker engine") from exc
