@@ -22,6 +22,7 @@ FIXTURE_IMAGES = {
     "unixsock": "tracer-fixture/unixsock:test",
     "tmpjob": "tracer-fixture/tmpjob:test",
     "codecs": "tracer-fixture/codecs:test",
+    "privhelper": "tracer-fixture/privhelper:test",
 }
 
 

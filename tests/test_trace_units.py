@@ -145,3 +145,14 @@ def test_tool_lines_are_filtered_and_exec_failures_told_in_words():
     assert exec_failure(raw) == "No such file or directory"
     assert exec_failure("/.tracer/strace: exec: Permission denied\n") == "Permission denied"
     assert exec_failure("app: exec: nothing\n") is None
+
+
+def test_a_non_root_app_is_traced_without_the_filter_that_cancels_setuid():
+    from tracer.trace.users import plan
+
+    may = plan("app", passwd=PASSWD, group=GROUP, nsswitch=None, setpriv=True)
+    assert not may.seccomp, "seccomp-bpf sets no_new_privs: setuid would be ignored"
+    known = plan("app", passwd=PASSWD, group=GROUP, nsswitch=None, setpriv=True,
+                 privileged_programs=False)
+    assert known.seccomp
+    assert plan(None, passwd=PASSWD, group=GROUP, nsswitch=None, setpriv=True).seccomp

@@ -51,15 +51,17 @@ class StraceBundle:
         `-ttt` timestamps attribute calls to smoke steps; `-qq` and `-e signal=none` keep
         strace quiet; `-o` keeps its output away from the app's stdout/stderr. With
         `run_as`, strace stays root and starts the app as the profile's user (`-u NAME`, or
-        the bundled setpriv with numeric ids).
+        the bundled setpriv with numeric ids); without `run_as.seccomp` no seccomp filter
+        (it would set no_new_privs and cancel setuid and file capabilities).
         """
+        seccomp = ["--seccomp-bpf"] if run_as is None or run_as.seccomp else []
         user = ["-u", run_as.strace_user] if run_as and run_as.strace_user else []
         switch = [*self._run("setpriv"), *run_as.setpriv, "--"] if run_as and run_as.setpriv \
             else []
         return [
             *self._run("strace"),
             "-f",
-            "--seccomp-bpf",
+            *seccomp,
             "-qq",
             "-y",
             "-xx",

@@ -35,16 +35,19 @@ def trace_original(
     workdir: Path,
     progress: Callable[[str], None] | None = None,
     budgets: Budgets | None = None,
+    privileged_programs: bool | None = None,
 ) -> SmokeResult:
     """Record what the original image uses; `passed=False` only when the smoke test fails
     untraced as well (then `failure` is the untraced run's, the traced one is in `notes`).
 
+    `privileged_programs`: see `run_smoke`.
     Raises EnvironmentProblem when the app only fails traced and fanotify cannot record
     it either (not root on the engine's host): nothing honest can be recorded then.
     """
     say = progress or (lambda _msg: None)
     traced = run_in_mode(profile, image, Mode.STRACE, workdir=workdir / "traced",
-                         progress=progress, budgets=budgets)
+                         progress=progress, budgets=budgets,
+                         privileged_programs=privileged_programs)
     if traced.passed:
         return traced
     say(f"the traced run failed ({traced.failure}); running the smoke test untraced")

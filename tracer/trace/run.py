@@ -111,8 +111,13 @@ def run_smoke(
     workdir: Path,
     progress: Callable[[str], None] | None = None,
     budgets: Budgets | None = None,
+    privileged_programs: bool | None = None,
 ) -> SmokeResult:
     """Run the profile's smoke test against `image` (a reference the engine knows).
+
+    `privileged_programs=False` says the image has no setuid/setgid or file-capability
+    programs (the caller read its index): a non-root app is then traced with strace's
+    cheap seccomp filter, which would otherwise cancel their privilege.
 
     Never raises on a failing step (passed=False, `failure` says which and why); raises
     EnvironmentProblem (no engine, no strace, no permission, a container removed by
@@ -122,7 +127,7 @@ def run_smoke(
     """
     mode = Mode.STRACE if traced else Mode.UNTRACED
     return run_in_mode(profile, image, mode, workdir=workdir, progress=progress,
-                       budgets=budgets)
+                       budgets=budgets, privileged_programs=privileged_programs)
 
 
 def run_in_mode(
@@ -133,6 +138,7 @@ def run_in_mode(
     workdir: Path,
     progress: Callable[[str], None] | None = None,
     budgets: Budgets | None = None,
+    privileged_programs: bool | None = None,
 ) -> SmokeResult:
     """`run_smoke` with the recording mode chosen explicitly."""
     t0 = time.monotonic()
@@ -143,7 +149,8 @@ def run_in_mode(
     scratch = Path(tempfile.mkdtemp(prefix="trace-", dir=workdir))
     spent = budgets_for(profile, budgets)
     run = _Run(profile, image, mode, DockerRunner(client, output_cap=spent.output_bytes),
-               spent, progress or (lambda _msg: None), t0)
+               spent, progress or (lambda _msg: None), t0,
+               privileged_programs=privileged_programs is not False)
     try:
         setup = _prepare(scratch, run, cfg, argv)
         return _run_smoke_in(setup, run)
@@ -166,6 +173,7 @@ class _Run:
     budgets: Budgets
     say: Callable[[str], None]
     t0: float
+    privileged_programs: bool = True  # the image may have setuid/file-capability programs
     timeline: Timeline = field(default_factory=Timeline)
     notes: list[str] = field(default_factory=list)
     fan: fanotify.FanotifyRecorder | None = None
@@ -256,7 +264,7 @@ def _run_as(run: _Run, cfg: ImageConfig, bundle: StraceBundle) -> RunAs:
         return RunAs(container_user=run.profile.run.user)
     files = _image_files(run, ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf"))
     return plan(user, passwd=files[0], group=files[1], nsswitch=files[2],
-                setpriv=bundle.has_setpriv)
+                setpriv=bundle.has_setpriv, privileged_programs=run.privileged_programs)
 
 
 def _image_files(run: _Run, paths: tuple[str, ...], cap: int = 1 << 20) -> list[str | None]:

@@ -16,6 +16,12 @@ is started with exactly the identity Docker would have given it:
   without a passwd entry gets gid 0);
 - a user the image cannot resolve keeps today's behaviour (the container runs as that
   user), so the traced run fails exactly as the untraced one does.
+
+One more thing cancels the privilege: strace's `--seccomp-bpf` (cheap tracing: stops only
+at the traced calls) sets no_new_privs on the tracee, and the kernel then ignores setuid
+bits and file capabilities. So a non-root app is traced without that filter (every
+syscall stops: slower) unless the caller knows the image has no privileged programs
+(`RunAs.seccomp`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class RunAs:
     strace_user: str | None = None  # strace -u NAME
     setpriv: list[str] = field(default_factory=list)  # setpriv arguments, before `--`
     note: str | None = None  # said in the result when privilege cannot be kept
+    seccomp: bool = True  # strace's seccomp filter (it sets no_new_privs: no setuid gains)
 
     @property
     def drops(self) -> bool:
@@ -127,20 +134,24 @@ def resolve(user: str, passwd: str | None, group: str | None) -> tuple[Identity,
 
 
 def plan(user: str | None, *, passwd: str | None, group: str | None, nsswitch: str | None,
-         setpriv: bool) -> RunAs:
-    """How to run `user` (the profile's, else the image's) under a root strace."""
+         setpriv: bool, privileged_programs: bool = True) -> RunAs:
+    """How to run `user` (the profile's, else the image's) under a root strace.
+
+    `privileged_programs`: the image may hold setuid/setgid or file-capability programs
+    (the safe default); then a non-root app is traced without strace's seccomp filter."""
     if user is None or user in ROOT_FORMS:
         return RunAs(container_user=user)
     resolved = resolve(user, passwd, group)
     if resolved is None:
         return RunAs(container_user=user)  # fails traced exactly as untraced
     ident, name = resolved
+    seccomp = not privileged_programs
     if name and ":" not in user and files_only(nsswitch):
-        return RunAs(container_user="0", strace_user=name)
+        return RunAs(container_user="0", strace_user=name, seccomp=seccomp)
     if setpriv:
         groups = (f"--groups={','.join(map(str, ident.groups))}" if ident.groups
                   else "--clear-groups")
-        return RunAs(container_user="0",
+        return RunAs(container_user="0", seccomp=seccomp,
                      setpriv=[f"--reuid={ident.uid}", f"--regid={ident.gid}", groups])
     return RunAs(container_user=user,
                  note=f"strace runs as user {user!r} (setpriv is not installed on this host): "
