@@ -37,6 +37,7 @@ from tracer.trace.capture import (
     without_tool_lines,
 )
 from tracer.trace.docker_runner import (
+    ContainerGone,
     ContainerSpec,
     DockerRunner,
     LogWatch,
@@ -276,10 +277,11 @@ def run_exec(ctx: StepContext, label: str, step: ExecStep, stem: str) -> StepOut
     argv = ctx.wrap(list(step.argv), stem)
     ctx.before_step(stem, ctx.container)
     try:
-        with engine_calls(ctx.container, "create an exec"):
-            exec_id = api.exec_create(ctx.container.id, argv, stdout=True, stderr=True,
-                                      stdin=step.stdin is not None,
-                                      user=ctx.exec_user or "")["Id"]
+        exec_id = api.exec_create(ctx.container.id, argv, stdout=True, stderr=True,
+                                  stdin=step.stdin is not None, user=ctx.exec_user or "")["Id"]
+    except docker.errors.NotFound:
+        raise ContainerGone(f"container {ctx.container.name} disappeared while tracer was "
+                            "trying to exec into it: something else removed it") from None
     except docker.errors.APIError as exc:  # not running: the app died and the container stopped
         return _outcome(label, "exec", start, False, f"cannot exec: {exc.explanation or exc}",
                         logs=_container_logs(ctx))
