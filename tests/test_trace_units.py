@@ -156,3 +156,18 @@ def test_a_non_root_app_is_traced_without_the_filter_that_cancels_setuid():
                  privileged_programs=False)
     assert known.seccomp
     assert plan(None, passwd=PASSWD, group=GROUP, nsswitch=None, setpriv=True).seccomp
+
+
+def test_a_failed_result_tells_its_evidence_once():
+    from tracer.trace.result import SmokeResult, StepOutcome
+
+    ok = StepOutcome("ready", "ready", True, 0.1)
+    bad = StepOutcome("smoke[0].tcp", "tcp", False, 1.0, None, "connected, sent 6 bytes",
+                      output="-ERR\n", logs="listening\nclient said PING\n")
+    r = SmokeResult(passed=False, steps=[ok, bad])
+    assert r.failed_step is bad
+    assert r.evidence() == ("output of smoke[0].tcp:\n  | -ERR\nthe container's last log lines:"
+                            "\n  | listening\n  | client said PING")
+    job = StepOutcome("run", "job", False, 1.0, 1, "exit 1", output="boom", logs="boom")
+    assert SmokeResult(passed=False, steps=[job]).evidence() == "output of run:\n  | boom"
+    assert SmokeResult(passed=True, steps=[ok]).evidence() == ""

@@ -101,6 +101,28 @@ class SmokeResult:
     fanotify_only: bool = False
     foreign_events: int = 0  # fanotify events of processes outside the container, dropped
 
+    @property
+    def failed_step(self) -> StepOutcome | None:
+        return next((s for s in self.steps if not s.passed), None)
+
+    def evidence(self) -> str:
+        """The failed step's evidence as text for an operator (empty when none): its output
+        (tail of stdout/stderr, the http body, the bytes a tcp step received) and the main
+        container's last log lines. Everything here is already bounded."""
+        step = self.failed_step
+        if step is None:
+            return ""
+        parts = []
+        if step.output.strip():
+            parts.append(f"output of {step.label}:\n" + _indent(step.output))
+        if step.logs.strip() and step.logs.strip() != step.output.strip():
+            parts.append("the container's last log lines:\n" + _indent(step.logs))
+        return "\n".join(parts)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  | " + line for line in text.rstrip("\n").splitlines())
+
 
 def dedupe(accesses: list[Access]) -> list[Access]:
     """Keep the first access of each key, in order, so the earliest pid/cmdline is reported."""
