@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prereq import missing
 
 from tracer.errors import EnvironmentProblem
 from tracer.profile_model import (
@@ -242,7 +243,7 @@ def test_a_host_process_reading_the_containers_files_is_not_recorded(
     """During a traced run, a host process reads through the engine's merged directory
     (no event: another mount) and through /proc/PID/root (dropped: not the container's)."""
     if fanotify.available() is not None:
-        pytest.fail(f"needs fanotify (root on the engine's host): {fanotify.available()}")
+        missing(f"needs fanotify (root on the engine's host): {fanotify.available()}")
     base = fixture_image("base")
     profile = Profile(
         name="host-reader", image=base,

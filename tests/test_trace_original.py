@@ -7,6 +7,7 @@ servers behave differently when traced; fanotify alone still records what it use
 from __future__ import annotations
 
 import pytest
+from prereq import missing
 
 from tracer.profile_model import CommandStep, Profile, RunSpec, SmokeStep
 from tracer.trace import fanotify
@@ -34,7 +35,7 @@ def test_an_app_that_fails_only_under_strace_is_recorded_with_fanotify_alone(
     docker_client, fixture_image, tmp_path
 ):
     if fanotify.available() is not None:
-        pytest.fail(f"needs fanotify (root on the engine's host): {fanotify.available()}")
+        missing(f"needs fanotify (root on the engine's host): {fanotify.available()}")
     image = fixture_image("base")
     r = trace_original(_profile(NOT_UNDER_PTRACE, user="nobody"), image, workdir=tmp_path)
     assert r.passed, (r.failure, r.notes)
