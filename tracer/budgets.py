@@ -34,6 +34,8 @@ class Budgets:
     layers: int = 500  # layers of one image (Docker's overlay2 stops at 128)
     entries: int = 2_000_000  # paths of one flattened image (and of one layer)
     path_length: int = 4096  # bytes of one in-image path or link target (PATH_MAX)
+    index_bytes: int = 512 * MiB  # bytes of all paths of one flattened image (index memory)
+    path_walk: int = 20_000_000  # components walked resolving layer names via image symlinks
     json_bytes: int = 4 * MiB  # one manifest, index or config document
     package_db_bytes: int = 256 * MiB  # package databases read for one image (dpkg, apk, ...)
     # -- analysis -------------------------------------------------------------------------

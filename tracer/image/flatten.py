@@ -20,91 +20,159 @@ built only from directories this code made: every parent of a created name is a 
 of the index (so a real directory we created), the final component is created with
 O_EXCL/O_NOFOLLOW, symlinks are created but never traversed, device nodes and FIFOs stay
 index-only, and setuid/setgid bits and owners live only in the index.
+
+Layers are hostile input, so the index is a tree of names keyed by their parent (each name
+costs its own component, never its full path), full paths are spelled out once at the end,
+and every dimension an attacker controls is bounded by the run's Budgets: bytes per layer
+and per image (streams.py), members per layer, paths per image, bytes of one path and of all
+paths together, and the components walked resolving names through image symlinks. Work and
+memory stay linear in the input; what the budgets refuse is a BudgetExceeded naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
 
-from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
+from tracer.budgets import DEFAULT, BudgetExceeded, Budgets, human
+from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError, TracerError, no_space
 from tracer.image.content import ContentRef
 from tracer.image.model import Entry, FlatImage
-from tracer.image.paths import join, link_target_path, member_path, split
+from tracer.image.paths import link_target_path, member_path
 from tracer.image.source import ImageSource
-from tracer.image.tarstream import Member, TarReader
+from tracer.image.streams import Layer, LayerStream
+from tracer.image.tarstream import Member, TarReader, utf8_len
 
 _HOST_KINDS = ("file", "dir", "symlink")
 _MAX_SYMLINK_HOPS = 40
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-@dataclass
-class _Node:
+class _Inode:
     """An inode: shared by every hardlinked name."""
 
-    kind: str
-    mode: int
-    uid: int
-    gid: int
-    mtime: float
-    size: int
-    linkname: str
-    xattrs: dict[str, bytes]
-    origin: str
-    devmajor: int = 0
-    devminor: int = 0
-    content: ContentRef | None = None
+    __slots__ = ("kind", "mode", "uid", "gid", "mtime", "size", "linkname", "xattrs",
+                 "origin", "devmajor", "devminor", "content")
+
+    def __init__(self, kind: str, mode: int, uid: int, gid: int, mtime: float, size: int,
+                 linkname: str, xattrs: dict[str, bytes], devmajor: int = 0,
+                 devminor: int = 0) -> None:
+        self.kind, self.mode, self.uid, self.gid = kind, mode, uid, gid
+        self.mtime, self.size, self.linkname, self.xattrs = mtime, size, linkname, xattrs
+        self.devmajor, self.devminor = devmajor, devminor
+        self.origin: _Dentry | None = None  # the name it was created under
+        self.content: ContentRef | None = None
 
 
-@dataclass
-class _Slot:
-    node: _Node
-    layer: int
+class _Dentry:
+    """One name: its component, its parent directory and the inode it names.
+
+    `plen` is the length of its full path (kept as a number; the string is only built at
+    the end), `layer` the layer that last wrote it, `clean` the layer for which every
+    lower-layer name below it is known to be gone (so repeated whiteouts of one directory
+    cost nothing), `dead` that it was removed (its inode may live on under other names).
+    """
+
+    __slots__ = ("name", "parent", "inode", "layer", "children", "plen", "dead", "clean")
+
+    def __init__(self, name: str, parent: _Dentry | None, inode: _Inode, layer: int,
+                 plen: int) -> None:
+        self.name, self.parent, self.inode, self.layer, self.plen = (
+            name, parent, inode, layer, plen)
+        self.children: dict[str, _Dentry] | None = {} if inode.kind == "dir" else None
+        self.dead = False
+        self.clean = -1
+
+
+def path_of(d: _Dentry) -> str:
+    """The full in-image path of a name (also of a removed one: its chain of parents is
+    what it was when it was removed)."""
+    parts = []
+    while d.parent is not None:
+        parts.append(d.name)
+        d = d.parent
+    parts.reverse()
+    return "/" + "/".join(parts)
 
 
 class _Applier:
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, budgets: Budgets) -> None:
         self.extract = root is not None
         self.root = str(root)
         # where the current layer's tar bytes lie: member data is at base + stream offset
         self.blob = ""
         self.base = 0
-        self.index: dict[str, _Slot] = {
-            "/": _Slot(_Node("dir", 0o755, 0, 0, 0.0, 0, "", {}, "/"), 0)}
-        self.children: dict[str, set[str]] = {"/": set()}
+        self.budgets = budgets
+        top = _Inode("dir", 0o755, 0, 0, 0.0, 0, "", {})
+        # Directories created because a member needs them as parents all look alike: they
+        # share this inode until a member names one (copy on write, in `apply`), which
+        # halves what a deep implied tree costs.
+        self.implied = _Inode("dir", 0o755, 0, 0, 0.0, 0, "", {})
+        self.top = _Dentry("", None, top, 0, 1)
+        top.origin = self.top
+        # What an in-image directory path (as members spell it) resolves to: a cache in
+        # front of walking the tree, emptied whenever a directory or symlink is removed
+        # (only a removal can change what an already resolved path means).
+        self.lookup: dict[str, _Dentry] = {"/": self.top}
         self.layer = 0
         self.where = ""
+        self.count = 0  # live names, "/" excluded
+        self.path_bytes = 1  # bytes of all live paths ("/" included)
+        self.walked = 0  # path components walked by the slow path of resolve_dir
 
     # ---------------------------------------------------------------- index helpers
 
     def host(self, path: str) -> str:
         return self.root + path
 
-    def _add(self, path: str, node: _Node) -> None:
-        self.index[path] = _Slot(node, self.layer)
-        self.children[split(path)[0]].add(path)
-        if node.kind == "dir":
-            self.children[path] = set()
+    def _add(self, parent: _Dentry, name: str, inode: _Inode, member: str) -> _Dentry:
+        plen = parent.plen + 1 + (len(name) if name.isascii() else utf8_len(name))
+        if parent.parent is None:
+            plen -= 1  # "/" + name, not "//" + name
+        b = self.budgets
+        if plen > b.path_length:
+            raise BudgetExceeded("path_length", b.path_length,
+                                 f"{self.where}: member {member[:80]!r}: its path in the "
+                                 f"image ({path_of(parent)[:80]}.../{name[:40]}) is {plen} "
+                                 "bytes long")
+        self.count += 1
+        self.path_bytes += plen
+        if self.count > b.entries:
+            raise BudgetExceeded("entries", b.entries, f"{self.where}: the image has more "
+                                 f"than {b.entries:,} paths")
+        if self.path_bytes > b.index_bytes:
+            raise BudgetExceeded("index_bytes", b.index_bytes,
+                                 f"{self.where}: the image's paths add up to more than "
+                                 f"{human(b.index_bytes)} (very deep or very long names?)")
+        d = _Dentry(name, parent, inode, self.layer, plen)
+        parent.children[name] = d  # type: ignore[index]
+        if inode.origin is None:
+            inode.origin = d
+        return d
 
-    def _forget(self, path: str) -> None:
-        """Drop `path` and its subtree from the index (the host is handled by the caller)."""
-        slot = self.index.pop(path)
-        if slot.node.kind == "dir":
-            for child in self.children.pop(path):
-                self._forget(child)
-
-    def remove(self, path: str) -> None:
-        """Remove `path` (and its subtree) from the index and the host."""
-        slot = self.index[path]
-        self.children[split(path)[0]].discard(path)
-        self._forget(path)
-        kind = slot.node.kind
+    def remove(self, d: _Dentry) -> None:
+        """Remove the name `d` (and its subtree) from the index and the host."""
+        kind = d.inode.kind
+        path = path_of(d) if self.extract else ""
+        assert d.parent is not None and d.parent.children is not None
+        del d.parent.children[d.name]
+        if kind in ("dir", "symlink"):
+            self.lookup.clear()
+            self.lookup["/"] = self.top
+        stack = [d]
+        while stack:  # a loop, not recursion: an image's tree may be thousands deep
+            x = stack.pop()
+            x.dead = True
+            self.count -= 1
+            self.path_bytes -= x.plen
+            if x.children:
+                stack.extend(x.children.values())
         if not self.extract:
             return
         if kind == "dir":
@@ -112,62 +180,87 @@ class _Applier:
         elif kind in _HOST_KINDS:
             os.unlink(self.host(path))
 
-    def remove_lower(self, path: str) -> None:
-        """Hide what lower layers put at `path`: entries from this layer stay (spec)."""
-        slot = self.index.get(path)
-        if slot is None:
-            return
-        if slot.layer < self.layer:
-            self.remove(path)
-        elif slot.node.kind == "dir":
-            for child in list(self.children[path]):
-                self.remove_lower(child)
+    def remove_lower(self, d: _Dentry) -> None:
+        """Hide what lower layers put at `d`: entries from this layer stay (spec)."""
+        if d.layer < self.layer:
+            self.remove(d)
+        elif d.children is not None:
+            self.hide_lower_below(d)
 
-    def resolve_dir(self, path: str, create: bool, member: str) -> str | None:
-        """Real in-image path of directory `path`, following image symlinks in the index.
+    def hide_lower_below(self, d: _Dentry) -> None:
+        """Remove every lower-layer name below directory `d` (an opaque whiteout)."""
+        layer = self.layer
+        if d.clean == layer:
+            return  # done before in this layer; names added since are all this layer's
+        d.clean = layer
+        assert d.children is not None
+        stack = list(d.children.values())
+        while stack:
+            x = stack.pop()
+            if x.layer < layer:
+                self.remove(x)
+            elif x.children is not None and x.clean != layer:
+                x.clean = layer
+                stack.extend(x.children.values())
+
+    def resolve_dir(self, path: str, create: bool, member: str) -> _Dentry | None:
+        """The directory `path` names, following image symlinks in the index.
 
         Missing directories are created (as Docker's MkdirAll does) when `create`; otherwise
         None is returned for a missing or non-directory path.
         """
-        slot = self.index.get(path)
-        if slot is not None and slot.node.kind == "dir":
-            return path  # index keys are real paths: the fast, common case
-        cur = "/"
+        d = self.lookup.get(path)
+        if d is not None:
+            return d  # the common case: a directory met before
+        cur = self.top
         parts = [p for p in path.split("/") if p]
         parts.reverse()
         hops = 0
+        walked = 0
         while parts:
             name = parts.pop()
+            walked += 1
             if name == ".":
                 continue
             if name == "..":
-                cur = split(cur)[0]
+                cur = cur.parent or cur
                 continue
-            nxt = join(cur, name)
-            s = self.index.get(nxt)
-            if s is None:
+            assert cur.children is not None
+            nxt = cur.children.get(name)
+            if nxt is None:
                 if not create:
-                    return None
-                self._add(nxt, _Node("dir", 0o755, 0, 0, 0.0, 0, "", {}, nxt))
+                    cur = None  # type: ignore[assignment]
+                    break
+                nxt = self._add(cur, name, self.implied, member)
                 if self.extract:
-                    os.mkdir(self.host(nxt), 0o700)
+                    os.mkdir(self.host(path_of(nxt)), 0o700)
                 cur = nxt
-            elif s.node.kind == "dir":
+            elif nxt.children is not None:
                 cur = nxt
-            elif s.node.kind == "symlink":
+            elif nxt.inode.kind == "symlink":
                 hops += 1
                 if hops > _MAX_SYMLINK_HOPS:
                     raise ImageFormatError(f"{self.where}: member {member!r}: too many levels "
                                            f"of symbolic links resolving {path}")
-                target = s.node.linkname
+                target = nxt.inode.linkname
                 if target.startswith("/"):
-                    cur = "/"
+                    cur = self.top
                 parts.extend(reversed([p for p in target.split("/") if p]))
             else:
                 if not create:
-                    return None
-                raise ImageFormatError(f"{self.where}: member {member!r}: parent {nxt} is a "
-                                       f"{s.node.kind}, not a directory")
+                    cur = None  # type: ignore[assignment]
+                    break
+                raise ImageFormatError(f"{self.where}: member {member!r}: parent "
+                                       f"{path_of(nxt)} is a {nxt.inode.kind}, not a "
+                                       "directory")
+        self.walked += walked
+        if self.walked > self.budgets.path_walk:
+            raise BudgetExceeded("path_walk", self.budgets.path_walk,
+                                 f"{self.where}: member {member[:80]!r}: resolving names "
+                                 "through the image's symlinks walked more than "
+                                 f"{self.budgets.path_walk:,} path components")
+        if cur is not None:
+            self.lookup[path] = cur
         return cur
 
     # ---------------------------------------------------------------- applying members
@@ -178,55 +271,61 @@ class _Applier:
             if m.kind != "dir":
                 raise ImageFormatError(f"{self.where}: member {m.name!r}: the root is not "
                                        "a directory")
-            self._set_meta(self.index["/"].node, m)
+            self._set_meta(self.top.inode, m)
             return
-        parent, base = split(path)
+        i = path.rfind("/")
+        parent, base = path[:i] or "/", path[i + 1:]
         if path.startswith("/.wh..wh."):
             return  # AUFS metadata (.wh..wh.plnk etc.): skipped, as Docker does
         if base.startswith(".wh."):
             self._whiteout(parent, base, m)
             return
         real_parent = self.resolve_dir(parent, True, m.name)
-        assert real_parent is not None
-        real = join(real_parent, base)
-        existing = self.index.get(real)
+        assert real_parent is not None and real_parent.children is not None
+        existing = real_parent.children.get(base)
         if existing is not None:
-            if m.kind == "dir" and existing.node.kind == "dir":
-                self._set_meta(existing.node, m)
+            if m.kind == "dir" and existing.children is not None:
+                if existing.inode is self.implied:
+                    existing.inode = _Inode("dir", 0, 0, 0, 0.0, 0, "", {})
+                self._set_meta(existing.inode, m)
                 existing.layer = self.layer
+                self.lookup[path] = existing
                 return
-            self.remove(real)
+            # What it replaces may be how `parent` was reached (symlink `l` -> `.`, then a
+            # directory `l/l` replaces `l`): the member's own path is not cached below.
+            self.remove(existing)
         if m.kind == "hardlink":
-            self._hardlink(real, m)
+            self._hardlink(real_parent, base, m)
             return
-        node = _Node(m.kind, m.mode, m.uid, m.gid, m.mtime, m.size,
-                     m.linkname if m.kind == "symlink" else "", dict(m.xattrs), real,
-                     m.devmajor, m.devminor)
+        inode = _Inode(m.kind, m.mode, m.uid, m.gid, m.mtime, m.size,
+                       m.linkname if m.kind == "symlink" else "", m.xattrs,
+                       m.devmajor, m.devminor)
         if m.kind == "file":
-            node.content = ContentRef(self.blob, self.base + reader.data_offset, m.size)
-            self._add(real, node)
+            inode.content = ContentRef(self.blob, self.base + reader.data_offset, m.size)
+            d = self._add(real_parent, base, inode, m.name)
             if self.extract:
-                self._write_file(real, m, reader)
+                self._write_file(path_of(d), m, reader)
         elif m.kind == "dir":
+            d = self._add(real_parent, base, inode, m.name)
             if self.extract:
-                os.mkdir(self.host(real), 0o700)
-            self._add(real, node)
+                os.mkdir(self.host(path_of(d)), 0o700)
+            if existing is None:
+                self.lookup[path] = d
         elif m.kind == "symlink":
             if not m.linkname or "\0" in m.linkname:
                 raise ImageFormatError(f"{self.where}: member {m.name!r}: empty symlink target")
+            d = self._add(real_parent, base, inode, m.name)
             if self.extract:
-                os.symlink(m.linkname, self.host(real))
-            self._add(real, node)
+                os.symlink(m.linkname, self.host(path_of(d)))
         else:  # char, block, fifo: recorded, never created on the host
-            self._add(real, node)
+            self._add(real_parent, base, inode, m.name)
 
     def _whiteout(self, parent: str, base: str, m: Member) -> None:
         # Docker creates a whiteout's missing parents like any member's (overlay2 and vfs)
         real_parent = self.resolve_dir(parent, True, m.name)
+        assert real_parent is not None and real_parent.children is not None
         if base == ".wh..wh..opq":
-            if real_parent is not None:
-                for child in list(self.children[real_parent]):
-                    self.remove_lower(child)
+            self.hide_lower_below(real_parent)
             return
         if base.startswith(".wh..wh."):
             return  # other AUFS metadata
@@ -234,26 +333,26 @@ class _Applier:
         if hidden in ("", ".", ".."):
             # a bare ".wh." once wiped a whole directory in another flattener
             raise ImageFormatError(f"{self.where}: member {m.name!r}: whiteout names no file")
-        if real_parent is not None:
-            self.remove_lower(join(real_parent, hidden))
+        d = real_parent.children.get(hidden)
+        if d is not None:
+            self.remove_lower(d)
 
-    def _hardlink(self, real: str, m: Member) -> None:
+    def _hardlink(self, real_parent: _Dentry, base: str, m: Member) -> None:
         target = link_target_path(m.linkname, m.name, self.where)
-        tparent, tbase = split(target)
+        i = target.rfind("/")
+        tparent, tbase = target[:i] or "/", target[i + 1:]
         real_tparent = self.resolve_dir(tparent, False, m.name)
-        treal = join(real_tparent, tbase) if real_tparent is not None else None
-        slot = self.index.get(treal) if treal else None
-        if slot is None:
+        t = real_tparent.children.get(tbase) if real_tparent is not None else None  # type: ignore[union-attr]
+        if t is None:
             raise ImageFormatError(f"{self.where}: member {m.name!r}: hardlink target "
                                    f"{m.linkname!r} does not exist")
-        node = slot.node
+        node = t.inode
         if node.kind == "dir":
             raise ImageFormatError(f"{self.where}: member {m.name!r}: hardlink to directory "
                                    f"{m.linkname!r}")
-        assert treal is not None
+        d = self._add(real_parent, base, node, m.name)
         if self.extract and node.kind in _HOST_KINDS:
-            os.link(self.host(treal), self.host(real), follow_symlinks=False)
-        self._add(real, node)
+            os.link(self.host(path_of(t)), self.host(path_of(d)), follow_symlinks=False)
         # Docker applies a link header's owner and xattrs to the shared inode, and its mode
         # and mtime too unless the inode is a symlink.
         node.uid, node.gid = m.uid, m.gid
@@ -261,11 +360,11 @@ class _Applier:
         if node.kind != "symlink":
             node.mode, node.mtime = m.mode, m.mtime
             if self.extract and node.kind == "file":
-                os.chmod(self.host(real), (m.mode & 0o777) | 0o600)
+                os.chmod(self.host(path_of(d)), (m.mode & 0o777) | 0o600)
 
-    def _set_meta(self, node: _Node, m: Member) -> None:
+    def _set_meta(self, node: _Inode, m: Member) -> None:
         node.mode, node.uid, node.gid, node.mtime = m.mode, m.uid, m.gid, m.mtime
-        node.xattrs = dict(m.xattrs)
+        node.xattrs = m.xattrs  # each Member has its own dict: nothing else holds it
 
     def _write_file(self, real: str, m: Member, reader: TarReader) -> None:
         fd = os.open(self.host(real), _O_CREATE, 0o600)
@@ -276,41 +375,61 @@ class _Applier:
             os.fchmod(fd, (m.mode & 0o777) | 0o600)
             t = int(m.mtime * 1e9)
             os.utime(fd, ns=(t, t))
-        finally:
-            os.close(fd)
+        except BaseException:
+            _close_quietly(fd)
+            raise
+        os.close(fd)
 
     # ---------------------------------------------------------------- result
 
-    def finish_host(self) -> None:
+    def paths(self) -> list[tuple[str, _Dentry]]:
+        """Every live name with its full path, sorted by path: the only place full paths
+        are spelled out (their total size is what the index_bytes budget bounds)."""
+        out: list[tuple[str, _Dentry]] = [("/", self.top)]
+        stack: list[tuple[str, _Dentry]] = [("", self.top)]
+        while stack:
+            prefix, d = stack.pop()
+            assert d.children is not None
+            for name, child in d.children.items():
+                p = f"{prefix}/{name}"
+                out.append((p, child))
+                if child.children:
+                    stack.append((p, child))
+        out.sort(key=lambda item: item[0])
+        return out
+
+    def finish_host(self, paths: list[tuple[str, _Dentry]]) -> None:
         """Directory permissions and times last: adding children changes dir mtimes."""
-        for path in sorted((p for p, s in self.index.items() if s.node.kind == "dir"),
-                           reverse=True):
-            node = self.index[path].node
+        for path, d in reversed(paths):
+            if d.children is None:
+                continue
+            node = d.inode
             h = self.host(path) if path != "/" else self.root
             os.chmod(h, (node.mode & 0o777) | 0o700)
             t = int(node.mtime * 1e9)
             os.utime(h, ns=(t, t))
 
-    def entries(self) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]],
-                               dict[str, ContentRef]]:
+    def entries(self, paths: list[tuple[str, _Dentry]]
+                ) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]], dict[str, ContentRef]]:
         by_node: dict[int, list[str]] = {}
-        for path, slot in self.index.items():
-            if slot.node.kind != "dir":
-                by_node.setdefault(id(slot.node), []).append(path)
+        for path, d in paths:
+            if d.children is None:
+                by_node.setdefault(id(d.inode), []).append(path)
         groups: dict[str, tuple[str, ...]] = {}
         canonical: dict[int, str] = {}
-        for key, paths in by_node.items():
-            if len(paths) > 1:
-                paths.sort()
-                node = self.index[paths[0]].node
-                canonical[key] = node.origin if node.origin in paths else paths[0]
-                for p in paths:
-                    groups[p] = tuple(paths)
+        by_path = dict(paths)
+        for key, names in by_node.items():
+            if len(names) > 1:  # already sorted: `paths` is
+                node = by_path[names[0]].inode
+                origin = path_of(node.origin) if node.origin is not None else ""
+                canonical[key] = origin if origin in names else names[0]
+                group = tuple(names)
+                for p in names:
+                    groups[p] = group
         out: dict[str, Entry] = {}
         content: dict[str, ContentRef] = {}
-        for path in sorted(self.index):
-            slot = self.index[path]
-            n = slot.node
+        for path, d in paths:
+            n = d.inode
             canon = canonical.get(id(n), path)
             linked = canon != path
             if n.content is not None and not linked:
@@ -321,92 +440,160 @@ class _Applier:
                 mode=n.mode, uid=n.uid, gid=n.gid, mtime=n.mtime,
                 size=n.size if n.kind == "file" and not linked else 0,
                 linkname=canon if linked else n.linkname,
-                xattrs=dict(n.xattrs), layer=slot.layer,
+                xattrs=dict(n.xattrs), layer=d.layer,
                 devmajor=n.devmajor, devminor=n.devminor)
         return out, groups, content
 
 
-def _host_error(exc: OSError, where: str, member: str) -> Exception:
+def _close_quietly(fd: int) -> None:
+    """Close while another error is on its way out: that error is the one to report."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _host_error(exc: OSError, where: str, member: str, directory: str,
+                needed: int) -> Exception:
     """A host-side failure while extracting: full disk or no permission is the machine's
     problem (exit 4), anything else (a name too long to create...) is the image's."""
+    if exc.errno in DISK_FULL:
+        return no_space(directory, needed)
     msg = f"{where}: member {member!r}: cannot extract: {exc.strerror or exc}"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return EnvironmentProblem(msg)
     return ImageFormatError(msg)
 
 
 class _Spool:
     """Pass-through reader that also writes what it hands out to a spool file, so the member
-    offsets the tar reader reports are offsets into that file."""
+    offsets the tar reader reports are offsets into that file.
 
-    def __init__(self, inner: BinaryIO, out: BinaryIO, where: str) -> None:
-        self._inner = inner
-        self._out = out
+    A write that fails is the disk's problem, never the stream's (the tar reader would
+    otherwise call it a corrupt layer): a full disk is `no_space` (exit 4), with the
+    layer's estimated size as what was needed.
+    """
+
+    def __init__(self, stream: LayerStream, path: Path, where: str) -> None:
+        self._stream = stream
+        self._path = path
         self._where = where
+        try:
+            self._out = open(path, "xb", buffering=1 << 20)  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def read(self, n: int = -1) -> bytes:
-        data = self._inner.read(n)
+        data = self._stream.read(n)
         try:
             self._out.write(data)
         except OSError as exc:
-            # not a stream error (the tar reader would call it a corrupt layer): the disk's
-            raise EnvironmentProblem(f"{self._where}: cannot spool the decompressed layer: "
-                                     f"{exc.strerror or exc}") from exc
+            raise self._failed(exc) from None
         return data
+
+    def close(self) -> None:
+        """Flush and close; a full disk at the last flush is reported like any other."""
+        try:
+            self._out.close()
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def discard(self) -> None:
+        """Close while another error is on its way out (its flush may fail the same way)."""
+        with contextlib.suppress(OSError):
+            self._out.close()
+
+    def _failed(self, exc: OSError) -> TracerError:
+        if exc.errno in DISK_FULL:
+            return no_space(self._path.parent, self._stream.estimated_size())
+        return EnvironmentProblem(f"{self._where}: cannot spool the decompressed layer to "
+                                  f"{self._path}: {exc.strerror or exc}")
+
+
+def _apply_layer(applier: _Applier, layer: Layer, dest: Path, budgets: Budgets,
+                 image_used: int) -> int:
+    """Apply one layer; return how many bytes it decompressed to."""
+    stream = layer.open(budgets, image_used)
+    spool: _Spool | None = None
+    try:
+        if stream.compression == "none" and layer.location is not None:
+            applier.blob, applier.base = layer.location
+            tar_in = stream
+        else:
+            path = dest / f"layer-{layer.index}.tar"
+            spool = _Spool(stream, path, layer.where)
+            applier.blob, applier.base = str(path), 0
+            tar_in = spool  # type: ignore[assignment]
+        reader = TarReader(tar_in, layer.where, budgets.path_length)  # type: ignore[arg-type]
+        members = 0
+        while (m := reader.next()) is not None:
+            members += 1
+            if members > budgets.entries:
+                raise BudgetExceeded("entries", budgets.entries, f"{layer.where}: the layer "
+                                     f"has more than {budgets.entries:,} members")
+            try:
+                applier.apply(m, reader)
+            except OSError as exc:
+                raise _host_error(exc, layer.where, m.name, applier.root, m.size) from exc
+        stream.finish()
+        if spool is not None:
+            spool.close()
+            spool = None
+    except BaseException:
+        if spool is not None:
+            spool.discard()
+        with contextlib.suppress(Exception):  # the error on its way out is the one to report
+            stream.close()
+        raise
+    stream.close()
+    return stream.uncompressed
 
 
 def flatten(source: ImageSource, dest: Path,
             progress: Callable[[str], None] | None = None, *,
-            extract: bool = False) -> FlatImage:
+            extract: bool = False, budgets: Budgets = DEFAULT) -> FlatImage:
     """Index every layer of `source`, in the new directory `dest`, without extracting files.
 
     `dest` holds what the result reads from: spooled decompressed layers and a hardlink to
     the source's saved archive (the source deletes its own temp files on close); with
     `extract`, also the host tree at `dest/rootfs`. On any error `dest` is removed and the
-    error re-raised; `dest` must not exist or be empty (it is never merged into).
+    error re-raised; `dest` must not exist or be empty (it is never merged into). Whatever
+    the image would cost beyond `budgets` is refused with BudgetExceeded (exit 2); a full
+    disk is `errors.no_space` (exit 4).
     """
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or dest.is_symlink() or any(dest.iterdir())):
         raise BadInput(f"flatten destination {dest} exists and is not an empty directory")
-    dest.mkdir(parents=True, exist_ok=True)
-    os.chmod(dest, 0o700)
-    dest = dest.resolve()
-    tree = dest / "rootfs" if extract else None
-    if tree is not None:
-        tree.mkdir(0o700)
-    applier = _Applier(tree)
+    budgets.check("layers", len(source.layers), f"{source.ref}: {len(source.layers):,} layers")
     try:
+        dest.mkdir(parents=True, exist_ok=True)
+        os.chmod(dest, 0o700)
+        dest = dest.resolve()
+        tree = dest / "rootfs" if extract else None
+        if tree is not None:
+            tree.mkdir(0o700)
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise no_space(dest.parent) from None
+        raise
+    applier = _Applier(tree, budgets)
+    try:
+        used = 0
         for layer in source.layers:
             applier.layer = layer.index
             applier.where = layer.where
             if progress:
                 progress(f"applying {layer.where}")
-            stream = layer.open()
-            spool: BinaryIO | None = None
-            try:
-                if stream.compression == "none" and layer.location is not None:
-                    applier.blob, applier.base = layer.location
-                    tar_in: BinaryIO = stream  # type: ignore[assignment]
-                else:
-                    path = dest / f"layer-{layer.index}.tar"
-                    spool = open(path, "xb", buffering=1 << 20)  # noqa: SIM115
-                    applier.blob, applier.base = str(path), 0
-                    tar_in = _Spool(stream, spool, layer.where)  # type: ignore[arg-type]
-                reader = TarReader(tar_in, layer.where)
-                while (m := reader.next()) is not None:
-                    try:
-                        applier.apply(m, reader)
-                    except OSError as exc:
-                        raise _host_error(exc, layer.where, m.name) from exc
-                stream.finish()
-            finally:
-                stream.close()
-                if spool is not None:
-                    spool.close()
+            used += _apply_layer(applier, layer, dest, budgets, used)
+        paths = applier.paths()
         if tree is not None:
-            applier.finish_host()
-        entries, groups, content = applier.entries()
-        kept = {b: source.keep_file(b, dest) for b in {r.blob for r in content.values()}}
+            applier.finish_host(paths)
+        entries, groups, content = applier.entries(paths)
+        del paths
+        try:
+            kept = {b: source.keep_file(b, dest) for b in {r.blob for r in content.values()}}
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise no_space(dest) from None
+            raise
         content = {p: replace(r, blob=kept[r.blob]) for p, r in content.items()}
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)

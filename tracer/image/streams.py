@@ -1,6 +1,12 @@
 """Byte streams for layer blobs: a window into an archive file, digest-checking readers and
 transparent decompression. Every layer byte passes through exactly one chunked pipeline, so
-digests are verified while the layer is applied, never by a second pass."""
+digests are verified while the layer is applied, never by a second pass.
+
+The pipeline is also where decompression is bounded: a few kilobytes of gzip or zstd can
+inflate to the size of the disk, so every layer stream counts what it hands out against
+the run's Budgets (`expansion` times the blob's size on disk, at least `expansion_floor`;
+`image_bytes` for all layers together) and refuses, naming the layer, the moment it is over.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import re
 from collections.abc import Callable
 from typing import BinaryIO
 
+from tracer.budgets import DEFAULT, BudgetExceeded, Budgets, human
 from tracer.errors import ImageFormatError
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -25,6 +32,7 @@ class Region:
         self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
         self._f.seek(offset)
         self._left = size
+        self.size = size
 
     def read(self, n: int = -1) -> bytes:
         if n < 0 or n > self._left:
@@ -70,13 +78,41 @@ def sniff_compression(head: bytes) -> str:
     return "none"
 
 
+def stored_size(raw: BinaryIO | Region) -> int | None:
+    """Bytes of the blob as stored: the window's size, or the open file's size on disk.
+
+    Never the manifest's claim: a blob whose descriptor lies about its size would otherwise
+    buy itself a larger decompression budget (the claim is checked, but only at the end).
+    """
+    if isinstance(raw, Region):
+        return raw.size
+    try:
+        return os.fstat(raw.fileno()).st_size
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
 class LayerStream:
     """Decompressed tar stream of one layer that checks, once drained, the stored blob's
-    digest/size and the uncompressed diff_id against what the manifest and config claim."""
+    digest/size and the uncompressed diff_id against what the manifest and config claim,
+    and refuses (BudgetExceeded) as soon as it has handed out more than its budgets allow.
+
+    `image_used` is what the image's earlier layers decompressed to: the `image_bytes`
+    budget is for all of them together.
+    """
 
     def __init__(self, raw: BinaryIO | Region, where: str, *, compression: str,
-                 blob_digest: str | None, blob_size: int | None, diff_id: str | None) -> None:
+                 blob_digest: str | None, blob_size: int | None, diff_id: str | None,
+                 budgets: Budgets = DEFAULT, image_used: int = 0) -> None:
         self.where = where
+        self._stored = stored_size(raw)
+        self._budgets = budgets
+        self._image_left = budgets.image_bytes - image_used
+        self._layer_limit: int | None = None
+        if compression != "none":
+            floor = budgets.expansion_floor
+            self._layer_limit = max(budgets.expansion * (self._stored or 0), floor)
+        self._limit = min(self._image_left, self._layer_limit or self._image_left)
         self._raw = HashingReader(raw)
         self._blob_digest = blob_digest
         self._blob_size = blob_size
@@ -98,7 +134,43 @@ class LayerStream:
         self.compression = compression
 
     def read(self, n: int = -1) -> bytes:
-        return (self._tar or self._raw).read(n)
+        out = self._tar or self._raw
+        data = out.read(n)
+        if out.count > self._limit:
+            self._over_budget()
+        return data
+
+    @property
+    def uncompressed(self) -> int:
+        """Bytes of the layer's tar handed out so far."""
+        return (self._tar or self._raw).count
+
+    def estimated_size(self) -> int:
+        """What the whole uncompressed layer will probably come to, from the ratio so far
+        (for "needed about N MB" when the disk fills up while it is spooled)."""
+        done, raw = self.uncompressed, self._raw.count
+        if not raw or not self._stored or raw >= self._stored:
+            return done
+        return min(int(done * self._stored / raw), self._limit)
+
+    def _over_budget(self) -> None:
+        layer = self._layer_limit
+        if layer is None or self._image_left <= layer:
+            raise BudgetExceeded(
+                "image_bytes", self._budgets.image_bytes,
+                f"{self.where}: the image's layers decompress to more than "
+                f"{human(self._budgets.image_bytes)} together")
+        blob = f"its {self._stored:,}-byte blob" if self._stored is not None else "its blob"
+        if self._stored is not None and layer > self._budgets.expansion_floor:
+            raise BudgetExceeded(
+                "expansion", self._budgets.expansion,
+                f"{self.where}: decompresses to more than {self._budgets.expansion} times "
+                f"{blob} (a compression bomb?)")
+        raise BudgetExceeded(
+            "expansion_floor", self._budgets.expansion_floor,
+            f"{self.where}: decompresses to more than {human(layer)} from {blob} (a "
+            "compression bomb?); a compressed layer may inflate to `expansion` times its "
+            "size or to expansion_floor, whichever is larger")
 
     def finish(self) -> None:
         """Drain what the tar reader left (end padding, trailing bytes) and verify digests."""
@@ -123,9 +195,12 @@ class LayerStream:
                                    f"to {got}, the config's diff_id is {self._diff_id}")
 
     def close(self) -> None:
-        if self._inner is not self._raw:
-            self._inner.close()
-        self._raw.close()
+        """Close the decompressor and the blob; the blob even when the decompressor fails."""
+        try:
+            if self._inner is not self._raw:
+                self._inner.close()
+        finally:
+            self._raw.close()
 
 
 class Layer:
@@ -153,16 +228,25 @@ class Layer:
         except OSError as exc:
             raise ImageFormatError(f"{self.where}: cannot open blob: {exc}") from exc
 
-    def open(self) -> LayerStream:
-        """A decompressed tar stream; call `finish()` after reading it to verify digests."""
+    def open(self, budgets: Budgets = DEFAULT, image_used: int = 0) -> LayerStream:
+        """A decompressed tar stream; call `finish()` after reading it to verify digests.
+
+        The stream refuses to hand out more than `budgets` allow this layer, given that the
+        image's earlier layers decompressed to `image_used` bytes.
+        """
         head_f = self.open_raw()
         try:
             head = head_f.read(4)
         finally:
             head_f.close()
-        return LayerStream(self.open_raw(), self.where, compression=sniff_compression(head),
-                           blob_digest=self.blob_digest, blob_size=self.blob_size,
-                           diff_id=self.diff_id)
+        raw = self.open_raw()
+        try:
+            return LayerStream(raw, self.where, compression=sniff_compression(head),
+                               blob_digest=self.blob_digest, blob_size=self.blob_size,
+                               diff_id=self.diff_id, budgets=budgets, image_used=image_used)
+        except BaseException:
+            raw.close()
+            raise
 
 
 def file_digest(path: str | os.PathLike[str]) -> tuple[str, int]:

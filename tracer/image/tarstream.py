@@ -17,9 +17,10 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from tracer.budgets import BudgetExceeded
 from tracer.errors import ImageFormatError
 
-MAX_PATH = 4096  # PATH_MAX: a member name or link target beyond it is refused
+MAX_PATH = 4096  # PATH_MAX: the default budget for a member name or link target
 MAX_XATTR = 65536  # XATTR_SIZE_MAX
 MAX_MTIME = 1e13  # seconds; far beyond any real timestamp, keeps int() and tar fields safe
 BLOCK = 512
@@ -79,6 +80,11 @@ class RawHeader:
     linkname: str
     devmajor: int
     devminor: int
+
+
+def utf8_len(text: str) -> int:
+    """Bytes of a member name as stored (names are decoded with surrogateescape)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
 
 
 def _num(field: bytes) -> int:
@@ -149,9 +155,10 @@ def parse_pax(data: bytes, where: str) -> dict[str, bytes]:
 class TarReader:
     """Iterate members of one layer stream; call `copy_data` or nothing before `next`."""
 
-    def __init__(self, stream: BinaryIO, where: str) -> None:
+    def __init__(self, stream: BinaryIO, where: str, max_path: int = MAX_PATH) -> None:
         self._f = stream
         self._where = where
+        self._max_path = max_path
         self._remaining = 0
         self._pad = 0
         self._current: Member | None = None
@@ -261,11 +268,12 @@ class TarReader:
         self.last_name = name[:200]
         link = text("linkpath", long_link if long_link is not None else ti.linkname)
         for what, value in (("name", name), ("link target", link)):
-            if len(value) > MAX_PATH:
-                # the index keeps every parent path: a huge name would cost memory
-                # quadratic in its length; Linux refuses such paths anyway (PATH_MAX)
-                raise ImageFormatError(f"{self._at()}: member {name[:80]!r}...: {what} longer "
-                                       f"than {MAX_PATH} bytes")
+            if utf8_len(value) > self._max_path:
+                # every parent of a name becomes a path of the index: a huge name would
+                # cost memory quadratic in its length; Linux refuses such paths (PATH_MAX)
+                raise BudgetExceeded("path_length", self._max_path,
+                                     f"{self._where}: member {name[:80]!r}...: {what} is "
+                                     f"{utf8_len(value)} bytes long")
         kind = KIND_OF_TYPE.get(ti.type)
         if kind is None or (pax and any(k.startswith("GNU.sparse") for k in pax)):
             raise ImageFormatError(f"{self._at()}: unsupported tar member type {ti.type!r}")
