@@ -8,13 +8,15 @@ long names and binary `security.capability` values survive.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from tracer.errors import BadInput, ImageFormatError
+from tracer.errors import BadInput, ImageFormatError, no_space
 from tracer.image.model import Entry, FlatImage
 from tracer.image.paths import member_path
 
@@ -141,32 +143,54 @@ def encode_header(name: str, e: Entry, typ: bytes, size: int, linkname: str,
 
 
 def write_layer(flat: FlatImage, paths: list[str], out: BinaryIO) -> LayerStats:
-    """Write `paths` (from `closed_paths`) as a tar to `out`; return diff_id and size."""
+    """Write `paths` (from `closed_paths`) as a tar to `out`; return diff_id and size.
+
+    A full disk is `errors.no_space` naming the output's directory and about how much the
+    whole layer needs (exit 4), never an internal error.
+    """
     w = HashingWriter(out)
-    written_inode: dict[str, str] = {}  # first path of a link group -> first written name
-    for path in paths:
-        e = flat.entries[path]
-        name = path[1:]
-        group = flat.hardlink_group(path)
-        if len(group) > 1:
-            first = written_inode.get(group[0])
-            if first is not None:
-                w.write(encode_header(name, e, tarfile.LNKTYPE, 0, first))
-                continue
-            written_inode[group[0]] = name
-        src = flat.entries[e.linkname] if e.kind == "hardlink" else e
-        kind = src.kind
-        if kind == "file":
-            w.write(encode_header(name, e, tarfile.REGTYPE, src.size, ""))
-            _copy_content(flat, src.path, src.size, w)
-        elif kind == "dir":
-            w.write(encode_header(name + "/", e, tarfile.DIRTYPE, 0, ""))
-        elif kind == "symlink":
-            w.write(encode_header(name, e, tarfile.SYMTYPE, 0, src.linkname))
-        else:
-            w.write(encode_header(name, e, _TYPES[kind], 0, "", src.devmajor, src.devminor))
-    w.write(bytes(2 * tarfile.BLOCKSIZE))
+    done = 0
+    try:
+        written_inode: dict[str, str] = {}  # first path of a link group -> first written name
+        for path in paths:
+            _write_member(flat, path, w, written_inode)
+            done += 1  # what is left to write when the disk fills up
+        w.write(bytes(2 * tarfile.BLOCKSIZE))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        rest = sum(e.size for p in paths[done:] if (e := flat.entries[p]).kind == "file")
+        name = getattr(out, "name", None)
+        where = os.path.dirname(os.path.abspath(name)) if isinstance(name, str) else "the output"
+        raise no_space(where, w.count + rest + BLOCK_OVERHEAD * (len(paths) - done)) from None
     return LayerStats(w.digest(), w.count, len(paths))
+
+
+BLOCK_OVERHEAD = 2 * tarfile.BLOCKSIZE  # a header and padding, about, per member
+
+
+def _write_member(flat: FlatImage, path: str, w: HashingWriter,
+                  written_inode: dict[str, str]) -> None:
+    e = flat.entries[path]
+    name = path[1:]
+    group = flat.hardlink_group(path)
+    if len(group) > 1:
+        first = written_inode.get(group[0])
+        if first is not None:
+            w.write(encode_header(name, e, tarfile.LNKTYPE, 0, first))
+            return
+        written_inode[group[0]] = name
+    src = flat.entries[e.linkname] if e.kind == "hardlink" else e
+    kind = src.kind
+    if kind == "file":
+        w.write(encode_header(name, e, tarfile.REGTYPE, src.size, ""))
+        _copy_content(flat, src.path, src.size, w)
+    elif kind == "dir":
+        w.write(encode_header(name + "/", e, tarfile.DIRTYPE, 0, ""))
+    elif kind == "symlink":
+        w.write(encode_header(name, e, tarfile.SYMTYPE, 0, src.linkname))
+    else:
+        w.write(encode_header(name, e, _TYPES[kind], 0, "", src.devmajor, src.devminor))
 
 
 def _copy_content(flat: FlatImage, path: str, size: int, w: HashingWriter) -> None:

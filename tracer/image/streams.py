@@ -32,6 +32,7 @@ class Region:
         self._f = open(path, "rb")  # noqa: SIM115 - closed by close()
         self._f.seek(offset)
         self._left = size
+        self.offset = offset
         self.size = size
 
     def read(self, n: int = -1) -> bytes:
@@ -40,6 +41,9 @@ class Region:
         data = self._f.read(n)
         self._left -= len(data)
         return data
+
+    def fileno(self) -> int:
+        return self._f.fileno()
 
     def close(self) -> None:
         self._f.close()
@@ -105,6 +109,7 @@ class LayerStream:
                  blob_digest: str | None, blob_size: int | None, diff_id: str | None,
                  budgets: Budgets = DEFAULT, image_used: int = 0) -> None:
         self.where = where
+        self._blob = raw
         self._stored = stored_size(raw)
         self._budgets = budgets
         self._image_left = budgets.image_bytes - image_used
@@ -146,12 +151,22 @@ class LayerStream:
         return (self._tar or self._raw).count
 
     def estimated_size(self) -> int:
-        """What the whole uncompressed layer will probably come to, from the ratio so far
-        (for "needed about N MB" when the disk fills up while it is spooled)."""
+        """What the whole uncompressed layer will probably come to (for "needed about N MB"
+        when the disk fills up while it is spooled): gzip's trailer says it (modulo 4 GiB,
+        and it is only a hint), else the compression ratio so far; never more than the
+        budgets would let it reach."""
         done, raw = self.uncompressed, self._raw.count
-        if not raw or not self._stored or raw >= self._stored:
-            return done
-        return min(int(done * self._stored / raw), self._limit)
+        guess = done
+        if self.compression == "gzip" and self._stored and self._stored >= 18:
+            start = self._blob.offset if isinstance(self._blob, Region) else 0
+            try:
+                trailer = os.pread(self._blob.fileno(), 4, start + self._stored - 4)
+                guess = max(guess, int.from_bytes(trailer, "little"))
+            except (OSError, AttributeError, ValueError):
+                pass
+        elif raw and self._stored and raw < self._stored:
+            guess = max(guess, int(done * self._stored / raw))
+        return min(guess, self._limit)
 
     def _over_budget(self) -> None:
         layer = self._layer_limit
