@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +41,7 @@ from tracer.static import Closure, Resolver, expand_binaries
 from tracer.trace.original import trace_original
 from tracer.trace.result import SmokeResult
 from tracer.trace.run import run_smoke
+from tracer.workdir import workdir  # locked work dirs; sweeps what dead runs left
 
 
 @dataclass
@@ -56,19 +53,6 @@ class Prepared:
     root: RootFS
     engine_ref: str
     config: ImageConfig  # the flattened image's run config, validated
-
-
-@contextmanager
-def workdir(prefix: str = "tracer-") -> Iterator[Path]:
-    """A private temp dir removed whatever happens (TRACER_WORKDIR chooses where)."""
-    base = os.environ.get("TRACER_WORKDIR") or None
-    if base:
-        Path(base).mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class EngineImages:

@@ -50,6 +50,7 @@ from tracer.trace.steps import (
     wait_ready,
 )
 from tracer.trace.users import RunAs, plan
+from tracer.workdir import owner_labels
 
 ALWAYS_EXCLUDED = (BUNDLE_MOUNT, OUTPUT_MOUNT, "/proc", "/sys", "/dev")
 STOP_LABEL = "stop"
@@ -276,7 +277,7 @@ def _image_files(run: _Run, paths: tuple[str, ...], cap: int = 1 << 20) -> list[
     import docker
 
     spec = ContainerSpec(image=run.image, argv=["/"], network="none",
-                         labels={RUN_LABEL: run.profile.name})
+                         labels={RUN_LABEL: run.profile.name, **owner_labels()})
     container = run.runner.create(spec)
     out: list[str | None] = []
     try:
@@ -316,7 +317,7 @@ def _spec(setup: _Setup, run: _Run, argv: list[str], stdin: str | None) -> Conta
         tmpfs_bytes=run.budgets.tmpfs_bytes,
         binds=setup.binds(run),
         cap_add=["SYS_PTRACE"] if strace else [],
-        labels={RUN_LABEL: run.profile.name},
+        labels={RUN_LABEL: run.profile.name, **owner_labels()},
         stdin=stdin,
     )
 
