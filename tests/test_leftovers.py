@@ -30,6 +30,7 @@ from tracer.workdir import (
     sweep,
     sweep_engine,
     sweep_workdirs,
+    temp_tag,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,6 +126,10 @@ def test_owner_liveness() -> None:
     me = current_owner()
     assert me.alive() is True
     assert Owner.from_labels(me.labels()) == me
+    tagged = Owner.from_tag(temp_tag("candidate"))
+    assert tagged is not None and tagged.alive() is True and tagged.pid == me.pid
+    assert Owner.from_tag(_dead_owner().token.join("--")).alive() is False  # type: ignore[union-attr]
+    assert Owner.from_tag("candidate-0123456789ab") is None
     dead = _dead_owner()
     assert dead.alive() is False
     reused = Owner(me.host, me.pid, me.start + 1, me.boot, me.pidns)  # same pid, later start
@@ -167,18 +172,25 @@ def test_engine_sweep_removes_only_dead_owners_labelled_things(docker_client, fi
     (ctx / "Dockerfile").write_text("FROM tracer-fixture/base:bookworm\n")
     images = {"dead": dead, "live": me}
     tags = {what: f"tracer-tmp/bounds-{tag}:{what}" for what in images}
+    # the owner in the tag instead of a label (what temp_tag() makes)
+    tags["dead-token"] = f"tracer-tmp/bounds-{tag}:candidate-{dead.token}-x"
+    tags["live-token"] = f"tracer-tmp/bounds-{tag}:candidate-{me.token}-y"
     published = f"tracer-test/bounds-{tag}:published"
     try:
         for what, owner in images.items():
             labels = [a for k, v in owner.labels().items() for a in ("--label", f"{k}={v}")]
             subprocess.run(["docker", "build", "--network", "none", "-q", *labels, "-t",
                             tags[what], str(ctx)], check=True, capture_output=True)
+        subprocess.run(["docker", "build", "--network", "none", "-q", "-t", tags["dead-token"],
+                        "-t", tags["live-token"], str(ctx)], check=True, capture_output=True)
         # the dead owner's image was also published under another name: that tag stays
         docker_client.images.get(tags["dead"]).tag(published)
         removed = sweep_engine(docker_client)
         mine = sorted((r.kind, r.name) for r in removed if tag in r.name)
         assert mine == [("container", f"bounds-{tag}-dead"),
+                        ("temporary image", tags["dead-token"]),
                         ("temporary image", tags["dead"])]
+        docker_client.images.get(tags["live-token"])
         left = {c.name for c in docker_client.containers.list(all=True) if tag in c.name}
         assert left == {f"bounds-{tag}-{w}" for w in ("live", "foreign", "unlabelled",
                                                       "smoke-only")}

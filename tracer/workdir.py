@@ -11,8 +11,11 @@ So everything tracer leaves on the machine says who made it:
 - a work directory holds `.tracer-owner`, a lock file that its process holds an exclusive
   flock on for as long as it lives (the kernel drops it however the process ends) and that
   records the owner (host, pid, process start time);
-- containers and temporary images carry `owner_labels()`: host, pid and the process start
-  time (a pid alone is reused), plus the boot and pid namespace they were read in.
+- containers carry `owner_labels()`: host, pid and the process start time (a pid alone is
+  reused), plus the boot and pid namespace they were read in;
+- temporary images carry the same owner in their tag (`temp_tag()`), not in a label: a
+  verified candidate becomes the published output by a retag, and the output's config
+  must stay the original's. Labelled images are recognized as well.
 
 On start (`workdir()`), tracer removes what dead tracer processes left: work directories
 whose lock is free, and labelled containers and temporary images whose owner process no
@@ -28,11 +31,14 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import sys
 import tempfile
 import time
+import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -77,17 +83,41 @@ class Owner:
         except (KeyError, ValueError):
             return None
 
+    @property
+    def token(self) -> str:
+        """The owner in a form that fits in an image tag (`[a-z0-9]`, about 50 characters):
+        a hash of the host, the boot id's first 8 hex digits, pid namespace, pid, start."""
+        return (f"o{_host_hash(self.host)}{self.boot.replace('-', '')[:8]:0>8}"
+                f"n{self.pidns or 0}p{self.pid}s{self.start}")
+
+    @classmethod
+    def from_tag(cls, tag: str) -> Owner | None:
+        """The owner `temp_tag()` put into `tag`, or None."""
+        m = _TOKEN.search(tag)
+        if m is None:
+            return None
+        host, boot, pidns, pid, start = m.groups()
+        return cls("#" + host, int(pid), int(start), boot, pidns)
+
     def alive(self, me: Owner | None = None) -> bool | None:
         """Whether this process still runs: None when this machine cannot tell (another
         host or pid namespace); a different boot means dead."""
         me = me or current_owner()
-        if self.host != me.host:
+        if self.host not in (me.host, "#" + _host_hash(me.host)):
             return None
-        if self.boot and me.boot and self.boot != me.boot:
+        if self.boot and me.boot and not me.boot.replace("-", "").startswith(
+                self.boot.replace("-", "")):
             return False
         if self.pidns != me.pidns or not me.boot:
             return None
         return start_time(self.pid) == self.start
+
+
+_TOKEN = re.compile(r"-o([0-9a-f]{8})([0-9a-f]{8})n(\d+)p(\d+)s(\d+)-")
+
+
+def _host_hash(host: str) -> str:
+    return f"{zlib.crc32(host.encode()):08x}"
 
 
 def start_time(pid: int) -> int | None:
@@ -128,6 +158,12 @@ def owner_labels() -> dict[str, str]:
     """The labels to put on every container and temporary image this process creates, so
     that a later run can remove them if this one dies without cleaning up."""
     return current_owner().labels()
+
+
+def temp_tag(purpose: str) -> str:
+    """A unique tag for a temporary image (`PURPOSE-OWNER-RANDOM`) that names this process,
+    so that a later run can remove the image if this one dies without cleaning up."""
+    return f"{purpose}-{current_owner().token}-{uuid.uuid4().hex[:8]}"
 
 
 # ---------------------------------------------------------------- work directories
@@ -267,9 +303,10 @@ def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
     """Remove containers and temporary images labelled by tracer processes that are dead.
 
     `client` is a docker SDK client. Containers are removed with their anonymous volumes;
-    of an image only its `tracer-tmp/` tags are removed (an image that also carries another
-    tag, such as a published output, stays). Engine errors leave things where they are: a
-    sweep never stops a run.
+    of an image only its `tracer-tmp/` tags whose owner (from the tag, else the image's
+    labels) is dead are removed: an image that also carries another tag, such as a
+    published output, stays. Engine errors leave things where they are: a sweep never
+    stops a run.
     """
     me = me or current_owner()
     api = client.api
@@ -284,12 +321,13 @@ def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
                     names = c.get("Names") or [c["Id"][:12]]
                     removed.append(Leftover("container", names[0].lstrip("/")))
     with contextlib.suppress(Exception):
-        for image in api.images(filters={"label": OWNER_LABEL}):
-            owner = Owner.from_labels(image.get("Labels"))
-            if owner is None or owner.alive(me) is not False:
-                continue
+        for image in api.images(filters={"reference": TEMP_REPOSITORY + "*"}):
+            labelled = Owner.from_labels(image.get("Labels"))
             for tag in image.get("RepoTags") or []:
-                if tag.startswith(TEMP_REPOSITORY):
+                if not tag.startswith(TEMP_REPOSITORY):
+                    continue
+                owner = Owner.from_tag(tag.rpartition(":")[2]) or labelled
+                if owner is not None and owner.alive(me) is False:
                     with contextlib.suppress(Exception):
                         api.remove_image(tag)
                         removed.append(Leftover("temporary image", tag))
