@@ -412,20 +412,22 @@ class _Applier:
     def entries(self, paths: list[tuple[str, _Dentry]]
                 ) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]], dict[str, ContentRef]]:
         by_node: dict[int, list[str]] = {}
+        linked_nodes: dict[int, _Inode] = {}
         for path, d in paths:
             if d.children is None:
-                by_node.setdefault(id(d.inode), []).append(path)
+                names = by_node.setdefault(id(d.inode), [])
+                names.append(path)
+                if len(names) == 2:
+                    linked_nodes[id(d.inode)] = d.inode
         groups: dict[str, tuple[str, ...]] = {}
         canonical: dict[int, str] = {}
-        by_path = dict(paths)
-        for key, names in by_node.items():
-            if len(names) > 1:  # already sorted: `paths` is
-                node = by_path[names[0]].inode
-                origin = path_of(node.origin) if node.origin is not None else ""
-                canonical[key] = origin if origin in names else names[0]
-                group = tuple(names)
-                for p in names:
-                    groups[p] = group
+        for key, node in linked_nodes.items():
+            names = by_node[key]  # sorted already: `paths` is
+            origin = path_of(node.origin) if node.origin is not None else ""
+            canonical[key] = origin if origin in names else names[0]
+            group = tuple(names)
+            for p in names:
+                groups[p] = group
         out: dict[str, Entry] = {}
         content: dict[str, ContentRef] = {}
         for path, d in paths:
