@@ -251,7 +251,7 @@ def sweep_workdirs(root: Path, me: Owner | None = None) -> list[Leftover]:
             if not entry.is_dir(follow_symlinks=False):
                 continue
             fd = os.open(os.path.join(entry.path, LOCK_NAME),
-                         os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+                         os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
             continue  # not a tracer work directory (or an older tracer's, unlabelled)
         try:
