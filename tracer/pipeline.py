@@ -9,7 +9,6 @@ directory is removed on success, failure and Ctrl-C.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 import uuid
