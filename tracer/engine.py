@@ -6,7 +6,9 @@ everywhere at once:
 - a deadline: the docker SDK waits 60 s by default per HTTP read, and tracer used to ask
   for 300-600 s; an engine that answers the ping and then hangs held a run for minutes.
   Every call now fails after `CALL_TIMEOUT` seconds of silence (streams of data, like an
-  image save, only need to keep flowing);
+  image save, only need to keep flowing). Operators and tests set the deadlines in seconds
+  with TRACER_ENGINE_TIMEOUT (every call, the ping included) and
+  TRACER_ENGINE_TRANSFER_TIMEOUT (image save and load only);
 - one meaning for failures: whatever goes wrong between tracer and the engine (refused
   connection, timeout, an error status, an answer that is not JSON) is an environment
   problem, exit 4, with what tracer was trying to do. Only "no such image" keeps its own
@@ -19,15 +21,48 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tracer.errors import EnvironmentProblem
+from tracer.errors import BadInput, EnvironmentProblem
 
 CALL_TIMEOUT = 60.0  # seconds of silence after which one engine call counts as hung
 TRANSFER_TIMEOUT = 300.0  # image save/load: silence allowed while the engine unpacks a layer
 PING_TIMEOUT = 10.0  # the first contact: an engine that cannot ping in 10 s is not usable
+CALL_TIMEOUT_ENV = "TRACER_ENGINE_TIMEOUT"
+TRANSFER_TIMEOUT_ENV = "TRACER_ENGINE_TRANSFER_TIMEOUT"
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """A deadline from the environment variable `name`, else `default`; bad values are
+    bad input (exit 2) naming the variable, never silently ignored."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise BadInput(f"{name}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def call_timeout() -> float:
+    """Seconds of silence after which one engine call counts as hung (env override)."""
+    return _env_seconds(CALL_TIMEOUT_ENV, CALL_TIMEOUT)
+
+
+def transfer_timeout() -> float:
+    """The same for image save/load: TRACER_ENGINE_TRANSFER_TIMEOUT, else
+    TRACER_ENGINE_TIMEOUT when set (one knob to make every call quick to fail), else
+    `TRANSFER_TIMEOUT` (the engine may unpack a big layer before answering a load)."""
+    default = call_timeout() if os.environ.get(CALL_TIMEOUT_ENV, "").strip() \
+        else TRANSFER_TIMEOUT
+    return _env_seconds(TRANSFER_TIMEOUT_ENV, default)
 
 
 class Engine:
@@ -77,17 +112,30 @@ def engine_errors(what: str, timeout: float | None = CALL_TIMEOUT) -> Iterator[N
             f"lost the Docker engine while trying to {what}: {str(exc)[:300]}") from None
 
 
-@functools.lru_cache(maxsize=4)
-def connect(timeout: float | None = CALL_TIMEOUT) -> Engine:
-    """The process's engine client for this per-call timeout (None: no deadline, only for
-    streams whose caller enforces its own, like a smoke step's exec). Pinged on first use;
-    EnvironmentProblem when no engine answers."""
+class _Default:
+    """Marker: "the per-call deadline", read from the environment when connecting."""
+
+
+CALL: float | None | _Default = _Default()
+
+
+def connect(timeout: float | None | _Default = CALL) -> Engine:
+    """The process's engine client for this per-call timeout (default `call_timeout()`;
+    None: no deadline, only for streams whose caller enforces its own, like a smoke step's
+    exec). Pinged on first use; EnvironmentProblem when no engine answers."""
+    if isinstance(timeout, _Default):
+        timeout = call_timeout()
+    return _connect(timeout, min(PING_TIMEOUT, call_timeout()))
+
+
+@functools.lru_cache(maxsize=8)
+def _connect(timeout: float | None, ping_timeout: float) -> Engine:
     try:
         import docker
     except ImportError as exc:  # pragma: no cover - dependency declared in pyproject
         raise EnvironmentProblem("the docker Python SDK is not installed") from exc
     try:
-        sdk = docker.from_env(timeout=PING_TIMEOUT)
+        sdk = docker.from_env(timeout=ping_timeout)
         sdk.ping()
     except Exception as exc:  # noqa: BLE001 - every failure here means "no usable engine"
         raise EnvironmentProblem(
