@@ -179,3 +179,98 @@ def set_size(tar: bytes, member: str, size: int) -> bytes:
             return bytes(data)
         pos += 512 + real + (-real) % 512
     raise KeyError(member)
+
+
+# ---------------------------------------------------------------- the engine's own reader
+
+
+@dataclass(frozen=True)
+class Node:
+    """One path as the Docker engine serves it (`docker export` of a container)."""
+
+    kind: str  # file | dir | symlink | char | block | fifo (a hardlink is a file)
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    linkname: str = ""
+    sha256: str = ""
+    xattrs: tuple[tuple[str, str], ...] = ()
+    dev: tuple[int, int] = (0, 0)
+    hardlink_of: str = ""  # the member this hardlink names, as export wrote it
+
+
+_KIND_OF = {tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",
+            tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block",
+            tarfile.FIFOTYPE: "fifo"}
+# what `docker create` adds to every container (the init layer), whatever the image holds
+ENGINE_INIT_PATHS = frozenset({"/.dockerenv", "/dev", "/dev/console", "/dev/pts", "/dev/shm",
+                               "/etc", "/etc/hostname", "/etc/hosts", "/etc/mtab",
+                               "/etc/resolv.conf", "/proc", "/sys"})
+
+
+def engine_tree(image: str) -> dict[str, Node]:
+    """Every path of `image` as the engine itself reads it: a container is created (never
+    started) and `docker export`ed; the tar stream is read here with tarfile."""
+    import subprocess
+    import uuid
+
+    name = f"tracer-test-image-export-{uuid.uuid4().hex[:10]}"
+    made = subprocess.run(["docker", "create", "--network", "none", "--name", name, image,
+                           "/nonexistent"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    tree: dict[str, Node] = {}
+    try:
+        proc = subprocess.Popen(["docker", "export", name], stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
+            for ti in tf:
+                path = "/" + ti.name.strip("/") if ti.name.strip("/") not in ("", ".") else "/"
+                xattrs = tuple(sorted((k[len("SCHILY.xattr."):], v)
+                                      for k, v in ti.pax_headers.items()
+                                      if k.startswith("SCHILY.xattr.")))
+                common = dict(mode=ti.mode & 0o7777, uid=ti.uid, gid=ti.gid,
+                              mtime=int(ti.mtime), xattrs=xattrs)
+                if ti.islnk():
+                    target = tree["/" + ti.linkname.strip("/")]
+                    tree[path] = Node("file", **common, sha256=target.sha256,  # type: ignore[arg-type]
+                                      hardlink_of="/" + ti.linkname.strip("/"))
+                    continue
+                kind = _KIND_OF[ti.type]
+                digest = ""
+                if kind == "file":
+                    f = tf.extractfile(ti)
+                    assert f is not None
+                    h = hashlib.sha256()
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                    digest = h.hexdigest()
+                tree[path] = Node(kind, **common, linkname=ti.linkname if ti.issym() else "",  # type: ignore[arg-type]
+                                  sha256=digest, dev=(ti.devmajor, ti.devminor)
+                                  if kind in ("char", "block") else (0, 0))
+        assert proc.wait() == 0
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    return tree
+
+
+def oci_layout_as_docker_archive(layout: Path, tag: str | None, repo_tag: str,
+                                 dest: Path) -> Path:
+    """An OCI layout re-packed for `docker load` of engines that read only docker-archives
+    (Docker < 25): its blobs as they are, plus a manifest.json naming them. The engine
+    itself then checks every layer against the config's diff_ids."""
+    index = json.loads((layout / "index.json").read_text())
+    desc = next(d for d in index["manifests"] if tag is None or
+                (d.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag)
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / desc["digest"][7:]).read_text())
+    names = [f"blobs/sha256/{d['digest'][7:]}" for d in [manifest["config"], *manifest["layers"]]]
+    docker_manifest = [{"Config": names[0], "RepoTags": [repo_tag], "Layers": names[1:]}]
+    with tarfile.open(dest, "w") as tf:
+        for name in dict.fromkeys(names):
+            tf.add(layout / name, arcname=name)
+        data = json.dumps(docker_manifest).encode()
+        ti = tarfile.TarInfo("manifest.json")
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    return dest

@@ -1,20 +1,31 @@
 """Round trips through the real engine: a multi-layer image built with `docker build`,
-flattened, written back (engine, docker-archive, OCI) and run with `docker run`."""
+flattened, written back (engine, docker-archive, OCI) and run with `docker run`; the
+engine's own export of the result is the original's, path by path."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import run
+from image_builders import (
+    ENGINE_INIT_PATHS,
+    M,
+    Node,
+    docker_archive,
+    engine_tree,
+    layer,
+    oci_layout_as_docker_archive,
+)
 from prereq import missing
 
+from tracer.errors import BadInput
 from tracer.image import flatten, open_image, parse_reference, write_image
-from tracer.image.engine import load_into_engine, load_ref_into_engine, remove_from_engine
+from tracer.image.daemon import EngineImages
+from tracer.image.prepare import prepare
+from tracer.progress import Progress
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +75,7 @@ def layered_image(docker_client, fixture_image, tmp_path_factory):
         if not found:
             missing(f"{tool} (libcap2-bin) is not installed on the host; run scripts/setup")
         shutil.copy(found, ctx / tool)
-    tag = f"tracer-test/layers:{uuid.uuid4().hex[:8]}"
+    tag = f"tracer-test/image-layers:{uuid.uuid4().hex[:8]}"
     res = run(["docker", "build", "--network", "none", "--force-rm", "-q", "-t", tag, str(ctx)])
     assert res.returncode == 0, res.stderr
     yield tag
@@ -101,14 +112,28 @@ def test_engine_image_flattens_exactly(layered_image: str, tmp_path: Path) -> No
     assert [p.name for p in tmp_path.iterdir()] == ["root"]
 
 
+def _tree(image: str) -> dict[str, Node]:
+    """The engine's export, without what `docker create` adds and with no hardlink
+    bookkeeping (overlayfs keeps reporting a whited-out sibling's inode in the original)."""
+    out = {}
+    for path, n in engine_tree(image).items():
+        if path in ENGINE_INIT_PATHS | {"/opt/app", "/data"} or path.startswith(
+                ("/dev/", "/proc/", "/sys/")):
+            continue  # /opt/app is the WorkingDir, /data the Volume: created by the engine
+        out[path] = Node(n.kind, n.mode, n.uid, n.gid, 0 if n.kind == "dir" else n.mtime,
+                         n.linkname, n.sha256, n.xattrs, n.dev)
+    return out
+
+
 def test_round_trip_engine_archive_and_oci(layered_image: str, docker_client,
                                            tmp_path: Path) -> None:
     original = _docker_run(layered_image, CHECK)
     assert "ABSENT" in original and "cap_net_raw=ep" in original
+    original_tree = _tree(layered_image)
     with open_image(parse_reference(layered_image), tmp_path / "w") as src:
         flat = flatten(src, tmp_path / "w" / "root")
     keep = list(flat.entries)
-    out_tag = f"tracer-test/layers-min:{uuid.uuid4().hex[:8]}"
+    out_tag = f"tracer-test/image-layers-min:{uuid.uuid4().hex[:8]}"
     archive = tmp_path / "out.tar"
     layout = tmp_path / "layout"
     loaded_tags = [out_tag, f"{out_tag}-archive", f"{out_tag}-oci"]
@@ -122,14 +147,17 @@ def test_round_trip_engine_archive_and_oci(layered_image: str, docker_client,
                     workdir=tmp_path / "w", comment="tracer round trip")
         res = run(["docker", "load", "-i", str(archive)])
         assert res.returncode == 0, res.stderr
-        # 3. an OCI layout, loaded through load_ref_into_engine (20.10 cannot load OCI)
+        # 3. an OCI layout, re-packed for the docker CLI (this engine cannot load OCI)
         write_image(flat, keep, parse_reference(f"oci:{layout}:v1"), workdir=tmp_path / "w",
                     comment="tracer round trip")
-        load_ref_into_engine(parse_reference(f"oci:{layout}:v1"), f"{out_tag}-oci",
-                             tmp_path / "w")
+        repacked = oci_layout_as_docker_archive(layout, "v1", f"{out_tag}-oci",
+                                                tmp_path / "repacked.tar")
+        res = run(["docker", "load", "-i", str(repacked)])
+        assert res.returncode == 0, res.stderr
         want = _config(docker_client, layered_image)
         for tag in loaded_tags:
             image = docker_client.images.get(tag)
+            assert image.id == w.image_id  # one image, whatever the transport
             assert len(image.attrs["RootFS"]["Layers"]) == 1
             got = image.attrs["Config"]
             for field in CONFIG_FIELDS:
@@ -138,26 +166,36 @@ def test_round_trip_engine_archive_and_oci(layered_image: str, docker_client,
             assert _docker_run(tag, CHECK) == original
             history = image.history()
             assert history[0]["CreatedBy"] == "tracer round trip"
+        got_tree = _tree(out_tag)
+        assert sorted(got_tree) == sorted(original_tree)
+        for path, node in original_tree.items():
+            assert got_tree[path] == node, path
     finally:
         for tag in loaded_tags:
-            remove_from_engine(tag)
+            docker_client.images.remove(tag, force=True)
 
 
-def test_load_into_engine_retags_only_the_given_tag(tmp_path: Path, docker_client,
-                                                    fixture_image) -> None:
-    from image_builders import M, docker_archive, layer
-
+def test_a_non_engine_input_runs_under_a_temp_tag_only(tmp_path: Path, docker_client,
+                                                        fixture_image) -> None:
+    """The archive's own RepoTags never retag an engine image: an input is loaded under a
+    tag of this run only, which is removed at the end with the image."""
+    fixture_image("base")
+    victim = f"tracer-test/image-victim:{uuid.uuid4().hex[:8]}"
+    docker_client.images.get("tracer-fixture/base:bookworm").tag(*victim.split(":"))
+    before = docker_client.images.get(victim).id
     archive = docker_archive(tmp_path / "in.tar", [layer(M("hello", data=b"hi\n"))],
-                             repo_tag=None)
-    tag = f"tracer-test/handmade:{uuid.uuid4().hex[:8]}"
+                             repo_tag=victim)
+    engine = EngineImages()
     try:
-        image_id = load_ref_into_engine(parse_reference(f"docker-archive:{archive}"), tag,
-                                        tmp_path)
-        assert docker_client.images.get(tag).id == image_id
-        assert json.loads(json.dumps(docker_client.images.get(tag).attrs["Config"]))["Env"]
+        prepared = prepare(f"docker-archive:{archive}", "my app..", tmp_path / "work", engine,
+                           Progress(quiet=True), {})
+        assert prepared.engine_ref.startswith("tracer-tmp/my-app:input-")
+        loaded = docker_client.images.get(prepared.engine_ref)
+        assert docker_client.images.get(victim).id == before != loaded.id
+        assert loaded.attrs["Config"]["Env"] == ["PATH=/usr/bin:/bin", "FOO=bar"]
     finally:
-        remove_from_engine(tag)
-    # a missing engine image is a bad input, not a crash
-    with pytest.raises(Exception, match="not in the Docker engine"):
+        engine.cleanup()
+        docker_client.images.remove(victim)
+    assert not docker_client.images.list(name="tracer-tmp/my-app")
+    with pytest.raises(BadInput, match="not in the Docker engine"):
         open_image(parse_reference("tracer-test/does-not-exist:nope"), tmp_path)
-    assert callable(load_into_engine) and subprocess  # public API used by the pipeline

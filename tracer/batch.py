@@ -29,6 +29,7 @@ import psutil
 from tracer import __version__
 from tracer.errors import BadInput, TracerError
 from tracer.image.reference import ImageRef, default_output, parse_reference
+from tracer.image.transports import transport
 from tracer.profile import Overrides, load_profile
 from tracer.profile_model import Profile
 from tracer.runfiles import keeplist_paths
@@ -110,38 +111,11 @@ def check_unique_names(paths: list[Path], overrides: Overrides | None = None) ->
 
 def image_digest(ref: ImageRef) -> str:
     """A cheap identity of the input image: the engine's image id or the bytes' sha256."""
-    if ref.transport == "docker-daemon":
-        import docker
-
-        from tracer.engine import connect
-
-        try:
-            return connect().sdk.images.get(f"{ref.name}:{ref.tag or 'latest'}").id
-        except docker.errors.ImageNotFound:
-            return "missing"
-    target = Path(ref.path or "")
-    files = [target / "index.json"] if target.is_dir() else [target]
-    h = hashlib.sha256()
-    for f in files:
-        try:
-            with open(f, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-        except OSError:
-            return "missing"
-    return "sha256:" + h.hexdigest()
+    return transport(ref).identity(ref)
 
 
 def output_exists(ref: ImageRef) -> bool:
-    if ref.transport == "docker-daemon":
-        from tracer.engine import connect
-
-        try:
-            connect().sdk.images.get(f"{ref.name}:{ref.tag or 'latest'}")
-            return True
-        except Exception:  # noqa: BLE001 - not there, whatever the reason
-            return False
-    return Path(ref.path or "").exists()
+    return transport(ref).exists(ref)
 
 
 def _fingerprint(profile_path: Path, profile: Profile) -> dict[str, str]:

@@ -9,11 +9,9 @@ directory is removed on success, failure and Ctrl-C.
 
 from __future__ import annotations
 
-import re
+import hashlib
 import time
-import uuid
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from tracer import __version__
@@ -23,88 +21,22 @@ from tracer.engine import connect
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
 from tracer.evidence import build_keeplist, write_path_index
-from tracer.image.config import ImageConfig
-from tracer.image.flatten import flatten
+from tracer.image.daemon import EngineImages
 from tracer.image.model import FlatImage
-from tracer.image.reference import ImageRef, default_output, parse_reference
-from tracer.image.sink import write_image
-from tracer.image.source import open_image
+from tracer.image.prepare import Prepared, prepare
+from tracer.image.reference import default_output, parse_reference
+from tracer.image.sink import publish, write_image
 from tracer.keep_policy import IMPLICIT_DLOPENS
 from tracer.keeplist import Reason, size_of
 from tracer.profile import budgets_of
 from tracer.profile_model import Profile
 from tracer.progress import Progress
 from tracer.report import Report, StepSummary
-from tracer.rootfs import RootFS
 from tracer.static import Closure, Resolver, expand_binaries
 from tracer.trace.original import trace_original
 from tracer.trace.result import SmokeResult
 from tracer.trace.run import run_smoke
 from tracer.workdir import workdir  # locked work dirs; sweeps what dead runs left
-
-
-@dataclass
-class Prepared:
-    """An image read and flattened, plus a reference the engine can run."""
-
-    ref: ImageRef
-    flat: FlatImage
-    root: RootFS
-    engine_ref: str
-    config: ImageConfig  # the flattened image's run config, validated
-
-
-class EngineImages:
-    """Temporary images this run put into the engine; removed by id at the end."""
-
-    def __init__(self) -> None:
-        self.client = connect().sdk
-        self.tags: list[str] = []
-
-    def temp_ref(self, name: str, purpose: str) -> ImageRef:
-        tag = f"{purpose}-{uuid.uuid4().hex[:12]}"
-        # profile names allow `app-` or `a..b`, which are no valid repository names
-        repo = "tracer-tmp/" + (re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "image")
-        ref = ImageRef(transport="docker-daemon", path=None, name=repo, tag=tag)
-        self.tags.append(f"{repo}:{tag}")
-        return ref
-
-    def cleanup(self) -> None:
-        import docker
-
-        for tag in self.tags:
-            try:
-                self.client.images.remove(tag, force=True, noprune=False)
-            except docker.errors.ImageNotFound:
-                pass
-            except docker.errors.APIError:
-                pass
-
-
-def prepare(image: str, name: str, work: Path, engine: EngineImages,
-            progress: Progress, seconds: dict[str, float]) -> Prepared:
-    """Read and flatten an image; make it runnable in the engine if it is not there."""
-    ref = parse_reference(image)
-    progress.phase(f"reading {ref}")
-    t0 = time.monotonic()
-    with open_image(ref, work / "source") as source:
-        flat = flatten(source, work / "root", progress=progress)
-    seconds["read"] = seconds.get("read", 0.0) + time.monotonic() - t0
-    progress.done(f"{len(flat.entries):,} paths, {flat.content_size():,} bytes")
-    if ref.transport == "docker-daemon":
-        engine_ref = f"{ref.name}:{ref.tag or 'latest'}"
-    else:
-        progress.phase(f"loading {ref} into the engine to run it")
-        t0 = time.monotonic()
-        tmp = engine.temp_ref(name, "input")
-        write_image(flat, list(flat.entries), tmp, workdir=work / "load",
-                    comment="tracer: one-layer copy of the input to run it")
-        engine_ref = f"{tmp.name}:{tmp.tag}"
-        seconds["load_input"] = seconds.get("load_input", 0.0) + time.monotonic() - t0
-        progress.done()
-    config = ImageConfig.from_image_json(flat.config, str(ref))
-    return Prepared(ref=ref, flat=flat, root=flat.rootfs(), engine_ref=engine_ref,
-                    config=config)
 
 
 def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult,
@@ -150,32 +82,9 @@ def _steps(result: SmokeResult) -> list[StepSummary]:
     return [StepSummary(s.label, s.passed, round(s.seconds, 3), s.message) for s in result.steps]
 
 
-def _publish(engine: EngineImages, candidate: ImageRef, out: ImageRef, flat: FlatImage,
-             keep: list[str], work: Path) -> None:
-    """Put the verified image under the output reference (atomic for each transport).
-
-    In the engine the tag moves in one call; the image it used to name is removed when
-    nothing else names it, so nightly runs do not pile up dangling images.
-    """
-    if out.transport == "docker-daemon":
-        import docker
-
-        name = f"{out.name}:{out.tag or 'latest'}"
-        try:
-            previous = engine.client.images.get(name).id
-        except docker.errors.ImageNotFound:
-            previous = None
-        image = engine.client.images.get(f"{candidate.name}:{candidate.tag}")
-        image.tag(out.name, out.tag or "latest")
-        if previous and previous != image.id:
-            try:
-                if not engine.client.images.get(previous).tags:
-                    engine.client.images.remove(previous)
-            except docker.errors.APIError:
-                pass  # still used by a container or another image: leave it
-    else:
-        write_image(flat, keep, out, workdir=work / "output",
-                    comment="tracer: minimized image")
+def _profile_hash(profile: Profile) -> str | None:
+    """sha256 of the profile file (what `tracer batch` fingerprints too)."""
+    return hashlib.sha256(profile.source.read_bytes()).hexdigest() if profile.source else None
 
 
 def minimize(profile: Profile, *, output: str | None = None, report_path: Path | None = None,
@@ -203,7 +112,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
     try:
         with workdir() as work:
             prepared = prepare(profile.image, profile.name, work / "input", engine, progress,
-                               seconds)
+                               seconds, budgets)
             flat = prepared.flat
             report.size_before = flat.content_size()
             report.files_before = sum(1 for e in flat.entries.values() if e.kind != "dir")
@@ -251,9 +160,10 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
             t0 = time.monotonic()
             keep = sorted(kept)
             candidate = engine.temp_ref(profile.name, "candidate")
-            write_image(flat, keep, candidate, workdir=work / "candidate",
-                        comment=f"tracer {__version__}: minimized {in_ref} with profile "
-                                f"{profile.name}")
+            # no host path in it: the same input and profile give the same image anywhere
+            comment = f"tracer {__version__}: minimized with profile {profile.name}"
+            write_image(flat, keep, candidate, workdir=work / "candidate", comment=comment,
+                        profile_hash=_profile_hash(profile))
             seconds["write"] = time.monotonic() - t0
             progress.done()
 
@@ -280,7 +190,8 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
             else:
                 progress.done("passed")
                 t0 = time.monotonic()
-                _publish(engine, candidate, out_ref, flat, keep, work)
+                publish(engine, candidate, out_ref, flat, keep, work,
+                        comment=comment, profile_hash=_profile_hash(profile))
                 seconds["write"] += time.monotonic() - t0
     except SmokeFailedOnOriginal:
         # Nothing is written: the run proved nothing about a minimized image.
@@ -329,9 +240,9 @@ def diagnose_profile(profile: Profile, *, image: str | None = None,
     try:
         with workdir() as work:
             original = prepare(profile.image, profile.name, work / "original", engine,
-                               progress, seconds)
+                               progress, seconds, budgets_of(profile))
             minimized = prepare(target, profile.name, work / "minimized", engine, progress,
-                                seconds)
+                                seconds, budgets_of(profile))
             runs = []
             for what, prepared in (("original", original), ("minimized", minimized)):
                 progress.phase(f"traced smoke test of the {what} image")

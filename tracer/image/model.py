@@ -18,15 +18,12 @@ from tracer.image.reference import ImageRef
 if TYPE_CHECKING:
     from tracer.rootfs import RootFS
 
-KINDS = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo")
-
-
 @dataclass
 class Entry:
     """One path of the final filesystem with the metadata the written image must carry."""
 
     path: str
-    kind: str
+    kind: str  # file | dir | symlink | hardlink | char | block | fifo
     mode: int
     uid: int
     gid: int
@@ -97,15 +94,6 @@ class FlatImage:
     def hardlink_group(self, path: str) -> tuple[str, ...]:
         """Every path sharing `path`'s inode, sorted; `(path,)` when it has no other links."""
         return self._groups.get(path, (path,))
-
-    def hardlink_groups(self) -> dict[str, tuple[str, ...]]:
-        """Each multi-link inode once: canonical (`kind != "hardlink"`) path -> all its paths."""
-        out: dict[str, tuple[str, ...]] = {}
-        for group in self._groups.values():
-            for p in group:
-                if self.entries[p].kind != "hardlink":
-                    out[p] = group
-        return out
 
     def content_size(self) -> int:
         """Bytes of regular-file content, each hardlinked inode counted once."""

@@ -1,0 +1,276 @@
+"""The docker-daemon transport: images in the local Docker engine, read and written.
+
+Every engine call goes through `tracer.engine.connect()`: one client, a deadline per call,
+failures mapped to exit 4. Answers are checked before use: an engine that sends JSON of
+the wrong shape is an environment problem too, not a crash.
+
+Reading goes through a pluggable backend (`ReadBackend`): today `docker save` into the
+work dir, then the docker-archive reader (`SaveBackend`). `choose_backend` is the one
+place that decides, and says why, so a backend that reads the engine's storage in place
+can sit next to it behind the same interface.
+
+Writing is go-containerregistry's `daemon.Write`: the one-layer image is written as a
+docker-archive in the work dir; when the engine already has an image with that id (the
+verified candidate, or last night's identical output) it is only tagged, otherwise
+loaded. The image the output tag named before is removed when nothing else names it.
+
+`EngineImages` tracks the temporary images a run puts into the engine (an input copy that
+can run, the candidate) and removes them at the end.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from tracer.budgets import Budgets
+from tracer.engine import Engine, connect, transfer_timeout
+from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
+from tracer.image.archive import read_archive, write_archive_file
+from tracer.image.diskio import disk_full, new_file
+from tracer.image.documents import DIGEST_RE
+from tracer.image.output import OneLayer, WrittenImage
+from tracer.image.reference import ImageRef
+from tracer.image.source import ImageSource
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class EngineImage:
+    """What `docker image inspect` says about an image, checked."""
+
+    id: str
+    size: int
+    tags: tuple[str, ...]
+    driver: str
+    driver_data: dict[str, str] = field(default_factory=dict)
+
+
+def _malformed(what: str, detail: str) -> EnvironmentProblem:
+    return EnvironmentProblem(f"the Docker engine sent a malformed answer while trying to "
+                              f"{what}: {detail}")
+
+
+def inspect(engine: Engine, name: str) -> EngineImage | None:
+    """The engine's view of image `name` (a tag or an id); None when it has none."""
+    import docker
+
+    what = f"inspect image {name}"
+    try:
+        with engine.errors(what):
+            attrs = engine.api.inspect_image(name)
+    except docker.errors.NotFound:
+        return None
+    if not isinstance(attrs, dict):
+        raise _malformed(what, "not an object")
+    image_id = attrs.get("Id")
+    if not isinstance(image_id, str) or not DIGEST_RE.match(image_id):
+        raise _malformed(what, f"image id {str(image_id)[:80]!r}")
+    size = attrs.get("Size")
+    tags = attrs.get("RepoTags") or []
+    graph = attrs.get("GraphDriver") or {}
+    if not isinstance(graph, dict):
+        graph = {}
+    data = graph.get("Data") or {}
+    if (isinstance(size, bool) or not isinstance(size, int) or not isinstance(tags, list)
+            or not all(isinstance(t, str) for t in tags) or not isinstance(data, dict)):
+        raise _malformed(what, "unexpected Size, RepoTags or GraphDriver")
+    driver = graph.get("Name")
+    return EngineImage(image_id, max(size, 0), tuple(tags),
+                       driver if isinstance(driver, str) else "",
+                       {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)})
+
+
+# ---------------------------------------------------------------- reading
+
+
+class ReadBackend(Protocol):
+    """One way to read an engine image as an ImageSource."""
+
+    name: str
+
+    def open(self, engine: Engine, ref: ImageRef, image: EngineImage, workdir: Path,
+             budgets: Budgets) -> ImageSource: ...
+
+
+class SaveBackend:
+    """`docker save` of the image into the work dir, then read as a docker-archive. Works
+    with any engine, local or remote, whatever its storage."""
+
+    name = "docker save"
+
+    def open(self, engine: Engine, ref: ImageRef, image: EngineImage, workdir: Path,
+             budgets: Budgets) -> ImageSource:
+        budgets.check("image_bytes", image.size, f"{ref}: the engine says it is "
+                      f"{image.size} bytes")
+        tmp = workdir / f"saved-{image.id[7:19]}-{uuid.uuid4().hex[:8]}.tar"
+        transfer = connect(transfer_timeout())
+        try:
+            # the save streams for as long as the image is big: a deadline on silence only
+            with disk_full(workdir, image.size), new_file(tmp) as f, \
+                    transfer.errors(f"save image {ref}"):
+                for chunk in transfer.api.get_image(image.id, chunk_size=_CHUNK):
+                    f.write(chunk)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        source = read_archive(ImageRef("docker-archive", str(tmp), None, None), tmp, str(ref),
+                              workdir, budgets, cleanup=[tmp])
+        source.ref = ref
+        if source.digest != image.id:
+            source.close()
+            raise ImageFormatError(f"{ref}: saved config hashes to {source.digest}, the "
+                                   f"engine says {image.id}")
+        return source
+
+
+def choose_backend(image: EngineImage) -> tuple[ReadBackend, str]:
+    """The backend that reads `image`, and why it was chosen (for the run's log)."""
+    del image  # today every image is read the one way that works everywhere
+    return SaveBackend(), "docker save (the only reader for engine images)"
+
+
+# ---------------------------------------------------------------- the transport
+
+
+def _split_repo_tag(repo_tag: str) -> tuple[str, str]:
+    repo, _, tag = repo_tag.rpartition(":")
+    if not repo or "/" in tag:
+        return repo_tag, "latest"
+    return repo, tag
+
+
+class DaemonTransport:
+    """docker-daemon:NAME[:TAG] (or a bare NAME[:TAG])"""
+
+    name = "docker-daemon"
+
+    def open(self, ref: ImageRef, workdir: Path, budgets: Budgets) -> ImageSource:
+        engine = connect()
+        image = inspect(engine, str(ref.repo_tag))
+        if image is None:
+            raise BadInput(f"image {ref} is not in the Docker engine")
+        backend, _reason = choose_backend(image)
+        return backend.open(engine, ref, image, workdir, budgets)
+
+    def check_output(self, ref: ImageRef) -> str:
+        if not ref.repo_tag:
+            raise BadInput(f"output {ref}: needs an image name")
+        return ref.repo_tag
+
+    def write(self, image: OneLayer, ref: ImageRef, workdir: Path,
+              expect_id: str | None = None) -> WrittenImage:
+        repo_tag = self.check_output(ref)
+        engine = connect()
+        tmp = workdir / f"output-{uuid.uuid4().hex[:12]}.tar"
+        try:
+            with disk_full(workdir, image.estimated_size()):
+                written = write_archive_file(image, tmp, repo_tag)
+            written.expect(expect_id)
+            previous = inspect(engine, repo_tag)
+            written.ref = ref
+            written.manifest_digest = None  # the engine keeps no manifest of a loaded image
+            if previous is not None and previous.id == written.image_id:
+                written.unchanged = True
+                return written
+            if inspect(engine, written.image_id) is None:
+                _load(tmp, written.image_id, ref)
+        finally:
+            tmp.unlink(missing_ok=True)
+        repo, tag = _split_repo_tag(repo_tag)
+        with engine.errors(f"tag {written.image_id} as {repo_tag}"):
+            engine.api.tag(written.image_id, repo, tag, force=True)
+        if previous is not None:
+            _remove_if_untagged(engine, previous.id)
+        return written
+
+    def engine_name(self, ref: ImageRef) -> str | None:
+        return ref.repo_tag
+
+    def identity(self, ref: ImageRef) -> str:
+        image = inspect(connect(), str(ref.repo_tag))
+        return image.id if image is not None else "missing"
+
+    def exists(self, ref: ImageRef) -> bool:
+        return inspect(connect(), str(ref.repo_tag)) is not None
+
+
+def _load(archive: Path, image_id: str, ref: ImageRef) -> None:
+    """`docker load` the archive tracer wrote; the engine must end up with `image_id`."""
+    import docker
+
+    engine = connect(transfer_timeout())
+    try:
+        with open(archive, "rb") as f, engine.errors(f"load {ref}"):
+            engine.sdk.images.load(f)
+    except docker.errors.ImageLoadError as exc:
+        raise EnvironmentProblem(f"the Docker engine refused to load {ref}: {exc}") from None
+    if inspect(connect(), image_id) is None:
+        raise EnvironmentProblem(f"the Docker engine loaded {ref} but has no image {image_id}")
+
+
+def _remove_if_untagged(engine: Engine, image_id: str) -> None:
+    """Remove an image the output tag named before, when nothing names it any more, so
+    nightly runs do not pile up dangling images. In use (a container, a child image):
+    it stays."""
+    import docker
+
+    image = inspect(engine, image_id)
+    if image is None or image.tags:
+        return
+    try:
+        with engine.errors(f"remove the previous output {image_id}"):
+            engine.api.remove_image(image_id)
+    except (docker.errors.NotFound, EnvironmentProblem) as exc:
+        _warn(f"left the previous output image {image_id[:19]} in the engine: {exc}")
+
+
+def _warn(message: str) -> None:
+    print(f"tracer: warning: {message}", file=sys.stderr, flush=True)
+
+
+class EngineImages:
+    """Temporary images this run put into the engine; their tags are removed at the end
+    (an image then named by nothing is removed with its tag)."""
+
+    def __init__(self, warn: Callable[[str], None] = _warn) -> None:
+        self.engine = connect()
+        self.tags: list[str] = []
+        self._warn = warn
+
+    def temp_ref(self, name: str, purpose: str) -> ImageRef:
+        """A new, unique engine reference for a temporary image of profile `name`."""
+        tag = f"{purpose}-{uuid.uuid4().hex[:12]}"
+        # profile names allow `app-` or `a..b`, which are no valid repository names
+        repo = "tracer-tmp/" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "image")
+        self.tags.append(f"{repo}:{tag}")
+        return ImageRef(transport="docker-daemon", path=None, name=repo, tag=tag)
+
+    def image_id(self, ref: ImageRef) -> str:
+        """The id of temp image `ref` (it must be there)."""
+        image = inspect(self.engine, str(ref.repo_tag))
+        if image is None:
+            raise EnvironmentProblem(f"the temporary image {ref} vanished from the engine")
+        return image.id
+
+    def cleanup(self) -> None:
+        """Remove every temp tag; a failure is reported, never raised over the run's
+        own outcome."""
+        import docker
+
+        for tag in self.tags:
+            try:
+                with self.engine.errors(f"remove the temporary image {tag}"):
+                    self.engine.api.remove_image(tag, force=True, noprune=False)
+            except docker.errors.NotFound:
+                pass
+            except EnvironmentProblem as exc:
+                self._warn(str(exc))
+        self.tags.clear()
+

@@ -1,0 +1,61 @@
+"""An input image read, flattened and runnable: what every later stage of a run starts from.
+
+The traced run needs the image in the engine; analysis needs the flattened index. An
+engine image is both at once; any other input is flattened and then loaded into the
+engine as a one-layer copy under a temporary tag (EngineImages removes it at the end).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracer.budgets import DEFAULT, Budgets
+from tracer.image.config import ImageConfig
+from tracer.image.daemon import EngineImages
+from tracer.image.flatten import flatten
+from tracer.image.model import FlatImage
+from tracer.image.reference import ImageRef, parse_reference
+from tracer.image.sink import write_image
+from tracer.image.source import open_image
+from tracer.image.transports import transport
+from tracer.progress import Progress
+from tracer.rootfs import RootFS
+
+
+@dataclass
+class Prepared:
+    """An image read and flattened, plus a reference the engine can run."""
+
+    ref: ImageRef
+    flat: FlatImage
+    root: RootFS
+    engine_ref: str
+    config: ImageConfig  # the flattened image's run config, validated
+
+
+def prepare(image: str, name: str, work: Path, engine: EngineImages, progress: Progress,
+            seconds: dict[str, float], budgets: Budgets = DEFAULT) -> Prepared:
+    """Read and flatten `image`; make it runnable in the engine if it is not there.
+    `seconds` gets the time spent reading ("read") and loading ("load_input")."""
+    ref = parse_reference(image)
+    progress.phase(f"reading {ref}")
+    t0 = time.monotonic()
+    with open_image(ref, work / "source", budgets) as source:
+        flat = flatten(source, work / "root", progress=progress)
+    seconds["read"] = seconds.get("read", 0.0) + time.monotonic() - t0
+    progress.done(f"{len(flat.entries):,} paths, {flat.content_size():,} bytes")
+    config = ImageConfig.from_image_json(flat.config, str(ref))
+    engine_ref = transport(ref).engine_name(ref)
+    if engine_ref is None:
+        progress.phase(f"loading {ref} into the engine to run it")
+        t0 = time.monotonic()
+        tmp = engine.temp_ref(name, "input")
+        write_image(flat, list(flat.entries), tmp, workdir=work / "load",
+                    comment="tracer: one-layer copy of the input to run it")
+        engine_ref = str(tmp.repo_tag)
+        seconds["load_input"] = seconds.get("load_input", 0.0) + time.monotonic() - t0
+        progress.done()
+    return Prepared(ref=ref, flat=flat, root=flat.rootfs(), engine_ref=engine_ref,
+                    config=config)
