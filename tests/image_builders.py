@@ -274,3 +274,50 @@ def oci_layout_as_docker_archive(layout: Path, tag: str | None, repo_tag: str,
         ti.size = len(data)
         tf.addfile(ti, io.BytesIO(data))
     return dest
+
+
+# ---------------------------------------------------------------- running tracer, measured
+
+
+@dataclass
+class Measured:
+    """A finished `python -m tracer` child: exit code, output, wall time, peak memory."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    max_rss_mb: float
+
+
+def run_tracer(args: list[str], *, env: dict[str, str] | None = None,
+               timeout: float = 300) -> Measured:
+    """Run `python -m tracer ARGS`; the peak RSS is this child's own (wait4), not the
+    largest of every child the test process ever had."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "tracer", *args], stdout=out,
+                                stderr=err, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})})
+        deadline = t0 + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise AssertionError(f"tracer {args} still ran after {timeout}s")
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - t0
+        out.seek(0)
+        err.seek(0)
+        return Measured(proc.returncode, out.read().decode(errors="replace"),
+                        err.read().decode(errors="replace"), seconds, usage.ru_maxrss / 1024)
