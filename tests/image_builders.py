@@ -77,17 +77,21 @@ BASE_CONFIG = {
 }
 
 
-def config_for(layers: list[bytes], diff_ids: list[str] | None = None) -> bytes:
+def config_for(layers: list[bytes], diff_ids: list[str] | None = None,
+               extra: dict | None = None) -> bytes:
     cfg = json.loads(json.dumps(BASE_CONFIG))
+    cfg.update(extra or {})
     cfg["rootfs"] = {"type": "layers", "diff_ids": diff_ids or [sha(x) for x in layers]}
     return json.dumps(cfg).encode()
 
 
 def docker_archive(path: Path, layers: list[bytes], *, blobs_layout: bool = False,
                    repo_tag: str | None = "hand/made:1", diff_ids: list[str] | None = None,
-                   layer_names: list[str] | None = None) -> Path:
-    """A `docker save`-shaped archive: old `<id>/layer.tar` layout or the blobs layout."""
-    cfg = config_for(layers, diff_ids)
+                   layer_names: list[str] | None = None, config_extra: dict | None = None
+                   ) -> Path:
+    """A `docker save`-shaped archive: old `<id>/layer.tar` layout or the blobs layout.
+    `config_extra`: top-level fields added to the image config (e.g. `created`)."""
+    cfg = config_for(layers, diff_ids, config_extra)
     files: list[tuple[str, bytes]] = []
     names = []
     for i, data in enumerate(layers):

@@ -42,7 +42,7 @@ KILL_GRACE = 30.0  # seconds between SIGTERM and SIGKILL for a job that overran
 class JobResult:
     name: str
     profile: str
-    status: str  # passed | skipped | failed
+    status: str  # passed | unchanged | skipped | failed
     exit_code: int | None
     seconds: float
     message: str = ""
@@ -234,8 +234,14 @@ class Batch:
         if code is None:
             result.message = f"timed out after {timeout:.0f}s; the job was stopped"
         elif code == 0:
-            result.status = "passed"
-            result.message = "minimized and verified"
+            if report and report.get("output_unchanged") is True:
+                # the output already held this very image (same digest): not replaced
+                result.status = "unchanged"
+                result.message = f"minimized and verified; the output already holds " \
+                    f"{report.get('output_digest')}, left as it was"
+            else:
+                result.status = "passed"
+                result.message = "minimized and verified"
             tmp = state_path.with_name(STATE_FILE + ".tmp")
             tmp.write_text(json.dumps(fingerprint, indent=2) + "\n")
             os.replace(tmp, state_path)  # a torn state file would break every later run

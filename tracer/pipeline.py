@@ -190,8 +190,13 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
             else:
                 progress.done("passed")
                 t0 = time.monotonic()
-                publish(engine, candidate, out_ref, flat, keep, work,
-                        comment=comment, profile_hash=_profile_hash(profile))
+                published = publish(engine, candidate, out_ref, flat, keep, work,
+                                    comment=comment, profile_hash=_profile_hash(profile))
+                report.output_digest = published.digest
+                report.output_unchanged = published.unchanged
+                if published.unchanged:
+                    progress.phase(f"publishing {out_ref}")
+                    progress.done(f"unchanged: it already holds {published.digest}")
                 seconds["write"] += time.monotonic() - t0
     except SmokeFailedOnOriginal:
         # Nothing is written: the run proved nothing about a minimized image.

@@ -49,6 +49,10 @@ class Report:
     diagnosis: dict[str, Any] | None = None
     diagnosis_text: str = ""
     tracer_version: str = ""
+    # what the output reference holds after the run: the manifest digest of a
+    # docker-archive or oci output, the image id in the engine (None: nothing written)
+    output_digest: str | None = None
+    output_unchanged: bool = False  # it already held exactly this image: left untouched
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
