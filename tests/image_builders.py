@@ -294,34 +294,50 @@ class Measured:
     max_rss_mb: float
 
 
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+result, timeout, cmd = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+proc = subprocess.Popen(cmd)
+deadline, timed_out = time.monotonic() + timeout, False
+while True:
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid:
+        break
+    if time.monotonic() > deadline:
+        proc.kill()
+        _, status, usage = os.wait4(proc.pid, 0)
+        timed_out = True
+        break
+    time.sleep(0.05)
+with open(result, "w") as f:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "max_rss_kb": usage.ru_maxrss,
+               "timed_out": timed_out}, f)
+"""
+
+
 def run_tracer(args: list[str], *, env: dict[str, str] | None = None,
                timeout: float = 300) -> Measured:
-    """Run `python -m tracer ARGS`; the peak RSS is this child's own (wait4), not the
-    largest of every child the test process ever had."""
+    """Run `python -m tracer ARGS`, measuring the peak RSS of that process alone.
+
+    A small launcher starts it: a process forked straight from pytest would inherit the
+    test process's high-water mark (Linux keeps it across exec)."""
     import os
     import subprocess
     import sys
     import tempfile
     import time
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
         t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "tracer", *args], stdout=out,
-                                stderr=err, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **(env or {})})
-        deadline = t0 + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                raise AssertionError(f"tracer {args} still ran after {timeout}s")
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(result), str(timeout), sys.executable,
+             "-m", "tracer", *args], capture_output=True, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, timeout=timeout + 60)
         seconds = time.monotonic() - t0
-        out.seek(0)
-        err.seek(0)
-        return Measured(proc.returncode, out.read().decode(errors="replace"),
-                        err.read().decode(errors="replace"), seconds, usage.ru_maxrss / 1024)
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(result.read_text())
+        assert not data["timed_out"], f"tracer {args} still ran after {timeout}s"
+        return Measured(data["code"], proc.stdout.decode(errors="replace"),
+                        proc.stderr.decode(errors="replace"), seconds,
+                        data["max_rss_kb"] / 1024)
