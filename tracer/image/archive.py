@@ -27,6 +27,7 @@ import re
 import tarfile
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from tracer.errors import BadInput, ImageFormatError
 from tracer.image import documents as doc
 from tracer.image.diskio import disk_full, new_file
 from tracer.image.inputfiles import open_input_file
+from tracer.image.model import FlatImage
 from tracer.image.output import (
     OneLayer,
     WrittenImage,
@@ -45,7 +47,7 @@ from tracer.image.output import (
     tar_member,
 )
 from tracer.image.reference import ImageRef
-from tracer.image.source import ImageSource
+from tracer.image.source import ImageSource, flatten_source
 from tracer.image.streams import Layer, Region, sniff_compression
 
 _HEX_JSON = re.compile(r"^([0-9a-f]{64})\.json$")
@@ -294,6 +296,10 @@ class ArchiveTransport:
             raise
         written.ref, written.unchanged = ref, unchanged
         return written
+
+    def read(self, ref: ImageRef, work: Path, budgets: Budgets,
+             progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
+        return flatten_source(self, ref, work, budgets, progress)
 
     def engine_name(self, ref: ImageRef) -> str | None:
         return None

@@ -4,10 +4,11 @@ Every engine call goes through `tracer.engine.connect()`: one client, a deadline
 failures mapped to exit 4. Answers are checked before use: an engine that sends JSON of
 the wrong shape is an environment problem too, not a crash.
 
-Reading goes through a pluggable backend (`ReadBackend`): today `docker save` into the
-work dir, then the docker-archive reader (`SaveBackend`). `choose_backend` is the one
-place that decides, and says why, so a backend that reads the engine's storage in place
-can sit next to it behind the same interface.
+Reading goes through a pluggable backend (`ReadBackend`): the engine's overlay2 layer
+directories indexed in place (`InPlaceBackend`, overlay.py) when tracer runs as root next
+to a local engine using that driver, else `docker save` into the work dir and the
+docker-archive reader (`SaveBackend`). `choose_backend` is the one place that decides,
+and says why. An ImageSource (config + layer streams) always comes from `docker save`.
 
 Writing is go-containerregistry's `daemon.Write`: the one-layer image is written as a
 docker-archive in the work dir; when the engine already has an image with that id (the
@@ -20,6 +21,7 @@ can run, the candidate) and removes them at the end.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import uuid
@@ -34,7 +36,9 @@ from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
 from tracer.image.archive import read_archive, write_archive_file
 from tracer.image.diskio import disk_full, new_file
 from tracer.image.documents import DIGEST_RE
+from tracer.image.model import FlatImage
 from tracer.image.output import OneLayer, WrittenImage
+from tracer.image.overlay import NotReadable, OverlayImage, index_in_place, locate
 from tracer.image.reference import ImageRef
 from tracer.image.source import ImageSource
 
@@ -91,12 +95,12 @@ def inspect(engine: Engine, name: str) -> EngineImage | None:
 
 
 class ReadBackend(Protocol):
-    """One way to read an engine image as an ImageSource."""
+    """One way to read an engine image into a flattened index."""
 
     name: str
 
-    def open(self, engine: Engine, ref: ImageRef, image: EngineImage, workdir: Path,
-             budgets: Budgets) -> ImageSource: ...
+    def read(self, engine: Engine, ref: ImageRef, image: EngineImage, work: Path,
+             budgets: Budgets, progress: Callable[[str], None] | None) -> FlatImage: ...
 
 
 class SaveBackend:
@@ -129,11 +133,61 @@ class SaveBackend:
                                    f"engine says {image.id}")
         return source
 
+    def read(self, engine: Engine, ref: ImageRef, image: EngineImage, work: Path,
+             budgets: Budgets, progress: Callable[[str], None] | None) -> FlatImage:
+        from tracer.image.flatten import flatten
 
-def choose_backend(image: EngineImage) -> tuple[ReadBackend, str]:
-    """The backend that reads `image`, and why it was chosen (for the run's log)."""
-    del image  # today every image is read the one way that works everywhere
-    return SaveBackend(), "docker save (the only reader for engine images)"
+        (work / "source").mkdir(parents=True, exist_ok=True)
+        with self.open(engine, ref, image, work / "source", budgets) as source:
+            return flatten(source, work / "root", progress=progress)
+
+
+class InPlaceBackend:
+    """The engine's own overlay2 layer directories, indexed where they are (overlay.py)."""
+
+    name = "in place (overlay2)"
+
+    def __init__(self, located: OverlayImage) -> None:
+        self.located = located
+
+    def read(self, engine: Engine, ref: ImageRef, image: EngineImage, work: Path,
+             budgets: Budgets, progress: Callable[[str], None] | None) -> FlatImage:
+        return index_in_place(ref, self.located, work / "root", budgets, progress)
+
+
+READER_ENV = "TRACER_IMAGE_READER"  # auto (default) | save: how engine images are read
+
+
+def choose_backend(engine: Engine, image: EngineImage, budgets: Budgets
+                   ) -> tuple[ReadBackend, str]:
+    """The backend that reads `image`, and why (said in the run's log): in place when the
+    engine's storage is here and checks out, else `docker save`, naming the reason."""
+    wanted = os.environ.get(READER_ENV, "auto").strip() or "auto"
+    if wanted not in ("auto", "save"):
+        raise BadInput(f"{READER_ENV}={wanted!r}: expected auto or save")
+    if wanted == "save":
+        return SaveBackend(), f"docker save ({READER_ENV}=save)"
+    host = os.environ.get("DOCKER_HOST", "")
+    if host and not host.startswith("unix://"):
+        return SaveBackend(), f"docker save (the engine at {host} is not local)"
+    with engine.errors("describe itself (docker info)"):
+        info = engine.api.info()
+    if not isinstance(info, dict):
+        raise _malformed("describe itself (docker info)", "not an object")
+    options = info.get("SecurityOptions") or []
+    remapped = [o for o in options if isinstance(o, str)
+                and ("name=userns" in o or "name=rootless" in o)]
+    if remapped:
+        return SaveBackend(), (f"docker save (the engine runs with {remapped[0]}: its "
+                               "storage holds shifted owners)")
+    root_dir = info.get("DockerRootDir")
+    if not isinstance(root_dir, str) or not root_dir.startswith("/"):
+        return SaveBackend(), "docker save (the engine names no storage directory)"
+    try:
+        located = locate(image.id, image.driver, image.driver_data, root_dir, budgets)
+    except NotReadable as exc:
+        return SaveBackend(), f"docker save ({exc})"
+    return InPlaceBackend(located), "in place from the engine's overlay2 layer directories"
 
 
 # ---------------------------------------------------------------- the transport
@@ -156,8 +210,16 @@ class DaemonTransport:
         image = inspect(engine, str(ref.repo_tag))
         if image is None:
             raise BadInput(f"image {ref} is not in the Docker engine")
-        backend, _reason = choose_backend(image)
-        return backend.open(engine, ref, image, workdir, budgets)
+        return SaveBackend().open(engine, ref, image, workdir, budgets)
+
+    def read(self, ref: ImageRef, work: Path, budgets: Budgets,
+             progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
+        engine = connect()
+        image = inspect(engine, str(ref.repo_tag))
+        if image is None:
+            raise BadInput(f"image {ref} is not in the Docker engine")
+        backend, reason = choose_backend(engine, image, budgets)
+        return backend.read(engine, ref, image, work, budgets, progress), reason
 
     def check_output(self, ref: ImageRef) -> str:
         if not ref.repo_tag:

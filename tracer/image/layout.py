@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from tracer.errors import BadInput, ImageFormatError
 from tracer.image import documents as doc
 from tracer.image.diskio import disk_full, new_file
 from tracer.image.inputfiles import open_beneath, open_root, read_all
+from tracer.image.model import FlatImage
 from tracer.image.output import (
     REF_NAME,
     OciDocuments,
@@ -39,7 +41,7 @@ from tracer.image.output import (
     oci_image_documents,
 )
 from tracer.image.reference import ImageRef
-from tracer.image.source import ImageSource
+from tracer.image.source import ImageSource, flatten_source
 from tracer.image.streams import Layer
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
@@ -338,6 +340,10 @@ class LayoutTransport:
             raise
         written.ref, written.unchanged = ref, unchanged
         return written
+
+    def read(self, ref: ImageRef, work: Path, budgets: Budgets,
+             progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
+        return flatten_source(self, ref, work, budgets, progress)
 
     def engine_name(self, ref: ImageRef) -> str | None:
         return None

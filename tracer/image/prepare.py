@@ -14,11 +14,9 @@ from pathlib import Path
 from tracer.budgets import DEFAULT, Budgets
 from tracer.image.config import ImageConfig
 from tracer.image.daemon import EngineImages
-from tracer.image.flatten import flatten
 from tracer.image.model import FlatImage
 from tracer.image.reference import ImageRef, parse_reference
 from tracer.image.sink import write_image
-from tracer.image.source import open_image
 from tracer.image.transports import transport
 from tracer.progress import Progress
 from tracer.rootfs import RootFS
@@ -42,10 +40,9 @@ def prepare(image: str, name: str, work: Path, engine: EngineImages, progress: P
     ref = parse_reference(image)
     progress.phase(f"reading {ref}")
     t0 = time.monotonic()
-    with open_image(ref, work / "source", budgets) as source:
-        flat = flatten(source, work / "root", progress=progress)
+    flat, how = transport(ref).read(ref, work, budgets, progress)
     seconds["read"] = seconds.get("read", 0.0) + time.monotonic() - t0
-    progress.done(f"{len(flat.entries):,} paths, {flat.content_size():,} bytes")
+    progress.done(f"{len(flat.entries):,} paths, {flat.content_size():,} bytes; read by {how}")
     config = ImageConfig.from_image_json(flat.config, str(ref))
     engine_ref = transport(ref).engine_name(ref)
     if engine_ref is None:

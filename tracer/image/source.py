@@ -12,13 +12,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from tracer.budgets import DEFAULT, Budgets
 from tracer.image.reference import ImageRef
 from tracer.image.streams import Layer
+
+if TYPE_CHECKING:
+    from tracer.image.model import FlatImage
+    from tracer.image.transports import Transport
 
 
 @dataclass
@@ -95,3 +101,15 @@ def open_image(ref: ImageRef, workdir: Path, budgets: Budgets = DEFAULT) -> Imag
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     return transport(ref).open(ref, workdir, budgets)
+
+
+def flatten_source(transport: Transport, ref: ImageRef, work: Path, budgets: Budgets,
+                   progress: Callable[[str], None] | None) -> tuple[FlatImage, str]:
+    """Read `ref` the common way: open it (temp files in `work/source`) and flatten its
+    layers into `work/root`."""
+    from tracer.image.flatten import flatten
+
+    work = Path(work)
+    (work / "source").mkdir(parents=True, exist_ok=True)
+    with transport.open(ref, work / "source", budgets) as source:
+        return flatten(source, work / "root", progress=progress), f"the {ref.transport} reader"

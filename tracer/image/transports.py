@@ -8,6 +8,7 @@ and one line here; nothing else branches on the transport.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from tracer.errors import BadInput
 from tracer.image.archive import ArchiveTransport
 from tracer.image.daemon import DaemonTransport
 from tracer.image.layout import LayoutTransport
+from tracer.image.model import FlatImage
 from tracer.image.output import OneLayer, WrittenImage
 from tracer.image.reference import ImageRef
 from tracer.image.source import ImageSource
@@ -28,6 +30,11 @@ class Transport(Protocol):
 
     def open(self, ref: ImageRef, workdir: Path, budgets: Budgets) -> ImageSource:
         """The image at `ref` as config + layers; temp files go to `workdir`."""
+        ...
+
+    def read(self, ref: ImageRef, work: Path, budgets: Budgets,
+             progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
+        """The image at `ref` flattened (work files under `work`), and how it was read."""
         ...
 
     def check_output(self, ref: ImageRef) -> Any:
