@@ -241,13 +241,9 @@ class DaemonTransport:
             if previous is not None and previous.id == written.image_id:
                 written.unchanged = True
                 return written
-            if inspect(engine, written.image_id) is None:
-                _load(tmp, written.image_id, ref)
+            _put(engine, tmp, written.image_id, ref)
         finally:
             tmp.unlink(missing_ok=True)
-        repo, tag = _split_repo_tag(repo_tag)
-        with engine.errors(f"tag {written.image_id} as {repo_tag}"):
-            engine.api.tag(written.image_id, repo, tag, force=True)
         if previous is not None:
             _remove_if_untagged(engine, previous.id)
         return written
@@ -261,6 +257,27 @@ class DaemonTransport:
 
     def exists(self, ref: ImageRef) -> bool:
         return inspect(connect(), str(ref.repo_tag)) is not None
+
+
+def _put(engine: Engine, archive: Path, image_id: str, ref: ImageRef) -> None:
+    """Make `ref` name `image_id`: only a tag when the engine has the image (the verified
+    candidate, last night's output), else `docker load` of `archive` first. Another run
+    may remove the image between the check and the tag (its temp tag was the last name
+    of an identical image): then it is loaded after all."""
+    import docker
+
+    repo, tag = _split_repo_tag(str(ref.repo_tag))
+    for attempt in (1, 2):
+        if attempt == 2 or inspect(engine, image_id) is None:
+            _load(archive, image_id, ref)
+        try:
+            with engine.errors(f"tag {image_id} as {ref.repo_tag}"):
+                engine.api.tag(image_id, repo, tag, force=True)
+            return
+        except docker.errors.NotFound:
+            if attempt == 2:
+                raise EnvironmentProblem(f"the image {image_id} vanished from the engine "
+                                         f"while it was tagged {ref.repo_tag}") from None
 
 
 def _load(archive: Path, image_id: str, ref: ImageRef) -> None:
