@@ -55,8 +55,9 @@ def test_disk_full_while_writing_the_output_is_exit_4_and_keeps_the_previous(
     write_image(flat, ["/opt/small"], out, workdir=tmp_path / "w", comment="first")
     before = {p.relative_to(small_tmpfs): p.read_bytes()
               for p in small_tmpfs.rglob("*") if p.is_file()}
-    with pytest.raises(EnvironmentProblem, match=rf"no space left in {small_tmpfs} "
-                                                 r"\(needed about 6 MB\)") as caught:
+    # the directory named is on the full filesystem (the output's, or the temp beside it)
+    with pytest.raises(EnvironmentProblem, match=rf"no space left in {small_tmpfs}\S* "
+                                                 r"\(needed about \d+ MB\)") as caught:
         write_image(flat, ["/opt/big"], out, workdir=tmp_path / "w", comment="second")
     assert caught.value.exit_code == 4
     after = {p.relative_to(small_tmpfs): p.read_bytes()

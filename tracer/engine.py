@@ -128,6 +128,13 @@ def connect(timeout: float | None | _Default = CALL) -> Engine:
     return _connect(timeout, min(PING_TIMEOUT, call_timeout()))
 
 
+def connected() -> bool:
+    """Has this process already connected to the engine? (Housekeeping such as sweeping
+    leftovers uses the engine only then: a command that needs no engine never waits for
+    one.)"""
+    return _connect.cache_info().currsize > 0
+
+
 @functools.lru_cache(maxsize=8)
 def _connect(timeout: float | None, ping_timeout: float) -> Engine:
     try:

@@ -337,9 +337,9 @@ def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
 def _connected_engine() -> Any | None:
     """The engine client this process already has, if any: a sweep never connects on its
     own (commands that need no engine, like `tracer ldd`, must not wait for one)."""
-    from tracer.engine import connect
+    from tracer.engine import connect, connected
 
-    if connect.cache_info().currsize == 0:
+    if not connected():
         return None
     try:
         return connect().sdk

@@ -325,9 +325,13 @@ class EngineImages:
 
     def temp_ref(self, name: str, purpose: str) -> ImageRef:
         """A new, unique engine reference for a temporary image of profile `name`."""
-        tag = f"{purpose}-{uuid.uuid4().hex[:12]}"
+        from tracer.workdir import TEMP_REPOSITORY, temp_tag
+
+        # the tag names this process, so a later run removes it if this one is killed
+        tag = temp_tag(purpose)
         # profile names allow `app-` or `a..b`, which are no valid repository names
-        repo = "tracer-tmp/" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "image")
+        repo = TEMP_REPOSITORY + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+                                  or "image")
         self.tags.append(f"{repo}:{tag}")
         return ImageRef(transport="docker-daemon", path=None, name=repo, tag=tag)
 
