@@ -51,13 +51,20 @@ def test_only_files_of_the_original_are_reported_with_rule_and_yaml(tmp_path: Pa
     berlin = d.missing[0]
     assert berlin.excluded_by == "/usr/share/zoneinfo/**" and berlin.errno == "ENOENT"
     assert d.missing[1].image_path == "/usr/lib/gconv/A.so" and d.missing[1].excluded_by is None
-    # three missing siblings collapse into one glob, on the real (resolved) directory
-    assert d.suggestions == ["/usr/lib/gconv/*", "/usr/share/zoneinfo/Europe/Berlin"]
+    # exact paths first, on the real (resolved) directory; three missing siblings are
+    # offered as one glob only as the shorter alternative
+    assert d.keep_paths == ["/usr/lib/gconv/A.so", "/usr/lib/gconv/B.so", "/usr/lib/gconv/C.so",
+                            "/usr/share/zoneinfo/Europe/Berlin"]
+    assert d.keep_globs == ["/usr/lib/gconv/*", "/usr/share/zoneinfo/Europe/Berlin"]
+    assert d.keep_binaries == []
     text = d.format_text()
     assert "smoke[0].exec: exit code 1, expected 0" in text
-    assert "/app (/app --x)" in text and '- "/usr/lib/gconv/*"' in text
+    assert "/app (/app --x)" in text and '- "/usr/lib/gconv/A.so"' in text
+    assert text.index('- "/usr/lib/gconv/A.so"') < text.index('- "/usr/lib/gconv/*"')
     assert "exclude rule '/usr/share/zoneinfo/**'" in text
-    assert json.loads(json.dumps(d.to_json()))["suggested_keep_paths"] == d.suggestions
+    as_json = json.loads(json.dumps(d.to_json()))
+    assert as_json["suggested_keep_paths"] == d.keep_paths
+    assert as_json["suggested_keep_globs"] == d.keep_globs
 
 
 def test_a_failure_that_is_not_a_missing_file_says_so(tmp_path: Path) -> None:
@@ -165,7 +172,7 @@ def test_the_root_directory_is_never_missing(tmp_path: Path) -> None:
     for present in (set().__contains__, everything_but(root, "/")):
         d = diagnose(minimized, root, original_run=original_run, present=present)
         assert not [m for m in d.missing if m.image_path == "/" or m.path == "/"]
-        assert "/" not in d.suggestions and '"/"' not in d.format_text()
+        assert "/" not in d.keep_paths + d.keep_globs and '"/"' not in d.format_text()
 
 
 @pytest.mark.parametrize("syscall,meaning", [("bind", Meaning.CREATE),
@@ -181,7 +188,7 @@ def test_a_failed_create_names_the_missing_directory(tmp_path: Path, syscall: st
                  present=everything_but(root, "/run/app"))
     assert [(m.path, m.image_path, m.acted_on, m.excluded_by) for m in d.missing] == [
         ("/var-run/app", "/run/app", "/var-run/app/app.sock", "/run/app/**")]
-    assert d.suggestions == ["/run/app"]
+    assert d.keep_paths == ["/run/app"] and d.keep_globs == []
     text = d.format_text()
     assert f"{syscall} of /var-run/app/app.sock -> ENOENT" in text and '- "/run/app"' in text
     # the directory is there: the socket is simply not up, no file is missing
@@ -198,7 +205,7 @@ def test_a_name_the_original_run_created_needs_its_directory(tmp_path: Path) -> 
                  original_run=original_run, present=everything_but(root, "/tmp"))
     assert [(m.image_path, m.errno, m.acted_on, m.excluded_by) for m in d.missing] == [
         ("/tmp", "absent", "/tmp/out.1234", "/tmp/**")]
-    assert d.suggestions == ["/tmp"]
+    assert d.keep_paths == ["/tmp"]
 
 
 EXCLUDE_CASES = [
@@ -239,8 +246,50 @@ def test_an_unidentified_program_is_said_in_words(tmp_path: Path) -> None:
 def test_suggestions_are_never_a_whole_tree() -> None:
     assert suggest_globs(["/", "/a", "/b", "/c"]) == ["/a", "/b", "/c"]
     assert suggest_globs(["/usr/a", "/usr/b", "/usr/c"]) == ["/usr/a", "/usr/b", "/usr/c"]
-    assert suggest_globs(["/usr/lib/a", "/usr/lib/b", "/usr/lib/c"]) == ["/usr/lib/*"]
-    assert not [s for s in suggest_globs(["/x/y/" + c for c in "abcdef"]) if "**" in s]
+    for tree in ("/usr/lib", "/usr/share", "/etc", "/opt/app", "/usr/lib/x86_64-linux-gnu",
+                 "/lib/aarch64-linux-musl", "/usr/local/lib", "/usr/lib64"):
+        paths = [f"{tree}/{c}" for c in "abcd"]
+        assert suggest_globs(paths) == paths, tree
+    assert suggest_globs(["/usr/lib/gconv/" + c for c in "abc"]) == ["/usr/lib/gconv/*"]
+    assert not [s for s in suggest_globs(["/x/y/z/" + c for c in "abcdef"]) if "**" in s]
+
+
+def test_glob_characters_in_a_name_match_only_that_name() -> None:
+    from tracer.diagnose import glob_escape
+    from tracer.keeplist import compile_globs, first_match
+
+    for name in ("/opt/a[1]*?.so", "/opt/[x", "/opt/b]", "/opt/**/c"):
+        globs = compile_globs([glob_escape(name)])
+        assert first_match(name, globs) is not None, name
+        assert first_match(name.replace("/opt/", "/opt/z"), globs) is None
+    assert suggest_globs(["/o/p/q[1]/" + c for c in "abc"]) == ["/o/p/q[\\[]1]/*"]
+
+
+def test_a_missing_program_is_suggested_for_keep_binaries_first(tmp_path: Path) -> None:
+    """A program the original run executed is kept with keep.binaries (which keeps it
+    with the libraries it links); the data files it read stay exact keep.paths."""
+    root = original_root(tmp_path)
+    base = Path(root.root)
+    (base / "usr/bin").mkdir(parents=True)
+    (base / "usr/bin/iconv").write_bytes(b"#!/usr/bin/helper\n")
+    (base / "usr/bin/iconv").chmod(0o755)
+    (base / "usr/bin/helper").write_bytes(b"\x7fELF-not-really")
+    (base / "usr/bin/helper").chmod(0o755)
+    original_run = SmokeResult(passed=True, accesses=[
+        access("/usr/bin/iconv", errno=None, syscall="execve", program="/bin/sh"),
+        access("/usr/bin/helper", errno=None, syscall="execve", program="/bin/sh"),
+        access("/lib/gconv/A.so", errno=None, program="/usr/bin/iconv")])
+    minimized = SmokeResult(passed=False, accesses=[
+        access("/usr/bin/iconv", syscall="execve", meaning=Meaning.EXEC, program="/bin/sh")])
+    d = diagnose(minimized, root, original_run=original_run,
+                 present=everything_but(root, "/usr/bin/iconv", "/usr/bin/helper",
+                                        "/usr/lib/gconv/A.so"))
+    assert d.keep_binaries == ["/usr/bin/iconv", "/usr/bin/helper"]
+    # the interpreter of the #! script is kept by keep.binaries: not a path to add
+    assert d.keep_paths == ["/usr/lib/gconv/A.so"]
+    text = d.format_text()
+    assert text.index("binaries:") < text.index("paths:")
+    assert '      - "/usr/bin/iconv"' in text
 
 
 # ---- why: /, program names, keep.binaries, interpreters ------------------------------------

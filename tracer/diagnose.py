@@ -10,26 +10,44 @@ crossed, or the entry itself; never `/`, which every image has. Each one comes w
 step, program and syscall, the exclude rule that removed it (if any), and the exact YAML
 to add. Step failures are listed as well, so the operator can tell whether a missing
 file is the cause at all.
+
+The fix is offered in the order that survives the next change of the application best:
+a program that ran and is missing goes to `keep.binaries` (which keeps it with every
+library it links, where a path would keep the bare file); every other file as its exact
+path; and only then, as a shorter alternative, a `DIR/*` glob for many missing siblings,
+never over a whole system directory (`/usr/lib/*`, a multiarch library directory), which
+would undo the minimization. (A smoke step that exercises the use beats all of these:
+`tracer.replay` suggests one for a replayed production command.)
 """
 
 from __future__ import annotations
 
-import json
+import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tracer.evidence import UNIDENTIFIED, needed_path, parent_of
 from tracer.keeplist import compile_globs, first_match
+from tracer.profile_edit import yaml_str
 from tracer.rootfs import RootFS, SymlinkLoop
 from tracer.runfiles import escape
 from tracer.trace.result import Access, SmokeResult
 
 MISSING_ERRNOS = ("ENOENT", "ENOTDIR", "ELOOP")
+EXEC_SYSCALLS = ("execve", "execveat", "fanotify:exec")
 ABSENT = "absent"  # used by the original run, not in the minimized image
 COLLAPSE_AT = 3  # this many missing siblings become one directory glob
-COLLAPSE_MIN_DEPTH = 2  # ... but never `/*` or `/usr/*`: too wide to be a fix
+# ... but only in a directory at least this deep: `/usr/lib/*`, `/etc/*`, `/opt/*` are
+# whole trees, not a fix
+COLLAPSE_MIN_DEPTH = 3
+# Directories deep enough that still hold every library or program of the system: a glob
+# there keeps most of what the minimization removed.
+SHARED_DIRS = frozenset({"/usr/lib64", "/usr/libexec", "/usr/libx32", "/usr/lib32",
+                         "/usr/local/bin", "/usr/local/sbin", "/usr/local/lib",
+                         "/usr/local/lib64", "/usr/local/libexec", "/usr/local/share"})
+MULTIARCH = re.compile(r"[a-z0-9_]+-linux-[a-z0-9_]+")  # x86_64-linux-gnu, aarch64-linux-musl
 
 
 @dataclass(frozen=True)
@@ -49,17 +67,30 @@ class MissingFile:
 
 @dataclass
 class Diagnosis:
+    """What the minimized run missed, and the keep lines that fix it, best first:
+    `keep_binaries` (missing programs that ran), `keep_paths` (every other missing file,
+    exact, as globs that match only itself), and `keep_globs`, a shorter alternative to
+    `keep_paths` when many siblings are missing (empty when nothing collapses)."""
+
     missing: list[MissingFile] = field(default_factory=list)
     step_failures: list[dict[str, Any]] = field(default_factory=list)
-    suggestions: list[str] = field(default_factory=list)  # keep.paths entries to add
+    keep_binaries: list[str] = field(default_factory=list)
+    keep_paths: list[str] = field(default_factory=list)
+    keep_globs: list[str] = field(default_factory=list)
     passed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "missing": [asdict(m) for m in self.missing],
-                "step_failures": self.step_failures, "suggested_keep_paths": self.suggestions}
+                "step_failures": self.step_failures,
+                "suggested_keep_binaries": self.keep_binaries,
+                "suggested_keep_paths": self.keep_paths,
+                "suggested_keep_globs": self.keep_globs}
 
-    def format_text(self) -> str:
-        """For people: names escaped (tracer.runfiles), keep.paths lines as YAML strings."""
+    @property
+    def excluded_rules(self) -> list[str]:
+        return sorted({m.excluded_by for m in self.missing if m.excluded_by})
+
+    def format_failures(self) -> list[str]:
         lines: list[str] = []
         if self.step_failures:
             lines.append("failed smoke steps:")
@@ -67,13 +98,17 @@ class Diagnosis:
                 lines.append(f"  {s['label']}: {s['message']}")
                 for out in (s.get("output") or "").splitlines()[:5]:
                     lines.append(f"    | {out}")
+        return lines
+
+    def format_missing(self, failed: bool | None = None) -> list[str]:
+        """The missing files grouped by step and program; names escaped (tracer.runfiles).
+        `failed`: whether there is a failure to explain (default: any failed step)."""
+        failed = bool(self.step_failures) if failed is None else failed
         if not self.missing:
-            lines.append("no file of the original image was missing in the traced run"
-                         + (": the failure is not a missing file" if self.step_failures
-                            else ""))
-            return "\n".join(lines)
-        lines.append("files of the original image that the application looked for or used, "
-                     "missing from the minimized one:")
+            return ["no file of the original image was missing in the traced run"
+                    + (": the failure is not a missing file" if failed else "")]
+        lines = ["files of the original image that the application looked for or used, "
+                 "missing from the minimized one:"]
         groups: dict[tuple[str, str], list[MissingFile]] = defaultdict(list)
         for m in self.missing:
             groups[(m.step, m.program)].append(m)
@@ -82,14 +117,29 @@ class Diagnosis:
             lines.append(f"  in {step}, {escape(program) if program else UNIDENTIFIED}"
                          + (f" ({cmd})" if cmd else "") + ":")
             lines += [f"    {_describe(m)}" for m in items]
-        excluded_rules = sorted({m.excluded_by for m in self.missing if m.excluded_by})
+        return lines
+
+    def format_text(self) -> str:
+        """For people: the failures, the missing files, then the keep lines to add, as YAML
+        (strings double-quoted, so any file name means itself)."""
+        lines = self.format_failures() + self.format_missing()
+        if not self.missing:
+            return "\n".join(lines)
         lines.append("add to the profile:")
         lines.append("  keep:")
-        lines.append("    paths:")
-        lines += [f"      - {json.dumps(s)}" for s in self.suggestions]  # YAML-quoted
-        if excluded_rules:
+        if self.keep_binaries:
+            lines.append("    binaries:  # programs that ran: each is kept with its libraries")
+            lines += [f"      - {yaml_str(b)}" for b in self.keep_binaries]
+        if self.keep_paths:
+            lines.append("    paths:")
+            lines += [f"      - {yaml_str(p)}" for p in self.keep_paths]
+        if self.excluded_rules:
             lines.append("  (keep.paths wins over exclude; or narrow these exclude rules: "
-                         + ", ".join(excluded_rules) + ")")
+                         + ", ".join(self.excluded_rules) + ")")
+        if self.keep_globs:
+            lines.append("  or, shorter, these keep.paths instead of the exact paths above "
+                         "(they keep every file in these directories):")
+            lines += [f"      - {yaml_str(g)}" for g in self.keep_globs]
         return "\n".join(lines)
 
 
@@ -108,20 +158,73 @@ def _describe(m: MissingFile) -> str:
     return f"{escape(m.path)}{lacking}  [{how}{why}]"
 
 
+def glob_escape(path: str) -> str:
+    """A keep.paths/keep.binaries entry that matches exactly `path`: the glob characters a
+    file name may hold become one-character sets (`*` -> `[*]`, `[` -> `[\\[]`)."""
+    return "".join({"*": "[*]", "?": "[?]", "[": "[\\[]"}.get(ch, ch) for ch in path)
+
+
+def may_glob(directory: str) -> bool:
+    """True when `DIR/*` is a fix and not a whole tree: at least COLLAPSE_MIN_DEPTH deep,
+    and not a directory that holds the system's libraries or programs."""
+    if directory.count("/") < COLLAPSE_MIN_DEPTH or directory in SHARED_DIRS:
+        return False
+    return not MULTIARCH.fullmatch(directory.rsplit("/", 1)[-1])
+
+
+def exact_paths(paths: Iterable[str]) -> list[str]:
+    """keep.paths lines for exactly these paths, sorted. `/` is never suggested: it is
+    always there, and keep.paths "/" would mean nothing but look like "keep everything"."""
+    return [glob_escape(p) for p in sorted(set(paths) - {"/"})]
+
+
 def suggest_globs(paths: Iterable[str]) -> list[str]:
     """keep.paths lines, collapsed to `DIR/*` where COLLAPSE_AT or more siblings are missing
-    in a directory at least COLLAPSE_MIN_DEPTH deep. `/` is never suggested: it is always
-    there, and keep.paths "/" would mean nothing but look like "keep everything"."""
+    in a directory `may_glob` allows; the other paths stay exact. Never `/`."""
     by_dir: dict[str, list[str]] = defaultdict(list)
     for p in sorted(set(paths) - {"/"}):
         by_dir[parent_of(p)].append(p)
     out: list[str] = []
     for directory, items in sorted(by_dir.items()):
-        if len(items) >= COLLAPSE_AT and directory.count("/") >= COLLAPSE_MIN_DEPTH:
-            out.append(f"{directory}/*")
+        if len(items) >= COLLAPSE_AT and may_glob(directory):
+            out.append(f"{glob_escape(directory)}/*")
         else:
-            out.extend(items)
+            out.extend(glob_escape(p) for p in items)
     return out
+
+
+def missing_programs(missing: Iterable[MissingFile]) -> list[str]:
+    """The programs that were executed (by the original run, or tried by the minimized one)
+    and are missing, as they were started: what keep.binaries should name."""
+    out: list[str] = []
+    for m in missing:
+        if m.syscall in EXEC_SYSCALLS and m.acted_on is None and m.path not in out:
+            out.append(m.path)
+    return out
+
+
+def fixes(missing: list[MissingFile], original: RootFS,
+          env: Mapping[str, str] | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(keep.binaries, exact keep.paths, shorter keep.paths globs or []) for `missing`.
+
+    Paths that the keep.binaries entries keep anyway (the program, the links to it, the
+    libraries it links: the static closure in the original image under `env`) are left out
+    of keep.paths; a library it dlopen()s is not in that closure and stays.
+    """
+    from tracer.static import Resolver
+
+    binaries = missing_programs(missing)
+    covered: set[str] = set(binaries)
+    if binaries:
+        closure = Resolver(original, env=dict(env or {}), implicit_dlopens=True).closure(
+            dict.fromkeys(binaries))
+        covered |= set(closure.files)
+    rest = [m.image_path for m in missing
+            if m.image_path not in covered and m.path not in covered]
+    paths = exact_paths(rest)
+    globs = suggest_globs(rest)
+    return ([glob_escape(b) for b in binaries], paths,
+            globs if len(globs) < len(paths) else [])
 
 
 def _lacking(original: RootFS, path: str,
@@ -147,7 +250,8 @@ def _lacking(original: RootFS, path: str,
 
 def diagnose(result: SmokeResult, original: RootFS, exclude: Iterable[str] = (), *,
              original_run: SmokeResult | None = None,
-             present: Callable[[str], bool] | None = None) -> Diagnosis:
+             present: Callable[[str], bool] | None = None,
+             env: Mapping[str, str] | None = None) -> Diagnosis:
     """Original-image files the minimized run missed, grouped, with the YAML that fixes them.
 
     Two kinds of evidence: failed lookups (ENOENT...) of paths the original image has, and,
@@ -155,6 +259,8 @@ def diagnose(result: SmokeResult, original: RootFS, exclude: Iterable[str] = (),
     are given, paths that run used which the minimized image lacks. The second catches
     programs that list a directory and never ask for what is not listed (Python's import
     system does exactly that), so no failed lookup ever names the missing file.
+    `env` (the image's Env with the profile's) is the one the suggested keep.binaries
+    entries are resolved with.
     """
     globs = compile_globs(exclude)
     seen: set[str] = set()
@@ -185,6 +291,6 @@ def diagnose(result: SmokeResult, original: RootFS, exclude: Iterable[str] = (),
                 record(a, needed[0], ABSENT, a.path if needed[1] else None)
     failures = [{"label": s.label, "message": s.message, "exit_code": s.exit_code,
                  "output": s.output} for s in result.steps if not s.passed]
-    return Diagnosis(missing=missing, step_failures=failures,
-                     suggestions=suggest_globs(m.image_path for m in missing),
-                     passed=result.passed)
+    binaries, paths, globs = fixes(missing, original, env)
+    return Diagnosis(missing=missing, step_failures=failures, keep_binaries=binaries,
+                     keep_paths=paths, keep_globs=globs, passed=result.passed)
