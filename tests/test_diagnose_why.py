@@ -254,6 +254,20 @@ def test_suggestions_are_never_a_whole_tree() -> None:
     assert not [s for s in suggest_globs(["/x/y/z/" + c for c in "abcdef"]) if "**" in s]
 
 
+def test_a_glob_is_offered_only_where_the_missing_files_are_most_of_the_directory() -> None:
+    paths = ["/usr/lib/python3.11/" + m for m in ("csv.py", "enum.py", "types.py")]
+    assert suggest_globs(paths, entries_in=lambda d: 200) == paths
+    assert suggest_globs(paths, entries_in=lambda d: 6) == ["/usr/lib/python3.11/*"]
+    assert suggest_globs(paths, entries_in=lambda d: 7) == paths
+
+
+def test_a_directory_is_not_listed_with_what_is_inside_it(tmp_path: Path) -> None:
+    from tracer.diagnose import exact_paths
+
+    assert exact_paths(["/a/re", "/a/re/x/y.py", "/a/re.py", "/b"]) == [
+        "/a/re.py", "/a/re/x/y.py", "/b"]
+
+
 def test_glob_characters_in_a_name_match_only_that_name() -> None:
     from tracer.diagnose import glob_escape
     from tracer.keeplist import compile_globs, first_match

@@ -173,20 +173,35 @@ def may_glob(directory: str) -> bool:
 
 
 def exact_paths(paths: Iterable[str]) -> list[str]:
-    """keep.paths lines for exactly these paths, sorted. `/` is never suggested: it is
-    always there, and keep.paths "/" would mean nothing but look like "keep everything"."""
-    return [glob_escape(p) for p in sorted(set(paths) - {"/"})]
+    """keep.paths lines for exactly these paths, sorted; a directory is left out when a
+    path inside it is listed (keeping that keeps the directory). `/` is never suggested:
+    it is always there, and keep.paths "/" would mean nothing but look like "keep
+    everything"."""
+    wanted = sorted(set(paths) - {"/"})
+    inner = {parent_of(p) for p in wanted}
+    while True:  # every ancestor of a listed path, not only its parent
+        more = {parent_of(d) for d in inner} - inner
+        if not more:
+            break
+        inner |= more
+    return [glob_escape(p) for p in wanted if p not in inner]
 
 
-def suggest_globs(paths: Iterable[str]) -> list[str]:
+def suggest_globs(paths: Iterable[str],
+                  entries_in: Callable[[str], int] | None = None) -> list[str]:
     """keep.paths lines, collapsed to `DIR/*` where COLLAPSE_AT or more siblings are missing
-    in a directory `may_glob` allows; the other paths stay exact. Never `/`."""
+    in a directory `may_glob` allows, and they are at least half of what the directory
+    holds (`entries_in`, when given): shorter, but never much bigger than the exact paths.
+    The other paths stay exact. Never `/`."""
+    exact = exact_paths(paths)
     by_dir: dict[str, list[str]] = defaultdict(list)
     for p in sorted(set(paths) - {"/"}):
-        by_dir[parent_of(p)].append(p)
+        if glob_escape(p) in exact:
+            by_dir[parent_of(p)].append(p)
     out: list[str] = []
     for directory, items in sorted(by_dir.items()):
-        if len(items) >= COLLAPSE_AT and may_glob(directory):
+        share = entries_in is None or 2 * len(items) >= entries_in(directory)
+        if len(items) >= COLLAPSE_AT and may_glob(directory) and share:
             out.append(f"{glob_escape(directory)}/*")
         else:
             out.extend(glob_escape(p) for p in items)
@@ -222,7 +237,14 @@ def fixes(missing: list[MissingFile], original: RootFS,
     rest = [m.image_path for m in missing
             if m.image_path not in covered and m.path not in covered]
     paths = exact_paths(rest)
-    globs = suggest_globs(rest)
+
+    def entries_in(directory: str) -> int:
+        try:
+            return len(original.listdir(directory))
+        except (OSError, SymlinkLoop):
+            return 0
+
+    globs = suggest_globs(rest, entries_in)
     return ([glob_escape(b) for b in binaries], paths,
             globs if len(globs) < len(paths) else [])
 
