@@ -103,13 +103,47 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("paths", nargs="*", metavar="PATH", help="in-image paths or program names")
     ld.add_argument("--json", action="store_true", help="machine-readable output")
     _add_budget(ld)
-    d = sub.add_parser("diagnose", help="why does the minimized image fail? (traced run)",
-                       description="Run the profile's smoke test traced against the minimized "
-                       "image and list every file it looked for that exists in the original "
-                       "image, with the keep.paths lines that fix it.")
+    d = sub.add_parser(
+        "diagnose", help="why does the minimized image fail? (traced runs); replay a "
+        "production command with --exec/--command",
+        description="""Without --exec/--command: run the profile's smoke test traced on the
+original and the minimized image, and list every file of the original that the minimized
+run looked for or used and lacks, with the keep lines that fix it.
+
+With --exec -- ARGV... (inside the running service container, after the ready check and
+the smoke steps) or --command -- ARGV... (a fresh container from the image): replay ONE
+production command that the smoke test does not cover, on the original and on the
+minimized image, and answer whether it passes on each, which files it misses, and the
+profile lines to add, best first: the command as a smoke step, keep.binaries for a
+missing program, the exact keep.paths, then a shorter glob. Each piece of YAML says
+where in PROFILE it goes.""",
+        epilog="exit codes: 0 the smoke test (or the replayed command) passes on the "
+        "minimized image; 1 it fails there (the diagnosis says why); 2 bad input; 3 it "
+        "fails on the original image; 4 environment problem.\n"
+        "example: tracer diagnose report.yaml --command --env PYTHONIOENCODING=iso-8859-15 "
+        "-- python3 /app/report.py --month 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("profile", type=Path)
+    d.add_argument("argv", nargs="*", metavar="ARGV",
+                   help="after `--`: the command to replay (with --exec or --command)")
     d.add_argument("--image", help="the minimized image to diagnose (default: the profile's "
                    "output)")
+    how = d.add_mutually_exclusive_group()
+    how.add_argument("--exec", dest="replay", action="store_const", const="exec",
+                     help="replay ARGV inside the running service container (docker exec), "
+                     "like an `exec` smoke step")
+    how.add_argument("--command", dest="replay", action="store_const", const="command",
+                     help="replay ARGV in a fresh one-shot container from the image, like a "
+                     "`command` smoke step (the only kind a job profile has)")
+    d.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable of the replayed command (repeatable); set "
+                   "through the image's `env` program, as a smoke step can")
+    d.add_argument("--stdin-file", type=Path, metavar="FILE",
+                   help="feed FILE to the replayed command's standard input")
+    d.add_argument("--exit", type=int, metavar="N", help="the exit code the command should "
+                   "return (default: whatever it returns on the original image)")
+    d.add_argument("--timeout", metavar="DURATION", help="time limit of the replayed command "
+                   "(30s, 5m; default 60s)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_budget(d)
@@ -172,18 +206,54 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
+def _replay_command(args: argparse.Namespace) -> object | None:
+    """The Command to replay from --exec/--command and their options; None without them."""
+    from tracer.profile import parse_duration
+    from tracer.replay import Command
+
+    options = [name for name, given in (("--env", args.env), ("--stdin-file", args.stdin_file),
+                                        ("--exit", args.exit is not None),
+                                        ("--timeout", args.timeout)) if given]
+    if args.replay is None:
+        if args.argv:
+            raise BadInput(f"a command to replay ({' '.join(args.argv)}) needs --exec (inside "
+                           "the running service container) or --command (a fresh container)")
+        if options:
+            raise BadInput(f"{', '.join(options)}: only with --exec or --command")
+        return None
+    env: dict[str, str] = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    timeout = None
+    if args.timeout is not None:
+        timeout = parse_duration(args.timeout)
+        if not timeout or timeout <= 0:
+            raise BadInput(f"--timeout {args.timeout!r}: expected a duration such as 30s or 5m")
+    return Command(kind=args.replay, argv=list(args.argv), env=env,
+                   stdin_file=args.stdin_file, exit=args.exit, timeout=timeout)
+
+
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from tracer.pipeline import diagnose_profile
     from tracer.profile import load_profile
     from tracer.progress import Progress
+    from tracer.replay import diagnose_profile, replay_command
 
+    command = _replay_command(args)
     profile = load_profile(args.profile, _overrides(args))
-    diagnosis = diagnose_profile(profile, image=args.image, progress=Progress(quiet=args.quiet))
-    if args.json:
-        print(json.dumps(diagnosis.to_json(), indent=2))
+    progress = Progress(quiet=args.quiet)
+    if command is not None:
+        answer = replay_command(profile, command, image=args.image,  # type: ignore[arg-type]
+                                progress=progress)
     else:
-        print(diagnosis.format_text())
-    return 0 if diagnosis.passed else 1
+        answer = diagnose_profile(profile, image=args.image, progress=progress)
+    if args.json:
+        print(json.dumps(answer.to_json(), indent=2))
+    else:
+        print(answer.format_text())
+    return 0 if answer.passed else 1
 
 
 def _cmd_why(args: argparse.Namespace) -> int:
@@ -280,8 +350,20 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line; for `diagnose`, everything after `--` is the command to
+    replay, options included (argparse would refuse it once PROFILE is matched)."""
+    words = [w for w in argv if not w.startswith("-")]
+    if words[:1] == ["diagnose"] and "--" in argv:
+        cut = argv.index("--")
+        args = build_parser().parse_args(argv[:cut])
+        args.argv = [*args.argv, *argv[cut + 1:]]
+        return args
+    return build_parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tracer.evidence import UNIDENTIFIED, needed_path, parent_of
+from tracer.keep_policy import IMPLICIT_DLOPENS
 from tracer.keeplist import compile_globs, first_match
 from tracer.profile_edit import yaml_str
 from tracer.rootfs import RootFS, SymlinkLoop
@@ -231,7 +232,7 @@ def fixes(missing: list[MissingFile], original: RootFS,
     binaries = missing_programs(missing)
     covered: set[str] = set(binaries)
     if binaries:
-        closure = Resolver(original, env=dict(env or {}), implicit_dlopens=True).closure(
+        closure = Resolver(original, env=dict(env or {}), dlopens=IMPLICIT_DLOPENS).closure(
             dict.fromkeys(binaries))
         covered |= set(closure.files)
     rest = [m.image_path for m in missing

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from tracer import __version__
 from tracer.budgets import Budgets
-from tracer.diagnose import Diagnosis, diagnose
-from tracer.engine import connect
+from tracer.diagnose import diagnose
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
 from tracer.evidence import build_keeplist, write_path_index
@@ -216,46 +215,3 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
             report.write(report_path)
     return report
 
-
-def diagnose_profile(profile: Profile, *, image: str | None = None,
-                     progress: Progress | None = None) -> Diagnosis:
-    """Trace the smoke test on the original and the minimized image; explain the difference.
-
-    `image` defaults to the profile's output (what `minimize` wrote). The original's run
-    says what the application uses; the minimized run's failed lookups and the minimized
-    image's contents say what of that is gone.
-    """
-    progress = progress or Progress()
-    in_ref = parse_reference(profile.image)
-    target = image or profile.output or str(default_output(in_ref))
-    if parse_reference(target).transport == "docker-daemon":
-        import docker
-
-        target_ref = parse_reference(target)
-        engine = connect()  # no engine is an environment problem (exit 4), not bad input
-        try:
-            with engine.errors(f"look up {target_ref}"):
-                engine.sdk.images.get(f"{target_ref.name}:{target_ref.tag or 'latest'}")
-        except docker.errors.ImageNotFound:
-            raise BadInput(f"the minimized image {target_ref} is not in the engine; run "
-                           "`tracer minimize` first or pass --image") from None
-    require_strace()
-    engine = EngineImages()
-    seconds: dict[str, float] = {}
-    try:
-        with workdir() as work:
-            original = prepare(profile.image, profile.name, work / "original", engine,
-                               progress, seconds, budgets_of(profile))
-            minimized = prepare(target, profile.name, work / "minimized", engine, progress,
-                                seconds, budgets_of(profile))
-            runs = []
-            for what, prepared in (("original", original), ("minimized", minimized)):
-                progress.phase(f"traced smoke test of the {what} image")
-                run = run_smoke(profile, prepared.engine_ref, traced=True,
-                                workdir=work / f"trace-{what}", progress=progress)
-                progress.done("passed" if run.passed else "FAILED")
-                runs.append(run)
-            return diagnose(runs[1], original.root, profile.exclude, original_run=runs[0],
-                            present=minimized.flat.entries.__contains__)
-    finally:
-        engine.cleanup()

@@ -420,7 +420,7 @@ class _Checker:
             if name == "":
                 self.error(node, f"{base}.stdin_file", "expected a file name, got ''")
             return None
-        text, problem = _read_stdin_file(self.base / name, self.budgets.profile_bytes)
+        text, problem = read_stdin_file(self.base / name, self.budgets.profile_bytes)
         if problem:
             self.error(node, f"{base}.stdin_file", f"{name!r} (relative to {self.base}): "
                        f"{problem}")
@@ -428,7 +428,7 @@ class _Checker:
         return text
 
 
-def _read_stdin_file(path: Path, limit: int) -> tuple[str | None, str | None]:
+def read_stdin_file(path: Path, limit: int) -> tuple[str | None, str | None]:
     """(text, None) or (None, why not). A regular file only: a FIFO or device would block
     or never end; at most `limit` bytes (the profile_bytes budget: it is part of the
     profile); UTF-8 text, since the model carries it as text."""

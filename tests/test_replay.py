@@ -1,0 +1,266 @@
+"""`tracer diagnose --exec/--command`: the pieces that need no engine.
+
+The suggested smoke step (its stdout regex from real output, its argv with variables set
+through `env`), the order of the fixes (smoke step, keep.binaries, exact keep.paths, then
+a glob; never a whole tree) and the YAML that pastes into the operator's profile; and the
+command-line errors, which must be exit 2 before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracer.diagnose import ABSENT, Diagnosis, MissingFile, diagnose
+from tracer.errors import BadInput
+from tracer.profile import load_profile, parse_profile
+from tracer.profile_edit import apply
+from tracer.profile_model import CommandStep, ExecStep
+from tracer.replay import (
+    Command,
+    check_command,
+    make_step,
+    replayed_argv,
+    stdout_regex,
+    step_yaml,
+    suggest,
+    with_step,
+)
+from tracer.rootfs import RootFS
+from tracer.trace.result import Access, Meaning, SmokeResult
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILES = REPO / "profiles"
+
+
+@pytest.mark.parametrize("output,line", [
+    ("Rapport des ventes\ncaf\ufffd: 3\n", "Rapport des ventes"),
+    # digits may change between runs (dates, counters): any digits match
+    ("report of 2024-05-01 12:03:11, 17 rows\n", "report of 2099-12-31 23:59:59, 4 rows"),
+    # a line without words is skipped for one that says something
+    ("{\n  \"items\": [1, 2]\n}\n", '  "items": [9, 9]'),
+    # what runners write for cut lines, and strace's own messages, are never a regex
+    ("... (40 earlier lines)\n/.tracer/strace: Can't stat\ntotal (EUR): 3.50 [ok] *\n",
+     "total (EUR): 13.75 [ok] *"),
+    # a byte the runner could not decode stands for any character
+    ("caf\ufffd cr\ufffdme\n", "caf\ufffd cr\ufffdme"),
+    ("  " + "x" * 200 + "\n", "x" * 200),
+])
+def test_stdout_regex_matches_its_line_and_escapes_the_rest(output: str, line: str) -> None:
+    regex = stdout_regex(output)
+    assert regex is not None and re.search(regex, line, re.M), regex
+    assert len(regex) <= 200  # a prefix proves the same as the whole line
+    assert not re.search(regex, "something else entirely\n", re.M)
+
+
+def test_no_output_gives_no_regex() -> None:
+    assert stdout_regex("") is None and stdout_regex("\n  \n... (3 more lines)\n") is None
+
+
+def test_regex_special_characters_are_literal() -> None:
+    regex = stdout_regex("a.b*c+d?(e)[f]{g}|h^$\\\n")
+    assert regex is not None
+    assert re.search(regex, "a.b*c+d?(e)[f]{g}|h^$\\")
+    assert not re.search(regex, "aXb*c+d?(e)[f]{g}|h^$\\")
+
+
+def image_root(tmp_path: Path, with_env: bool = True) -> RootFS:
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    if with_env:
+        (tmp_path / "usr/bin/env").write_bytes(b"\x7fELF")
+        (tmp_path / "usr/bin/env").chmod(0o755)
+    return RootFS(tmp_path)
+
+
+def test_variables_are_set_through_the_images_env(tmp_path: Path) -> None:
+    cmd = Command("exec", ["python3", "/app/report.py"], env={"PYTHONIOENCODING": "latin-1",
+                                                             "TZ": "Europe/Berlin"})
+    argv = replayed_argv(cmd, image_root(tmp_path), {"PATH": "/usr/bin"})
+    assert argv == ["env", "PYTHONIOENCODING=latin-1", "TZ=Europe/Berlin", "python3",
+                    "/app/report.py"]
+    assert replayed_argv(Command("exec", ["x"]), image_root(tmp_path / "n", False), {}) == ["x"]
+    with pytest.raises(BadInput, match="needs the program `env` in the image"):
+        replayed_argv(cmd, image_root(tmp_path / "none", False), {"PATH": "/usr/bin"})
+
+
+def test_impossible_replays_are_bad_input() -> None:
+    job = load_profile(PROFILES / "hardcases.yaml")
+    service = load_profile(PROFILES / "pyapp.yaml")
+    with pytest.raises(BadInput, match="has no running container to exec into.*--command"):
+        check_command(job, Command("exec", ["id"]))
+    check_command(job, Command("command", ["id"]))
+    with pytest.raises(BadInput, match="needs the command to replay"):
+        check_command(service, Command("exec", []))
+    with pytest.raises(BadInput, match="KEY=VALUE"):
+        check_command(service, Command("exec", ["id"], env={"": "x"}))
+    with pytest.raises(BadInput, match="0-255"):
+        check_command(service, Command("exec", ["id"], exit=256))
+
+
+def test_the_replayed_step_is_appended_where_a_pasted_one_goes() -> None:
+    service = load_profile(PROFILES / "pyapp.yaml")
+    step = make_step(Command("exec", ["id"], timeout=5.0), ["id"], 0, "uid=", None,
+                     stderr="(?!)")
+    replay = with_step(service, step)
+    assert replay.smoke[:-1] == service.smoke
+    assert replay.smoke[-1].label == f"smoke[{len(service.smoke)}].exec"
+    assert replay.smoke[-1].step == ExecStep(argv=["id"], exit=0, stdout="uid=",
+                                             stderr="(?!)", timeout=5.0)
+    assert make_step(Command("command", ["id"]), ["id"], 2, None, "in") == CommandStep(
+        argv=["id"], exit=2, stdin="in")
+
+
+def minimized_python(tmp_path: Path) -> tuple[RootFS, Diagnosis]:
+    """An original image with python3, its encodings, plugins and a helper program (a #!
+    script run by python3); a minimized one that lost the helper, two encodings and the
+    plugins."""
+    base = tmp_path / "orig"
+    for d in ("usr/bin", "usr/lib/python3.11/encodings", "usr/lib/x86_64-linux-gnu",
+              "opt/app/plugins"):
+        (base / d).mkdir(parents=True)
+    for name in ("__init__.py", "iso8859_15.py", "cp1252.py", "utf_8.py"):
+        (base / "usr/lib/python3.11/encodings" / name).write_text("#\n")
+    for c in "abcd":
+        (base / f"opt/app/plugins/{c}.py").write_text("#\n")
+    (base / "usr/bin/iconv").write_bytes(b"#!/usr/bin/python3\n")
+    (base / "usr/bin/iconv").chmod(0o755)
+    (base / "usr/bin/python3").write_text("#!/usr/bin/python3.11\n")
+    (base / "usr/bin/python3").chmod(0o755)
+    root = RootFS(base)
+
+    def used(path: str, syscall: str = "openat", program: str = "/usr/bin/python3") -> Access:
+        return Access(path=path, syscall=syscall, ok=True, errno=None, pid=9, program=program,
+                      cmdline=("python3", "report.py"), step="smoke[3].exec")
+
+    original_run = SmokeResult(passed=True, accesses=[
+        used("/usr/bin/iconv", "execve", "/bin/sh"),
+        used("/usr/lib/python3.11/encodings/iso8859_15.py"),
+        used("/usr/lib/python3.11/encodings/cp1252.py"),
+        *[used(f"/opt/app/plugins/{c}.py") for c in "abcd"]])
+    lost = {"/usr/bin/iconv", "/usr/lib/python3.11/encodings/iso8859_15.py",
+            "/usr/lib/python3.11/encodings/cp1252.py",
+            *[f"/opt/app/plugins/{c}.py" for c in "abcd"]}
+    have = {"/" + str(p.relative_to(base)) for p in base.rglob("*")} - lost
+    minimized_run = SmokeResult(passed=False, accesses=[Access(
+        path="/usr/lib/python3.11/encodings/iso8859_15.py", syscall="openat", ok=False,
+        errno="ENOENT", pid=9, program="/usr/bin/python3", cmdline=("python3",),
+        step="smoke[3].exec", meaning=Meaning.READ)])
+    d = diagnose(minimized_run, root, ["/usr/share/doc/**"], original_run=original_run,
+                 present=have.__contains__, env={"PATH": "/usr/bin"})
+    return root, d
+
+
+def test_fixes_come_best_first_and_paste_into_the_profile(tmp_path: Path) -> None:
+    _, d = minimized_python(tmp_path)
+    assert d.keep_binaries == ["/usr/bin/iconv"]
+    assert d.keep_paths == ["/opt/app/plugins/a.py", "/opt/app/plugins/b.py",
+                            "/opt/app/plugins/c.py", "/opt/app/plugins/d.py",
+                            "/usr/lib/python3.11/encodings/cp1252.py",
+                            "/usr/lib/python3.11/encodings/iso8859_15.py"]
+    assert d.keep_globs == ["/opt/app/plugins/*", "/usr/lib/python3.11/encodings/cp1252.py",
+                            "/usr/lib/python3.11/encodings/iso8859_15.py"]
+    assert [m.errno for m in d.missing if m.path.endswith("iso8859_15.py")] == ["ENOENT"]
+    assert all(m.errno == ABSENT for m in d.missing if m.path.endswith("cp1252.py"))
+
+    text = (PROFILES / "pyapp.yaml").read_text()
+    profile = parse_profile(text)
+    cmd = Command("exec", ["python3", "/srv/app/report.py"], env={"PYTHONIOENCODING": "cp1252"})
+    argv = ["env", "PYTHONIOENCODING=cp1252", "python3", "/srv/app/report.py"]
+    step = step_yaml(cmd, argv, 0, "Rapport des ventes", profile)
+    fixes = suggest(text, step, "checked", d, passed=False)
+    assert [s.kind for s in fixes] == ["smoke", "keep", "keep-globs"]
+    for s in fixes:
+        patched = parse_profile(apply(text, s.edits))
+        assert patched.smoke[:len(profile.smoke)] == profile.smoke
+        if s.kind == "smoke":
+            assert patched.smoke[-1].step == make_step(cmd, argv, 0, "Rapport des ventes", None)
+            assert patched.keep == profile.keep
+        else:
+            assert patched.smoke == profile.smoke
+            assert patched.keep.binaries == ["/usr/bin/iconv"]
+            assert patched.keep.paths == profile.keep.paths + (
+                d.keep_paths if s.kind == "keep" else d.keep_globs)
+            # never a whole tree
+            assert not [p for p in patched.keep.paths if p.count("/") < 3 and "*" in p]
+
+
+def test_a_passing_command_is_still_suggested_as_a_step() -> None:
+    text = (PROFILES / "pyapp.yaml").read_text()
+    profile = parse_profile(text)
+    step = step_yaml(Command("exec", ["id"]), ["id"], 0, None, profile)
+    fixes = suggest(text, step, "checked", Diagnosis(passed=True), passed=True)
+    assert [s.kind for s in fixes] == ["smoke"] and "to keep it so" in fixes[0].why
+    assert suggest(text, None, "not usable", Diagnosis(passed=False), passed=False) == []
+
+
+def test_step_yaml_carries_timeout_and_stdin_file_relative_to_the_profile(
+        tmp_path: Path) -> None:
+    profile_path = tmp_path / "app.yaml"
+    profile_path.write_text("version: 1\nname: app\nimage: app:1\nrun: {mode: job}\n")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/orders.xml").write_text("<orders/>\n")
+    profile = load_profile(profile_path)
+    cmd = Command("command", ["python3", "/app/import.py"], stdin_file=tmp_path / "in/orders.xml",
+                  timeout=90.0, exit=2)
+    step = step_yaml(cmd, cmd.argv, 2, None, profile)
+    assert step == {"command": ["python3", "/app/import.py"], "exit": 2, "timeout": "90s",
+                    "stdin_file": "in/orders.xml"}
+    [fix] = suggest(profile_path.read_text(), step, "checked", Diagnosis(), passed=True)
+    profile_path.write_text(apply(profile_path.read_text(), fix.edits))
+    [smoke] = load_profile(profile_path).smoke
+    assert smoke.step == CommandStep(argv=["python3", "/app/import.py"], exit=2, timeout=90.0,
+                                     stdin="<orders/>\n")
+
+
+def tracer(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # nothing runs
+    return subprocess.run([sys.executable, "-m", "tracer", *args], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["diagnose", "profiles/hardcases.yaml", "--exec", "--", "id"],
+     "has no running container to exec into"),
+    (["diagnose", "profiles/pyapp.yaml", "--", "id"], "needs --exec"),
+    (["diagnose", "profiles/pyapp.yaml", "--env", "A=B"], "--env: only with --exec"),
+    (["diagnose", "profiles/pyapp.yaml", "--exec"], "needs the command to replay"),
+    (["diagnose", "profiles/pyapp.yaml", "--exec", "--env", "AB", "--", "id"],
+     "--env 'AB': expected KEY=VALUE"),
+    (["diagnose", "profiles/pyapp.yaml", "--command", "--timeout", "soon", "--", "id"],
+     "--timeout 'soon'"),
+    (["diagnose", "profiles/pyapp.yaml", "--exec", "--command", "--", "id"], "not allowed"),
+])
+def test_bad_replay_arguments_exit_2_before_anything_runs(args: list[str],
+                                                          message: str) -> None:
+    proc = tracer(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+
+
+def test_options_after_the_double_dash_belong_to_the_replayed_command() -> None:
+    from tracer.cli import _parse
+
+    args = _parse(["diagnose", "p.yaml", "--json", "--command", "--", "python3", "--json",
+                   "-c", "x", "--"])
+    assert args.json is True and args.replay == "command"
+    assert args.argv == ["python3", "--json", "-c", "x", "--"]
+    why = _parse(["why", "r.json", "--", "-x"])
+    assert why.path == "-x"
+
+
+def test_json_of_a_diagnosis_lists_the_fixes_in_order(tmp_path: Path) -> None:
+    _, d = minimized_python(tmp_path)
+    data = json.loads(json.dumps(d.to_json()))
+    assert data["suggested_keep_binaries"] == ["/usr/bin/iconv"]
+    assert data["suggested_keep_paths"][0] == "/opt/app/plugins/a.py"
+    assert data["suggested_keep_globs"][0] == "/opt/app/plugins/*"
+    text = d.format_text()
+    assert text.index('"/usr/bin/iconv"') < text.index('"/opt/app/plugins/a.py"') < \
+        text.index('"/opt/app/plugins/*"')
+    assert isinstance(d.missing[0], MissingFile)

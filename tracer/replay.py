@@ -1,0 +1,526 @@
+"""`tracer diagnose`: why does a minimized image fail, and what keeps it from failing.
+
+Two questions, one answer shape (the files the minimized image lacks, then the profile
+lines that fix it, best first):
+
+- `diagnose_profile`: the profile's own smoke test, traced on the original and on the
+  minimized image (the diagnosis `tracer minimize` prints, for an image that failed later).
+- `replay_command`: ONE production command the smoke test does not cover (`tracer diagnose
+  PROFILE --exec -- ARGV` / `--command -- ARGV`), run as one more smoke step, appended to
+  the profile's own, so the runner needs nothing new and the step is exactly the one the
+  operator will paste: `exec` inside the running service after its ready check and smoke
+  steps, `command` in a fresh one-shot container with the profile's run settings.
+
+The replay is three runs of the profile with that step: (1) traced on the original image:
+what the command uses, its exit code and output (the step is made to fail on a regex that
+matches nothing, the one way a runner that keeps output only for failed steps hands it
+over); (2) the suggested step, untraced on the original, as verification will run it: a
+first line of output that changes between runs is dropped from the step, a command whose
+exit code changes is no smoke step at all; (3) the step, traced, on the minimized image:
+the verdict, and with (1) the exact files the minimized image lacks.
+
+The fix is offered in this order: the command as a smoke step (every minimization then
+traces and verifies it, so `file` granularity keeps what it uses); then keep.binaries for
+a missing program it ran; then the exact keep.paths; and only then a shorter glob, never
+over a whole system directory (tracer.diagnose). Every piece of YAML is placed in the
+operator's own profile file (tracer.profile_edit) and is checked to read back as the step
+that was replayed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracer.diagnose import Diagnosis, diagnose
+from tracer.engine import connect
+from tracer.environment import require_strace
+from tracer.errors import BadInput, SmokeFailedOnOriginal
+from tracer.image.daemon import EngineImages
+from tracer.image.prepare import prepare
+from tracer.image.reference import default_output, parse_reference
+from tracer.profile import budgets_of, parse_profile, read_profile_text, read_stdin_file
+from tracer.profile_edit import Edit, Placed, apply, placed, plan
+from tracer.profile_model import ArgvStep, CommandStep, ExecStep, Profile, SmokeStep
+from tracer.progress import Progress
+from tracer.rootfs import RootFS
+from tracer.runfiles import escape
+from tracer.static import which
+from tracer.static.script import DEFAULT_PATH
+from tracer.trace.result import SmokeResult, StepOutcome
+from tracer.trace.run import run_smoke
+from tracer.workdir import workdir
+
+NEVER = "(?!)"  # a regex that matches nothing: the probe step fails and hands its output over
+# what runners write in place of cut lines, and strace's own messages: never a stdout regex
+CUT_MARKER = re.compile(r"\.\.\. \(\d+ (?:more|earlier) lines?\)")
+TOOL_PREFIX = "/.tracer/"
+REGEX_CHARS = 80  # a stdout regex is at most this much of a line: a prefix proves the same
+OUTPUT_SHOWN = 20  # lines of a run's output shown
+
+
+# -- what is replayed ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Command:
+    """One production command to replay, as the operator gave it on the command line."""
+
+    kind: str  # "exec" (in the running service container) | "command" (one-shot container)
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # set through the image's `env`
+    stdin_file: Path | None = None  # fed to its stdin (as a step's stdin_file)
+    exit: int | None = None  # expected exit code; None: whatever the original image gives
+    timeout: float | None = None  # seconds; None: the steps' default
+
+
+def check_command(profile: Profile, command: Command) -> None:
+    """BadInput (exit 2) for a replay that cannot make sense, before anything runs."""
+    if command.kind not in ("exec", "command"):
+        raise BadInput(f"unknown replay kind {command.kind!r}")
+    if not command.argv:
+        raise BadInput(f"--{command.kind} needs the command to replay after `--`")
+    if command.kind == "exec" and profile.run.mode == "job":
+        raise BadInput(f"{profile.source or profile.name}: a job (run.mode: job) has no "
+                       "running container to exec into; replay the command with --command "
+                       "(a fresh container from the image, as production starts it)")
+    for key in command.env:
+        if not key or "=" in key or "\0" in key:
+            raise BadInput(f"--env {key!r}: expected KEY=VALUE")
+    if command.env and "=" in command.argv[0]:
+        raise BadInput(f"with --env the program name cannot contain '=': {command.argv[0]!r}")
+    if command.exit is not None and not 0 <= command.exit <= 255:
+        raise BadInput(f"--exit {command.exit}: an exit code is 0-255")
+
+
+def replayed_argv(command: Command, root: RootFS, env: dict[str, str]) -> list[str]:
+    """The argv the step runs. A smoke step has no environment of its own (profile format
+    version 1), so variables are set the way a step can: through the image's `env`."""
+    if not command.env:
+        return list(command.argv)
+    if which(root, "env", env.get("PATH", DEFAULT_PATH)) is None:
+        raise BadInput("--env needs the program `env` in the image (a smoke step has no "
+                       "environment of its own), and this image has none on its PATH; set "
+                       "the variables in the profile's run.env instead")
+    return ["env", *(f"{k}={v}" for k, v in command.env.items()), *command.argv]
+
+
+def step_yaml(command: Command, argv: list[str], exit_code: int, stdout: str | None,
+              profile: Profile) -> dict[str, Any]:
+    """The smoke step as the profile writes it (keys in the order docs/profile.md uses)."""
+    step: dict[str, Any] = {command.kind: argv, "exit": exit_code}
+    if stdout is not None:
+        step["stdout"] = stdout
+    if command.timeout is not None:
+        step["timeout"] = f"{command.timeout:g}s"
+    if command.stdin_file is not None:
+        step["stdin_file"] = stdin_file_name(command.stdin_file, profile)
+    return step
+
+
+def stdin_file_name(path: Path, profile: Profile) -> str:
+    """`stdin_file` is relative to the profile's directory: say it that way when the file
+    is under it, else absolute."""
+    full = path.resolve()
+    if profile.source is not None:
+        base = profile.source.resolve().parent
+        if full.is_relative_to(base):
+            return os.path.relpath(full, base)
+    return str(full)
+
+
+def make_step(command: Command, argv: list[str], exit_code: int, stdout: str | None,
+              stdin: str | None, stderr: str | None = None) -> ArgvStep:
+    cls = ExecStep if command.kind == "exec" else CommandStep
+    kw: dict[str, Any] = {}
+    if command.timeout is not None:
+        kw["timeout"] = command.timeout
+    return cls(argv=list(argv), exit=exit_code, stdout=stdout, stderr=stderr, stdin=stdin,
+               **kw)
+
+
+def with_step(profile: Profile, step: ArgvStep) -> Profile:
+    """The profile with `step` appended to its smoke test, where a pasted step goes."""
+    return dataclasses.replace(
+        profile, smoke=[*profile.smoke, SmokeStep(index=len(profile.smoke), step=step)])
+
+
+def label_of(profile: Profile, command: Command) -> str:
+    return f"smoke[{len(profile.smoke)}].{command.kind}"
+
+
+# -- a stdout regex from one run's output ----------------------------------------------------
+
+def _escape_literal(text: str) -> str:
+    """Regex for `text` as it is: only the characters that mean something are escaped (the
+    profile shows it to people), digit runs may differ (counters, dates, times), and a
+    character the runner could not decode (U+FFFD) is any character."""
+    out = []
+    for part in re.split(r"([0-9]+)", text):
+        if part.isascii() and part.isdigit():
+            out.append("[0-9]+")
+            continue
+        for ch in part:
+            if ch == "\ufffd":
+                out.append(".")
+            elif ch in ".^$*+?{}[]\\|()":
+                out.append("\\" + ch)
+            else:
+                out.append(ch)
+    return "".join(out)
+
+
+def stdout_regex(output: str) -> str | None:
+    """A regex for the command's output: its first line that says something (three
+    letters at least, else the first non-blank one), cut to REGEX_CHARS, escaped; None when
+    there is no output. Whether it is stable and really on stdout is for a second run of
+    the original to say."""
+    lines = [ln.strip() for ln in output.splitlines()]
+    lines = [ln for ln in lines
+             if ln and not CUT_MARKER.fullmatch(ln) and not ln.startswith(TOOL_PREFIX)
+             and any(not ch.isspace() and ch != "\ufffd" for ch in ln)]
+    if not lines:
+        return None
+    pick = next((ln for ln in lines if sum(ch.isalpha() for ch in ln) >= 3), lines[0])
+    return _escape_literal(pick[:REGEX_CHARS].rstrip())
+
+
+# -- the answer --------------------------------------------------------------------------------
+
+@dataclass
+class RunView:
+    """How the replayed command went on one image."""
+
+    image: str
+    reached: bool  # False: the profile's own checks failed before it
+    passed: bool
+    exit_code: int | None
+    message: str  # the failure, "" when it passed
+    output: str  # as the runner kept it ("" for a passed step on the minimized image)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def format_lines(self, what: str) -> list[str]:
+        if not self.reached:
+            head = f"{what} image {self.image}: the command did not run: {self.message}"
+        elif self.passed:
+            head = f"{what} image {self.image}: passed (exit {self.exit_code})"
+        else:
+            head = f"{what} image {self.image}: FAILED: {self.message}"
+        lines = [head]
+        lines += [f"  | {escape(ln)}" for ln in self.output.splitlines()[:OUTPUT_SHOWN]]
+        return lines
+
+
+@dataclass
+class Suggestion:
+    """One way to fix it, as edits of the profile; `kind` says which (best first)."""
+
+    kind: str  # "smoke" | "keep" | "keep-globs"
+    why: str
+    edits: list[Edit]
+    placed: list[Placed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "why": self.why,
+                "edits": [p.to_json() for p in self.placed]}
+
+
+@dataclass
+class ReplayResult:
+    command: Command
+    label: str
+    argv: list[str]  # as run, `env K=V` included
+    original: RunView
+    minimized: RunView
+    step: dict[str, Any] | None  # the smoke step to add, as YAML; None: not usable as one
+    step_note: str  # how the step was checked, or why there is none
+    diagnosis: Diagnosis
+    suggestions: list[Suggestion]
+    filename: str  # the profile file the edits are for
+
+    @property
+    def passed(self) -> bool:
+        return self.minimized.passed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed,
+                "command": {"kind": self.command.kind, "argv": self.argv,
+                            "label": self.label},
+                "original": self.original.to_json(), "minimized": self.minimized.to_json(),
+                "smoke_step": self.step, "smoke_step_note": self.step_note,
+                "missing": self.diagnosis.to_json()["missing"],
+                "diagnosis": self.diagnosis.to_json(),
+                "profile": self.filename,
+                "suggestions": [s.to_json() for s in self.suggestions]}
+
+    def format_text(self) -> str:
+        where = ("inside the running service container" if self.command.kind == "exec"
+                 else "in a fresh container from the image")
+        lines = [f"replayed as {self.label}, {where}: "
+                 + escape(" ".join(self.argv))]
+        if self.command.env:
+            lines.append("  (a smoke step has no environment of its own: --env is set through "
+                         "the image's `env` program, which the step then needs as well)")
+        lines += self.original.format_lines("original")
+        lines += self.minimized.format_lines("minimized")
+        lines += self.diagnosis.format_missing(failed=not self.passed)
+        rules = self.diagnosis.excluded_rules
+        if rules:
+            lines.append("  (removed by exclude rules " + ", ".join(rules) + "; keep.paths "
+                         "wins over exclude, or narrow them)")
+        if not self.suggestions:
+            lines.append(f"no profile lines to suggest: {self.step_note}")
+            return "\n".join(lines)
+        lines.append("")
+        lines.append("fix it with ONE of these, best first (the lines starting with # are "
+                     "comments; they may be pasted too):")
+        for n, s in enumerate(self.suggestions, 1):
+            lines.append(f"# {n}. {s.why}")
+            if len(s.placed) > 1:
+                lines.append("#    (bottom of the file first, so the line numbers stay right)")
+            for p in s.placed:
+                lines.append(f"# {p.header(self.filename)}")
+                lines += p.text.rstrip("\n").split("\n")
+        return "\n".join(lines)
+
+
+def _outcome(result: SmokeResult, label: str) -> StepOutcome | None:
+    return next((s for s in result.steps if s.label == label), None)
+
+
+def _app_output(output: str) -> str:
+    """A step's output without strace's own messages (`/.tracer/strace: ...`): they are
+    the recorder talking, not the command."""
+    return "\n".join(ln for ln in output.splitlines() if not ln.startswith(TOOL_PREFIX))
+
+
+def _not_reached(result: SmokeResult) -> str:
+    return result.failure or "the run ended before it"
+
+
+def _shown(output: str) -> str:
+    lines = _app_output(output).splitlines()[:OUTPUT_SHOWN]
+    return "".join(f"\n  | {escape(ln)}" for ln in lines)
+
+
+# -- the runs ------------------------------------------------------------------------------
+
+def _target_image(profile: Profile, image: str | None) -> str:
+    """The minimized image to diagnose (default: the profile's output); BadInput when the
+    engine does not have it, before anything is run."""
+    in_ref = parse_reference(profile.image)
+    target = image or profile.output or str(default_output(in_ref))
+    target_ref = parse_reference(target)
+    if target_ref.transport == "docker-daemon":
+        import docker
+
+        engine = connect()  # no engine is an environment problem (exit 4), not bad input
+        try:
+            with engine.errors(f"look up {target_ref}"):
+                engine.sdk.images.get(f"{target_ref.name}:{target_ref.tag or 'latest'}")
+        except docker.errors.ImageNotFound:
+            raise BadInput(f"the minimized image {target_ref} is not in the engine; run "
+                           "`tracer minimize` first or pass --image") from None
+    return target
+
+
+def diagnose_profile(profile: Profile, *, image: str | None = None,
+                     progress: Progress | None = None) -> Diagnosis:
+    """Trace the smoke test on the original and the minimized image; explain the difference.
+
+    `image` defaults to the profile's output (what `minimize` wrote). The original's run
+    says what the application uses; the minimized run's failed lookups and the minimized
+    image's contents say what of that is gone.
+    """
+    progress = progress or Progress()
+    target = _target_image(profile, image)
+    require_strace()
+    engine = EngineImages()
+    seconds: dict[str, float] = {}
+    try:
+        with workdir() as work:
+            original = prepare(profile.image, profile.name, work / "original", engine,
+                               progress, seconds, budgets_of(profile))
+            minimized = prepare(target, profile.name, work / "minimized", engine, progress,
+                                seconds, budgets_of(profile))
+            runs = []
+            for what, prepared in (("original", original), ("minimized", minimized)):
+                progress.phase(f"traced smoke test of the {what} image")
+                run = run_smoke(profile, prepared.engine_ref, traced=True,
+                                workdir=work / f"trace-{what}", progress=progress)
+                progress.done("passed" if run.passed else "FAILED")
+                runs.append(run)
+            return diagnose(runs[1], original.root, profile.exclude, original_run=runs[0],
+                            present=minimized.flat.entries.__contains__,
+                            env=original.config.environment(profile.run.env))
+    finally:
+        engine.cleanup()
+
+
+def replay_command(profile: Profile, command: Command, *, image: str | None = None,
+                   progress: Progress | None = None) -> ReplayResult:
+    """Replay `command` on the original (traced, then as the suggested step) and on the
+    minimized image (traced); raise SmokeFailedOnOriginal (exit 3) when it, or the
+    profile's own smoke test, fails on the original: there is nothing to compare then."""
+    check_command(profile, command)
+    progress = progress or Progress()
+    in_ref = parse_reference(profile.image)
+    target = _target_image(profile, image)
+    budgets = budgets_of(profile)
+    stdin = None
+    if command.stdin_file is not None:
+        stdin, problem = read_stdin_file(command.stdin_file, budgets.profile_bytes)
+        if problem:
+            raise BadInput(f"--stdin-file {command.stdin_file}: {problem}")
+    label = label_of(profile, command)
+    require_strace()
+    engine = EngineImages()
+    seconds: dict[str, float] = {}
+    try:
+        with workdir() as work:
+            original = prepare(profile.image, profile.name, work / "original", engine,
+                               progress, seconds, budgets_of(profile))
+            env = original.config.environment(profile.run.env)
+            argv = replayed_argv(command, original.root, env)
+
+            progress.phase(f"replaying the command on the original image, traced ({label})")
+            probe = make_step(command, argv, command.exit or 0, None, stdin, stderr=NEVER)
+            traced = run_smoke(with_step(profile, probe), original.engine_ref, traced=True,
+                               workdir=work / "trace-original", progress=progress)
+            got = _outcome(traced, label)
+            progress.done(f"exit {got.exit_code}" if got else "FAILED")
+            expected = _expected_exit(got, traced, command, in_ref)
+            first = RunView(str(in_ref), True, True, expected, "",
+                            _app_output(got.output if got else ""))
+
+            regex = stdout_regex(first.output)
+            progress.phase("checking the smoke step to suggest on the original image, "
+                           "untraced")
+            step = make_step(command, argv, expected, regex, stdin)
+            check = run_smoke(with_step(profile, step), original.engine_ref, traced=False,
+                              workdir=work / "check-original", progress=progress)
+            step, note = _confirmed(step, _outcome(check, label), check)
+            progress.done(note)
+
+            minimized = prepare(target, profile.name, work / "minimized", engine, progress,
+                                seconds, budgets_of(profile))
+            progress.phase(f"replaying the command on the minimized image, traced ({label})")
+            final = step or make_step(command, argv, expected, None, stdin)
+            run = run_smoke(with_step(profile, final), minimized.engine_ref, traced=True,
+                            workdir=work / "trace-minimized", progress=progress)
+            outcome = _outcome(run, label)
+            progress.done("passed" if outcome and outcome.passed else "FAILED")
+            if outcome is None:
+                view = RunView(target, False, False, None, _not_reached(run), "")
+            else:
+                view = RunView(target, True, outcome.passed, outcome.exit_code,
+                               outcome.message, _app_output(outcome.output))
+            diagnosis = diagnose(run, original.root, profile.exclude, original_run=traced,
+                                 present=minimized.flat.entries.__contains__, env=env)
+    finally:
+        engine.cleanup()
+    yaml_step = (step_yaml(command, argv, step.exit, step.stdout, profile)
+                 if step is not None else None)
+    text, filename = _profile_text(profile)
+    suggestions = suggest(text, yaml_step, note, diagnosis, passed=view.passed)
+    if yaml_step is not None and profile.source is not None:
+        _check_reads_back(text, suggestions[0], profile, step)
+    return ReplayResult(command=command, label=label, argv=argv, original=first,
+                        minimized=view, step=yaml_step, step_note=note, diagnosis=diagnosis,
+                        suggestions=suggestions, filename=filename)
+
+
+def _expected_exit(got: StepOutcome | None, traced: SmokeResult, command: Command,
+                   image: object) -> int:
+    """The exit code the step expects: --exit, else the original's. SmokeFailedOnOriginal
+    when the command (or the smoke test before it) does not do that on the original."""
+    if got is None:
+        raise SmokeFailedOnOriginal(
+            f"the profile's smoke test fails on the original image {image}, before the "
+            f"replayed command: {_not_reached(traced)}")
+    if got.exit_code is None:
+        raise SmokeFailedOnOriginal(
+            f"the command did not run to completion on the original image {image}: "
+            f"{got.message}{_shown(got.output)}")
+    if command.exit is not None and got.exit_code != command.exit:
+        raise SmokeFailedOnOriginal(
+            f"the command fails on the original image {image}: exit {got.exit_code}, "
+            f"expected {command.exit}{_shown(got.output)}\nif {got.exit_code} is what it "
+            f"should return, pass --exit {got.exit_code}")
+    return got.exit_code
+
+
+def _confirmed(step: ArgvStep, got: StepOutcome | None,
+               run: SmokeResult) -> tuple[ArgvStep | None, str]:
+    """The step to suggest after its check on the original, and how it went."""
+    if got is None:
+        return (dataclasses.replace(step, stdout=None),
+                f"not checked: on a second run of the original image the smoke test failed "
+                f"before it ({_not_reached(run)}); only its exit code is checked")
+    if got.passed:
+        return step, "checked: it passes on the original image, untraced, as verification " \
+                     "runs it"
+    if got.exit_code == step.exit:
+        return (dataclasses.replace(step, stdout=None),
+                "checked: it passes on the original image, untraced; its first line of "
+                "output changes between runs, so only its exit code is checked")
+    return None, (f"the command is not usable as a smoke step: on a second run of the "
+                  f"original image {got.message}")
+
+
+def _profile_text(profile: Profile) -> tuple[str, str]:
+    """The profile file as it is now (the edits are planned against it), and its name."""
+    if profile.source is None:
+        return "", "the profile"
+    text = read_profile_text(profile.source, budgets_of(profile).profile_bytes)
+    return text, str(profile.source)
+
+
+def suggest(text: str, step: dict[str, Any] | None, note: str, diagnosis: Diagnosis, *,
+            passed: bool) -> list[Suggestion]:
+    """The fixes, best first, each planned as edits of the profile `text`."""
+    out: list[Suggestion] = []
+
+    def add(kind: str, why: str, additions: dict[tuple[str, ...], list[Any]]) -> None:
+        additions = {k: v for k, v in additions.items() if v}
+        if additions:
+            edits = plan(text, additions)
+            out.append(Suggestion(kind, why, edits, placed(text, edits)))
+
+    if step is not None:
+        why = ("add the command to the smoke test: every minimization then traces it, keeps "
+               "what it uses and verifies it" if not passed else
+               "it passes now; to keep it so, add the command to the smoke test")
+        add("smoke", f"{why} ({note})", {("smoke",): [step]})
+    d = diagnosis
+    keep_why = "or keep what it used"
+    if d.keep_binaries:
+        keep_why += ": the programs it ran with keep.binaries (each with its libraries)"
+        keep_why += ", and the exact files" if d.keep_paths else ""
+    else:
+        keep_why += ": the exact files"
+    add("keep", keep_why, {("keep", "binaries"): d.keep_binaries,
+                           ("keep", "paths"): d.keep_paths})
+    if d.keep_globs:
+        add("keep-globs", "or, shorter than the exact files, whole directories of them "
+            "(these keep every file in them)", {("keep", "binaries"): d.keep_binaries,
+                                                 ("keep", "paths"): d.keep_globs})
+    return out
+
+
+def _check_reads_back(text: str, smoke: Suggestion, profile: Profile,
+                      step: ArgvStep) -> None:
+    """The suggested YAML, pasted into the profile, must load and be exactly the step that
+    was replayed; anything else is a bug in tracer (exit 70), never a wrong suggestion."""
+    assert profile.source is not None
+    patched = parse_profile(apply(text, smoke.edits), str(profile.source),
+                            source=profile.source, budgets=budgets_of(profile))
+    if not patched.smoke or patched.smoke[-1].step != step:
+        raise RuntimeError(f"the suggested smoke step reads back as "
+                           f"{patched.smoke[-1].step if patched.smoke else None!r}, "
+                           f"not as the replayed {step!r}")
