@@ -364,5 +364,7 @@ def placed(text: str, edits: Iterable[Edit]) -> list[Placed]:
         out.append(Placed(", ".join(e.what for e in group), None,
                           (text.count("\n", 0, a) + 1, text.count("\n", 0, b) + 1),
                           apply(text[a:b], shifted) + "\n"))
-    return sorted(out, key=lambda p: -(p.after_line if p.after_line is not None
-                                       else p.lines[0] if p.lines else 0))
+    # bottom first; at one line, the replacement of that line before the insertion after it
+    return sorted(out, key=lambda p: (-(p.after_line if p.after_line is not None
+                                        else p.lines[0] if p.lines else 0),
+                                      p.after_line is not None))
