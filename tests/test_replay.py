@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 
 from tracer.diagnose import ABSENT, Diagnosis, MissingFile, diagnose
-from tracer.errors import BadInput
+from tracer.errors import BadInput, SmokeFailedOnOriginal
 from tracer.profile import load_profile, parse_profile
 from tracer.profile_edit import apply
 from tracer.profile_model import CommandStep, ExecStep
 from tracer.replay import (
     Command,
+    _confirmed,
+    _expected_exit,
     check_command,
     make_step,
     replayed_argv,
@@ -33,7 +35,7 @@ from tracer.replay import (
     with_step,
 )
 from tracer.rootfs import RootFS
-from tracer.trace.result import Access, Meaning, SmokeResult
+from tracer.trace.result import Access, Meaning, SmokeResult, StepOutcome
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
@@ -264,3 +266,42 @@ def test_json_of_a_diagnosis_lists_the_fixes_in_order(tmp_path: Path) -> None:
     assert text.index('"/usr/bin/iconv"') < text.index('"/opt/app/plugins/a.py"') < \
         text.index('"/opt/app/plugins/*"')
     assert isinstance(d.missing[0], MissingFile)
+
+
+def outcome(passed: bool, exit_code: int | None, message: str = "", output: str = "",
+            label: str = "smoke[1].command") -> StepOutcome:
+    return StepOutcome(label, "command", passed, 0.1, exit_code, message, output)
+
+
+def test_the_step_is_suggested_as_the_second_run_of_the_original_allows() -> None:
+    step = make_step(Command("command", ["report"]), ["report"], 0, "Rapport", None)
+    run = SmokeResult(passed=False, failure="smoke[0].http: refused")
+    kept, note = _confirmed(step, outcome(True, 0), run)
+    assert kept == step and note.startswith("checked: it passes on the original image")
+    # the first line changed between runs: only the exit code is checked
+    kept, note = _confirmed(step, outcome(False, 0, "stdout does not match"), run)
+    assert kept == make_step(Command("command", ["report"]), ["report"], 0, None, None)
+    assert "only its exit code" in note
+    # the exit code changed between runs: no smoke step at all
+    kept, note = _confirmed(step, outcome(False, 2, "expected exit code 0, got 2"), run)
+    assert kept is None and "not usable as a smoke step" in note and "got 2" in note
+    # the profile's own checks failed before it: unchecked, exit code only
+    kept, note = _confirmed(step, None, run)
+    assert kept is not None and kept.stdout is None and "smoke[0].http: refused" in note
+
+
+def test_the_expected_exit_code_is_the_originals_unless_given() -> None:
+    run = SmokeResult(passed=False, failure="smoke[0].http: refused")
+    assert _expected_exit(outcome(False, 3, "x"), run, Command("command", ["r"]), "img") == 3
+    assert _expected_exit(outcome(False, 0, "x"), run, Command("command", ["r"], exit=0),
+                          "img") == 0
+    with pytest.raises(SmokeFailedOnOriginal, match=r"exit 3, expected 0(.|\n)*half done"
+                       r"(.|\n)*pass --exit 3") as failed:
+        _expected_exit(outcome(False, 3, "x", "half done\n/.tracer/strace: noise"), run,
+                       Command("command", ["r"], exit=0), "img")
+    assert "noise" not in str(failed.value)
+    with pytest.raises(SmokeFailedOnOriginal, match="before the replayed command.*refused"):
+        _expected_exit(None, run, Command("command", ["r"]), "img")
+    with pytest.raises(SmokeFailedOnOriginal, match="did not run to completion.*timed out"):
+        _expected_exit(outcome(False, None, "timed out after 60s"), run,
+                       Command("command", ["r"]), "img")

@@ -194,7 +194,7 @@ def suggest_globs(paths: Iterable[str],
     in a directory `may_glob` allows, and they are at least half of what the directory
     holds (`entries_in`, when given): shorter, but never much bigger than the exact paths.
     The other paths stay exact. Never `/`."""
-    exact = exact_paths(paths)
+    exact = set(exact_paths(paths))
     by_dir: dict[str, list[str]] = defaultdict(list)
     for p in sorted(set(paths) - {"/"}):
         if glob_escape(p) in exact:

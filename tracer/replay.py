@@ -273,8 +273,10 @@ class ReplayResult:
         if rules:
             lines.append("  (removed by exclude rules " + ", ".join(rules) + "; keep.paths "
                          "wins over exclude, or narrow them)")
+        if self.step is None:
+            lines.append(self.step_note)
         if not self.suggestions:
-            lines.append(f"no profile lines to suggest: {self.step_note}")
+            lines.append("no profile lines to suggest")
             return "\n".join(lines)
         lines.append("")
         lines.append("fix it with ONE of these, best first (the lines starting with # are "
