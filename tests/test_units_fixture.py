@@ -21,20 +21,18 @@ import pytest
 from image_builders import flatten_ref
 
 from tracer.budgets import DEFAULT
+from tracer.evidence import build_keeplist
 from tracer.image import parse_reference
+from tracer.image.daemon import EngineImages
+from tracer.image.prepare import prepare
 from tracer.image.sink import write_image
 from tracer.keeplist import KeepList, KeepListBuilder, Reason, size_of
-from tracer.pipeline import (
-    EngineImages,
-    build_keeplist,
-    prepare,
-    static_closure,
-    workdir,
-)
+from tracer.pipeline import static_closure
 from tracer.profile import load_profile
 from tracer.progress import Progress
 from tracer.trace.run import run_smoke
 from tracer.units import UnitIndex, package_granularity
+from tracer.workdir import workdir
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from tracer.static.script import DEFAULT_PATH
 from tracer.trace.result import Access, Meaning, SmokeResult
 
 if TYPE_CHECKING:
-    from tracer.pipeline import Prepared
+    from tracer.image.prepare import Prepared
     from tracer.profile_model import Profile
 
 __all__ = ["RUNTIME_DIRS", "build_keeplist", "needed_path", "who", "write_path_index"]

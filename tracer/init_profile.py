@@ -54,14 +54,12 @@ class Companions:
 
 def init_profile(image: str) -> str:
     """The starting profile for `image` as YAML text (reads and indexes the image)."""
-    from tracer.image.flatten import flatten
-    from tracer.image.source import open_image
-    from tracer.pipeline import workdir
+    from tracer.image.transports import transport
+    from tracer.workdir import workdir
 
     ref = parse_reference(image)
     with workdir("tracer-init-") as work:
-        with open_image(ref, work / "source") as source:
-            flat = flatten(source, work / "root")
+        flat, _how = transport(ref).read(ref, work, DEFAULT_BUDGETS)
         config = ImageConfig.from_image_json(flat.config, str(ref))
         companions = find_companions(flat.rootfs(), config)
     return render_profile(ref, config, companions)

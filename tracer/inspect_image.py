@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from tracer.budgets import DEFAULT, Budgets
 from tracer.image.config import ImageConfig
-from tracer.image.flatten import flatten
 from tracer.image.reference import parse_reference
-from tracer.image.source import open_image
-from tracer.pipeline import workdir
+from tracer.image.transports import transport
 from tracer.static import Closure, Resolver
+from tracer.workdir import workdir
 
 
 def ldd(image: str, paths: list[str], budgets: Budgets = DEFAULT) -> Closure:
@@ -18,8 +17,7 @@ def ldd(image: str, paths: list[str], budgets: Budgets = DEFAULT) -> Closure:
     """
     ref = parse_reference(image)
     with workdir() as work:
-        with open_image(ref, work / "source") as source:
-            flat = flatten(source, work / "root")
+        flat, _how = transport(ref).read(ref, work, budgets)  # in place where it can
         config = ImageConfig.from_image_json(flat.config, str(ref))
         roots = list(paths) or config.command(None, None)[:1]
         env = config.environment()
