@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from tracer.image.prepare import Prepared
     from tracer.profile_model import Profile
 
-__all__ = ["RUNTIME_DIRS", "build_keeplist", "needed_path", "who", "write_path_index"]
+__all__ = ["RUNTIME_DIRS", "build_keeplist", "collect_evidence", "needed_path", "who",
+           "write_path_index"]
 
 # Directories programs expect to exist and to be writable as the image made them (sticky
 # 1777 /tmp): kept whenever the original image has them, symlinks as symlinks.
@@ -91,7 +92,16 @@ def _binary_roots(binaries: Mapping[str, str], root: RootFS, path_env: str) -> d
 
 def build_keeplist(profile: Profile, prepared: Prepared, trace: SmokeResult,
                    closure: Closure, binaries: Mapping[str, str] | None = None) -> KeepList:
-    """Merge every kind of evidence into the keep-list, with a reason for each path.
+    """Merge every kind of evidence into the keep-list, with a reason for each path (see
+    `collect_evidence`)."""
+    return collect_evidence(profile, prepared, trace, closure, binaries).build()
+
+
+def collect_evidence(profile: Profile, prepared: Prepared, trace: SmokeResult,
+                     closure: Closure, binaries: Mapping[str, str] | None = None
+                     ) -> KeepListBuilder:
+    """Every kind of evidence added to a keep-list builder, with a reason for each path;
+    the caller builds it, or first widens it to whole packages (package granularity).
 
     `binaries` maps the closure roots that came from the profile's keep.binaries (after
     glob expansion) to the rule that named them; their reason is `keep.binaries: RULE`.
@@ -140,4 +150,4 @@ def build_keeplist(profile: Profile, prepared: Prepared, trace: SmokeResult,
         builder.add(workdir_path, Reason("config", "WorkingDir"))
     for volume in cfg.volumes:
         builder.add(volume, Reason("config", "Volume"))
-    return builder.build()
+    return builder

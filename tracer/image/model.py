@@ -95,6 +95,12 @@ class FlatImage:
         """Every path sharing `path`'s inode, sorted; `(path,)` when it has no other links."""
         return self._groups.get(path, (path,))
 
+    def has_privileged_programs(self) -> bool:
+        """Does any regular file carry setuid/setgid bits or file capabilities? A traced
+        run must then keep such programs' privilege (see the trace runner)."""
+        return any(e.kind == "file" and (e.mode & 0o6000 or "security.capability" in e.xattrs)
+                   for e in self.entries.values())
+
     def content_size(self) -> int:
         """Bytes of regular-file content, each hardlinked inode counted once."""
         return sum(e.size for e in self.entries.values() if e.kind == "file")
