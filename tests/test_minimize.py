@@ -16,6 +16,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import docker
 import pytest
 import yaml
 from conftest import interrupt_when_running
@@ -161,14 +162,16 @@ def test_excluding_a_needed_file_fails_verification_and_is_diagnosed(
     missing = report["diagnosis"]["missing"]
     assert any(m["image_path"] == needed and m["excluded_by"] == rule for m in missing)
     # the output was never written: only verified images are published
-    with pytest.raises(Exception):  # noqa: B017 - docker.errors.ImageNotFound
+    with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(output)
     excluded = tracer("why", str(report_path), needed)
     assert f"exclude rule {rule!r}" in excluded.stdout
 
 
-def test_smoke_failing_on_the_original_exits_3_and_writes_nothing(
+def test_smoke_failing_on_the_original_exits_3_with_its_evidence_and_writes_no_image(
         fixture_image, host_strace, docker_client, tmp_path: Path) -> None:
+    """Exit 3 says which step failed and shows what it printed, on the console and in the
+    report; no image is written and no keep-list (nothing was proven)."""
     fixture_image("hardcases")
     profile = write_profile(tmp_path, "hardcases", smoke=[
         {"command": ["/opt/hard/bin/helper.sh", "smoke"], "stdout": "^NOT WHAT IT PRINTS$"}])
@@ -178,8 +181,13 @@ def test_smoke_failing_on_the_original_exits_3_and_writes_nothing(
                   "--report", str(report_path))
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "smoke[0].command" in proc.stderr
-    assert not report_path.exists() and not list(tmp_path.glob("r.*"))
-    with pytest.raises(Exception):  # noqa: B017 - docker.errors.ImageNotFound
+    assert "HELPER SMOKE" in proc.stderr  # the evidence: what the step printed
+    report = json.loads(report_path.read_text())
+    assert report["verified"] is False and "smoke[0].command" in report["failure"]
+    failed = [s for s in report["original_steps"] if not s["passed"]]
+    assert failed and "HELPER SMOKE" in failed[0]["output"]
+    assert not (tmp_path / "r.keeplist").exists()
+    with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(output)
 
 
@@ -220,7 +228,6 @@ def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docke
 def test_republishing_removes_the_image_the_tag_named_before(
         fixture_image, host_strace, docker_client, tmp_path: Path) -> None:
     """Nightly runs re-tag their output; the previous image must not linger, dangling."""
-    import docker
 
     fixture_image("hardcases")
     output = f"tracer-test/hardcases:again-{uuid.uuid4().hex[:8]}"

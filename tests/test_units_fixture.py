@@ -2,8 +2,8 @@
 
 The index answers from flattened fixture images (nothing extracted): Debian's Python
 stdlib belongs to libpython3.11-stdlib, a pip-style distribution in /usr/local is its
-own unit. Then the end-to-end claim of the package granularity, with the pipeline's own
-parts (traced run, ELF closure, keep-list, image writer, smoke runner): the codecs
+own unit. Then the end-to-end claim of the package granularity, through `tracer minimize
+--granularity file|package`: the codecs
 fixture's production uses (another output encoding, another time zone, another output
 format) fail on the image minimized at file granularity and pass on the one widened to
 whole units, while the profile's smoke test passes on both, and the per-unit sizes add up.
@@ -12,27 +12,18 @@ whole units, while the profile's smoke test passes on both, and the per-unit siz
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from image_builders import flatten_ref
 
-from tracer.budgets import DEFAULT
-from tracer.evidence import build_keeplist
-from tracer.image import parse_reference
-from tracer.image.daemon import EngineImages
-from tracer.image.prepare import prepare
-from tracer.image.sink import write_image
-from tracer.keeplist import KeepList, KeepListBuilder, Reason, size_of
-from tracer.pipeline import static_closure
-from tracer.profile import load_profile
-from tracer.progress import Progress
-from tracer.trace.run import run_smoke
-from tracer.units import UnitIndex, package_granularity
-from tracer.workdir import workdir
+from tracer.runfiles import read_keeplist
+from tracer.units import UnitIndex
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -103,85 +94,57 @@ def test_index_of_flattened_fixture_images(fixture_image, tmp_path: Path) -> Non
             assert path.startswith("/usr/share/doc") or path in flat.entries, path
 
 
-def rebuild(profile, prepared, file_level: KeepList) -> KeepListBuilder:
-    """A builder holding the file-level evidence (the pipeline keeps its own builder)."""
-    flat = prepared.flat
-    builder = KeepListBuilder(flat.entries, prepared.root, profile.keep.paths, profile.exclude,
-                              hardlink_group=flat.hardlink_group)
-    for path, reasons in file_level.kept.items():
-        for reason in reasons:
-            builder.add(path, reason, follow=False)
-    builder.add_keep_paths()
-    return builder
+def minimize(granularity: str, tmp_path: Path) -> tuple[str, dict, dict[str, str]]:
+    """`tracer minimize profiles/codecs.yaml --granularity G`: (output image, report,
+    keep-list lines by path)."""
+    output = f"tracer-test/packages-codecs:{granularity}-{uuid.uuid4().hex[:8]}"
+    report_path = tmp_path / f"{granularity}.json"
+    proc = subprocess.run([sys.executable, "-m", "tracer", "minimize",
+                           str(REPO / "profiles" / "codecs.yaml"), "--quiet",
+                           "--granularity", granularity, "--output", f"docker-daemon:{output}",
+                           "--report", str(report_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    keeplist = {p: "; ".join(r) for p, r in
+                read_keeplist(tmp_path / f"{granularity}.keeplist").items()}
+    return output, json.loads(report_path.read_text()), keeplist
 
 
 def test_package_granularity_survives_production_uses_file_granularity_does_not(
-        docker_client, fixture_image, host_strace) -> None:
+        docker_client, fixture_image, host_strace, tmp_path: Path) -> None:
+    """The whole pipeline at both granularities: both verify; the production uses fail at
+    file granularity and pass at package granularity; the report prices each unit."""
     fixture_image("codecs")
-    profile = load_profile(REPO / "profiles" / "codecs.yaml")
-    progress = Progress(quiet=True)
-    engine = EngineImages()
-    tags: list[str] = []
+    outputs: list[str] = []
     try:
-        with workdir("tracer-test-packages-") as work:
-            prepared = prepare(profile.image, profile.name, work / "input", engine, progress, {})
-            flat = prepared.flat
-            trace = run_smoke(profile, prepared.engine_ref, traced=True,
-                              workdir=work / "trace", progress=progress)
-            assert trace.passed, trace.failure
-            closure, binaries = static_closure(profile, prepared, trace, DEFAULT)
-            file_level = build_keeplist(profile, prepared, trace, closure, binaries)
+        file_out, file_report, file_kept = minimize("file", tmp_path)
+        outputs.append(file_out)
+        pkg_out, report, kept = minimize("package", tmp_path)
+        outputs.append(pkg_out)
+        assert report["verified"] and report["granularity"] == "package"
+        assert file_report["granularity"] == "file" and file_report["package_granularity"] is None
 
-            builder = rebuild(profile, prepared, file_level)
-            assert builder.build().kept.keys() == file_level.kept.keys()
-            env = prepared.config.environment(profile.run.env)
-            result = package_granularity(builder, file_level, prepared.root, flat.entries,
-                                         env=env)
-            widening, package_level, table = result.widening, result.keeplist, result.sizes
-            assert result.warnings == []
+        iso = "/usr/lib/python3.11/encodings/iso8859_15.py"
+        assert iso not in file_kept
+        assert re.search(r"package: package libpython3\.11-minimal, because /usr/lib/python3"
+                         r"\.11/\S+ was (opened|looked up) by \S*python3\S* in ", kept[iso])
+        assert not any(p.startswith("/usr/share/doc/") for p in kept)
 
-            pulled = {p.unit.name: p for p in widening.expansion.pulled}
-            assert {"libpython3.11-minimal", "tzdata", "reportfmt"} <= set(pulled)
-            minimal = pulled["libpython3.11-minimal"].reason
-            assert re.match(r"package libpython3\.11-minimal, because /usr/lib/python3\.11/"
-                            r"\S+ was (opened|looked up) by \S*python3\S* in ", minimal), minimal
-            iso = package_level.kept["/usr/lib/python3.11/encodings/iso8859_15.py"]
-            assert iso == [Reason("package", minimal)]
-            assert "/usr/lib/python3.11/encodings/iso8859_15.py" not in file_level.kept
-            assert not any(p.startswith("/usr/share/doc/") for p in package_level.kept)
+        # the price: what file granularity keeps, per unit, adding up to the totals
+        prices = report["package_granularity"]
+        assert report["size_file_granularity"] == file_report["size_after"]
+        assert prices["file_bytes"] == file_report["size_after"]
+        assert prices["package_bytes"] == report["size_after"]
+        assert sum(u["added_bytes"] for u in prices["units"]) == prices["added_bytes"] > 0
+        assert "/usr/share/doc/**" in prices["expansion"]["default_excludes"]
+        assert file_report["size_after"] < report["size_after"] < report["size_before"] * 0.6
 
-            assert table.file_total == size_of(flat.entries, file_level.kept)
-            assert table.package_total == size_of(flat.entries, package_level.kept)
-            assert sum(r.file_bytes for r in table.rows) == table.file_total
-            assert sum(r.added_bytes for r in table.rows) == \
-                table.package_total - table.file_total
-            assert table.file_total < table.package_total < flat.content_size() * 0.6
-            print(table.format_text())
-            report = result.to_json()
-            assert sum(u["added_bytes"] for u in report["units"]) == report["added_bytes"] > 0
-            assert "/usr/share/doc/**" in report["expansion"]["default_excludes"]
-            assert report["unresolved_after_expansion"] == []
-
-            images = {}
-            for name, keeplist in (("file", file_level), ("package", package_level)):
-                tag = f"packages-{name}-{uuid.uuid4().hex[:8]}"
-                ref = f"tracer-test/packages-codecs:{tag}"
-                tags.append(ref)
-                write_image(flat, sorted(keeplist.kept), parse_reference(f"docker-daemon:{ref}"),
-                            workdir=work / f"write-{name}", comment=f"tracer test: {name}")
-                images[name] = ref
-                # the profile verifies at both granularities
-                verification = run_smoke(profile, ref, traced=False,
-                                         workdir=work / f"verify-{name}", progress=progress)
-                assert verification.passed, (name, verification.failure)
-
-            for what, extra_env, args, expected in PRODUCTION:
-                code, out = run_job(images["package"], extra_env, args)
-                assert code == 0 and expected.search(out), (what, code, out)
-                code, out = run_job(images["file"], extra_env, args)
-                assert code != 0 or not expected.search(out), (what, "passed at file level")
+        for what, extra_env, args, expected in PRODUCTION:
+            code, out = run_job(pkg_out, extra_env, args)
+            assert code == 0 and expected.search(out), (what, code, out)
+            code, out = run_job(file_out, extra_env, args)
+            assert code != 0 or not expected.search(out), (what, "passed at file level")
     finally:
-        engine.cleanup()
-        for ref in tags:
+        for ref in outputs:
             with contextlib.suppress(Exception):
                 docker_client.images.remove(ref, force=True)

@@ -276,6 +276,8 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
     report = minimize(profile, output=args.output, report_path=args.report,
                       progress=Progress(quiet=args.quiet))
     print(summary_table(report))
+    if report.package_sizes_text:
+        print(report.package_sizes_text)
     if args.report:
         print(f"report: {args.report}" + (f", keep-list: {report.keeplist_file}"
                                           if report.keeplist_file else ""))

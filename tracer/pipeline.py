@@ -1,32 +1,39 @@
 """`tracer minimize`: the whole pipeline, in one direction (README.md, "Layout").
 
-profile → image → flattened root → traced run of the original (must pass, else exit 3)
-→ ELF closure → keep-list → candidate image in the engine → verification run (untraced)
-→ only then the output reference is written → report. The output is never replaced by
-an image that did not pass its smoke test, and every container, temp image and temp
-directory is removed on success, failure and Ctrl-C.
+profile → plan → image read and flattened ∥ traced run of the original (must pass, else
+exit 3) → ELF closure and keep-list (file or package granularity) → candidate image in the
+engine → verification run (untraced) → only then the output reference is written →
+report. Each stage is a function that returns a typed value; `minimize` only strings them
+together and fills the report.
+
+The output is never replaced by an image that did not pass its smoke test, and every
+container, temp image and temp directory is removed on success, failure and Ctrl-C.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from tracer import __version__
 from tracer.budgets import Budgets
 from tracer.diagnose import diagnose
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
-from tracer.evidence import build_keeplist, write_path_index
+from tracer.evidence import collect_evidence, write_path_index
 from tracer.image.daemon import EngineImages
 from tracer.image.model import FlatImage
 from tracer.image.prepare import Prepared, prepare
-from tracer.image.reference import default_output, parse_reference
+from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.sink import publish, write_image
 from tracer.keep_policy import IMPLICIT_DLOPENS
-from tracer.keeplist import Reason, size_of
+from tracer.keeplist import KeepList, Reason, size_of
 from tracer.profile import budgets_of
 from tracer.profile_model import Profile
 from tracer.progress import Progress
@@ -35,7 +42,164 @@ from tracer.static import Closure, Resolver, expand_binaries
 from tracer.trace.original import trace_original
 from tracer.trace.result import SmokeResult
 from tracer.trace.run import run_smoke
+from tracer.units import PackageGranularity, package_granularity
 from tracer.workdir import workdir  # locked work dirs; sweeps what dead runs left
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run is about, decided before any work is done."""
+
+    profile: Profile
+    input: ImageRef
+    output: ImageRef
+    budgets: Budgets
+    granularity: str  # file | package
+    profile_hash: str | None
+    # no host path in it: the same input and profile give the same image anywhere
+    comment: str
+
+
+@dataclass
+class Analysis:
+    """What the image must keep, and why: the keep-list and the evidence behind it."""
+
+    keeplist: KeepList
+    closure: Closure
+    packages: PackageGranularity | None = None  # with granularity: package
+
+
+@dataclass
+class Seconds:
+    """Wall time per phase; phases that overlap (read and trace) each count in full."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, phase: str, since: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + time.monotonic() - since
+
+    def rounded(self) -> dict[str, float]:
+        out = {k: round(v, 3) for k, v in self.phases.items()}
+        out["total"] = round(time.monotonic() - self.started, 3)
+        return out
+
+
+def plan_run(profile: Profile, output: str | None) -> Plan:
+    """The input and output references (never the same image) and the run's settings."""
+    in_ref = parse_reference(profile.image)
+    out_text = output or profile.output
+    out_ref = parse_reference(out_text) if out_text else default_output(in_ref)
+    if out_ref.same_place(in_ref):
+        raise BadInput(f"output {out_ref} is the input image {in_ref}; tracer never "
+                       "overwrites its input: choose another output")
+    digest = (hashlib.sha256(profile.source.read_bytes()).hexdigest()
+              if profile.source else None)
+    return Plan(profile, in_ref, out_ref, budgets_of(profile), profile.keep.granularity,
+                digest, f"tracer {__version__}: minimized with profile {profile.name}")
+
+
+# ---------------------------------------------------------------- the original image
+
+
+class _Background(Generic[T]):
+    """A function run in a thread; `result()` waits for it and re-raises what it raised.
+
+    A daemon thread: after Ctrl-C the main thread cleans up and exits without waiting
+    for it (it only reads files in the work dir, which the cleanup removes).
+    """
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="read-image", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            self._error = exc
+
+    def result(self) -> T:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+def _runs_as_root(plan: Plan) -> bool | None:
+    """Does the app run as root? None when only the image's user database could tell
+    (a name other than root). Read from the engine, without reading the image."""
+    user = plan.profile.run.user
+    if user is None:
+        from tracer.engine import connect
+        from tracer.trace.docker_runner import image_config
+
+        user = image_config(connect().sdk, str(plan.input.repo_tag)).user
+    name = user.split(":", 1)[0]
+    if name in ("", "root", "0"):
+        return True
+    return False if name.isdigit() else None
+
+
+def _trace(plan: Plan, engine_ref: str, work: Path, progress: Progress, seconds: Seconds,
+           privileged_programs: bool | None) -> SmokeResult:
+    progress.phase("traced run of the original image")
+    t0 = time.monotonic()
+    trace = trace_original(plan.profile, engine_ref, workdir=work / "trace", progress=progress,
+                           budgets=plan.budgets, privileged_programs=privileged_programs)
+    seconds.add("trace", t0)
+    if trace.passed:
+        progress.done(f"{len(trace.accesses):,} accesses recorded")
+    else:
+        progress.done("FAILED")
+    return trace
+
+
+def read_and_trace(plan: Plan, engine: EngineImages, work: Path, progress: Progress,
+                   seconds: Seconds) -> tuple[Prepared, SmokeResult]:
+    """The input read and flattened, and its smoke test traced.
+
+    An engine image the app runs as root in is traced at once while it is read (the run
+    needs only the image in the engine, not the index). Otherwise the image is read
+    first: another input must be loaded into the engine before it can run, and a
+    non-root app needs to know whether the image has setuid or file-capability programs
+    (strace's cheap seccomp filter would cancel their privilege).
+    """
+    profile = plan.profile
+    if plan.input.transport == "docker-daemon" and _runs_as_root(plan):
+        quiet = Progress(quiet=True)
+        reader = _Background(lambda: prepare(profile.image, profile.name, work / "input",
+                                             engine, quiet, seconds.phases, plan.budgets))
+        trace = _trace(plan, str(plan.input.repo_tag), work, progress, seconds, None)
+        prepared = reader.result()
+        progress.phase(f"reading {plan.input} (alongside the traced run)")
+        progress.done(f"{len(prepared.flat.entries):,} paths, "
+                      f"{prepared.flat.content_size():,} bytes")
+        return prepared, trace
+    prepared = prepare(profile.image, profile.name, work / "input", engine, progress,
+                       seconds.phases, plan.budgets)
+    trace = _trace(plan, prepared.engine_ref, work, progress, seconds,
+                   prepared.flat.has_privileged_programs())
+    return prepared, trace
+
+
+def _fail_on_original(plan: Plan, trace: SmokeResult) -> SmokeFailedOnOriginal:
+    evidence = trace.evidence()
+    notes = "".join(f"\n  note: {n}" for n in trace.notes)
+    return SmokeFailedOnOriginal(
+        f"the smoke test fails on the original image {plan.input}: {trace.failure}{notes}"
+        + (f"\n{evidence}" if evidence else "")
+        + "\na profile that fails on the original cannot prove anything about the minimized "
+        "one; fix the profile (or the image) first")
+
+
+# ---------------------------------------------------------------- analysis
 
 
 def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult,
@@ -60,6 +224,20 @@ def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult,
     return closure, from_rules
 
 
+def analyse(plan: Plan, prepared: Prepared, trace: SmokeResult) -> Analysis:
+    """The keep-list: every kind of evidence, then (package granularity) whole units."""
+    profile = plan.profile
+    closure, binaries = static_closure(profile, prepared, trace, plan.budgets)
+    builder = collect_evidence(profile, prepared, trace, closure, binaries)
+    file_level = builder.build()
+    if plan.granularity != "package":
+        return Analysis(file_level, closure)
+    packages = package_granularity(
+        builder, file_level, prepared.root, prepared.flat.entries,
+        env=prepared.config.environment(profile.run.env), budgets=plan.budgets)
+    return Analysis(packages.keeplist, closure, packages)
+
+
 def biggest(flat: FlatImage, kept: dict[str, list[Reason]], n: int = 10
             ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     """The largest kept files, and directories (up to 3 levels) by kept bytes."""
@@ -77,130 +255,140 @@ def biggest(flat: FlatImage, kept: dict[str, list[Reason]], n: int = 10
     return files[:n], sorted(dirs.items(), key=lambda x: (-x[1], x[0]))[:n]
 
 
+def _report_analysis(report: Report, flat: FlatImage, analysis: Analysis) -> None:
+    keeplist = analysis.keeplist
+    kept = keeplist.kept
+    report.unresolved_libraries = sorted(
+        f"{m.name} (needed by {' -> '.join(m.needed_by) or 'a program of the image'})"
+        for m in analysis.closure.missing)
+    report.kept = keeplist.counts()
+    report.excluded = len(keeplist.excluded)
+    report.excluded_paths = keeplist.excluded_json()
+    report.unmatched_keep_paths = keeplist.unmatched_keep_paths
+    report.size_after = size_of(flat.entries, kept)
+    report.files_after = sum(1 for p in kept if (e := flat.entries.get(p)) is not None
+                             and e.kind != "dir")
+    report.biggest_files, report.biggest_dirs = biggest(flat, kept)
+    if analysis.packages is not None:
+        report.granularity = "package"
+        report.size_file_granularity = analysis.packages.sizes.file_total
+        report.package_granularity = analysis.packages.to_json()
+        report.package_sizes_text = analysis.packages.sizes.format_text()
+
+
+def write_run_files(report: Report, report_path: Path, flat: FlatImage,
+                    analysis: Analysis, path_env: str | None) -> None:
+    """REPORT.keeplist and REPORT.paths.gz beside the report: what `tracer why` reads."""
+    keeplist_path = report_path.with_name(report_path.stem + ".keeplist")
+    analysis.keeplist.write(keeplist_path)
+    write_path_index(flat, report_path.with_name(report_path.stem + ".paths.gz"),
+                     path_env=path_env)
+    report.keeplist_file = str(keeplist_path)
+
+
+# ---------------------------------------------------------------- result
+
+
 def _steps(result: SmokeResult) -> list[StepSummary]:
-    return [StepSummary(s.label, s.passed, round(s.seconds, 3), s.message) for s in result.steps]
+    return [StepSummary(s.label, s.passed, round(s.seconds, 3), s.message,
+                        "" if s.passed else s.output) for s in result.steps]
 
 
-def _profile_hash(profile: Profile) -> str | None:
-    """sha256 of the profile file (what `tracer batch` fingerprints too)."""
-    return hashlib.sha256(profile.source.read_bytes()).hexdigest() if profile.source else None
+def verify(plan: Plan, candidate: ImageRef, work: Path, progress: Progress,
+           seconds: Seconds) -> SmokeResult:
+    """The same smoke test, untraced, on the candidate (killed once judged)."""
+    progress.phase("verifying the minimized image (same smoke test, untraced)")
+    t0 = time.monotonic()
+    result = run_smoke(plan.profile, str(candidate.repo_tag), traced=False,
+                       workdir=work / "verify", progress=progress, budgets=plan.budgets)
+    seconds.add("verify", t0)
+    progress.done("passed" if result.passed else "FAILED")
+    return result
+
+
+def diagnose_failure(plan: Plan, candidate: ImageRef, prepared: Prepared, trace: SmokeResult,
+                     kept: dict[str, list[Reason]], work: Path, progress: Progress,
+                     seconds: Seconds, report: Report) -> None:
+    """Trace the smoke test on the candidate and name what it misses of the original."""
+    progress.phase("diagnosing: the same smoke test, traced, on the minimized image")
+    t0 = time.monotonic()
+    traced = run_smoke(plan.profile, str(candidate.repo_tag), traced=True,
+                       workdir=work / "diagnose", progress=progress, budgets=plan.budgets)
+    diagnosis = diagnose(traced, prepared.root, plan.profile.exclude, original_run=trace,
+                         present=kept.__contains__,
+                         env=prepared.config.environment(plan.profile.run.env))
+    report.diagnosis = diagnosis.to_json()
+    report.diagnosis_text = diagnosis.format_text()
+    seconds.add("diagnose", t0)
+    progress.done(f"{len(diagnosis.missing)} missing file(s) found")
 
 
 def minimize(profile: Profile, *, output: str | None = None, report_path: Path | None = None,
              progress: Progress | None = None) -> Report:
     """Run the whole pipeline; return the report (raise TracerError subclasses on failure).
 
-    Raises SmokeFailedOnOriginal (exit 3) before anything is written when the profile's
-    smoke test fails on the original image. A failed verification returns a report with
-    verified=False and leaves the output reference untouched.
+    Raises SmokeFailedOnOriginal (exit 3) before any image is written when the profile's
+    smoke test fails on the original image (the report, when asked for, says why). A
+    failed verification returns a report with verified=False and leaves the output
+    reference untouched.
     """
     progress = progress or Progress()
-    started = time.monotonic()
-    budgets = budgets_of(profile)
-    seconds: dict[str, float] = {}
-    out_text = output or profile.output
-    in_ref = parse_reference(profile.image)
-    out_ref = parse_reference(out_text) if out_text else default_output(in_ref)
-    if out_ref.same_place(in_ref):
-        raise BadInput(f"output {out_ref} is the input image {in_ref}; tracer never "
-                       "overwrites its input: choose another output")
+    seconds = Seconds()
+    plan = plan_run(profile, output)
     require_strace()
     engine = EngineImages()
-    report = Report(name=profile.name, image=str(in_ref), output=str(out_ref),
-                    tracer_version=__version__)
+    report = Report(name=profile.name, image=str(plan.input), output=str(plan.output),
+                    tracer_version=__version__, granularity=plan.granularity)
     try:
         with workdir() as work:
-            prepared = prepare(profile.image, profile.name, work / "input", engine, progress,
-                               seconds, budgets)
+            prepared, trace = read_and_trace(plan, engine, work, progress, seconds)
             flat = prepared.flat
             report.size_before = flat.content_size()
             report.files_before = sum(1 for e in flat.entries.values() if e.kind != "dir")
-
-            progress.phase("traced run of the original image")
-            t0 = time.monotonic()
-            trace = trace_original(profile, prepared.engine_ref, workdir=work / "trace",
-                                   progress=progress)
-            seconds["trace"] = time.monotonic() - t0
             report.recorders = list(trace.recorders)
             report.recorder_notes = list(trace.notes)
             report.original_steps = _steps(trace)
             if not trace.passed:
-                progress.done("FAILED")
-                raise SmokeFailedOnOriginal(
-                    f"the smoke test fails on the original image {in_ref}: {trace.failure}\n"
-                    "a profile that fails on the original cannot prove anything about the "
-                    "minimized one; fix the profile (or the image) first")
-            progress.done(f"{len(trace.accesses):,} accesses recorded")
+                raise _fail_on_original(plan, trace)
 
-            progress.phase("ELF closure and keep-list")
+            progress.phase("ELF closure and keep-list"
+                           + (" (package granularity)" if plan.granularity == "package"
+                              else ""))
             t0 = time.monotonic()
-            closure, binaries = static_closure(profile, prepared, trace, budgets)
-            keeplist = build_keeplist(profile, prepared, trace, closure, binaries)
-            seconds["analyse"] = time.monotonic() - t0
-            report.unresolved_libraries = sorted(
-                f"{m.name} (needed by {' -> '.join(m.needed_by)})" for m in closure.missing)
-            kept = keeplist.kept
-            report.kept = keeplist.counts()
-            report.excluded = len(keeplist.excluded)
-            report.excluded_paths = keeplist.excluded_json()
-            report.unmatched_keep_paths = keeplist.unmatched_keep_paths
-            report.size_after = size_of(flat.entries, kept)
-            report.files_after = sum(1 for p in kept if (e := flat.entries.get(p)) is not None
-                                     and e.kind != "dir")
-            report.biggest_files, report.biggest_dirs = biggest(flat, kept)
+            analysis = analyse(plan, prepared, trace)
+            seconds.add("analyse", t0)
+            _report_analysis(report, flat, analysis)
             if report_path is not None:
-                keeplist_path = report_path.with_name(report_path.stem + ".keeplist")
-                keeplist.write(keeplist_path)
-                write_path_index(flat, report_path.with_name(report_path.stem + ".paths.gz"))
-                report.keeplist_file = str(keeplist_path)
+                path_env = prepared.config.environment(profile.run.env).get("PATH")
+                write_run_files(report, report_path, flat, analysis, path_env)
             progress.done(f"{report.files_after:,} of {report.files_before:,} files kept")
 
             progress.phase("writing the minimized image")
             t0 = time.monotonic()
-            keep = sorted(kept)
+            keep = sorted(analysis.keeplist.kept)
             candidate = engine.temp_ref(profile.name, "candidate")
-            # no host path in it: the same input and profile give the same image anywhere
-            comment = f"tracer {__version__}: minimized with profile {profile.name}"
-            write_image(flat, keep, candidate, workdir=work / "candidate", comment=comment,
-                        profile_hash=_profile_hash(profile))
-            seconds["write"] = time.monotonic() - t0
+            write_image(flat, keep, candidate, workdir=work / "candidate",
+                        comment=plan.comment, profile_hash=plan.profile_hash)
+            seconds.add("write", t0)
             progress.done()
 
-            progress.phase("verifying the minimized image (same smoke test, untraced)")
-            t0 = time.monotonic()
-            verification = run_smoke(profile, f"{candidate.name}:{candidate.tag}",
-                                     traced=False, workdir=work / "verify", progress=progress)
-            seconds["verify"] = time.monotonic() - t0
+            verification = verify(plan, candidate, work, progress, seconds)
             report.verification_steps = _steps(verification)
             report.verified = verification.passed
             if not verification.passed:
                 report.failure = verification.failure
-                progress.done("FAILED")
-                progress.phase("diagnosing: the same smoke test, traced, on the minimized image")
-                t0 = time.monotonic()
-                traced = run_smoke(profile, f"{candidate.name}:{candidate.tag}", traced=True,
-                                   workdir=work / "diagnose", progress=progress)
-                diagnosis = diagnose(traced, prepared.root, profile.exclude,
-                                     original_run=trace, present=kept.__contains__)
-                report.diagnosis = diagnosis.to_json()
-                report.diagnosis_text = diagnosis.format_text()
-                seconds["diagnose"] = time.monotonic() - t0
-                progress.done(f"{len(diagnosis.missing)} missing file(s) found")
+                diagnose_failure(plan, candidate, prepared, trace, analysis.keeplist.kept, work,
+                                 progress, seconds, report)
             else:
-                progress.done("passed")
                 t0 = time.monotonic()
-                published = publish(engine, candidate, out_ref, flat, keep, work,
-                                    comment=comment, profile_hash=_profile_hash(profile))
+                published = publish(engine, candidate, plan.output, flat, keep, work,
+                                    comment=plan.comment, profile_hash=plan.profile_hash)
                 report.output_digest = published.digest
                 report.output_unchanged = published.unchanged
                 if published.unchanged:
-                    progress.phase(f"publishing {out_ref}")
+                    progress.phase(f"publishing {plan.output}")
                     progress.done(f"unchanged: it already holds {published.digest}")
-                seconds["write"] += time.monotonic() - t0
-    except SmokeFailedOnOriginal:
-        # Nothing is written: the run proved nothing about a minimized image.
-        report_path = None
-        raise
+                seconds.add("write", t0)
     except TracerError as exc:
         report.failure = report.failure or str(exc)
         raise
@@ -209,9 +397,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
         raise
     finally:
         engine.cleanup()
-        report.seconds = {k: round(v, 3) for k, v in seconds.items()}
-        report.seconds["total"] = round(time.monotonic() - started, 3)
+        report.seconds = seconds.rounded()
         if report_path is not None and report.original_steps:
             report.write(report_path)
     return report
-

@@ -20,6 +20,7 @@ class StepSummary:
     passed: bool
     seconds: float
     message: str = ""
+    output: str = ""  # a failed step's evidence: output tail, bytes received (bounded)
 
 
 @dataclass
@@ -53,10 +54,17 @@ class Report:
     # docker-archive or oci output, the image id in the engine (None: nothing written)
     output_digest: str | None = None
     output_unchanged: bool = False  # it already held exactly this image: left untouched
+    granularity: str = "file"  # file | package (keep.granularity / --granularity)
+    # with granularity package: what file granularity would have kept (bytes), and the
+    # price per unit (package_granularity.units, biggest first; the sizes add up)
+    size_file_granularity: int | None = None
+    package_granularity: dict[str, Any] | None = None
+    package_sizes_text: str = ""  # the same price table for people (not in the JSON)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("diagnosis_text")
+        data.pop("package_sizes_text")
         data["biggest_files"] = [{"path": p, "bytes": b} for p, b in self.biggest_files]
         data["biggest_dirs"] = [{"path": p, "bytes": b} for p, b in self.biggest_dirs]
         return data
@@ -94,9 +102,17 @@ def summary_table(report: Report) -> str:
     for r in rows:
         lines.append("  " + "  ".join(
             c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+    lines.append("  (size: bytes of regular-file content of the flattened image, each hardlinked "
+                 "file once; `docker images` also counts layer overhead and replaced files)")
+    if report.granularity == "package" and report.size_file_granularity is not None:
+        lines.append(f"  granularity: package; file granularity would keep "
+                     f"{human_size(report.size_file_granularity)}")
     steps = report.verification_steps
     if report.verified:
-        lines.append(f"  verified: yes, {len(steps)} smoke step(s) passed on the minimized image")
+        lines.append(f"  verified: yes, {len(steps)} check(s) passed on the minimized image "
+                     "(the ready check or the job's own run, and every smoke step)")
+        if report.output_unchanged:
+            lines.append(f"  output unchanged: it already held this image ({report.output_digest})")
     else:
         lines.append(f"  verified: NO - {report.failure or 'not verified'}")
     for rule in report.unmatched_keep_paths:
