@@ -178,8 +178,9 @@ def read_and_trace(plan: Plan, engine: EngineImages, work: Path, progress: Progr
                                              engine, quiet, seconds.phases, plan.budgets))
         trace = _trace(plan, str(plan.input.repo_tag), work, progress, seconds, None)
         prepared = reader.result()
-        progress.phase(f"reading {plan.input} (alongside the traced run)")
-        progress.done(f"{len(prepared.flat.entries):,} paths, "
+        progress.note(f"read {plan.input} alongside the traced run in "
+                      f"{seconds.phases.get('read', 0.0):.1f}s: "
+                      f"{len(prepared.flat.entries):,} paths, "
                       f"{prepared.flat.content_size():,} bytes")
         return prepared, trace
     prepared = prepare(profile.image, profile.name, work / "input", engine, progress,

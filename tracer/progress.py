@@ -38,6 +38,12 @@ class Progress:
             self.stream.flush()
             self._dirty = True
 
+    def note(self, message: str) -> None:
+        """A line of its own outside any phase (something that happened alongside)."""
+        self._clear()
+        if not self.quiet:
+            print(f"tracer: {message}", file=self.stream, flush=True)
+
     def done(self, summary: str = "") -> None:
         self._clear()
         if not self.quiet:
