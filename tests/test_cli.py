@@ -136,3 +136,50 @@ def test_batch_passes_budget_and_granularity_to_every_job(tmp_path: Path) -> Non
     assert proc.returncode == 1, proc.stderr
     log = (out / "big" / "run.log").read_text()
     assert "profile_bytes" not in log and "big.tar" in log
+
+
+@pytest.mark.parametrize("error, code", [
+    ("BadInput", 2), ("ImageFormatError", 2), ("BudgetExceeded", 2), ("ProfileErrors", 2),
+    ("SmokeFailedOnOriginal", 3), ("EnvironmentProblem", 4)])
+def test_every_error_kind_exits_with_the_contracts_code(monkeypatch, capsys, error: str,
+                                                        code: int) -> None:
+    """Scripts and `tracer batch` act on exit codes: each kind of failure maps to its own
+    code in one place (main), whatever command raised it, and says why on stderr."""
+    from tracer import budgets, cli, errors, profile
+
+    make = {"BadInput": lambda: errors.BadInput("bad"),
+            "ImageFormatError": lambda: errors.ImageFormatError("bad"),
+            "BudgetExceeded": lambda: budgets.BudgetExceeded("layers", 1, "bad"),
+            "ProfileErrors": lambda: profile.ProfileErrors(["p.yaml:1: bad"]),
+            "SmokeFailedOnOriginal": lambda: errors.SmokeFailedOnOriginal("bad"),
+            "EnvironmentProblem": lambda: errors.EnvironmentProblem("bad")}[error]
+
+    def fail(args):
+        raise make()
+
+    for command in ("validate", "minimize", "batch"):
+        monkeypatch.setitem(cli.COMMANDS, command, fail)
+    assert cli.main(["validate", "x.yaml"]) == code
+    assert cli.main(["minimize", "x.yaml"]) == code
+    assert cli.main(["batch", "x.yaml"]) == code
+    assert "bad" in capsys.readouterr().err
+
+
+def test_a_failed_verification_exits_1_and_ctrl_c_130(monkeypatch, capsys) -> None:
+    from tracer import cli, pipeline, profile
+    from tracer.profile_model import Profile
+    from tracer.report import Report
+
+    monkeypatch.setattr(profile, "load_profile",
+                        lambda *a, **k: Profile(name="app", image="app:1"))
+    monkeypatch.setattr(pipeline, "minimize",
+                        lambda *a, **k: Report(name="app", image="app:1", output="app:min",
+                                               verified=False, failure="smoke[0]: broken"))
+    assert cli.main(["minimize", "x.yaml"]) == 1
+    assert "FAILED verification" in capsys.readouterr().err
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "minimize", interrupted)
+    assert cli.main(["minimize", "x.yaml"]) == 130

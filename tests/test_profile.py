@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -208,11 +209,56 @@ def test_load_profile_names_a_missing_file(tmp_path: Path) -> None:
         load_profile(tmp_path / "nope.yaml")
 
 
-def test_every_shipped_profile_is_valid() -> None:
+def test_every_shipped_profile_is_valid_and_names_its_own_fixture() -> None:
     profiles = sorted(Path(__file__).resolve().parent.parent.joinpath("profiles").glob("*.yaml"))
-    assert profiles, "profiles/ must hold the ready profiles"
+    assert len(profiles) >= 4, "profiles/ must hold the ready profiles"
     for path in profiles:
-        load_profile(path)
+        profile = load_profile(path)
+        assert profile.name == path.stem
+        assert profile.image == f"docker-daemon:tracer-fixture/{path.stem}:test"
+        assert profile.output == f"docker-daemon:tracer-fixture/{path.stem}:test-min"
+        assert profile.smoke, f"{path}: a profile without smoke steps proves nothing"
+        assert profile.source == path
+
+
+@pytest.mark.parametrize("text, line, field", [
+    ("version: 1\nname: a\nname: b\nimage: x:1\n", 3, "name"),
+    ("version: 1\nname: a\nimage: x:1\nrun:\n  mode: job\n  mode: service\n", 6, "run.mode"),
+    ("version: 1\nname: a\nimage: x:1\nsmoke:\n  - command: [a]\n    exit: 0\n"
+     "    exit: 1\n", 7, "smoke[0].exit"),
+    ("version: 1\nname: a\nimage: x:1\nrun:\n  env:\n    A: '1'\n    A: '2'\n", 7,
+     "run.env.A"),
+    ("version: 1\nname: a\nimage: x:1\nbudgets:\n  layers: 5\n  layers: 6\n", 6,
+     "budgets.layers"),
+])
+def test_a_duplicate_key_is_an_error_never_the_last_value(text: str, line: int,
+                                                          field: str) -> None:
+    """YAML loaders keep the last of two equal keys; an operator who pasted a key twice
+    must be told, wherever it is, at the line of the second one."""
+    with pytest.raises(ProfileErrors) as caught:
+        parse_profile(text, "p.yaml")
+    assert f"p.yaml:{line}: {field}: duplicate key" in caught.value.problems
+
+
+@pytest.mark.parametrize("field, yaml_text, lo, hi", [
+    ("run.exit", "run: {{mode: job, exit: {v}}}", 0, 255),
+    ("run.ready.tcp", "run: {{network: host, ready: {{tcp: {v}}}}}", 1, 65535),
+    ("smoke[0].tcp.port", "run: {{network: host}}\nsmoke: [{{tcp: {{port: {v}}}}}]", 1, 65535),
+    ("smoke[0].http.status",
+     "run: {{network: host}}\nsmoke: [{{http: {{url: 'http://127.0.0.1/', status: {v}}}}}]",
+     100, 599),
+    ("smoke[0].exit", "smoke: [{{command: [a], exit: {v}}}]", 0, 255),
+])
+def test_integer_bounds_are_inclusive_and_exact(field: str, yaml_text: str, lo: int,
+                                                hi: int) -> None:
+    """Both ends of every integer range are accepted, one past either end is refused."""
+    head = "version: 1\nname: a\nimage: x:1\n"
+    for ok in (lo, hi):
+        parse_profile(head + yaml_text.format(v=ok), "p.yaml")
+    for bad in (lo - 1, hi + 1):
+        with pytest.raises(ProfileErrors, match=rf"{re.escape(field)}: expected an integer "
+                                                rf"from {lo} to {hi}"):
+            parse_profile(head + yaml_text.format(v=bad), "p.yaml")
 
 
 def test_version_must_be_the_integer_1_and_name_a_string() -> None:

@@ -73,6 +73,40 @@ def test_minimize_keeps_the_setuid_bit_and_the_capability(docker_client, fixture
             out, entrypoint=["/usr/local/bin/suid-read"], command=["/etc/privhelper/secret"],
             network_mode="none", remove=True)
         assert check == b"s3cret\n"
+        check = docker_client.containers.run(
+            out, entrypoint=["/usr/local/bin/cap-read"], command=["/etc/privhelper/secret"],
+            network_mode="none", remove=True)
+        assert check == b"s3cret\n"
     finally:
         with contextlib.suppress(Exception):  # the run may have failed before writing it
+            docker_client.images.remove(out, force=True)
+
+
+def test_a_sabotaged_minimization_is_diagnosed_by_the_missing_helper(docker_client,
+                                                                     fixture_image, tmp_path):
+    """Excluding the setuid helper breaks the job; the diagnosis names that program (a
+    keep.binaries suggestion), not a directory tree."""
+    import yaml
+
+    fixture_image("privhelper")
+    data = yaml.safe_load(PROFILE.read_text())
+    data["exclude"] = [*data["exclude"], "/usr/local/bin/suid-read"]
+    profile = tmp_path / "sabotaged.yaml"
+    profile.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = "tracer-test/trace-privhelper:sabotaged"
+    report = tmp_path / "report.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tracer", "minimize", str(profile), "--output",
+             f"docker-daemon:{out}", "--report", str(report)],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+        assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+        missing = json.loads(report.read_text())["diagnosis"]["missing"]
+        helper = [m for m in missing if m["image_path"] == "/usr/local/bin/suid-read"]
+        assert helper and helper[0]["excluded_by"] == "/usr/local/bin/suid-read"
+        assert "/usr/local/bin/suid-read" in proc.stdout
+        assert '"/usr/local/*"' not in proc.stdout and '"/usr/*"' not in proc.stdout
+    finally:
+        with contextlib.suppress(Exception):
             docker_client.images.remove(out, force=True)

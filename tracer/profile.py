@@ -398,6 +398,9 @@ class _Checker:
             key = self.string(key_node, field)
             if key is None:
                 continue
+            if key in out:
+                self.error(key_node, f"{field}.{key}", "duplicate key")
+                continue
             value = self.string(value_node, f"{field}.{key}")
             if value is not None:
                 out[key] = value
