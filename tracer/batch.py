@@ -119,9 +119,15 @@ def output_exists(ref: ImageRef) -> bool:
 
 
 def _fingerprint(profile_path: Path, profile: Profile) -> dict[str, str]:
+    """What a job's result depends on: the input image, the profile with the files it
+    reads (stdin_file), and the tracer version."""
+    h = hashlib.sha256(profile_path.read_bytes())
+    stdins = [profile.run.stdin, *(getattr(s.step, "stdin", None) for s in profile.smoke)]
+    for text in stdins:  # stdin_file contents, read at load: a changed input file counts
+        h.update(b"\0" + (text or "").encode("utf-8", "surrogateescape"))
     return {
         "image_digest": image_digest(parse_reference(profile.image)),
-        "profile_sha256": hashlib.sha256(profile_path.read_bytes()).hexdigest(),
+        "profile_sha256": h.hexdigest(),
         "tracer_version": __version__,
     }
 
@@ -175,87 +181,122 @@ class Batch:
                              message=f"{type(exc).__name__}: {exc}")
 
     def _run_job(self, profile_path: Path, started: float) -> JobResult:
+        """Load the profile, skip it when nothing changed, else run `tracer minimize` in a
+        child process and judge what it left."""
         try:
             profile = load_profile(profile_path, self.overrides)
         except TracerError as exc:
             return JobResult(name=profile_path.stem, profile=str(profile_path), status="failed",
                              exit_code=exc.exit_code, seconds=0.0, message=str(exc))
-        job_dir = self.out / profile.name
-        job_dir.mkdir(parents=True, exist_ok=True)
+        job = _JobFiles(self.out / profile.name)
+        job.dir.mkdir(parents=True, exist_ok=True)
         in_ref = parse_reference(profile.image)
         out_ref = parse_reference(profile.output) if profile.output else default_output(in_ref)
         result = JobResult(name=profile.name, profile=str(profile_path), status="failed",
                            exit_code=None, seconds=0.0, output=str(out_ref),
-                           log=str(job_dir / "run.log"), report=str(job_dir / "report.json"))
-        state_path = job_dir / STATE_FILE
+                           log=str(job.log), report=str(job.report))
         fingerprint = _fingerprint(profile_path, profile)
         if self.overrides.argv():  # another --granularity or --budget is another job
             fingerprint["overrides"] = " ".join(self.overrides.argv())
-        previous = _load_json(state_path)
-        if (not self.force and previous == fingerprint and output_exists(out_ref)):
+        if not self.force and _load_json(job.state) == fingerprint and output_exists(out_ref):
             result.status, result.exit_code = "skipped", 0
             result.message = "unchanged since the last successful run (image, profile, tracer)"
             return result
-        if self._stopping:
+        if job.keeplist.exists():
+            shutil.copyfile(job.keeplist, job.previous_keeplist)
+        cmd = [sys.executable, "-m", "tracer", "minimize", str(profile_path),
+               "--report", str(job.report), *self.overrides.argv()]
+        timeout = 2 * profile.run.timeout + 600  # trace + verify each bounded by run.timeout
+        started_child, code = self._spawn(cmd, job.log, timeout)
+        result.seconds = round(time.monotonic() - started, 3)
+        if not started_child:
             result.message = "not started: the batch was interrupted"
             return result
-        report_path = job_dir / "report.json"
-        keeplist_path = job_dir / "report.keeplist"
-        previous_keeplist = job_dir / "previous.keeplist"
-        if keeplist_path.exists():
-            shutil.copyfile(keeplist_path, previous_keeplist)
-        cmd = [sys.executable, "-m", "tracer", "minimize", str(profile_path),
-               "--report", str(report_path), *self.overrides.argv()]
-        timeout = 2 * profile.run.timeout + 600  # trace + verify each bounded by run.timeout
-        with open(job_dir / "run.log", "wb") as log:
+        result.exit_code = code
+        _judge(result, job, code, timeout, fingerprint)
+        return result
+
+    def _spawn(self, cmd: list[str], log_path: Path, timeout: float) -> tuple[bool, int | None]:
+        """Run one job's child to its end: (started at all, exit code or None on timeout)."""
+        with open(log_path, "wb") as log:
             with self._lock:
                 if self._stopping:
-                    result.message = "not started: the batch was interrupted"
-                    return result
+                    return False, None
                 # Its own session: a terminal's Ctrl-C reaches only the batch, which then
                 # stops each job exactly once (a second signal would cut its cleanup short).
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
                 self._procs[proc.pid] = proc
             try:
-                code = proc.wait(timeout=timeout)
+                return True, proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _terminate(proc)
-                code = None
+                return True, None
             finally:
                 with self._lock:
                     self._procs.pop(proc.pid, None)
-        result.seconds = round(time.monotonic() - started, 3)
-        result.exit_code = code
-        report = _load_json(report_path)
-        if report:
-            result.size_before = report.get("size_before")
-            result.size_after = report.get("size_after")
-        if code is None:
-            result.message = f"timed out after {timeout:.0f}s; the job was stopped"
-        elif code == 0:
-            if report and report.get("output_unchanged") is True:
-                # the output already held this very image (same digest): not replaced
-                result.status = "unchanged"
-                result.message = f"minimized and verified; the output already holds " \
-                    f"{report.get('output_digest')}, left as it was"
-            else:
-                result.status = "passed"
-                result.message = "minimized and verified"
-            tmp = state_path.with_name(STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps(fingerprint, indent=2) + "\n")
-            os.replace(tmp, state_path)  # a torn state file would break every later run
-            new = _keeplist_paths(keeplist_path)
-            old = _keeplist_paths(previous_keeplist)
-            if old:
-                result.keeplist_added = sorted(new - old)
-                result.keeplist_removed = sorted(old - new)
-        else:
-            result.message = _last_error(job_dir / "run.log") or f"exit code {code}"
-            # A failed run leaves the previous keep-list as the one to compare against.
-            if previous_keeplist.exists():
-                shutil.copyfile(previous_keeplist, keeplist_path)
-        return result
+
+
+@dataclass(frozen=True)
+class _JobFiles:
+    """Where one job keeps its files under --out (OUT/NAME/)."""
+
+    dir: Path
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "run.log"
+
+    @property
+    def report(self) -> Path:
+        return self.dir / "report.json"
+
+    @property
+    def keeplist(self) -> Path:
+        return self.dir / "report.keeplist"
+
+    @property
+    def previous_keeplist(self) -> Path:
+        return self.dir / "previous.keeplist"
+
+    @property
+    def state(self) -> Path:
+        return self.dir / STATE_FILE
+
+
+def _judge(result: JobResult, job: _JobFiles, code: int | None, timeout: float,
+           fingerprint: dict[str, str]) -> None:
+    """A finished child's verdict: status and message, sizes from its report, the state
+    for the next incremental run and the keep-list diff (a failure keeps the previous
+    keep-list as the one to compare with)."""
+    report = _load_json(job.report)
+    if report:
+        result.size_before = report.get("size_before")
+        result.size_after = report.get("size_after")
+    if code is None:
+        result.message = f"timed out after {timeout:.0f}s; the job was stopped"
+    elif code != 0:
+        result.message = _last_error(job.log) or f"exit code {code}"
+    elif report and report.get("output_unchanged") is True:
+        # the output already held this very image (same digest): not replaced
+        result.status = "unchanged"
+        result.message = (f"minimized and verified; the output already holds "
+                          f"{report.get('output_digest')}, left as it was")
+    else:
+        result.status = "passed"
+        result.message = "minimized and verified"
+    if code != 0:
+        if job.previous_keeplist.exists():
+            shutil.copyfile(job.previous_keeplist, job.keeplist)
+        return
+    tmp = job.state.with_name(STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=2) + "\n")
+    os.replace(tmp, job.state)  # a torn state file would break every later run
+    old = _keeplist_paths(job.previous_keeplist)
+    if old:
+        new = _keeplist_paths(job.keeplist)
+        result.keeplist_added = sorted(new - old)
+        result.keeplist_removed = sorted(old - new)
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:

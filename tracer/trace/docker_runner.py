@@ -19,6 +19,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -352,7 +353,10 @@ class DockerRunner:
             self.created.remove(container.name)
 
     def cleanup(self) -> None:
-        """Remove every container this runner created (by its unique name); never raises."""
+        """Remove every container this runner created (by its unique name); never raises,
+        says on stderr what it could not remove."""
+        import docker
+
         for sock in self._sockets:
             with contextlib.suppress(Exception):
                 sock.close()
@@ -360,8 +364,13 @@ class DockerRunner:
         self._stdin.clear()
         while self.created:
             cid = self.created[-1]  # forgotten only once its removal was attempted
-            with contextlib.suppress(Exception):
+            try:
                 self.client.api.remove_container(cid, force=True, v=True)
+            except docker.errors.NotFound:
+                pass  # never created (interrupted before), or gone already
+            except Exception as exc:  # noqa: BLE001 - said, never raised over the outcome
+                print(f"tracer: warning: could not remove container {cid}: "
+                      f"{str(exc)[:200]} (the next run removes it)", file=sys.stderr)
             self.created.pop()
 
 
