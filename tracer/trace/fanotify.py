@@ -103,6 +103,7 @@ class FanotifyRecorder:
     _namespaces: set[str] = field(default_factory=set)  # pid namespaces that count
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _wake: tuple[int, int] | None = None  # a pipe: stop() wakes the loop at once
 
     def start(self, container_pid: int) -> None:
         """Open the group and mark the first container; raises OSError with the reason if
@@ -122,6 +123,7 @@ class FanotifyRecorder:
             os.close(fd)
             self._fd = -1
             raise
+        self._wake = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._loop, name="fanotify", daemon=True)
         self._thread.start()
 
@@ -142,9 +144,16 @@ class FanotifyRecorder:
     def stop(self) -> None:
         """Drain what is queued, stop the thread and close the fd; safe to call twice."""
         self._stop.set()
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake[1], b"x")
         if self._thread is not None:
             self._thread.join(10)
             self._thread = None
+        if self._wake is not None:
+            for end in self._wake:
+                os.close(end)
+            self._wake = None
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 self._drain()
@@ -152,9 +161,10 @@ class FanotifyRecorder:
             self._fd = -1
 
     def _loop(self) -> None:
+        assert self._wake is not None
         while not self._stop.is_set():
-            ready, _, _ = select.select([self._fd], [], [], 0.2)
-            if ready:
+            ready, _, _ = select.select([self._fd, self._wake[0]], [], [], 1.0)
+            if self._fd in ready:
                 self._drain()
 
     def _drain(self) -> None:
