@@ -8,7 +8,7 @@ minimizer would drop, and the check that guards it must report FAIL.
 
 Images come from scripts/fixtures/build. The last part checks the shipped profiles
 (profiles/*.yaml): they load, and their smoke tests pass on the original images, which
-PROFILE.md requires before any minimization can prove anything.
+the profile reference (docs/profile.md) requires before any minimization can prove anything.
 """
 
 from __future__ import annotations
@@ -562,7 +562,7 @@ def _check_output(label: str, pattern: str | None, text: str) -> None:
 def _run_step(
     docker_client: DockerClient, profile: Profile, container: Container | None, smoke: SmokeStep
 ) -> None:
-    """Execute one smoke step the way PROFILE.md defines it; assert it passed."""
+    """Execute one smoke step the way docs/profile.md defines it; assert it passed."""
     step, label = smoke.step, smoke.label
     if isinstance(step, HttpStep):
         status, body = _get(step.url)

@@ -1,4 +1,4 @@
-"""Image reference parsing and default outputs (PROFILE.md, "Image references")."""
+"""Image reference parsing and default outputs (docs/profile.md, "Image references")."""
 
 from __future__ import annotations
 

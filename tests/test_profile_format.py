@@ -135,7 +135,7 @@ def test_the_schema_refuses_what_the_loader_refuses(bad: dict) -> None:
 
 
 def test_the_package_cites_its_own_docs_not_notes_outside_the_repository() -> None:
-    """PROFILE.md and DESIGN.md are developers' notes outside the repository."""
+    """Code and docs cite only documents that ship in the repository."""
     cited = [f"{p.relative_to(REPO)}:{n}" for p in sorted((REPO / "tracer").rglob("*.py"))
              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
              if re.search(r"\b(PROFILE|DESIGN)\.md\b", line)]
