@@ -119,9 +119,10 @@ def test_symlinks_stored_as_is_and_never_followed_on_host(tmp_path: Path) -> Non
         layer(M("usr", "dir"), M("usr/lib", "dir"), M("lib", "symlink", linkname="usr/lib"),
               M("escape", "symlink", linkname=str(outside)),
               M("up", "symlink", linkname="../../../../../../.."),
-              M("etc", "dir"), M("etc/alt", "symlink", linkname="/usr/bin/y")),
-        # members under image symlinks resolve inside the image, as in Docker's chroot
-        layer(M("lib/libx.so", data=b"elf"), M("escape/planted", data=b"p"),
+              M("etc", "dir"), M("etc/alt", "symlink", linkname="/usr/bin/y"),
+              # members under a symlink of their own layer resolve inside the image, as in
+              # Docker's unpack (chrooted into the layer's directory)
+              M("lib/libx.so", data=b"elf"), M("escape/planted", data=b"p"),
               M("up/rootfile", data=b"r")),
         extract=True,
     )
@@ -205,7 +206,7 @@ def test_names_normalized_like_docker(tmp_path: Path) -> None:
                                             M("/b", data=b"b"), M("/../c", data=b"c"),
                                             M("x/./y/../z", data=b"z")))
     assert {"/a", "/b", "/c", "/x", "/x/z"} <= set(flat.entries)
-    assert flat.entries["/"].mode == 0o700
+    assert flat.entries["/"].mode == 0o755  # Docker skips a layer's `./`
     assert flat.entries["/x"].kind == "dir"  # implicit parent, as Docker's MkdirAll
 
 
@@ -243,3 +244,35 @@ def test_hardlink_to_symlink_keeps_the_link_text(tmp_path: Path) -> None:
     assert canon.linkname == "/etc/passwd"
     assert os.readlink(flat.host_path("/h")) == "/etc/passwd"  # a link, not the host file
     assert flat.rootfs().readlink("/h") == "/etc/passwd"
+
+
+def test_parents_are_looked_up_in_their_own_layer_as_the_engine_does(tmp_path: Path) -> None:
+    """What `docker export` shows for what the spec leaves open (the engine's overlay2
+    storage unpacks each layer into a directory of its own): a parent a later layer does not
+    list is 0755 root:root over the lower directory's metadata, a lower symlink or file on
+    the way is hidden by a directory, never followed; `./` and symlink modes are ignored;
+    a hardlink group's file is its smallest name, whatever the tar order."""
+    flat = flat_from_layers(
+        tmp_path,
+        layer(M("./", "dir", mode=0o700, uid=9),
+              M("home", "dir", mode=0o750, uid=7, gid=8, xattrs={"user.k": b"v"}),
+              M("home/app", "dir", mode=0o700, uid=1000), M("home/app/old", data=b"o"),
+              M("lib", "symlink", linkname="usr/lib"), M("usr", "dir"),
+              M("usr/lib", "dir"), M("f", data=b"file"),
+              M("s", "symlink", linkname="home", mode=0o640),
+              M("z", data=b"z"), M("y", "hardlink", linkname="z")),
+        layer(M("home/app/new", data=b"n"), M("lib/x.so", data=b"x"), M("f/g", data=b"g"),
+              M("usr/lib/.wh.none")),
+        extract=True,
+    )
+    e = flat.entries
+    for path in ("/home", "/home/app", "/lib", "/f", "/usr", "/usr/lib"):
+        assert (e[path].kind, e[path].mode, e[path].uid, e[path].gid, e[path].mtime,
+                e[path].xattrs, e[path].layer) == ("dir", 0o755, 0, 0, 0.0, {}, 1), path
+    assert "/home/app/old" in e and "/lib/x.so" in e and "/usr/lib/x.so" not in e
+    assert (e["/"].mode, e["/"].uid, e["/"].mtime) == (0o755, 0, 0.0)
+    assert e["/s"].mode == 0o777
+    assert e["/y"].kind == "file" and e["/z"].kind == "hardlink" and e["/z"].linkname == "/y"
+    assert content(flat, "/z") == b"z"
+    # the host tree shows the same: a directory where the lower symlink was
+    assert flat.host_path("/lib").is_dir() and not flat.host_path("/lib").is_symlink()

@@ -190,3 +190,39 @@ def _member(archive: Path, name: str) -> bytes:
         f = tf.extractfile(name)
         assert f is not None
         return f.read()
+
+
+# ---------------------------------------------------------------- reading content later
+
+
+def test_uncompressed_blob_swapped_after_reading_is_not_read(tmp_path: Path) -> None:
+    """A flattened image reads file bytes from the input later: a blob replaced by a
+    symlink to a host file, or by another file, is refused, never read."""
+    oci, blob = _layout(tmp_path)
+    flat = flatten_ref(f"oci:{oci}", tmp_path / "work")
+    assert flat.open_content("/etc/shadow").read().startswith(b"root:HOST-SECRET")
+    canary = _canary(tmp_path)
+    kept = tmp_path / "kept"
+    os.rename(blob, kept)
+    blob.symlink_to(canary)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        flat.open_content("/etc/shadow")
+    blob.unlink()
+    blob.write_bytes(SECRET)  # the same bytes even, but another file
+    with pytest.raises(OSError, match="not the file the image was read from"):
+        flat.open_content("/etc/shadow")
+    os.replace(kept, blob)
+    assert flat.open_content("/etc/shadow").read().startswith(b"root:HOST-SECRET")
+
+
+def test_archive_given_as_a_symlink_is_read_later_through_its_real_name(tmp_path: Path
+                                                                       ) -> None:
+    """The operator's name may be a symlink: content is read by the name the kernel has
+    for the checked file (so later reads neither follow nor need the operator's link)."""
+    archive = docker_archive(tmp_path / "in.tar", [SECRET])
+    link = tmp_path / "link.tar"
+    link.symlink_to(archive)
+    flat = flatten_ref(f"docker-archive:{link}", tmp_path / "work")
+    assert flat.content_ref("/etc/shadow").blob == str(archive)
+    link.unlink()
+    assert flat.open_content("/etc/shadow").read().startswith(b"root:HOST-SECRET")

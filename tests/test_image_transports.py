@@ -45,15 +45,16 @@ LAYERS = [
           M("opt/x", data=b"x", uid=65534, gid=65534),
           M("opt/x2", "hardlink", linkname="opt/x", uid=65534, gid=65534),
           M("opt/sgid", data=b"g", mode=0o2755), M("opt/sticky", "dir", mode=0o1777)),
-    # (parents listed again, as Docker's own layers do: the engine gives a parent missing
-    # from a later layer mode 0755 root, over the lower layer's)
+    # parents listed again, as Docker's own layers do, except /usr/bin: the engine gives a
+    # parent missing from a later layer mode 0755 root, over the lower layer's 0751 2:3
     layer(M("usr", "dir"), M("usr/share", "dir"), M("usr/share/.wh.doc"),
+          M("usr/bin/late", data=b"late"),
           M("opt", "dir", mode=0o700, uid=1000, gid=1000), M(LONG, data=b"long"),
           M("opt/ünï", data=b"utf8")),
 ]
 KEEP = ["/usr/bin/app-link", "/usr/bin/ping", "/usr/bin/sh", "/usr/bin/abs", "/opt/null",
         "/opt/pipe", "/opt/x", "/opt/x2", "/opt/sgid", "/opt/sticky", "/" + LONG,
-        "/opt/ünï"]
+        "/opt/ünï", "/usr/bin/late"]
 
 
 def _run(cmd: list[str]) -> str:
@@ -150,6 +151,8 @@ def test_output_read_by_the_engine_is_the_kept_part_of_the_original(
         assert got["/usr/bin/ping"].xattrs and dict(got["/usr/bin/ping"].xattrs).keys() == {
             "security.capability"}
         assert got["/opt/null"].dev == (1, 3)
+        bin_dir = got["/usr/bin"]
+        assert (bin_dir.mode, bin_dir.uid, bin_dir.gid) == (0o755, 0, 0)
         want_cfg = docker_client.images.get(original_tag).attrs["Config"]
         got_cfg = image.attrs["Config"]
         for field in CONFIG_FIELDS:

@@ -4,25 +4,85 @@ Flattening records where each regular file's bytes lie (a blob on disk, an offse
 instead of writing every file out: creating thousands of small host files was most of the
 cost of reading an image. A reader here is confined to its member's byte range, so a file
 of the image can never read its neighbours' bytes, whatever offset it seeks to.
+
+The data is opened again by name long after it was checked (digests verified while the
+image was read), so a name is never trusted on its own: a blob is opened without following
+a symlink and must still be the very file that was read then (same device and inode), and
+a file of a layer directory the engine unpacked (read in place) is opened component by
+component below that directory, following no symlink, and must be a regular file of the
+size its tar header gave. Anything else is an OSError naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 from dataclasses import dataclass
 from typing import BinaryIO
 
 _BUFFER = 64 << 10
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
 class ContentRef:
-    """Where a regular file's bytes are: `size` bytes at `offset` of the file `blob`."""
+    """Where a regular file's bytes are: `size` bytes at `offset` of the file `blob`.
+
+    `identity` is (st_dev, st_ino) of `blob` when its bytes were checked; with `root` set,
+    `blob` is instead a path relative to that directory (a layer directory), offset 0.
+    """
 
     blob: str
     offset: int
     size: int
+    identity: tuple[int, int] | None = None
+    root: str | None = None
+
+
+def open_checked(ref: ContentRef) -> int:
+    """A descriptor of the file `ref` names, checked to be the file it was (module doc)."""
+    if ref.root is not None:
+        fd = _open_below(ref.root, ref.blob)
+        want = f"{ref.root}/{ref.blob}"
+    else:
+        fd = os.open(ref.blob, _FILE)
+        want = ref.blob
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", want)
+        if ref.identity is not None and (st.st_dev, st.st_ino) != ref.identity:
+            raise OSError(errno.ESTALE, "not the file the image was read from (replaced "
+                          "since?)", want)
+        if ref.root is not None and st.st_size != ref.size:
+            raise OSError(errno.ESTALE, f"{st.st_size} bytes, the layer's tar says "
+                          f"{ref.size}: the engine's storage changed", want)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_below(root: str, relpath: str) -> int:
+    """Open `root`/`relpath` following no symlink, not even in the parent directories."""
+    parts = relpath.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise OSError(errno.EINVAL, "not a plain relative path", f"{root}/{relpath}")
+    dir_fd = os.open(root, _DIR)
+    try:
+        for comp in parts[:-1]:
+            nxt = os.open(comp, _DIR, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = nxt
+        return os.open(parts[-1], _FILE, dir_fd=dir_fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, f"{root}/{relpath}") from None
+    finally:
+        os.close(dir_fd)
 
 
 class _Window(io.RawIOBase):
@@ -30,7 +90,7 @@ class _Window(io.RawIOBase):
 
     def __init__(self, ref: ContentRef) -> None:
         super().__init__()
-        self._fd = os.open(ref.blob, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = open_checked(ref)
         self._base = ref.offset
         self._size = ref.size
         self._pos = 0

@@ -5,10 +5,12 @@ failures mapped to exit 4. Answers are checked before use: an engine that sends 
 the wrong shape is an environment problem too, not a crash.
 
 Reading goes through a pluggable backend (`ReadBackend`): the engine's overlay2 layer
-directories indexed in place (`InPlaceBackend`, overlay.py) when tracer runs as root next
-to a local engine using that driver, else `docker save` into the work dir and the
-docker-archive reader (`SaveBackend`). `choose_backend` is the one place that decides,
-and says why. An ImageSource (config + layer streams) always comes from `docker save`.
+directories and its tar-split records of the layers' headers, indexed in place
+(`InPlaceBackend`, overlay.py) when tracer runs as root next to a local engine using that
+driver, else `docker save` into the work dir and the docker-archive reader
+(`SaveBackend`). Both apply the same headers by the same rules (flatten.py), so both give
+the same index. `choose_backend` is the one place that decides, and says why. An
+ImageSource (config + layer streams) always comes from `docker save`.
 
 Writing is go-containerregistry's `daemon.Write`: the one-layer image is written as a
 docker-archive in the work dir; when the engine already has an image with that id (the

@@ -1,13 +1,27 @@
 """Apply an image's layers in order into one filesystem, following the OCI image-spec
-changeset rules (and Docker's applier where the spec is silent).
+changeset rules, and where the spec is silent what the Docker engine's overlay2 storage
+makes of them (what `docker export` of a container of the image shows).
 
 Each layer is applied like `docker load` would: a later entry replaces an earlier one unless
 both are directories; `.wh.NAME` hides NAME of lower layers, `.wh..wh..opq` hides every
 lower-layer child of its directory; hardlinks share an inode, so replacing or whiting out a
-link's target leaves the other names with the content. Parent components that are image
-symlinks are followed inside the image index, never on the host. Where Docker's overlay2
-applier depends on tar order (a whiteout listed after a same-layer file of that name hides
-it there), the spec's rule wins: whiteouts only ever hide lower layers.
+link's target leaves the other names with the content. Where Docker's overlay2 applier
+depends on tar order (a whiteout listed after a same-layer file of that name hides it
+there), the spec's rule wins: whiteouts only ever hide lower layers.
+
+The engine unpacks each layer into an empty directory of its own and stacks those with
+overlayfs, and that decides the cases the spec leaves open:
+- a member's parent directories are looked up in its own layer only. One the layer does not
+  name is made there as Docker's MkdirAll makes it: 0755, root:root, no xattrs (the engine
+  gives it the unpack time; the index gives it mtime 0: no image data holds that time).
+  Stacked, that directory's metadata covers a lower layer's directory of the same path,
+  and a lower symlink or file there is hidden by it: a lower-layer symlink is never
+  followed. A symlink of the same layer is (inside the image, never on the host);
+- `/` is never taken from a layer (Docker skips a layer's `./`): it is 0755 root:root with
+  mtime 0 and no xattrs, in every reader (it is never written to an output either);
+- a symlink's mode is 0777 whatever its header says (Linux has no mode for symlinks);
+- of a hardlink group, the smallest path is the file and the others link to it: a rule
+  that needs no tar order, so the in-place reader (overlay.py) gives the same index.
 
 Flattening only indexes: for every regular file it records where its bytes lie instead of
 writing the file out (creating thousands of small files was most of the cost of reading an
@@ -35,15 +49,17 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from tracer.budgets import DEFAULT, BudgetExceeded, Budgets, human
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError, TracerError, no_space
 from tracer.image.content import ContentRef
 from tracer.image.model import Entry, FlatImage
 from tracer.image.paths import link_target_path, member_path
+from tracer.image.reference import ImageRef
 from tracer.image.source import ImageSource
 from tracer.image.streams import Layer, LayerStream
 from tracer.image.tarstream import Member, TarReader, utf8_len
@@ -58,7 +74,7 @@ class _Inode:
     """An inode: shared by every hardlinked name."""
 
     __slots__ = ("kind", "mode", "uid", "gid", "mtime", "size", "linkname", "xattrs",
-                 "origin", "devmajor", "devminor", "content")
+                 "born", "devmajor", "devminor", "content")
 
     def __init__(self, kind: str, mode: int, uid: int, gid: int, mtime: float, size: int,
                  linkname: str, xattrs: dict[str, bytes], devmajor: int = 0,
@@ -66,7 +82,7 @@ class _Inode:
         self.kind, self.mode, self.uid, self.gid = kind, mode, uid, gid
         self.mtime, self.size, self.linkname, self.xattrs = mtime, size, linkname, xattrs
         self.devmajor, self.devminor = devmajor, devminor
-        self.origin: _Dentry | None = None  # the name it was created under
+        self.born = 0  # the layer that made it (its bytes are in that layer's data)
         self.content: ContentRef | None = None
 
 
@@ -108,6 +124,9 @@ class _Applier:
         # where the current layer's tar bytes lie: member data is at base + stream offset
         self.blob = ""
         self.base = 0
+        # or, read in place (overlay.py), the layer's own directory: a file's bytes are the
+        # file of the same path there
+        self.layer_dir: str | None = None
         self.budgets = budgets
         top = _Inode("dir", 0o755, 0, 0, 0.0, 0, "", {})
         # Directories created because a member needs them as parents all look alike: they
@@ -115,16 +134,23 @@ class _Applier:
         # halves what a deep implied tree costs.
         self.implied = _Inode("dir", 0o755, 0, 0, 0.0, 0, "", {})
         self.top = _Dentry("", None, top, 0, 1)
-        top.origin = self.top
-        # What an in-image directory path (as members spell it) resolves to: a cache in
-        # front of walking the tree, emptied whenever a directory or symlink is removed
-        # (only a removal can change what an already resolved path means).
+        # What an in-image directory path (as this layer's members spell it) resolves to: a
+        # cache in front of walking the tree, for the current layer only (a directory the
+        # layer did not make yet resolves differently: see `_in_layer`), emptied whenever a
+        # directory or symlink is removed (only a removal can change what an already
+        # resolved path means).
         self.lookup: dict[str, _Dentry] = {"/": self.top}
         self.layer = 0
         self.where = ""
         self.count = 0  # live names, "/" excluded
         self.path_bytes = 1  # bytes of all live paths ("/" included)
         self.walked = 0  # path components walked by the slow path of resolve_dir
+
+    def start_layer(self, index: int, where: str) -> None:
+        self.layer = index
+        self.where = where
+        self.lookup.clear()
+        self.lookup["/"] = self.top
 
     # ---------------------------------------------------------------- index helpers
 
@@ -152,8 +178,6 @@ class _Applier:
                                  f"{human(b.index_bytes)} (very deep or very long names?)")
         d = _Dentry(name, parent, inode, self.layer, plen)
         parent.children[name] = d  # type: ignore[index]
-        if inode.origin is None:
-            inode.origin = d
         return d
 
     def remove(self, d: _Dentry) -> None:
@@ -206,8 +230,11 @@ class _Applier:
     def resolve_dir(self, path: str, create: bool, member: str) -> _Dentry | None:
         """The directory `path` names, following image symlinks in the index.
 
-        Missing directories are created (as Docker's MkdirAll does) when `create`; otherwise
-        None is returned for a missing or non-directory path.
+        With `create`, `path` is a member's parent and is looked up the way the engine
+        unpacks a layer: in this layer only (`_in_layer`), following this layer's symlinks.
+        Without, it is a hardlink's target, looked up in the whole image (a link to a lower
+        layer's file is refused by Docker, accepted here), and None is returned for a
+        missing or non-directory path.
         """
         d = self.lookup.get(path)
         if d is not None:
@@ -227,15 +254,12 @@ class _Applier:
                 continue
             assert cur.children is not None
             nxt = cur.children.get(name)
-            if nxt is None:
-                if not create:
-                    cur = None  # type: ignore[assignment]
-                    break
-                nxt = self._add(cur, name, self.implied, member)
-                if self.extract:
-                    os.mkdir(self.host(path_of(nxt)), 0o700)
-                cur = nxt
-            elif nxt.children is not None:
+            if create:
+                nxt = self._in_layer(cur, name, nxt, member)
+            elif nxt is None:
+                cur = None  # type: ignore[assignment]
+                break
+            if nxt.children is not None:
                 cur = nxt
             elif nxt.inode.kind == "symlink":
                 hops += 1
@@ -259,9 +283,28 @@ class _Applier:
                                  f"{self.where}: member {member[:80]!r}: resolving names "
                                  "through the image's symlinks walked more than "
                                  f"{self.budgets.path_walk:,} path components")
-        if cur is not None:
+        if cur is not None and create:
             self.lookup[path] = cur
         return cur
+
+    def _in_layer(self, parent: _Dentry, name: str, d: _Dentry | None,
+                  member: str) -> _Dentry:
+        """`name` in `parent` as this layer's own directory holds it, making the directory
+        Docker's MkdirAll makes when the layer does not have it: over a lower layer's
+        directory it shows the new directory's metadata, a lower layer's symlink or file it
+        hides."""
+        if d is not None and d.layer == self.layer:
+            return d
+        if d is not None and d.children is not None:
+            d.inode = self.implied  # only ever replaced, never changed: see `apply`
+            d.layer = self.layer
+            return d
+        if d is not None:
+            self.remove(d)
+        d = self._add(parent, name, self.implied, member)
+        if self.extract:
+            os.mkdir(self.host(path_of(d)), 0o700)
+        return d
 
     # ---------------------------------------------------------------- applying members
 
@@ -271,8 +314,7 @@ class _Applier:
             if m.kind != "dir":
                 raise ImageFormatError(f"{self.where}: member {m.name!r}: the root is not "
                                        "a directory")
-            self._set_meta(self.top.inode, m)
-            return
+            return  # Docker skips a layer's root: "/" keeps its fixed metadata
         i = path.rfind("/")
         parent, base = path[:i] or "/", path[i + 1:]
         if path.startswith("/.wh..wh."):
@@ -297,11 +339,14 @@ class _Applier:
         if m.kind == "hardlink":
             self._hardlink(real_parent, base, m)
             return
-        inode = _Inode(m.kind, m.mode, m.uid, m.gid, m.mtime, m.size,
-                       m.linkname if m.kind == "symlink" else "", m.xattrs,
-                       m.devmajor, m.devminor)
+        symlink = m.kind == "symlink"
+        inode = _Inode(m.kind, 0o777 if symlink else m.mode, m.uid, m.gid, m.mtime, m.size,
+                       m.linkname if symlink else "", m.xattrs, m.devmajor, m.devminor)
+        inode.born = self.layer
         if m.kind == "file":
-            inode.content = ContentRef(self.blob, self.base + reader.data_offset, m.size)
+            # in place, the file's name in its layer is only known at the end (`entries`)
+            inode.content = ContentRef(self.blob, self.base + reader.data_offset, m.size) \
+                if self.layer_dir is None else ContentRef("", 0, m.size, root=self.layer_dir)
             d = self._add(real_parent, base, inode, m.name)
             if self.extract:
                 self._write_file(path_of(d), m, reader)
@@ -411,20 +456,28 @@ class _Applier:
 
     def entries(self, paths: list[tuple[str, _Dentry]]
                 ) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]], dict[str, ContentRef]]:
+        """The index in FlatImage's terms, from `paths` (sorted). Of a hardlink group, the
+        smallest path is the file, the others link to it."""
         by_node: dict[int, list[str]] = {}
         linked_nodes: dict[int, _Inode] = {}
+        # read in place: where each file's bytes are, its first name in the layer that
+        # made it (a later name, from a link to a lower layer, is not in that layer)
+        home: dict[int, str] = {}
         for path, d in paths:
             if d.children is None:
-                names = by_node.setdefault(id(d.inode), [])
+                n = d.inode
+                names = by_node.setdefault(id(n), [])
                 names.append(path)
                 if len(names) == 2:
-                    linked_nodes[id(d.inode)] = d.inode
+                    linked_nodes[id(n)] = n
+                if n.content is not None and n.content.root is not None \
+                        and d.layer == n.born and id(n) not in home:
+                    home[id(n)] = path
         groups: dict[str, tuple[str, ...]] = {}
         canonical: dict[int, str] = {}
-        for key, node in linked_nodes.items():
+        for key in linked_nodes:
             names = by_node[key]  # sorted already: `paths` is
-            origin = path_of(node.origin) if node.origin is not None else ""
-            canonical[key] = origin if origin in names else names[0]
+            canonical[key] = names[0]
             group = tuple(names)
             for p in names:
                 groups[p] = group
@@ -435,7 +488,13 @@ class _Applier:
             canon = canonical.get(id(n), path)
             linked = canon != path
             if n.content is not None and not linked:
-                content[path] = n.content
+                ref = n.content
+                if ref.root is not None:
+                    if id(n) not in home:
+                        raise ImageFormatError(f"{path}: its data is in no name of the layer "
+                                               f"that made it ({ref.root})")
+                    ref = replace(ref, blob=home[id(n)][1:])
+                content[path] = ref
             out[path] = Entry(
                 path=path,
                 kind="hardlink" if linked else n.kind,
@@ -510,6 +569,19 @@ class _Spool:
                                   f"{self._path}: {exc.strerror or exc}")
 
 
+def _apply_members(applier: _Applier, reader: TarReader, where: str, budgets: Budgets) -> None:
+    members = 0
+    while (m := reader.next()) is not None:
+        members += 1
+        if members > budgets.entries:
+            raise BudgetExceeded("entries", budgets.entries, f"{where}: the layer has more "
+                                 f"than {budgets.entries:,} members")
+        try:
+            applier.apply(m, reader)
+        except OSError as exc:
+            raise _host_error(exc, where, m.name, applier.root, m.size) from exc
+
+
 def _apply_layer(applier: _Applier, layer: Layer, dest: Path, budgets: Budgets,
                  image_used: int) -> int:
     """Apply one layer; return how many bytes it decompressed to."""
@@ -524,17 +596,8 @@ def _apply_layer(applier: _Applier, layer: Layer, dest: Path, budgets: Budgets,
             spool = _Spool(stream, path, layer.where)
             applier.blob, applier.base = str(path), 0
             tar_in = spool  # type: ignore[assignment]
-        reader = TarReader(tar_in, layer.where, budgets.path_length)  # type: ignore[arg-type]
-        members = 0
-        while (m := reader.next()) is not None:
-            members += 1
-            if members > budgets.entries:
-                raise BudgetExceeded("entries", budgets.entries, f"{layer.where}: the layer "
-                                     f"has more than {budgets.entries:,} members")
-            try:
-                applier.apply(m, reader)
-            except OSError as exc:
-                raise _host_error(exc, layer.where, m.name, applier.root, m.size) from exc
+        _apply_members(applier, TarReader(tar_in, layer.where, budgets.path_length),  # type: ignore[arg-type]
+                       layer.where, budgets)
         stream.finish()
         if spool is not None:
             spool.close()
@@ -580,8 +643,7 @@ def flatten(source: ImageSource, dest: Path,
     try:
         used = 0
         for layer in source.layers:
-            applier.layer = layer.index
-            applier.where = layer.where
+            applier.start_layer(layer.index, layer.where)
             if progress:
                 progress(f"applying {layer.where}")
             used += _apply_layer(applier, layer, dest, budgets, used)
@@ -596,10 +658,68 @@ def flatten(source: ImageSource, dest: Path,
             if exc.errno in DISK_FULL:
                 raise no_space(dest) from None
             raise
-        content = {p: replace(r, blob=kept[r.blob]) for p, r in content.items()}
+        content = {p: replace(r, blob=kept[r.blob][0], identity=kept[r.blob][1])
+                   for p, r in content.items()}
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return FlatImage(entries=entries, root=tree, config=source.config,
                      source_digest=source.digest, source_ref=source.ref, _groups=groups,
                      _content=content, workdir=dest)
+
+
+class HeaderStream(Protocol):
+    """A layer's tar without its files' bytes: `read` serves headers, `skip` passes over
+    the data of the member just read (see tarstream.TarReader)."""
+
+    def read(self, n: int = -1) -> bytes: ...
+
+    def skip(self, n: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def uncompressed(self) -> int: ...
+
+
+class LayerDir(Protocol):
+    """A layer the engine unpacked: its tar's headers and the directory holding its files."""
+
+    index: int
+    where: str
+    directory: str
+
+    def open_headers(self, budgets: Budgets, image_used: int) -> HeaderStream: ...
+
+
+def flatten_in_place(layers: Sequence[LayerDir], dest: Path, *, config: dict,
+                     digest: str, ref: ImageRef | None, budgets: Budgets = DEFAULT,
+                     progress: Callable[[str], None] | None = None) -> FlatImage:
+    """The FlatImage of layers the engine holds unpacked, applied by the same rules as
+    `flatten` from the same tar headers: only where a file's bytes are differs (the file
+    of that name in its layer's directory, read when needed). `dest` (new) stays empty."""
+    budgets.check("layers", len(layers), f"{ref}: {len(layers):,} layers")
+    dest = Path(dest)
+    dest.mkdir(parents=True)
+    os.chmod(dest, 0o700)
+    applier = _Applier(None, budgets)
+    used = 0
+    for layer in layers:
+        applier.start_layer(layer.index, layer.where)
+        applier.layer_dir = layer.directory
+        if progress:
+            progress(f"indexing {layer.where}")
+        stream = layer.open_headers(budgets, used)
+        try:
+            _apply_members(applier, TarReader(stream, layer.where, budgets.path_length),  # type: ignore[arg-type]
+                           layer.where, budgets)
+            stream.finish()
+        finally:
+            stream.close()
+        used += stream.uncompressed
+    entries, groups, content = applier.entries(applier.paths())
+    return FlatImage(entries=entries, root=None, config=config, source_digest=digest,
+                     source_ref=ref, _groups=groups, _content=content,
+                     workdir=dest.resolve())

@@ -1,43 +1,44 @@
 """Index an engine image in place, from its overlay2 layer directories.
 
 `docker save` streams the whole image (5-11 s for a few hundred MB) only for tracer to
-index it; the engine already holds every layer unpacked, one directory per layer. As root
-next to a local engine with the overlay2 driver, this module walks those directories
-(`GraphDriver.Data` of `docker image inspect`: LowerDir top-first, then UpperDir) and
-builds the same FlatImage the archive reader builds, reading no file content: a kept or
-inspected file's bytes are read later straight from its layer directory.
-
-The layers are merged the way the kernel's overlayfs merges them, bottom first: an entry
-replaces what lower layers had at its path, unless both are directories; a character
-device 0/0 is a whiteout (the path is gone); a directory with the xattr
-`trusted.overlay.opaque=y` hides every lower-layer child. Names sharing an inode within a
-layer are one hardlink group, as the layer's tar made them. Metadata comes from lstat and
-the xattrs (overlayfs's own `trusted.overlay.*` are not part of the image).
+index it; the engine already holds every layer unpacked, one directory per layer, and it
+keeps the headers of each layer's tar: its layer store records every layer it unpacks as
+a tar-split file (`layerdb/sha256/<chain id>/tar-split.json.gz`), the tar's header bytes in
+order with each file's data left out, from which `docker save` puts the very same tar
+back together. As root next to a local engine with the overlay2 driver, this module reads
+those headers and applies them with flatten's own rules (flatten.flatten_in_place): the
+index is the archive reader's by construction, entry for entry, and a file's bytes are
+read later, when needed, from the file of that path in its layer's directory
+(`GraphDriver.Data` of `docker image inspect`: LowerDir top-first, then UpperDir).
+Nothing is copied and no file of the image is looked at while indexing.
 
 The storage is the engine's, but checked before it is trusted: the image's config is read
 from the engine's image database and must hash to the image id, and every layer directory
-must be the one the layer database names for that layer's chain id. Anything else, and
-any engine this cannot see (another driver, the containerd image store, a remote engine,
-user namespace remapping, not root), is a reason to fall back to `docker save`.
+and tar-split file must be the ones the layer database names for that layer's chain id. A
+file's bytes are opened below its layer directory without following any symlink and must
+be a regular file of the size its header gave. Anything else, and any engine this cannot
+see (another driver, the containerd image store, a remote engine, user namespace
+remapping, not root), is a reason to fall back to `docker save`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gzip
 import hashlib
+import json
 import os
-import stat
-from dataclasses import dataclass, field
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from tracer.budgets import Budgets
+from tracer.budgets import BudgetExceeded, Budgets, human
 from tracer.errors import ImageFormatError
 from tracer.image import documents as doc
-from tracer.image.content import ContentRef
-from tracer.image.model import Entry, FlatImage
+from tracer.image.model import FlatImage
 from tracer.image.reference import ImageRef
-
-OPAQUE = "trusted.overlay.opaque"
-_OWN_XATTRS = ("trusted.overlay.",)  # overlayfs bookkeeping, never part of the image
 
 
 class NotReadable(Exception):
@@ -52,6 +53,7 @@ class OverlayImage:
     config: dict
     config_bytes: bytes
     layer_dirs: list[Path]
+    tar_splits: list[Path]
 
 
 def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: str,
@@ -86,10 +88,12 @@ def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: st
     config = doc.parse(config_bytes, where)
     diff_ids = doc.image_config(config, where, len(dirs), budgets)
     chain = ""
+    splits = []
     for i, diff_id in enumerate(diff_ids):
         chain = diff_id if i == 0 else \
             "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
-        cache = root / "image" / "overlay2" / "layerdb" / "sha256" / chain[7:] / "cache-id"
+        layerdb = root / "image" / "overlay2" / "layerdb" / "sha256" / chain[7:]
+        cache = layerdb / "cache-id"
         try:
             cache_id = cache.read_text().strip()
         except OSError as exc:
@@ -98,209 +102,152 @@ def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: st
         if want != dirs[i] or not want.is_dir():
             raise NotReadable(f"layer {i}: the layer database names {want}, the image "
                               f"inspect {dirs[i]}")
+        split = layerdb / "tar-split.json.gz"
+        if not split.is_file():
+            raise NotReadable(f"layer {i}: the engine keeps no record of its tar ({split})")
+        splits.append(split)
     assert isinstance(config, dict)
-    return OverlayImage(image_id, config, config_bytes, dirs)
+    return OverlayImage(image_id, config, config_bytes, dirs, splits)
 
 
-@dataclass
-class _Inode:
-    """An inode of the merged tree: shared by every name of a hardlink group."""
 
-    kind: str
-    mode: int
-    uid: int
-    gid: int
-    mtime: float
-    size: int
-    linkname: str
-    xattrs: dict[str, bytes]
-    devmajor: int = 0
-    devminor: int = 0
-    content: ContentRef | None = None
+_MAX_LINE = 4 << 20  # one tar-split record: a header run (PAX records at most 1 MiB) in base64
 
 
-@dataclass
-class _Merge:
-    """The merged tree so far: path -> (inode, layer that put it there)."""
+class TarSplitStream:
+    """One layer's tar as its tar-split file records it, files' data left out.
 
-    budgets: Budgets
-    index: dict[str, tuple[_Inode, int]] = field(default_factory=dict)
-    children: dict[str, set[str]] = field(default_factory=dict)
+    The file is gzipped JSON, one record a line: `{"type": 2, "payload": BASE64}` holds raw
+    tar bytes (headers, PAX records, padding, the end blocks), `{"type": 1, "size": N}`
+    stands where a member's N bytes of data were (written for every member, N omitted when
+    0). `read` serves the raw bytes and stops where data was; the tar reader then `skip`s
+    that data, which must be the size the record says. The bytes the layer's tar had,
+    data included, count against the image_bytes budget as the archive reader counts them.
+    """
 
-    def __post_init__(self) -> None:
-        self.index["/"] = (_Inode("dir", 0o755, 0, 0, 0.0, 0, "", {}), 0)
-        self.children["/"] = set()
-
-    def put(self, path: str, node: _Inode, layer: int) -> None:
-        self.index[path] = (node, layer)
-        self.children[path.rsplit("/", 1)[0] or "/"].add(path)
-        if node.kind == "dir":
-            self.children.setdefault(path, set())
-        self.budgets.check("entries", len(self.index), "the image's paths")
-
-    def remove(self, path: str) -> None:
-        """Drop `path` and everything below it."""
-        if path not in self.index:
-            return
-        self.children[path.rsplit("/", 1)[0] or "/"].discard(path)
-        todo = [path]
-        while todo:
-            p = todo.pop()
-            node, _ = self.index.pop(p)
-            if node.kind == "dir":
-                todo.extend(self.children.pop(p, ()))
-
-    def apply(self, layer: int, diff: Path) -> None:
-        """Merge one layer directory over the tree (parents before children)."""
-        links: dict[tuple[int, int], _Inode] = {}
-        self._meta_dir("/", diff, layer)
-        todo: list[tuple[str, str]] = [("/", os.fsdecode(diff))]
-        while todo:
-            parent, host = todo.pop()
-            with os.scandir(host) as it:
-                names = sorted(it, key=lambda d: os.fsencode(d.name))
-            below = []
-            for d in names:
-                path = (parent if parent != "/" else "") + "/" + d.name
-                self.budgets.check("path_length", len(os.fsencode(path)), f"{path[:200]}...")
-                st = d.stat(follow_symlinks=False)
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    self.remove(path)  # a whiteout
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    xattrs = _xattrs(d.path)
-                    opaque = xattrs.get(OPAQUE) == b"y"
-                    existing = self.index.get(path)
-                    if existing is not None and (existing[0].kind != "dir" or opaque):
-                        if existing[0].kind != "dir":
-                            self.remove(path)
-                        else:
-                            for child in list(self.children[path]):
-                                self.remove(child)
-                    self._set_dir(path, st, _image_xattrs(xattrs), layer)
-                    below.append((path, d.path))
-                    continue
-                self.remove(path)
-                if stat.S_ISSOCK(st.st_mode):
-                    continue  # a layer tar cannot hold a socket; the engine never made one
-                key = (st.st_dev, st.st_ino)
-                shared = links.get(key) if st.st_nlink > 1 else None
-                if shared is not None:
-                    self.put(path, shared, layer)
-                    continue
-                node = _inode(d.path, st)
-                if st.st_nlink > 1:
-                    links[key] = node
-                self.put(path, node, layer)
-            todo.extend(reversed(below))
-
-    def _meta_dir(self, path: str, host: Path, layer: int) -> None:
-        """The root: each layer's own root directory carries the tar's `./` metadata;
-        its layer stays 0, as the archive reader records it."""
-        st = os.lstat(host)
-        self._set_dir(path, st, _image_xattrs(_xattrs(os.fsdecode(host))), 0)
-        del layer
-
-    def _set_dir(self, path: str, st: os.stat_result, xattrs: dict[str, bytes],
-                 layer: int) -> None:
-        existing = self.index.get(path)
-        if existing is not None and existing[0].kind == "dir":
-            node = existing[0]
-            node.mode, node.uid, node.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-            node.mtime, node.xattrs = _seconds(st.st_mtime_ns), xattrs
-            self.index[path] = (node, layer)
-            return
-        self.put(path, _Inode("dir", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                              _seconds(st.st_mtime_ns), 0, "", xattrs), layer)
-
-    def entries(self) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]],
-                               dict[str, ContentRef]]:
-        """The index in FlatImage's terms. A hardlink group's file is its smallest path and
-        the others are hardlinks to it: a layer directory keeps no order of names, so only
-        a rule that needs none can be the same for every reader."""
-        by_node: dict[int, list[str]] = {}
-        for path, (node, _) in self.index.items():
-            if node.kind != "dir":
-                by_node.setdefault(id(node), []).append(path)
-        groups: dict[str, tuple[str, ...]] = {}
-        canonical: dict[int, str] = {}
-        for key, paths in by_node.items():
-            if len(paths) > 1:
-                paths.sort()
-                canonical[key] = paths[0]
-                for p in paths:
-                    groups[p] = tuple(paths)
-        out: dict[str, Entry] = {}
-        content: dict[str, ContentRef] = {}
-        for path in sorted(self.index):
-            n, layer = self.index[path]
-            canon = canonical.get(id(n), path)
-            linked = canon != path
-            if n.content is not None and not linked:
-                content[path] = n.content
-            out[path] = Entry(path=path, kind="hardlink" if linked else n.kind, mode=n.mode,
-                              uid=n.uid, gid=n.gid, mtime=n.mtime,
-                              size=n.size if n.kind == "file" and not linked else 0,
-                              linkname=canon if linked else n.linkname, xattrs=dict(n.xattrs),
-                              layer=layer, devmajor=n.devmajor, devminor=n.devminor)
-        return out, groups, content
-
-
-def _seconds(ns: int) -> float:
-    """ns as float seconds, correctly rounded (int / int): the same float the tar
-    reader gets from the PAX text of the same time. (ns / 1e9 rounds twice.)"""
-    return ns / 1_000_000_000
-
-
-def _xattrs(host: str) -> dict[str, bytes]:
-    try:
-        names = os.listxattr(host, follow_symlinks=False)
-    except OSError:
-        return {}
-    out = {}
-    for name in names:
+    def __init__(self, path: Path, where: str, budgets: Budgets, image_used: int) -> None:
+        self.where = where
+        self._budgets = budgets
+        self._left = budgets.image_bytes - image_used
         try:
-            out[name] = os.getxattr(host, name, follow_symlinks=False)
-        except OSError:
-            continue  # removed meanwhile: the engine changed the layer under us
-    return out
+            self._gz = gzip.open(path, "rb")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise ImageFormatError(f"{where}: cannot open {path}: {exc}") from None
+        self._buf = b""
+        self._pos = 0
+        self._data: int | None = None  # the stream stands at this many bytes of data
+        self.uncompressed = 0  # bytes of the layer's tar so far, data included
+
+    def _record(self) -> dict | None:
+        try:
+            line = self._gz.readline(_MAX_LINE)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ImageFormatError(f"{self.where}: corrupt tar-split record: {exc}") from None
+        if not line:
+            return None
+        if not line.endswith(b"\n") and len(line) >= _MAX_LINE:
+            raise ImageFormatError(f"{self.where}: a tar-split record over {human(_MAX_LINE)}")
+        try:
+            rec = json.loads(line)
+        except ValueError as exc:
+            raise ImageFormatError(f"{self.where}: malformed tar-split record: {exc}") from None
+        if not isinstance(rec, dict) or rec.get("type") not in (1, 2):
+            raise ImageFormatError(f"{self.where}: malformed tar-split record {line[:80]!r}")
+        return rec
+
+    def _count(self, n: int) -> None:
+        self.uncompressed += n
+        if self.uncompressed > self._left:
+            raise BudgetExceeded("image_bytes", self._budgets.image_bytes,
+                                 f"{self.where}: the image's layers hold more than "
+                                 f"{human(self._budgets.image_bytes)} together")
+
+    def _fill(self) -> bool:
+        """Load the next raw bytes; False at the end or where data was."""
+        while self._data is None:
+            rec = self._record()
+            if rec is None:
+                return False
+            if rec["type"] == 2:
+                payload = rec.get("payload") or ""
+                try:
+                    if not isinstance(payload, str):
+                        raise binascii.Error("not a string")
+                    self._buf = base64.b64decode(payload, validate=True)
+                except binascii.Error as exc:
+                    raise ImageFormatError(f"{self.where}: malformed tar-split payload: "
+                                           f"{exc}") from None
+                self._pos = 0
+                self._count(len(self._buf))
+                if self._buf:
+                    return True
+                continue
+            size = rec.get("size", 0)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise ImageFormatError(f"{self.where}: malformed tar-split file size {size!r}")
+            if size:
+                self._data = size
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        out = []
+        want = n if n >= 0 else 1 << 62
+        while want > 0:
+            if self._pos >= len(self._buf) and not self._fill():
+                break
+            chunk = self._buf[self._pos:self._pos + want]
+            self._pos += len(chunk)
+            want -= len(chunk)
+            out.append(chunk)
+        return b"".join(out)
+
+    def skip(self, n: int) -> None:
+        """Pass over the `n` bytes of data of the member whose header was just read."""
+        if self._pos < len(self._buf):
+            raise ImageFormatError(f"{self.where}: tar-split does not match the tar: header "
+                                   f"bytes where {n} bytes of data should be")
+        self._fill()
+        if self._data != n:
+            raise ImageFormatError(f"{self.where}: tar-split does not match the tar: a header "
+                                   f"says {n} bytes of data, the record {self._data}")
+        self._data = None
+        self._count(n)
+
+    def finish(self) -> None:
+        """What is left after the tar's end blocks may only be padding."""
+        rest = self.read(1 << 20)
+        while rest:
+            if rest.strip(b"\0"):
+                raise ImageFormatError(f"{self.where}: data after the end of the tar")
+            rest = self.read(1 << 20)
+        if self._data is not None:
+            raise ImageFormatError(f"{self.where}: file data after the end of the tar")
+
+    def close(self) -> None:
+        self._gz.close()
 
 
-def _image_xattrs(xattrs: dict[str, bytes]) -> dict[str, bytes]:
-    return {k: v for k, v in xattrs.items() if not k.startswith(_OWN_XATTRS)}
+@dataclass(frozen=True)
+class _LayerDir:
+    """One layer as the engine holds it: its directory and its tar-split file."""
 
+    index: int
+    where: str
+    directory: str
+    tar_split: Path
 
-def _inode(host: str, st: os.stat_result) -> _Inode:
-    mode = st.st_mode
-    xattrs = _image_xattrs(_xattrs(host))
-    common = dict(mode=stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid,
-                  mtime=_seconds(st.st_mtime_ns), xattrs=xattrs)
-    if stat.S_ISREG(mode):
-        return _Inode("file", size=st.st_size, linkname="", **common,  # type: ignore[arg-type]
-                      content=ContentRef(host, 0, st.st_size))
-    if stat.S_ISLNK(mode):
-        return _Inode("symlink", size=0, linkname=os.readlink(host), **common)  # type: ignore[arg-type]
-    kind = {stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}.get(
-        stat.S_IFMT(mode))
-    if kind is None:
-        raise ImageFormatError(f"{host}: a file type no layer can hold")
-    return _Inode(kind, size=0, linkname="", **common,  # type: ignore[arg-type]
-                  devmajor=os.major(st.st_rdev) if kind != "fifo" else 0,
-                  devminor=os.minor(st.st_rdev) if kind != "fifo" else 0)
+    def open_headers(self, budgets: Budgets, image_used: int) -> TarSplitStream:
+        return TarSplitStream(self.tar_split, self.where, budgets, image_used)
 
 
 def index_in_place(ref: ImageRef, image: OverlayImage, dest: Path, budgets: Budgets,
-                   progress: object = None) -> FlatImage:
-    """The FlatImage of `image`, read from its layer directories. `dest` (new, empty) is
-    the result's work dir; nothing is written into it."""
-    dest.mkdir(parents=True)
-    os.chmod(dest, 0o700)
-    merged = _Merge(budgets)
-    for i, diff in enumerate(image.layer_dirs):
-        if callable(progress):
-            progress(f"indexing layer {i} in place ({diff})")
-        merged.apply(i, diff)
-    entries, groups, content = merged.entries()
-    return FlatImage(entries=entries, root=None, config=image.config,
-                     source_digest=image.image_id, source_ref=ref, _groups=groups,
-                     _content=content, workdir=dest.resolve())
+                   progress: Callable[[str], None] | None = None) -> FlatImage:
+    """The FlatImage of `image`, read from its layers' tar-split files and directories.
+    `dest` (new, empty) is the result's work dir; nothing is written into it."""
+    from tracer.image.flatten import flatten_in_place
+
+    layers = [_LayerDir(i, f"{ref}: layer {i} (in place: {d})", os.fsdecode(d), split)
+              for i, (d, split) in enumerate(zip(image.layer_dirs, image.tar_splits,
+                                                  strict=True))]
+    return flatten_in_place(layers, dest, config=image.config, digest=image.image_id,
+                            ref=ref, budgets=budgets, progress=progress)

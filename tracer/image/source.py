@@ -55,27 +55,39 @@ class ImageSource:
         self._held[path] = (fd, name)
         return path
 
-    def keep_file(self, path: str, dest_dir: Path) -> str:
-        """A name for `path` in `dest_dir` that outlives this source: a flattened image
-        reads file content from layer data in place, after the source is closed.
+    def keep_file(self, path: str, dest_dir: Path) -> tuple[str, tuple[int, int]]:
+        """A name for `path` in `dest_dir` that outlives this source, and the identity
+        (st_dev, st_ino) the file has: a flattened image reads file content from layer data
+        in place, after the source is closed, and checks it opens that very file.
 
         A temp file of this source is hardlinked (copied across filesystems). An input file
-        held open (/proc/self/fd/N) is named by the path it was checked under: opened
-        without following links and found to be a regular file. Nothing is copied, so
-        the input must not change while the flattened image is in use (an input read in
-        place always has that condition). Other paths are returned as they are."""
+        held open (/proc/self/fd/N) is named by the path the kernel has for it (no symlink
+        on the way: the operator's name for an input may be one), with the identity of the
+        descriptor its bytes were checked through. Nothing is copied, so the input must not
+        change while the flattened image is in use (an input read in place always has that
+        condition). Other paths (spooled layers in `dest_dir`) are returned as they are."""
         held = self._held.get(path)
+        identity: tuple[int, int] | None = None
         if held is not None:
-            path = held[1]
+            st = os.fstat(held[0])
+            identity = (st.st_dev, st.st_ino)
+            name = held[1]
+            path = os.readlink(path)
+        else:
+            name = path
         for p in self._cleanup:
-            if str(p) == path:
+            if str(p) == name:
                 new = Path(dest_dir) / p.name
                 try:
                     os.link(p, new)
                 except OSError:  # another filesystem: copy (slow, but correct)
                     shutil.copyfile(p, new)
-                return str(new)
-        return path
+                path, identity = str(new), None
+                break
+        if identity is None:
+            st = os.stat(path, follow_symlinks=False)  # a file of tracer's own work dir
+            identity = (st.st_dev, st.st_ino)
+        return path, identity
 
     def close(self) -> None:
         """Close held input files and remove temp files this source made (never the

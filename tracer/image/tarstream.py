@@ -196,6 +196,12 @@ class TarReader:
         return data[:size]
 
     def _skip_rest(self) -> None:
+        skip = getattr(self._f, "skip", None)
+        if skip is not None and self._remaining:
+            # a stream of headers only (a layer read in place): the data is not in it
+            skip(self._remaining)
+            self.offset += self._remaining
+            self._remaining = 0
         while self._remaining:
             n = min(CHUNK, self._remaining)
             if len(self._read(n)) != n:
