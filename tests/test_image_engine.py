@@ -4,6 +4,8 @@ engine's own export of the result is the original's, path by path."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -21,7 +23,7 @@ from image_builders import (
 )
 from prereq import missing
 
-from tracer.errors import BadInput
+from tracer.errors import BadInput, ImageFormatError
 from tracer.image import flatten, open_image, parse_reference, write_image
 from tracer.image.daemon import EngineImages
 from tracer.image.prepare import prepare
@@ -199,3 +201,109 @@ def test_a_non_engine_input_runs_under_a_temp_tag_only(tmp_path: Path, docker_cl
     assert not docker_client.images.list(name="tracer-tmp/my-app")
     with pytest.raises(BadInput, match="not in the Docker engine"):
         open_image(parse_reference("tracer-test/does-not-exist:nope"), tmp_path)
+
+
+# ---------------------------------------------------------------- writing into the engine
+
+
+STREAMED = [layer(M("app", "dir"), M("app/big", data=bytes(range(256)) * 8192),
+                  M("app/small", data=b"s", mode=0o4755), M("app/link", "hardlink",
+                                                             linkname="app/small", mode=0o4755))]
+
+
+def _small_flat(tmp_path: Path):  # noqa: ANN202 - a FlatImage
+    archive = docker_archive(tmp_path / "in.tar", STREAMED)
+    with open_image(parse_reference(f"docker-archive:{archive}"), tmp_path / "src") as src:
+        return flatten(src, tmp_path / "src" / "root")
+
+
+def test_output_is_streamed_into_the_engine_and_never_written_here(tmp_path: Path,
+                                                                     docker_client) -> None:
+    flat = _small_flat(tmp_path)
+    tag = f"tracer-test/exact-streamed:{uuid.uuid4().hex[:8]}"
+    try:
+        w = write_image(flat, list(flat.entries), parse_reference(tag),
+                        workdir=tmp_path / "w", comment="streamed")
+        assert list((tmp_path / "w").iterdir()) == []  # no archive was written first
+        assert docker_client.images.get(tag).id == w.image_id
+        tree = engine_tree(tag)
+        assert tree["/app/big"].sha256 == hashlib.sha256(bytes(range(256)) * 8192).hexdigest()
+        assert tree["/app/small"].mode == 0o4755
+        assert tree["/app/small"].hardlink_of == "/app/link"  # one inode, written once
+        # the same image written to a file has the same id: one image whatever the transport
+        archived = write_image(flat, list(flat.entries),
+                               parse_reference(f"docker-archive:{tmp_path / 'out.tar'}"),
+                               workdir=tmp_path / "w2", comment="streamed")
+        assert archived.image_id == w.image_id and archived.layer_digest == w.layer_digest
+    finally:
+        docker_client.images.remove(tag, force=True)
+
+
+def test_a_stream_that_is_not_the_verified_image_loads_nothing(tmp_path: Path,
+                                                               docker_client) -> None:
+    """The image id is known only once the layer has been sent: a different one than
+    expected ends the stream before the manifest, and the engine keeps nothing."""
+    import docker
+
+    from tracer.image import daemon
+    from tracer.image.sink import one_layer
+
+    flat = _small_flat(tmp_path)
+    image = one_layer(flat, list(flat.entries), comment="not the candidate")
+    real_id = daemon._described(image).image_id
+    tag = f"tracer-test/exact-refused:{uuid.uuid4().hex[:8]}"
+    with pytest.raises(RuntimeError, match="is not the verified candidate"):
+        daemon.DaemonTransport().write(image, parse_reference(tag), tmp_path,
+                                       expect_id="sha256:" + "0" * 64)
+    for name in (tag, real_id):
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.images.get(name)
+
+
+def test_layer_data_that_fails_mid_stream_is_reported_as_such(tmp_path: Path,
+                                                                docker_client) -> None:
+    """The source's layer data cut short while the layer is being sent: the image's own
+    error (exit 2), not a lost engine, and the engine keeps nothing."""
+    import docker
+
+    flat = _small_flat(tmp_path)
+    ref = flat.content_ref("/app/big")
+    os.truncate(ref.blob, ref.offset + 1000)
+    tag = f"tracer-test/exact-cut:{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ImageFormatError, match="ends .* bytes short"):
+        write_image(flat, list(flat.entries), parse_reference(tag), workdir=tmp_path / "w",
+                    comment="cut")
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(tag)
+
+
+def test_publishing_the_candidate_moves_the_tag_without_a_load(tmp_path: Path, docker_client,
+                                                              monkeypatch) -> None:
+    from tracer.image import daemon
+
+    flat = _small_flat(tmp_path)
+    candidate = f"tracer-test/exact-candidate:{uuid.uuid4().hex[:8]}"
+    out = f"tracer-test/exact-published:{uuid.uuid4().hex[:8]}"
+    keep = ["/app/small", "/app/link"]
+    try:
+        first = write_image(flat, keep, parse_reference(candidate), workdir=tmp_path / "w",
+                            comment="c")
+
+        def no_load(*args: object) -> None:
+            raise AssertionError("the candidate was loaded again")
+
+        monkeypatch.setattr(daemon, "_load", no_load)
+        published = write_image(flat, keep, parse_reference(out), workdir=tmp_path / "w",
+                                comment="c", expect_id=first.image_id)
+        assert published.image_id == first.image_id and not published.unchanged
+        assert docker_client.images.get(out).id == first.image_id
+        again = write_image(flat, keep, parse_reference(out), workdir=tmp_path / "w",
+                            comment="c", expect_id=first.image_id)
+        assert again.unchanged and again.layer_size == first.layer_size
+        with pytest.raises(RuntimeError, match="is not the verified candidate"):
+            write_image(flat, ["/app/big"], parse_reference(out), workdir=tmp_path / "w",
+                        comment="c", expect_id=first.image_id)
+        assert docker_client.images.get(out).id == first.image_id
+    finally:
+        for tag in (candidate, out):
+            docker_client.images.remove(tag, force=True)

@@ -137,7 +137,7 @@ def test_interrupted_oci_write_leaves_previous_layout(tmp_path: Path, monkeypatc
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lw, "_copy_content", interrupted)  # Ctrl-C in the middle of the layer
+    monkeypatch.setattr(lw, "_content", interrupted)  # Ctrl-C in the middle of the layer
     with pytest.raises(KeyboardInterrupt):
         write_image(flat, ["/usr/bin/ping"], parse_reference(f"oci:{layout}:one"),
                     workdir=tmp_path / "w", comment="c")

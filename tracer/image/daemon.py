@@ -12,10 +12,12 @@ driver, else `docker save` into the work dir and the docker-archive reader
 the same index. `choose_backend` is the one place that decides, and says why. An
 ImageSource (config + layer streams) always comes from `docker save`.
 
-Writing is go-containerregistry's `daemon.Write`: the one-layer image is written as a
-docker-archive in the work dir; when the engine already has an image with that id (the
-verified candidate, or last night's identical output) it is only tagged, otherwise
-loaded. The image the output tag named before is removed when nothing else names it.
+Writing is go-containerregistry's `daemon.Write`, without the temp file: the one-layer
+image is streamed into the engine's load as a docker-archive made while it is sent
+(`LoadStream`), so the layer is written once, into the engine. Publishing the verified
+candidate, which the engine already has, only hashes the layer to check it is that image
+and moves the tag. The image the output tag named before is removed when nothing else
+names it.
 
 `EngineImages` tracks the temporary images a run puts into the engine (an input copy that
 can run, the candidate) and removes them at the end.
@@ -23,11 +25,14 @@ can run, the candidate) and removes them at the end.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 import sys
+import tarfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -35,11 +40,12 @@ from typing import Protocol
 from tracer.budgets import Budgets
 from tracer.engine import Engine, connect, transfer_timeout
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
-from tracer.image.archive import read_archive, write_archive_file
+from tracer.image.archive import read_archive, tar_member_header
 from tracer.image.diskio import disk_full, new_file
 from tracer.image.documents import DIGEST_RE
+from tracer.image.layerwrite import HashingWriter
 from tracer.image.model import FlatImage
-from tracer.image.output import OneLayer, WrittenImage
+from tracer.image.output import OneLayer, WrittenImage, json_bytes, tar_member
 from tracer.image.overlay import NotReadable, OverlayImage, index_in_place, locate
 from tracer.image.reference import ImageRef
 from tracer.image.source import ImageSource
@@ -230,22 +236,26 @@ class DaemonTransport:
 
     def write(self, image: OneLayer, ref: ImageRef, workdir: Path,
               expect_id: str | None = None) -> WrittenImage:
+        """Make `ref` name `image`. Publishing the verified candidate (`expect_id`, which
+        the engine has) only hashes the layer, to check it is that image, and moves the
+        tag; anything else is streamed into the engine's load. `workdir` is not used:
+        nothing is written on this side."""
         repo_tag = self.check_output(ref)
         engine = connect()
-        tmp = workdir / f"output-{uuid.uuid4().hex[:12]}.tar"
-        try:
-            with disk_full(workdir, image.estimated_size()):
-                written = write_archive_file(image, tmp, repo_tag)
+        previous = inspect(engine, repo_tag)
+        written = None
+        if expect_id is not None and inspect(engine, expect_id) is not None:
+            written = _described(image)
             written.expect(expect_id)
-            previous = inspect(engine, repo_tag)
-            written.ref = ref
-            written.manifest_digest = None  # the engine keeps no manifest of a loaded image
-            if previous is not None and previous.id == written.image_id:
-                written.unchanged = True
-                return written
-            _put(engine, tmp, written.image_id, ref)
-        finally:
-            tmp.unlink(missing_ok=True)
+            if previous is None or previous.id != written.image_id:
+                written = _tag(engine, written, ref, image)
+        else:
+            written = _load(image, ref, expect_id)
+        written.ref = ref
+        written.manifest_digest = None  # the engine keeps no manifest of a loaded image
+        if previous is not None and previous.id == written.image_id:
+            written.unchanged = True
+            return written
         if previous is not None:
             _remove_if_untagged(engine, previous.id)
         return written
@@ -261,39 +271,146 @@ class DaemonTransport:
         return inspect(connect(), str(ref.repo_tag)) is not None
 
 
-def _put(engine: Engine, archive: Path, image_id: str, ref: ImageRef) -> None:
-    """Make `ref` name `image_id`: only a tag when the engine has the image (the verified
-    candidate, last night's output), else `docker load` of `archive` first. Another run
-    may remove the image between the check and the tag (its temp tag was the last name
-    of an identical image): then it is loaded after all."""
+def _described(image: OneLayer) -> WrittenImage:
+    """What writing `image` would give, from hashing its layer: nothing is written."""
+    plan = image.plan()
+    w = HashingWriter(_Discard())
+    for chunk in plan.chunks():
+        w.write(chunk)
+    stats = plan.stats(w)
+    config = image.config_bytes(stats.diff_id)
+    return WrittenImage(ImageRef("docker-daemon", None, None, None),
+                        "sha256:" + hashlib.sha256(config).hexdigest(), stats.diff_id,
+                        stats.size, stats.members)
+
+
+class _Discard:
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def _tag(engine: Engine, written: WrittenImage, ref: ImageRef, image: OneLayer
+         ) -> WrittenImage:
+    """Point `ref` at the image the engine already has. Another run may remove it between
+    the check and the tag (its temp tag was the last name of an identical image): then it
+    is loaded after all."""
     import docker
 
     repo, tag = _split_repo_tag(str(ref.repo_tag))
-    for attempt in (1, 2):
-        if attempt == 2 or inspect(engine, image_id) is None:
-            _load(archive, image_id, ref)
-        try:
-            with engine.errors(f"tag {image_id} as {ref.repo_tag}"):
-                engine.api.tag(image_id, repo, tag, force=True)
-            return
-        except docker.errors.NotFound:
-            if attempt == 2:
-                raise EnvironmentProblem(f"the image {image_id} vanished from the engine "
-                                         f"while it was tagged {ref.repo_tag}") from None
-
-
-def _load(archive: Path, image_id: str, ref: ImageRef) -> None:
-    """`docker load` the archive tracer wrote; the engine must end up with `image_id`."""
-    import docker
-
-    engine = connect(transfer_timeout())
     try:
-        with open(archive, "rb") as f, engine.errors(f"load {ref}"):
-            engine.sdk.images.load(f)
-    except docker.errors.ImageLoadError as exc:
-        raise EnvironmentProblem(f"the Docker engine refused to load {ref}: {exc}") from None
-    if inspect(connect(), image_id) is None:
-        raise EnvironmentProblem(f"the Docker engine loaded {ref} but has no image {image_id}")
+        with engine.errors(f"tag {written.image_id} as {ref.repo_tag}"):
+            engine.api.tag(written.image_id, repo, tag, force=True)
+        return written
+    except docker.errors.NotFound:
+        return _load(image, ref, written.image_id)
+
+
+class LoadStream:
+    """`image` as the docker-archive `docker load` reads, made while it is sent.
+
+    The format is `docker save`'s before Docker 25, which every engine loads (the graph
+    driver store and the containerd one alike): the layer under a fixed name, then the
+    config and manifest.json, which name its digest. The layer's size is planned before
+    its first byte (layerwrite.LayerPlan), so its member header comes first; its bytes are
+    read from the source's layer data, hashed, and handed on in chunks of about 1 MiB:
+    the layer is written once, into the engine, and never lands on disk here. The image
+    id is known once the layer has gone by; when it is not `expect_id`, the stream ends
+    before the manifest, so the engine loads nothing. manifest.json tags the image
+    `repo_tag`: the engine moves the tag only once the whole image is in.
+
+    An error raised while producing the stream is kept in `failure`: the HTTP client
+    reports it as a lost connection, which it is not.
+    """
+
+    def __init__(self, image: OneLayer, repo_tag: str, expect_id: str | None) -> None:
+        self.image = image
+        self.repo_tag = repo_tag
+        self.expect_id = expect_id
+        self.written: WrittenImage | None = None
+        self.failure: BaseException | None = None
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        buf = bytearray()
+        try:
+            for part in self._parts(buf):
+                if part:
+                    self.sent += len(part)
+                    yield part
+            if buf:
+                self.sent += len(buf)
+                yield bytes(buf)
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+    def _parts(self, buf: bytearray) -> Iterator[bytes]:
+        """Yields full chunks of `buf` (what is left stays in it)."""
+        plan = self.image.plan()
+        buf += tar_member_header(LAYER_MEMBER, plan.size)
+        w = HashingWriter(_Append(buf))
+        for chunk in plan.chunks():
+            w.write(chunk)
+            if len(buf) >= _CHUNK:
+                yield bytes(buf)
+                buf.clear()
+        stats = plan.stats(w)
+        buf += bytes((-stats.size) % tarfile.BLOCKSIZE)
+        config = self.image.config_bytes(stats.diff_id)
+        image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+        written = WrittenImage(ImageRef("docker-daemon", None, None, None), image_id,
+                               stats.diff_id, stats.size, stats.members)
+        written.expect(self.expect_id)
+        config_name = f"{image_id[7:]}.json"
+        out = io.BytesIO()
+        tar_member(out, config_name, config)
+        tar_member(out, "manifest.json", json_bytes([{
+            "Config": config_name, "RepoTags": [self.repo_tag], "Layers": [LAYER_MEMBER]}]))
+        out.write(bytes(2 * tarfile.BLOCKSIZE))
+        buf += out.getvalue()
+        self.written = written
+
+
+class _Append:
+    def __init__(self, buf: bytearray) -> None:
+        self.buf = buf
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+
+
+LAYER_MEMBER = "layer.tar"
+
+
+def _load(image: OneLayer, ref: ImageRef, expect_id: str | None) -> WrittenImage:
+    """Stream `image` into the engine's load (LoadStream); the engine must end up with
+    the image and `ref` naming it."""
+
+    stream = LoadStream(image, str(ref.repo_tag), expect_id)
+    engine = connect(transfer_timeout())
+    errors: list[str] = []
+    try:
+        with engine.errors(f"load {ref}"):
+            for message in engine.api.load_image(iter(stream)):
+                if isinstance(message, dict) and message.get("error"):
+                    errors.append(str(message["error"]))
+    except BaseException:
+        if stream.failure is not None:
+            raise stream.failure from None
+        raise
+    if stream.failure is not None:  # raised and swallowed by the HTTP client
+        raise stream.failure
+    if errors:
+        raise EnvironmentProblem(f"the Docker engine refused to load {ref}: {errors[0]}")
+    written = stream.written
+    if written is None:
+        raise EnvironmentProblem(f"the Docker engine answered the load of {ref} before "
+                                 "reading all of it")
+    loaded = inspect(connect(), str(ref.repo_tag))
+    if loaded is None or loaded.id != written.image_id:
+        raise EnvironmentProblem(f"the Docker engine loaded {ref} but it names "
+                                 f"{loaded.id if loaded else 'nothing'}, not {written.image_id}")
+    return written
 
 
 def _remove_if_untagged(engine: Engine, image_id: str) -> None:

@@ -12,7 +12,7 @@ import errno
 import hashlib
 import os
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -142,58 +142,93 @@ def encode_header(name: str, e: Entry, typ: bytes, size: int, linkname: str,
     return xhead + records + bytes((-len(records)) % tarfile.BLOCKSIZE) + head
 
 
-def write_layer(flat: FlatImage, paths: list[str], out: BinaryIO) -> LayerStats:
-    """Write `paths` (from `closed_paths`) as a tar to `out`; return diff_id and size.
+class LayerPlan:
+    """The layer tar of `paths` (from `closed_paths`), planned before a byte is written:
+    every member's header, and its size in total. The size is known up front, so the layer
+    can be streamed as a member of an outer tar (into the engine's load) without being
+    written anywhere first; `chunks` then yields exactly `size` bytes.
 
-    A full disk is `errors.no_space` naming the output's directory and about how much the
-    whole layer needs (exit 4), never an internal error.
+    A hardlink group is written once, as the file, under its first kept name (the paths
+    are sorted, so the smallest), the other kept names as links to it: a group whose
+    smallest name was not kept still gets its content once.
     """
-    w = HashingWriter(out)
-    done = 0
-    try:
-        written_inode: dict[str, str] = {}  # first path of a link group -> first written name
+
+    def __init__(self, flat: FlatImage, paths: list[str]) -> None:
+        self.flat = flat
+        # (header, path whose bytes follow or "", how many)
+        self.members: list[tuple[bytes, str, int]] = []
+        written_inode: dict[str, str] = {}  # first path of a link group -> written name
+        size = 2 * tarfile.BLOCKSIZE
         for path in paths:
-            _write_member(flat, path, w, written_inode)
-            done += 1  # what is left to write when the disk fills up
-        w.write(bytes(2 * tarfile.BLOCKSIZE))
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        rest = sum(e.size for p in paths[done:] if (e := flat.entries[p]).kind == "file")
-        name = getattr(out, "name", None)
-        where = os.path.dirname(os.path.abspath(name)) if isinstance(name, str) else "the output"
-        raise no_space(where, w.count + rest + BLOCK_OVERHEAD * (len(paths) - done)) from None
-    return LayerStats(w.digest(), w.count, len(paths))
+            header, content, n = _member(flat, path, written_inode)
+            self.members.append((header, content, n))
+            size += len(header) + n + (-n) % tarfile.BLOCKSIZE
+        self.size = size
+
+    def chunks(self) -> Iterator[bytes]:
+        """The layer's bytes: headers, then each file's bytes read from the source's layer
+        data in bounded chunks."""
+        for header, path, n in self.members:
+            yield header
+            if n:
+                yield from _content(self.flat, path, n)
+                if n % tarfile.BLOCKSIZE:
+                    yield bytes(-n % tarfile.BLOCKSIZE)
+        yield bytes(2 * tarfile.BLOCKSIZE)
+
+    def write(self, out: BinaryIO) -> LayerStats:
+        """Write the layer to `out`, hashing it on the way.
+
+        A full disk is `errors.no_space` naming the output's directory and about how much
+        the whole layer needs (exit 4), never an internal error."""
+        w = HashingWriter(out)
+        try:
+            for chunk in self.chunks():
+                w.write(chunk)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            name = getattr(out, "name", None)
+            where = os.path.dirname(os.path.abspath(name)) if isinstance(name, str) \
+                else "the output"
+            raise no_space(where, self.size) from None
+        return self.stats(w)
+
+    def stats(self, w: HashingWriter) -> LayerStats:
+        """The layer's numbers once `w` has seen all of it (a different size is a bug)."""
+        if w.count != self.size:
+            raise RuntimeError(f"wrote a {w.count}-byte layer planned as {self.size} bytes")
+        return LayerStats(w.digest(), w.count, len(self.members))
 
 
-BLOCK_OVERHEAD = 2 * tarfile.BLOCKSIZE  # a header and padding, about, per member
+def write_layer(flat: FlatImage, paths: list[str], out: BinaryIO) -> LayerStats:
+    """Write `paths` (from `closed_paths`) as a tar to `out`; return diff_id and size."""
+    return LayerPlan(flat, paths).write(out)
 
 
-def _write_member(flat: FlatImage, path: str, w: HashingWriter,
-                  written_inode: dict[str, str]) -> None:
+def _member(flat: FlatImage, path: str, written_inode: dict[str, str]
+            ) -> tuple[bytes, str, int]:
+    """One member's header, and which index path's bytes (how many) follow it."""
     e = flat.entries[path]
     name = path[1:]
     group = flat.hardlink_group(path)
     if len(group) > 1:
         first = written_inode.get(group[0])
         if first is not None:
-            w.write(encode_header(name, e, tarfile.LNKTYPE, 0, first))
-            return
+            return encode_header(name, e, tarfile.LNKTYPE, 0, first), "", 0
         written_inode[group[0]] = name
     src = flat.entries[e.linkname] if e.kind == "hardlink" else e
     kind = src.kind
     if kind == "file":
-        w.write(encode_header(name, e, tarfile.REGTYPE, src.size, ""))
-        _copy_content(flat, src.path, src.size, w)
-    elif kind == "dir":
-        w.write(encode_header(name + "/", e, tarfile.DIRTYPE, 0, ""))
-    elif kind == "symlink":
-        w.write(encode_header(name, e, tarfile.SYMTYPE, 0, src.linkname))
-    else:
-        w.write(encode_header(name, e, _TYPES[kind], 0, "", src.devmajor, src.devminor))
+        return encode_header(name, e, tarfile.REGTYPE, src.size, ""), src.path, src.size
+    if kind == "dir":
+        return encode_header(name + "/", e, tarfile.DIRTYPE, 0, ""), "", 0
+    if kind == "symlink":
+        return encode_header(name, e, tarfile.SYMTYPE, 0, src.linkname), "", 0
+    return encode_header(name, e, _TYPES[kind], 0, "", src.devmajor, src.devminor), "", 0
 
 
-def _copy_content(flat: FlatImage, path: str, size: int, w: HashingWriter) -> None:
+def _content(flat: FlatImage, path: str, size: int) -> Iterator[bytes]:
     try:
         f = flat.open_content(path)
     except OSError as exc:
@@ -204,11 +239,8 @@ def _copy_content(flat: FlatImage, path: str, size: int, w: HashingWriter) -> No
             chunk = f.read(min(_CHUNK, left))
             if not chunk:
                 break
-            w.write(chunk)
             left -= len(chunk)
+            yield chunk
     if left:
         raise ImageFormatError(f"content of {path} ends {left} bytes short of its {size} "
                                "bytes: the layer data it is read from changed or vanished")
-    pad = (-size) % tarfile.BLOCKSIZE
-    if pad:
-        w.write(bytes(pad))

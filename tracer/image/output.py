@@ -16,14 +16,14 @@ import json
 import os
 import tarfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 from tracer import __version__
 from tracer.errors import BadInput
 from tracer.image import documents as doc
-from tracer.image.layerwrite import LayerStats, write_layer
+from tracer.image.layerwrite import LayerPlan, LayerStats
 from tracer.image.model import FlatImage
 from tracer.image.reference import ImageRef
 
@@ -138,10 +138,17 @@ class OneLayer:
     created_by: str
     comment: str
     created: str | None
+    _plan: LayerPlan | None = field(default=None, repr=False, compare=False)
+
+    def plan(self) -> LayerPlan:
+        """The layer's members and size, before anything is written (planned once)."""
+        if self._plan is None:
+            self._plan = LayerPlan(self.flat, self.paths)
+        return self._plan
 
     def write_layer(self, out: BinaryIO) -> LayerStats:
         """Write the layer tar to `out`, hashing it on the way."""
-        return write_layer(self.flat, self.paths, out)
+        return self.plan().write(out)
 
     def config_bytes(self, diff_id: str) -> bytes:
         return json_bytes(build_config(self.base_config, diff_id, created=self.created,
