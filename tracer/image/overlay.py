@@ -112,6 +112,7 @@ def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: st
 
 
 _MAX_LINE = 4 << 20  # one tar-split record: a header run (PAX records at most 1 MiB) in base64
+_BATCH = 2048  # records parsed at once
 
 
 class TarSplitStream:
@@ -133,27 +134,49 @@ class TarSplitStream:
             self._gz = gzip.open(path, "rb")  # noqa: SIM115 - closed by close()
         except OSError as exc:
             raise ImageFormatError(f"{where}: cannot open {path}: {exc}") from None
+        self._records: list = []  # parsed, not yet used, last first
         self._buf = b""
         self._pos = 0
         self._data: int | None = None  # the stream stands at this many bytes of data
         self.uncompressed = 0  # bytes of the layer's tar so far, data included
 
     def _record(self) -> dict | None:
+        if not self._records:
+            self._records = self._batch()
+            self._records.reverse()
+            if not self._records:
+                return None
+        rec = self._records.pop()
+        if not isinstance(rec, dict) or rec.get("type") not in (1, 2):
+            raise ImageFormatError(f"{self.where}: malformed tar-split record "
+                                   f"{str(rec)[:80]!r}")
+        return rec
+
+    def _batch(self) -> list:
+        """The next records, parsed as one JSON array (one parse per record cost more than
+        all the rest of indexing); at most _BATCH lines of at most _MAX_LINE bytes each."""
+        lines = []
+        size = 0
         try:
-            line = self._gz.readline(_MAX_LINE)
+            while len(lines) < _BATCH and size < _MAX_LINE:
+                line = self._gz.readline(_MAX_LINE)
+                if not line:
+                    break
+                if not line.endswith(b"\n") and len(line) >= _MAX_LINE:
+                    raise ImageFormatError(f"{self.where}: a tar-split record over "
+                                           f"{human(_MAX_LINE)}")
+                lines.append(line)
+                size += len(line)
         except (OSError, EOFError, zlib.error) as exc:
             raise ImageFormatError(f"{self.where}: corrupt tar-split record: {exc}") from None
-        if not line:
-            return None
-        if not line.endswith(b"\n") and len(line) >= _MAX_LINE:
-            raise ImageFormatError(f"{self.where}: a tar-split record over {human(_MAX_LINE)}")
+        if not lines:
+            return []
         try:
-            rec = json.loads(line)
+            records = json.loads(b"[" + b",".join(lines) + b"]")
         except ValueError as exc:
             raise ImageFormatError(f"{self.where}: malformed tar-split record: {exc}") from None
-        if not isinstance(rec, dict) or rec.get("type") not in (1, 2):
-            raise ImageFormatError(f"{self.where}: malformed tar-split record {line[:80]!r}")
-        return rec
+        assert isinstance(records, list)
+        return records
 
     def _count(self, n: int) -> None:
         self.uncompressed += n
@@ -190,6 +213,10 @@ class TarSplitStream:
         return False
 
     def read(self, n: int = -1) -> bytes:
+        pos = self._pos
+        if 0 <= n <= len(self._buf) - pos:  # the common case: a header block at hand
+            self._pos = pos + n
+            return self._buf[pos:pos + n]
         out = []
         want = n if n >= 0 else 1 << 62
         while want > 0:
