@@ -27,6 +27,7 @@ from image_builders import (
     flat_from_layers,
     flatten_ref,
     layer,
+    set_size,
 )
 from prereq import missing
 
@@ -171,7 +172,7 @@ def tar_split(tar: bytes) -> bytes:
             lines.append({"type": 2, "payload": base64.b64encode(
                 tar[pos:ti.offset_data]).decode()})
             entry: dict = {"type": 1, "name": ti.name}
-            if ti.isreg() and ti.size:
+            if ti.size:  # the header's claim, also for a type without data
                 entry["size"] = ti.size
             lines.append(entry)
             pos = ti.offset_data + (ti.size if ti.isreg() else 0)
@@ -319,6 +320,25 @@ def test_malformed_tar_split_records_are_refused(tmp_path: Path, records: list[d
     with pytest.raises(ImageFormatError, match=error):
         index_in_place(parse_reference("docker-daemon:hand/made:1"), located,
                        tmp_path / "idx", DEFAULT)
+
+
+def test_a_size_on_a_member_without_data_is_ignored_as_the_tar_readers_do(
+        tmp_path: Path) -> None:
+    """A symlink whose header claims 100 bytes: no data follows it in the tar (Go's reader
+    and tracer's agree), and its tar-split record still says 100."""
+    if os.geteuid() != 0:
+        missing("in-place reading is for root only")
+    members = [M("s", "symlink", linkname="f"), M("f", data=b"after the link")]
+    tar = set_size(layer(*members), "s", 100)
+    image_id, data, root = _storage(tmp_path / "storage", _config([tar]), [tar])
+    located = locate(image_id, "overlay2", data, root, DEFAULT)
+    _unpack(members, located.layer_dirs[0])
+    in_place = index_in_place(parse_reference("docker-daemon:hand/made:1"), located,
+                              tmp_path / "idx", DEFAULT)
+    archive = docker_archive(tmp_path / "in.tar", [tar])
+    saved = flatten_ref(f"docker-archive:{archive}", tmp_path / "work")
+    assert in_place.entries == saved.entries
+    assert in_place.open_content("/f").read() == b"after the link"
 
 
 def test_tar_split_that_does_not_match_its_headers_is_refused(tmp_path: Path) -> None:

@@ -121,9 +121,11 @@ class TarSplitStream:
     The file is gzipped JSON, one record a line: `{"type": 2, "payload": BASE64}` holds raw
     tar bytes (headers, PAX records, padding, the end blocks), `{"type": 1, "size": N}`
     stands where a member's N bytes of data were (written for every member, N omitted when
-    0). `read` serves the raw bytes and stops where data was; the tar reader then `skip`s
-    that data, which must be the size the record says. The bytes the layer's tar had,
-    data included, count against the image_bytes budget as the archive reader counts them.
+    0, the header's size field otherwise, even for a type that has no data). `read`
+    serves the raw bytes and passes over data records; the tar reader `skip`s the data of
+    a regular file right after its header, and the next record must stand for exactly
+    that many bytes. The bytes the layer's tar had, data included, count against the
+    image_bytes budget as the archive reader counts them.
     """
 
     def __init__(self, path: Path, where: str, budgets: Budgets, image_used: int) -> None:
@@ -137,7 +139,6 @@ class TarSplitStream:
         self._records: list = []  # parsed, not yet used, last first
         self._buf = b""
         self._pos = 0
-        self._data: int | None = None  # the stream stands at this many bytes of data
         self.uncompressed = 0  # bytes of the layer's tar so far, data included
 
     def _record(self) -> dict | None:
@@ -186,31 +187,34 @@ class TarSplitStream:
                                  f"{human(self._budgets.image_bytes)} together")
 
     def _fill(self) -> bool:
-        """Load the next raw bytes; False at the end or where data was."""
-        while self._data is None:
+        """Load the next raw bytes; False at the end. A data record met here is a member
+        without data for the tar reader (a directory, link or device, whose header may
+        still claim a size: the engine's tar reader read no data for it either)."""
+        while True:
             rec = self._record()
             if rec is None:
                 return False
-            if rec["type"] == 2:
-                payload = rec.get("payload") or ""
-                try:
-                    if not isinstance(payload, str):
-                        raise binascii.Error("not a string")
-                    self._buf = base64.b64decode(payload, validate=True)
-                except binascii.Error as exc:
-                    raise ImageFormatError(f"{self.where}: malformed tar-split payload: "
-                                           f"{exc}") from None
-                self._pos = 0
-                self._count(len(self._buf))
-                if self._buf:
-                    return True
+            if rec["type"] == 1:
+                self._size(rec)
                 continue
-            size = rec.get("size", 0)
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise ImageFormatError(f"{self.where}: malformed tar-split file size {size!r}")
-            if size:
-                self._data = size
-        return False
+            payload = rec.get("payload") or ""
+            try:
+                if not isinstance(payload, str):
+                    raise binascii.Error("not a string")
+                self._buf = base64.b64decode(payload, validate=True)
+            except binascii.Error as exc:
+                raise ImageFormatError(f"{self.where}: malformed tar-split payload: "
+                                       f"{exc}") from None
+            self._pos = 0
+            self._count(len(self._buf))
+            if self._buf:
+                return True
+
+    def _size(self, rec: dict) -> int:
+        size = rec.get("size", 0)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ImageFormatError(f"{self.where}: malformed tar-split file size {size!r}")
+        return size
 
     def read(self, n: int = -1) -> bytes:
         pos = self._pos
@@ -229,15 +233,14 @@ class TarSplitStream:
         return b"".join(out)
 
     def skip(self, n: int) -> None:
-        """Pass over the `n` bytes of data of the member whose header was just read."""
-        if self._pos < len(self._buf):
-            raise ImageFormatError(f"{self.where}: tar-split does not match the tar: header "
-                                   f"bytes where {n} bytes of data should be")
-        self._fill()
-        if self._data != n:
+        """Pass over the `n` bytes of data of the member whose header was just read: the
+        next record must stand for exactly that."""
+        rec = self._record() if self._pos >= len(self._buf) else None
+        got = self._size(rec) if rec is not None and rec["type"] == 1 else None
+        if got != n:
             raise ImageFormatError(f"{self.where}: tar-split does not match the tar: a header "
-                                   f"says {n} bytes of data, the record {self._data}")
-        self._data = None
+                                   f"says {n} bytes of data, the record "
+                                   f"{'none' if got is None else got}")
         self._count(n)
 
     def finish(self) -> None:
@@ -247,8 +250,6 @@ class TarSplitStream:
             if rest.strip(b"\0"):
                 raise ImageFormatError(f"{self.where}: data after the end of the tar")
             rest = self.read(1 << 20)
-        if self._data is not None:
-            raise ImageFormatError(f"{self.where}: file data after the end of the tar")
 
     def close(self) -> None:
         self._gz.close()
