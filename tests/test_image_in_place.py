@@ -320,6 +320,7 @@ def test_malformed_tar_split_records_are_refused(tmp_path: Path, records: list[d
     with pytest.raises(ImageFormatError, match=error):
         index_in_place(parse_reference("docker-daemon:hand/made:1"), located,
                        tmp_path / "idx", DEFAULT)
+    assert not (tmp_path / "idx").exists()  # nothing left behind
 
 
 def test_a_size_on_a_member_without_data_is_ignored_as_the_tar_readers_do(

@@ -626,6 +626,21 @@ def _apply_layer(applier: _Applier, layer: Layer, dest: Path, budgets: Budgets,
     return stream.uncompressed
 
 
+def _apply_source(applier: _Applier, source: ImageSource, dest: Path, tree: Path | None,
+                  budgets: Budgets, progress: Callable[[str], None] | None
+                  ) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]], dict[str, ContentRef]]:
+    used = 0
+    for layer in source.layers:
+        applier.start_layer(layer.index, layer.where)
+        if progress:
+            progress(f"applying {layer.where}")
+        used += _apply_layer(applier, layer, dest, budgets, used)
+    paths = applier.paths()
+    if tree is not None:
+        applier.finish_host(paths)
+    return applier.entries(paths)
+
+
 def flatten(source: ImageSource, dest: Path,
             progress: Callable[[str], None] | None = None, *,
             extract: bool = False, budgets: Budgets = DEFAULT) -> FlatImage:
@@ -712,7 +727,8 @@ def flatten_in_place(layers: Sequence[LayerDir], dest: Path, *, config: dict,
     os.chmod(dest, 0o700)
     applier = _Applier(None, budgets)
     used = 0
-    with _no_gc():
+    with contextlib.ExitStack() as failed, _no_gc():
+        failed.callback(shutil.rmtree, dest, ignore_errors=True)
         for layer in layers:
             applier.start_layer(layer.index, layer.where)
             applier.layer_dir = layer.directory
@@ -727,21 +743,8 @@ def flatten_in_place(layers: Sequence[LayerDir], dest: Path, *, config: dict,
                 stream.close()
             used += stream.uncompressed
         entries, groups, content = applier.entries(applier.paths())
+        failed.pop_all()
     return FlatImage(entries=entries, root=None, config=config, source_digest=digest,
                      source_ref=ref, _groups=groups, _content=content,
                      workdir=dest.resolve())
 
-
-def _apply_source(applier: _Applier, source: ImageSource, dest: Path, tree: Path | None,
-                  budgets: Budgets, progress: Callable[[str], None] | None
-                  ) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]], dict[str, ContentRef]]:
-    used = 0
-    for layer in source.layers:
-        applier.start_layer(layer.index, layer.where)
-        if progress:
-            progress(f"applying {layer.where}")
-        used += _apply_layer(applier, layer, dest, budgets, used)
-    paths = applier.paths()
-    if tree is not None:
-        applier.finish_host(paths)
-    return applier.entries(paths)
