@@ -305,6 +305,9 @@ def _tag(engine: Engine, written: WrittenImage, ref: ImageRef, image: OneLayer
         return _load(image, ref, written.image_id)
 
 
+LAYER_MEMBER = "layer.tar"
+
+
 class LoadStream:
     """`image` as the docker-archive `docker load` reads, made while it is sent.
 
@@ -328,17 +331,12 @@ class LoadStream:
         self.expect_id = expect_id
         self.written: WrittenImage | None = None
         self.failure: BaseException | None = None
-        self.sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
         buf = bytearray()
         try:
-            for part in self._parts(buf):
-                if part:
-                    self.sent += len(part)
-                    yield part
+            yield from self._parts(buf)
             if buf:
-                self.sent += len(buf)
                 yield bytes(buf)
         except BaseException as exc:
             self.failure = exc
@@ -379,13 +377,9 @@ class _Append:
         self.buf += data
 
 
-LAYER_MEMBER = "layer.tar"
-
-
 def _load(image: OneLayer, ref: ImageRef, expect_id: str | None) -> WrittenImage:
     """Stream `image` into the engine's load (LoadStream); the engine must end up with
     the image and `ref` naming it."""
-
     stream = LoadStream(image, str(ref.repo_tag), expect_id)
     engine = connect(transfer_timeout())
     errors: list[str] = []
