@@ -242,17 +242,33 @@ def is_tooling(ev: FanEvent, tool_prefix: str) -> bool:
     )
 
 
+def unidentified(ev: FanEvent) -> bool:
+    """An open whose process was gone before it could be named. Beside strace that is
+    almost always tooling: strace, PID 1 of the container, reads the image's
+    /etc/localtime as it exits, and is gone by the time the event is read."""
+    return not ev.exec and not ev.program
+
+
 def to_accesses(
     events: list[FanEvent],
     *,
     step_of: Callable[[float | None], str],
     excluded: Callable[[str], bool],
     tool_prefix: str = "/.tracer",
+    keep_unidentified: bool = True,
 ) -> list[Access]:
-    """fanotify events as Access records (`fanotify:open` / `fanotify:exec`, always ok)."""
+    """fanotify events as Access records (`fanotify:open` / `fanotify:exec`, always ok).
+
+    `keep_unidentified=False` (strace records the same processes) drops opens whose
+    process had exited before it could be named: strace saw every open of the app's
+    own processes, so such an event can only add tooling noise (and made two runs of
+    the same profile keep different files).
+    """
     out = []
     for ev in events:
         if not ev.path.startswith("/") or excluded(ev.path) or is_tooling(ev, tool_prefix):
+            continue
+        if not keep_unidentified and unidentified(ev):
             continue
         out.append(
             Access(

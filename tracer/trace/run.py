@@ -479,8 +479,14 @@ def _evidence(setup: _Setup, run: _Run) -> _Evidence:
         accesses.extend(a for a in parsed.accesses if not a.program.startswith(tool))
         execs.extend(e for e in parsed.execs if e not in execs)
     if run.fan is not None:
+        # beside strace, an open by a process already gone is tooling (strace's own exit)
         fan_acc = fanotify.to_accesses(run.fan.events, step_of=run.timeline.step_of,
-                                       excluded=excluded)
+                                       excluded=excluded,
+                                       keep_unidentified=run.mode is not Mode.STRACE)
+        # what strace saw opened in that step needs no second, racier witness: the
+        # program behind a fanotify event is read after it, and may be gone by then
+        seen = {(a.path, a.step) for a in accesses if a.ok}
+        fan_acc = [a for a in fan_acc if (a.path, a.step) not in seen]
         accesses.extend(fan_acc)
         execs.extend(a.path for a in fan_acc if a.syscall == "fanotify:exec"
                      and a.path not in execs)
