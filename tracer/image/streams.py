@@ -262,14 +262,3 @@ class Layer:
         except BaseException:
             raw.close()
             raise
-
-
-def file_digest(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """sha256 digest and size of a file, read in chunks."""
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return "sha256:" + h.hexdigest(), n

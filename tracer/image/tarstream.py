@@ -27,7 +27,6 @@ BLOCK = 512
 CHUNK = 1 << 20
 MAX_SPECIAL = 1 << 20  # PAX / GNU long-name payloads; Go's archive/tar uses the same cap
 _ZERO = bytes(BLOCK)
-REGULAR_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 KIND_OF_TYPE = {
     tarfile.REGTYPE: "file",
     tarfile.AREGTYPE: "file",
