@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tracer import __version__
 from tracer.errors import BadInput, TracerError
@@ -59,7 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tracer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_minimize(sub)
+    _add_validate(sub)
+    _add_init(sub)
+    _add_schema(sub)
+    _add_ldd(sub)
+    _add_diagnose(sub)
+    _add_why(sub)
+    _add_batch(sub)
+    return parser
 
+
+def _add_minimize(sub: Any) -> None:
     m = sub.add_parser("minimize", help="trace, minimize, verify and report (the whole job)",
                        description="Run the profile's smoke test traced on the original image, "
                        "keep what it and the ELF analysis need, write the minimized image and "
@@ -74,11 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_granularity(m)
     _add_budget(m)
 
+
+def _add_validate(sub: Any) -> None:
     v = sub.add_parser("validate", help="check a profile without running anything",
                        epilog="exit 0 when every profile is valid, else 2.")
     v.add_argument("profile", type=Path, nargs="+")
     _add_budget(v)
 
+
+def _add_init(sub: Any) -> None:
     i = sub.add_parser("init", help="write a starting profile from an image's config",
                        description="Read IMAGE's config (entrypoint, cmd, user, workdir, "
                        "env, exposed ports, healthcheck) and package database, and write a "
@@ -89,11 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-o", "--output", dest="file", type=Path,
                    help="write the profile here (default: print it); never overwrites")
 
+
+def _add_schema(sub: Any) -> None:
     sub.add_parser("schema", help="print the JSON Schema of the profile format",
                    description="Print the JSON Schema (draft-07) of the profile format, for "
                    "editors: `tracer schema > tracer-profile.schema.json`, then start a "
                    "profile with `# yaml-language-server: $schema=tracer-profile.schema.json`.")
 
+
+def _add_ldd(sub: Any) -> None:
     ld = sub.add_parser("ldd", help="the files the dynamic loader would map, inside an image",
                         description="Resolve ELF dependencies statically inside IMAGE (no "
                         "container is run). With no PATH: the image's entrypoint and cmd.",
@@ -103,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("paths", nargs="*", metavar="PATH", help="in-image paths or program names")
     ld.add_argument("--json", action="store_true", help="machine-readable output")
     _add_budget(ld)
+
+
+def _add_diagnose(sub: Any) -> None:
     d = sub.add_parser(
         "diagnose", help="why does the minimized image fail? (traced runs); replay a "
         "production command with --exec/--command",
@@ -148,19 +170,25 @@ where in PROFILE it goes.""",
     d.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_budget(d)
 
+
+def _add_why(sub: Any) -> None:
     w = sub.add_parser("why", help="why is PATH kept, or why not?",
                        description="Answer from the files `tracer minimize --report` left: "
                        "REPORT.json, REPORT.keeplist, REPORT.paths.gz.")
     w.add_argument("source", type=Path, metavar="REPORT_OR_KEEPLIST")
     w.add_argument("path", metavar="PATH")
     w.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_batch(sub: Any) -> None:
     b = sub.add_parser("batch", help="minimize many profiles, N at a time, incrementally",
                        description="Run `tracer minimize` for each profile (files, or every "
                        "*.yaml in a directory), N at a time, each with its own log, report and "
                        "keep-list under --out. Unchanged jobs (same input image digest, profile "
                        "and tracer version as the last success) are skipped. Writes "
                        "summary.json and junit.xml.",
-                       epilog="exit codes: 0 all passed or skipped; 1 any failed; 2 bad input.")
+                       epilog="exit codes: 0 all passed, unchanged or skipped; 1 any failed; 2 bad "
+                       "input (also: two profiles with one name).")
     b.add_argument("profiles", nargs="+", metavar="PROFILE_OR_DIR")
     b.add_argument("--jobs", type=int, help="parallel jobs (default: from cores and memory)")
     b.add_argument("--out", type=Path, default=Path("tracer-batch"),
@@ -168,7 +196,6 @@ where in PROFILE it goes.""",
     b.add_argument("--force", action="store_true", help="redo unchanged jobs too")
     _add_granularity(b)
     _add_budget(b)
-    return parser
 
 
 def _overrides(args: argparse.Namespace) -> Overrides:
