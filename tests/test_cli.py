@@ -183,3 +183,20 @@ def test_a_failed_verification_exits_1_and_ctrl_c_130(monkeypatch, capsys) -> No
 
     monkeypatch.setattr(pipeline, "minimize", interrupted)
     assert cli.main(["minimize", "x.yaml"]) == 130
+
+
+def test_report_and_out_places_are_checked_before_any_work(tmp_path: Path) -> None:
+    """A --report in a missing directory used to cost the whole traced run and then end in
+    a traceback (exit 70); a mistyped place is bad input, said before anything runs."""
+    prof = tmp_path / "p.yaml"
+    prof.write_text("version: 1\nname: a\nimage: docker-archive:/nonexistent/a.tar\n")
+    missing_dir = tmp_path / "no-such-dir"
+    proc = tracer("minimize", str(prof), "--report", str(missing_dir / "a.json"))
+    assert proc.returncode == 2, proc.stderr
+    assert f"directory {missing_dir} does not exist" in proc.stderr
+    assert "a.tar" not in proc.stderr and "Traceback" not in proc.stderr  # nothing ran
+    proc = tracer("minimize", str(prof), "--report", str(tmp_path))
+    assert proc.returncode == 2 and "is a directory; give a file name" in proc.stderr
+    proc = tracer("batch", str(prof), "--out", str(prof))
+    assert proc.returncode == 2 and "is a file, not a directory" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -198,6 +199,36 @@ def _add_batch(sub: Any) -> None:
     _add_budget(b)
 
 
+def _writable_dir(directory: Path, what: str) -> None:
+    """Exit 2 now, naming the fix, rather than after minutes of work (or with a traceback)."""
+    if not directory.is_dir():
+        raise BadInput(f"{what}: directory {directory} does not exist; create it first")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BadInput(f"{what}: cannot write in {directory} (permission denied)")
+
+
+def check_report_path(path: Path) -> None:
+    """--report FILE.json: FILE.json, FILE.keeplist and FILE.paths.gz are written next to
+    each other at the end of the run, so the place is checked before the run starts."""
+    if path.is_dir():
+        raise BadInput(f"--report {path}: is a directory; give a file name, e.g. "
+                       f"{path / 'report.json'}")
+    _writable_dir(path.parent, f"--report {path}")
+
+
+def check_out_dir(path: Path) -> None:
+    """batch --out DIR: a directory (created when missing) whose parent must be writable."""
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"--out {path}: is a file, not a directory")
+    if not path.exists():
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        _writable_dir(parent, f"--out {path}")
+    else:
+        _writable_dir(path, f"--out {path}")
+
+
 def _overrides(args: argparse.Namespace) -> Overrides:
     from tracer.profile import Overrides, parse_budget_flags
 
@@ -221,6 +252,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     profiles = find_profiles(args.profiles)
     if args.jobs is not None and args.jobs < 1:
         raise BadInput("--jobs must be at least 1")
+    check_out_dir(args.out)
     check_unique_names(profiles, overrides)
     jobs = args.jobs or default_jobs()
     print(f"tracer batch: {len(profiles)} profile(s), {jobs} at a time, output in {args.out}",
@@ -300,6 +332,8 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
     from tracer.report import summary_table
 
     profile = load_profile(args.profile, _overrides(args))
+    if args.report is not None:
+        check_report_path(args.report)
     report = minimize(profile, output=args.output, report_path=args.report,
                       progress=Progress(quiet=args.quiet))
     print(summary_table(report))
