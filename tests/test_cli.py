@@ -37,10 +37,11 @@ def test_bad_arguments_exit_2() -> None:
 def test_validate_accepts_the_shipped_profiles_and_names_errors(tmp_path: Path) -> None:
     shipped = sorted(str(p) for p in (REPO / "profiles").glob("*.yaml"))
     ok = tracer("validate", *shipped)
-    assert ok.returncode == 0 and ok.stdout.count(": ok (") == len(shipped) >= 4
-    assert "profiles/nginx.yaml: ok (nginx: 4 smoke steps (+ the ready check))" in ok.stdout
-    assert "profiles/hardcases.yaml: ok (hardcases: 2 smoke steps (+ the job's own run))" \
+    assert ok.returncode == 0 and ok.stdout.count(": ok - ") == len(shipped) >= 4
+    assert "profiles/nginx.yaml: ok - nginx, 5 checks (the ready check + 4 smoke steps)" \
         in ok.stdout
+    assert "profiles/hardcases.yaml: ok - hardcases, 3 checks (the job's own run + 2 smoke " \
+        "steps)" in ok.stdout
     assert "?" not in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nname: app\nimage: 'oci:'\nrun: {mode: batch}\n")

@@ -481,9 +481,9 @@ def test_http_max_body_is_a_size() -> None:
 
 def test_validate_counts_checks_the_way_minimize_reports_them() -> None:
     service = parse_profile(FULL)
-    assert describe_checks(service) == "5 smoke steps (+ the ready check)"
+    assert describe_checks(service) == "6 checks (the ready check + 5 smoke steps)"
     job = parse_profile(JOB + "smoke:\n  - command: [x]\n")
-    assert describe_checks(job) == "1 smoke step (+ the job's own run)"
+    assert describe_checks(job) == "2 checks (the job's own run + 1 smoke step)"
 
 
 def test_deep_nesting_is_bad_input_with_file_and_line() -> None:

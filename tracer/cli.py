@@ -359,7 +359,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for path in args.profile:
         try:
             profile = load_profile(path, overrides)
-            print(f"{path}: ok ({profile.name}: {describe_checks(profile)})")
+            print(f"{path}: ok - {profile.name}, {describe_checks(profile)}")
         except BadInput as exc:
             print(f"tracer: {exc}", file=sys.stderr)
             status = 2

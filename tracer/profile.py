@@ -843,7 +843,7 @@ def json_schema_text() -> str:
 def describe_checks(profile: Profile) -> str:
     """How many checks a run makes, in the words `tracer minimize` reports them: the
     service's ready check or the job's own run comes first, then the smoke steps."""
-    n = len(profile.smoke)
-    steps = f"{n} smoke step{'' if n == 1 else 's'}"
+    from tracer.report import checks_phrase
+
     first = "the job's own run" if profile.run.mode == "job" else "the ready check"
-    return f"{steps} (+ {first})"
+    return checks_phrase(first, len(profile.smoke))

@@ -88,8 +88,32 @@ def _ratio(after: int, before: int) -> str:
     return f"{100.0 * after / before:.1f}%" if before else "-"
 
 
+FIRST_CHECK = {"ready": "the ready check", "run": "the job's own run"}
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def checks_phrase(first: str | None, smoke_steps: int) -> str:
+    """How many checks a run makes, in one wording for `validate` and `minimize`:
+    `5 checks (the ready check + 4 smoke steps)`. The first check is the service's ready
+    check or the job's own run; counting it in both places keeps the numbers equal."""
+    parts = [first] if first else []
+    if smoke_steps or not parts:
+        parts.append(plural(smoke_steps, "smoke step"))
+    total = smoke_steps + (1 if first else 0)
+    return f"{plural(total, 'check')} ({' + '.join(parts)})"
+
+
+def _verified_checks(steps: list[StepSummary]) -> str:
+    first = FIRST_CHECK.get(steps[0].label) if steps else None
+    return checks_phrase(first, len(steps) - (1 if first else 0))
+
+
 def summary_table(report: Report) -> str:
-    """The before/after table printed at the end of a run."""
+    """The before/after table printed at the end of a run: what was written, whether it
+    was proven, and what the numbers mean (sizes are not `docker images` sizes)."""
     rows = [
         ("", "before", "after", "after/before"),
         ("size", human_size(report.size_before), human_size(report.size_after),
@@ -102,17 +126,22 @@ def summary_table(report: Report) -> str:
     for r in rows:
         lines.append("  " + "  ".join(
             c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
-    lines.append("  (size: bytes of regular-file content of the flattened image, each hardlinked "
-                 "file once; `docker images` also counts layer overhead and replaced files)")
+    lines.append("  (size: regular-file bytes of the flattened image, hardlinks once, MB = 10^6 "
+                 "bytes; files: paths")
+    lines.append("   other than directories. `docker images` counts differently: layer "
+                 "overhead, replaced files)")
     if report.granularity == "package" and report.size_file_granularity is not None:
         lines.append(f"  granularity: package; file granularity would keep "
                      f"{human_size(report.size_file_granularity)}")
     steps = report.verification_steps
     if report.verified:
-        lines.append(f"  verified: yes, {len(steps)} check(s) passed on the minimized image "
-                     "(the ready check or the job's own run, and every smoke step)")
+        lines.append(f"  verified: yes, {_verified_checks(steps)} passed on the minimized "
+                     "image")
         if report.output_unchanged:
-            lines.append(f"  output unchanged: it already held this image ({report.output_digest})")
+            lines.append(f"  output: unchanged, it already held this image "
+                         f"({report.output_digest})")
+        elif report.output_digest:
+            lines.append(f"  output: written ({report.output_digest})")
     else:
         lines.append(f"  verified: NO - {report.failure or 'not verified'}")
     for rule in report.unmatched_keep_paths:
@@ -123,5 +152,6 @@ def summary_table(report: Report) -> str:
     took = " ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     lines.append(f"  time: {took}")
     if report.kept:
-        lines.append("  kept by reason: " + ", ".join(f"{k} {v}" for k, v in report.kept.items()))
+        lines.append("  kept paths by reason (a path can have several): "
+                     + ", ".join(f"{k} {v:,}" for k, v in report.kept.items()))
     return "\n".join(lines)
