@@ -201,3 +201,43 @@ def test_report_and_out_places_are_checked_before_any_work(tmp_path: Path) -> No
     proc = tracer("batch", str(prof), "--out", str(prof))
     assert proc.returncode == 2 and "is a file, not a directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_first_try_without_arguments_shows_the_commands() -> None:
+    proc = tracer()
+    assert proc.returncode == 2
+    for word in ("minimize", "validate", "init", "why", "exit codes"):
+        assert word in proc.stderr
+
+
+def test_validate_takes_a_directory_as_batch_does() -> None:
+    shipped = sorted((REPO / "profiles").glob("*.yaml"))
+    proc = tracer("validate", "profiles")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(": ok - ") == len(shipped)
+    assert tracer("validate", "no-such-dir").returncode == 2
+
+
+def test_why_given_a_profile_says_which_file_it_wants(tmp_path: Path) -> None:
+    prof = tmp_path / "app.yaml"
+    prof.write_text("version: 1\nname: app\nimage: app:1\n")
+    proc = tracer("why", str(prof), "/etc/passwd")
+    assert proc.returncode == 2
+    assert "looks like a profile" in proc.stderr and "--report FILE.json" in proc.stderr
+
+
+def test_output_cut_short_by_its_reader_is_no_internal_error() -> None:
+    """`tracer validate profiles | head -1`: the reader goes away; that is not a bug in
+    tracer (exit 70 with a traceback) but the usual SIGPIPE ending."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tracer", "validate", "profiles"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              timeout=600)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr

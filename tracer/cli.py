@@ -22,10 +22,12 @@ if TYPE_CHECKING:
     from tracer.profile import Overrides
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in tracer, never confused with 0-4
+BROKEN_PIPE = 141  # 128 + SIGPIPE: whoever read the output stopped reading
 
 EPILOG = """exit codes: 0 success; 1 the minimized image failed verification; 2 bad input
 (profile, image reference, arguments); 3 the smoke test failed on the original image;
-4 environment problem (no Docker engine, no strace, no permission); 70 internal error;
+4 environment problem (no Docker engine, no strace, no permission, a full disk); 70 internal
+error;
 130 interrupted (everything started was cleaned up).
 Profiles: the format reference is docs/profile.md, advice in profiles/README.md; start one
 with `tracer init IMAGE`. Image references: docker-daemon:NAME[:TAG], NAME[:TAG],
@@ -56,7 +58,7 @@ def _add_granularity(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tracer", description="Shrink a container image to the files its "
-                     "application really uses, and prove it with the same smoke test.",
+                     "application really uses,\nand prove it with the same smoke test.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tracer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -73,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_minimize(sub: Any) -> None:
     m = sub.add_parser("minimize", help="trace, minimize, verify and report (the whole job)",
-                       description="Run the profile's smoke test traced on the original image, "
-                       "keep what it and the ELF analysis need, write the minimized image and "
-                       "verify it with the same smoke test.", epilog=EPILOG,
+                       description="Run the profile's smoke test traced on the original image,\n"
+                       "keep what it and the ELF analysis need, write the minimized image and\n"
+                       "verify it with the same smoke test; the output is only written when\n"
+                       "that passes.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("profile", type=Path, help="the profile YAML file")
     m.add_argument("--output", help="output image reference (default: the profile's output, "
@@ -89,8 +92,13 @@ def _add_minimize(sub: Any) -> None:
 
 def _add_validate(sub: Any) -> None:
     v = sub.add_parser("validate", help="check a profile without running anything",
+                       description="Check profiles against the format (docs/profile.md): "
+                       "every problem with its file, line and field, all at once. Nothing "
+                       "runs and no image is read, so a keep.binaries or keep.paths pattern "
+                       "that matches nothing in the image is found by `tracer minimize`.",
                        epilog="exit 0 when every profile is valid, else 2.")
-    v.add_argument("profile", type=Path, nargs="+")
+    v.add_argument("profile", type=Path, nargs="+", metavar="PROFILE_OR_DIR",
+                   help="a profile file, or a directory: every *.yaml in it (as batch)")
     _add_budget(v)
 
 
@@ -174,10 +182,16 @@ where in PROFILE it goes.""",
 
 def _add_why(sub: Any) -> None:
     w = sub.add_parser("why", help="why is PATH kept, or why not?",
-                       description="Answer from the files `tracer minimize --report` left: "
-                       "REPORT.json, REPORT.keeplist, REPORT.paths.gz.")
-    w.add_argument("source", type=Path, metavar="REPORT_OR_KEEPLIST")
-    w.add_argument("path", metavar="PATH")
+                       description="Answer from the files `tracer minimize --report FILE.json` "
+                       "left: FILE.json, FILE.keeplist and FILE.paths.gz (the original "
+                       "image's paths, for the answer \"not kept\"). Nothing runs.",
+                       epilog="exit 0 with an answer (kept or not); 2 when the report or "
+                       "keep-list cannot be read.")
+    w.add_argument("source", type=Path, metavar="REPORT_OR_KEEPLIST",
+                   help="FILE.json or FILE.keeplist written by `tracer minimize --report`")
+    w.add_argument("path", metavar="PATH",
+                   help="a path in the image, as the keep-list writes it or as the real "
+                   "name; a bare program name is looked up on the image's PATH")
     w.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -320,6 +334,9 @@ def _cmd_why(args: argparse.Namespace) -> int:
 
     from tracer.why import why
 
+    if args.source.suffix in (".yaml", ".yml"):
+        raise BadInput(f"{args.source} looks like a profile; `tracer why` reads what `tracer "
+                       "minimize PROFILE --report FILE.json` left: FILE.json or FILE.keeplist")
     answer = why(args.source, args.path)
     print(json.dumps(asdict(answer), indent=2) if args.json else answer.format_text())
     return 0
@@ -352,11 +369,12 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from tracer.batch import find_profiles
     from tracer.profile import describe_checks, load_profile
 
     overrides = _overrides(args)
     status = 0
-    for path in args.profile:
+    for path in find_profiles([str(p) for p in args.profile]):
         try:
             profile = load_profile(path, overrides)
             print(f"{path}: ok - {profile.name}, {describe_checks(profile)}")
@@ -426,7 +444,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # a first try: the commands and exit codes, not "arguments are required"
+        build_parser().print_help(sys.stderr)
+        return 2
+    args = _parse(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
@@ -438,6 +460,13 @@ def main(argv: list[str] | None = None) -> int:
         print("tracer: interrupted; containers, temp images and files were removed",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `tracer ldd IMAGE | head`: the reader stopped reading, which is not a bug in
+        # tracer. Exit as a program ended by SIGPIPE does (128 + 13), without a traceback,
+        # and keep the interpreter's final flush from raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
     except Exception as exc:  # noqa: BLE001 - a bug must not look like a verdict (exit 1)
         import traceback
 
