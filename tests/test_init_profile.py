@@ -247,3 +247,32 @@ def test_init_output_minimizes_as_is(tmp_path: Path, docker_client, fixture_imag
         for ref in (f"{tag}-min", tag):
             with contextlib.suppress(docker.errors.ImageNotFound):
                 docker_client.images.remove(ref, force=True)
+
+
+def test_a_job_gets_its_own_program_as_the_example_step_and_only_useful_excludes() -> None:
+    """The commented step names the image's program, not a placeholder; exclude rules for
+    directories the image does not have (apk's cache in a Debian image) are left out."""
+    cfg = ImageConfig(entrypoint=["/usr/local/bin/report"])
+    comp = Companions(program="/usr/local/bin/report", note="not from a package")
+    debian = {"/usr/share/doc", "/usr/share/man", "/var/lib/apt", "/var/cache/apt"}
+    text = render_profile(parse_reference("report:1"), cfg, comp, present=debian.__contains__)
+    p = valid(text)
+    assert '# - command: ["/usr/local/bin/report"]' in text
+    assert p.exclude == ["/usr/share/doc/**", "/usr/share/man/**", "/var/lib/apt/**",
+                         "/var/cache/apt/**"]
+    bare = render_profile(parse_reference("scratch-app:1"), cfg, comp, present=lambda _: False)
+    assert valid(bare).exclude == []
+
+
+def test_init_says_it_is_reading_on_stderr_only(tmp_path: Path) -> None:
+    """Reading a big image takes a while: init says so on stderr, so `tracer init IMAGE >
+    app.yaml` still gets exactly the profile on stdout."""
+    archive = docker_archive(tmp_path / "app.tar", [layer(
+        M("bin", "dir"), M("bin/app", data=b"#!/bin/sh\n", mode=0o755))], repo_tag="hand/app:2")
+    proc = tracer("init", f"docker-archive:{archive}")
+    assert proc.returncode == 0, proc.stderr
+    assert "tracer: reading docker-archive:" in proc.stderr and " done in " in proc.stderr
+    assert "tracer: " not in proc.stdout
+    valid(proc.stdout)
+    quiet = tracer("init", f"docker-archive:{archive}", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == proc.stdout

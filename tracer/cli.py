@@ -112,6 +112,7 @@ def _add_init(sub: Any) -> None:
     i.add_argument("image", help="image reference")
     i.add_argument("-o", "--output", dest="file", type=Path,
                    help="write the profile here (default: print it); never overwrites")
+    i.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _add_schema(sub: Any) -> None:
@@ -398,8 +399,9 @@ def _cmd_ldd(args: argparse.Namespace) -> int:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     from tracer.init_profile import init_profile, write_new
+    from tracer.progress import Progress
 
-    text = init_profile(args.image)
+    text = init_profile(args.image, progress=Progress(quiet=args.quiet))
     if args.file is None:
         sys.stdout.write(text)
         return 0

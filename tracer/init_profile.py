@@ -25,6 +25,7 @@ from tracer.budgets import DEFAULT as DEFAULT_BUDGETS
 from tracer.errors import BadInput
 from tracer.image.config import ImageConfig
 from tracer.image.reference import ImageRef, default_output, parse_reference
+from tracer.progress import Progress
 from tracer.rootfs import RootFS, SymlinkLoop, normalize
 from tracer.units.apk import read_apk
 from tracer.units.dpkg import read_dpkg
@@ -52,17 +53,22 @@ class Companions:
 
 # -- reading the image --------------------------------------------------------------------
 
-def init_profile(image: str) -> str:
-    """The starting profile for `image` as YAML text (reads and indexes the image)."""
+def init_profile(image: str, progress: Progress | None = None) -> str:
+    """The starting profile for `image` as YAML text (reads and indexes the image; on a
+    big image read through `docker save` that takes a while, so it is said on stderr)."""
     from tracer.image.transports import transport
     from tracer.workdir import workdir
 
+    progress = progress or Progress(quiet=True)
     ref = parse_reference(image)
     with workdir("tracer-init-") as work:
-        flat, _how = transport(ref).read(ref, work, DEFAULT_BUDGETS)
+        progress.phase(f"reading {ref}")
+        flat, how = transport(ref).read(ref, work, DEFAULT_BUDGETS, progress)
+        progress.done(f"{len(flat.entries):,} paths; read by {how}")
         config = ImageConfig.from_image_json(flat.config, str(ref))
-        companions = find_companions(flat.rootfs(), config)
-    return render_profile(ref, config, companions)
+        root = flat.rootfs()
+        companions = find_companions(root, config)
+        return render_profile(ref, config, companions, present=root.is_dir)
 
 
 def write_new(path: Path, text: str) -> None:
@@ -242,8 +248,11 @@ def healthcheck_argv(test: list[str]) -> list[str] | None:
     return None
 
 
-def render_profile(ref: ImageRef, config: ImageConfig, companions: Companions) -> str:
-    """The profile text; it validates as written (tests parse it)."""
+def render_profile(ref: ImageRef, config: ImageConfig, companions: Companions,
+                   present: Callable[[str], bool] | None = None) -> str:
+    """The profile text; it validates as written (tests parse it). `present(dir)` says
+    whether the image has a directory: exclude rules for directories it lacks (apk's
+    cache in a Debian image) are left out, as they would only raise questions."""
     ports = _tcp_ports(config)
     service = bool(ports) or bool(config.exposed_ports)
     health = healthcheck_argv(config.healthcheck) if service else None
@@ -275,13 +284,17 @@ def render_profile(ref: ImageRef, config: ImageConfig, companions: Companions) -
         add("  # stdin: \"...\"          # stdin is empty and closed unless given")
     add("  # tmpfs: [/tmp, /run]   # writable scratch dirs, if the app writes pid files there")
     add("")
-    _render_smoke(add, config, ports, health, service)
+    _render_smoke(add, config, ports, health, service, companions.program)
     add("")
     _render_keep(add, config, companions)
     add("")
-    add("exclude:")
-    for glob in _DOC_EXCLUDES:
-        add(f"  - {quote(glob)}")
+    excludes = [g for g in _DOC_EXCLUDES if present is None or present(g.removesuffix("/**"))]
+    if excludes:
+        add("exclude:   # documentation and package-manager data the application never reads")
+        for glob in excludes:
+            add(f"  - {quote(glob)}")
+    else:
+        add("exclude: []   # e.g. documentation the application never reads")
     return "\n".join(out) + "\n"
 
 
@@ -335,7 +348,7 @@ def _render_service(add: Emit, ports: list[int]) -> None:
 
 
 def _render_smoke(add: Emit, config: ImageConfig, ports: list[int],
-                  health: list[str] | None, service: bool) -> None:
+                  health: list[str] | None, service: bool, program: str | None) -> None:
     add("# TODO: one step per thing production does: every URL or command that loads a")
     add("# module, plugin, codec, locale or helper program. A file no step touches may be lost.")
     steps: list[str] = []
@@ -353,7 +366,10 @@ def _render_smoke(add: Emit, config: ImageConfig, ports: list[int],
                      "body: \"...\"}")
         steps.append(f"  # - tcp: {{port: {ports[0]}, send: \"...\\r\\n\", expect: \"...\"}}")
     else:
-        steps.append("  # - command: [\"PROGRAM\", \"--version\"]   # a fresh container per step")
+        argv = _flow([program]) if program else '["PROGRAM", "ARG"]'
+        steps.append(f"  # - command: {argv}   # a fresh container, "
+                     "entrypoint replaced;")
+        steps.append("  #   stdout: \"...\"   # add the arguments and input production gives it")
     add("smoke:" if health else "smoke: []")
     for line in steps:
         add(line)

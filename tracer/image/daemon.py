@@ -195,7 +195,7 @@ def choose_backend(engine: Engine, image: EngineImage, budgets: Budgets
         located = locate(image.id, image.driver, image.driver_data, root_dir, budgets)
     except NotReadable as exc:
         return SaveBackend(), f"docker save ({exc})"
-    return InPlaceBackend(located), "in place from the engine's overlay2 layer directories"
+    return InPlaceBackend(located), "the in-place reader (the engine's overlay2 layer directories)"
 
 
 # ---------------------------------------------------------------- the transport
