@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.transports import transport
 from tracer.profile import Overrides, load_profile
 from tracer.profile_model import Profile
+from tracer.report import human_size
 from tracer.runfiles import keeplist_paths
 
 STATE_FILE = "state.json"
@@ -141,8 +143,10 @@ class Batch:
     """Runs jobs; `stop()` (Ctrl-C) terminates every running child and waits for it."""
 
     def __init__(self, out: Path, jobs: int, force: bool,
-                 overrides: Overrides | None = None) -> None:
+                 overrides: Overrides | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
         self.out = out
+        self.say = say or (lambda _line: None)  # a line per job started and finished
         self.jobs = jobs
         self.force = force
         self.overrides = overrides or Overrides()  # --budget/--granularity for every job
@@ -173,12 +177,14 @@ class Batch:
         """One job; whatever goes wrong in it is its own failure, never the batch's."""
         started = time.monotonic()
         try:
-            return self._run_job(profile_path, started)
+            result = self._run_job(profile_path, started)
         except Exception as exc:  # noqa: BLE001 - one job's problem must not stop the others
-            return JobResult(name=profile_path.stem, profile=str(profile_path), status="failed",
-                             exit_code=getattr(exc, "exit_code", None),
-                             seconds=round(time.monotonic() - started, 3),
-                             message=f"{type(exc).__name__}: {exc}")
+            result = JobResult(name=profile_path.stem, profile=str(profile_path),
+                               status="failed", exit_code=getattr(exc, "exit_code", None),
+                               seconds=round(time.monotonic() - started, 3),
+                               message=f"{type(exc).__name__}: {exc}")
+        self.say(job_line(result))
+        return result
 
     def _run_job(self, profile_path: Path, started: float) -> JobResult:
         """Load the profile, skip it when nothing changed, else run `tracer minimize` in a
@@ -204,6 +210,7 @@ class Batch:
             return result
         if job.keeplist.exists():
             shutil.copyfile(job.keeplist, job.previous_keeplist)
+        self.say(f"{profile.name}: started ({profile_path}; log: {job.log})")
         cmd = [sys.executable, "-m", "tracer", "minimize", str(profile_path),
                "--report", str(job.report), *self.overrides.argv()]
         timeout = 2 * profile.run.timeout + 600  # trace + verify each bounded by run.timeout
@@ -328,23 +335,49 @@ def _last_error(log: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def job_line(r: JobResult) -> str:
+    """One line when a job ends, for the operator watching a long batch."""
+    sizes = f", {_size(r.size_before)} -> {_size(r.size_after)}" if _after(r) else ""
+    if r.status == "failed":
+        lines = [line.strip() for line in r.message.splitlines() if line.strip()]
+        first = " ".join(lines[:2] if lines and lines[0].endswith(":") else lines[:1])
+        more = " (more below)" if len(lines) > 2 else ""
+        return (f"{r.name}: FAILED after {r.seconds:.1f}s: "
+                f"{first or f'exit code {r.exit_code}'}{more}")
+    if r.status == "skipped":
+        return f"{r.name}: skipped, {r.message}"
+    return f"{r.name}: {r.status} in {r.seconds:.1f}s{sizes}"
+
+
 def summary_table(results: list[JobResult]) -> str:
+    """The batch's table: sizes in the units of `tracer minimize`'s summary, an empty
+    `after` for a job that wrote nothing, and below it why jobs failed or were skipped."""
     rows = [("profile", "status", "exit", "seconds", "before", "after", "keep-list diff")]
     for r in results:
         diff = f"+{len(r.keeplist_added)} -{len(r.keeplist_removed)}" \
             if (r.keeplist_added or r.keeplist_removed) else ""
         rows.append((r.name, r.status, "" if r.exit_code is None else str(r.exit_code),
-                     f"{r.seconds:.1f}", _size(r.size_before), _size(r.size_after), diff))
+                     f"{r.seconds:.1f}", _size(r.size_before),
+                     _size(r.size_after) if _after(r) else "", diff))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows]
     for r in results:
         if r.status == "failed":
-            lines.append(f"{r.name}: {r.message} (log: {r.log})")
+            lines.append(f"{r.name}: {r.message}" + (f" (log: {r.log})" if r.log else ""))
+    skipped = [r.name for r in results if r.status == "skipped"]
+    if skipped:
+        lines.append(f"skipped ({', '.join(skipped)}): input image, profile and tracer are "
+                     "those of the last success and the output exists; --force redoes them")
     return "\n".join(lines)
 
 
+def _after(r: JobResult) -> bool:
+    """Whether the job got as far as a minimized image (a failure on the original did not)."""
+    return r.size_after is not None and (r.status != "failed" or r.size_after > 0)
+
+
 def _size(n: int | None) -> str:
-    return "" if n is None else f"{n / 1e6:.1f}MB"
+    return "" if n is None else human_size(n)
 
 
 def junit_xml(results: list[JobResult], seconds: float) -> str:

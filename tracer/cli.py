@@ -273,7 +273,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     print(f"tracer batch: {len(profiles)} profile(s), {jobs} at a time, output in {args.out}",
           file=sys.stderr)
     started = time.monotonic()
-    batch = Batch(args.out, jobs, args.force, overrides)
+    batch = Batch(args.out, jobs, args.force, overrides,
+                  say=lambda line: print(f"tracer batch: {line}", file=sys.stderr, flush=True))
     results = batch.run(profiles)
     write_summaries(args.out, results, time.monotonic() - started)
     print(summary_table(results))
