@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import os
 import re
 import stat
@@ -368,7 +369,7 @@ class _Checker:
 
     def seq(self, node: yaml.Node, field: str) -> list[yaml.Node] | None:
         if not isinstance(node, yaml.SequenceNode):
-            self.error(node, field, f"expected a list, got {_kind(node)}")
+            self.error(node, field, f"expected a list, got {_kind(node)}{_as_list(node)}")
             return None
         return list(node.value)
 
@@ -470,6 +471,17 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _as_list(node: yaml.Node | None) -> str:
+    """How to write a lone text value as the list that was expected (a command's words
+    are items of their own: there is no shell to split them)."""
+    if not isinstance(node, yaml.ScalarNode) or not node.value or len(node.value) > 80:
+        return ""
+    words = node.value.split()
+    if len(words) > 1:
+        return f"; for a command, one item per word: {json.dumps(words)} (no shell splits it)"
+    return f"; write [{json.dumps(node.value)}]"
 
 
 def _kind(node: yaml.Node | None) -> str:
