@@ -61,7 +61,10 @@ def test_the_summary_says_what_was_written_and_what_sizes_mean() -> None:
 
 
 def test_the_summary_fits_a_terminal_and_has_no_placeholders() -> None:
-    table = summary_table(_report())
+    many = {"config": 2, "elf": 299, "keep.binaries": 1, "keep.paths": 26, "package": 1655,
+            "parent": 13, "root": 1, "runtime": 6, "symlink": 14, "traced": 32}
+    table = summary_table(_report(kept=many))
+    assert "package 1,655" in table
     for line in table.splitlines()[1:]:  # the first line holds the image names
         assert len(line) <= 100, line
     assert "?" not in table and "(s)" not in table

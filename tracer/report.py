@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,8 @@ def summary_table(report: Report) -> str:
     took = " ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     lines.append(f"  time: {took}")
     if report.kept:
-        lines.append("  kept paths by reason (a path can have several): "
-                     + ", ".join(f"{k} {v:,}" for k, v in report.kept.items()))
+        counts = ", ".join(f"{k} {v:,}" for k, v in report.kept.items())
+        lines += textwrap.wrap(f"kept paths by reason (a path can have several): {counts}",
+                               width=98, initial_indent="  ", subsequent_indent="    ",
+                               break_on_hyphens=False)
     return "\n".join(lines)
