@@ -37,3 +37,13 @@ def test_a_lone_value_where_a_list_belongs_says_how_to_write_it(line: str, key: 
     if " " in value:  # a command: its words, not one program named "ls -l /srv"
         assert fixed.smoke[0].step.argv == value.split()
         assert "no shell" in problem
+
+
+def test_a_typo_in_a_steps_kind_is_one_problem_naming_the_kind_meant() -> None:
+    problem = _problem("smoke:\n  - comand: [ls]\n")
+    assert "smoke[0].comand: unknown key; did you mean 'command'?" in problem
+    # without a kind at all, the step still says which kinds there are
+    with pytest.raises(ProfileErrors) as info:
+        parse_profile(HEAD + "smoke:\n  - exit: 0\n", filename="p.yaml")
+    assert any("expected exactly one of http, tcp, exec, command, sleep" in p
+               for p in info.value.problems)

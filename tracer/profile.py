@@ -613,10 +613,14 @@ def _tcp(c: _Checker, node: yaml.Node, sub: str) -> TcpStep | None:
 
 def _step(c: _Checker, node: yaml.Node, index: int, run: RunSpec) -> SmokeStep | None:
     field = f"smoke[{index}]"
+    before = len(c.problems)
     m = c.mapping(node, field, SECTIONS["smoke[]"])
     if m is None:
         return None
     present = [k for k in STEP_KINDS if k in m]
+    typo = any(f"did you mean '{k}'?" in p for p in c.problems[before:] for k in STEP_KINDS)
+    if not present and typo:
+        return None  # `comand:` was named already, with the kind it meant
     if len(present) != 1:
         c.error(node, field, f"expected exactly one of {', '.join(STEP_KINDS)}"
                 + (f", got {', '.join(present)}" if present else ""))
