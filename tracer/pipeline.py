@@ -132,7 +132,31 @@ class _Background(Generic[T]):
         return self._value
 
 
-def _runs_as_root(plan: Plan) -> bool | None:
+def pin_engine_image(ref: ImageRef) -> str:
+    """`docker-daemon:sha256:ID`: the image an engine tag names now, by its id.
+
+    A tag can be moved while a run works (a build or a pull on the same host retags
+    `app:latest`). The read and every container of the traced run resolve the name on
+    their own, so a tag would let them see two different images and the keep-list of one
+    be written from the other. The id never moves: both use it.
+    """
+    from tracer.engine import connect
+    from tracer.image.daemon import inspect
+
+    image = inspect(connect(), str(ref.repo_tag))
+    if image is None:
+        raise BadInput(f"image {ref} is not in the Docker engine")
+    return f"docker-daemon:{image.id}"
+
+
+def pinned(image: str) -> str:
+    """`image` with an engine tag replaced by the id it names now (`pin_engine_image`);
+    archives and layouts as they are (their copy in the engine has a private tag)."""
+    ref = parse_reference(image)
+    return pin_engine_image(ref) if ref.transport == "docker-daemon" else image
+
+
+def _runs_as_root(plan: Plan, engine_ref: str) -> bool | None:
     """Does the app run as root? None when only the image's user database could tell
     (a name other than root). Read from the engine, without reading the image."""
     user = plan.profile.run.user
@@ -140,7 +164,7 @@ def _runs_as_root(plan: Plan) -> bool | None:
         from tracer.engine import connect
         from tracer.trace.docker_runner import image_config
 
-        user = image_config(connect().sdk, str(plan.input.repo_tag)).user
+        user = image_config(connect().sdk, engine_ref).user
     name = user.split(":", 1)[0]
     if name in ("", "root", "0"):
         return True
@@ -163,27 +187,33 @@ def _trace(plan: Plan, engine_ref: str, work: Path, progress: Progress, seconds:
 
 def read_and_trace(plan: Plan, engine: EngineImages, work: Path, progress: Progress,
                    seconds: Seconds) -> tuple[Prepared, SmokeResult]:
-    """The input read and flattened, and its smoke test traced.
+    """The input read and flattened, and its smoke test traced: the same image, by id.
 
     An engine image the app runs as root in is traced at once while it is read (the run
     needs only the image in the engine, not the index). Otherwise the image is read
     first: another input must be loaded into the engine before it can run, and a
     non-root app needs to know whether the image has setuid or file-capability programs
-    (strace's cheap seccomp filter would cancel their privilege).
+    (strace's cheap seccomp filter would cancel their privilege). An engine image is
+    pinned to its id first (`pin_engine_image`).
     """
     profile = plan.profile
-    if plan.input.transport == "docker-daemon" and _runs_as_root(plan):
-        quiet = Progress(quiet=True)
-        reader = _Background(lambda: prepare(profile.image, profile.name, work / "input",
-                                             engine, quiet, seconds.phases, plan.budgets))
-        trace = _trace(plan, str(plan.input.repo_tag), work, progress, seconds, None)
-        prepared = reader.result()
-        progress.note(f"read {plan.input} alongside the traced run in "
-                      f"{seconds.phases.get('read', 0.0):.1f}s: "
-                      f"{len(prepared.flat.entries):,} paths, "
-                      f"{prepared.flat.content_size():,} bytes")
-        return prepared, trace
-    prepared = prepare(profile.image, profile.name, work / "input", engine, progress,
+    image = pinned(profile.image)
+    if plan.input.transport == "docker-daemon":
+        progress.note(f"{plan.input} is {image.partition(':')[2]}: read and traced by "
+                      "that id")
+        engine_ref = str(parse_reference(image).repo_tag)
+        if _runs_as_root(plan, engine_ref):
+            quiet = Progress(quiet=True)
+            reader = _Background(lambda: prepare(image, profile.name, work / "input",
+                                                 engine, quiet, seconds.phases, plan.budgets))
+            trace = _trace(plan, engine_ref, work, progress, seconds, None)
+            prepared = reader.result()
+            progress.note(f"read {plan.input} alongside the traced run in "
+                          f"{seconds.phases.get('read', 0.0):.1f}s: "
+                          f"{len(prepared.flat.entries):,} paths, "
+                          f"{prepared.flat.content_size():,} bytes")
+            return prepared, trace
+    prepared = prepare(image, profile.name, work / "input", engine, progress,
                        seconds.phases, plan.budgets)
     trace = _trace(plan, prepared.engine_ref, work, progress, seconds,
                    prepared.flat.has_privileged_programs())

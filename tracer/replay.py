@@ -43,6 +43,7 @@ from tracer.errors import BadInput, SmokeFailedOnOriginal
 from tracer.image.daemon import EngineImages
 from tracer.image.prepare import prepare
 from tracer.image.reference import default_output, parse_reference
+from tracer.pipeline import pinned
 from tracer.profile import budgets_of, parse_profile, read_profile_text, read_stdin_file
 from tracer.profile_edit import Edit, Placed, apply, placed, plan
 from tracer.profile_model import ArgvStep, CommandStep, ExecStep, Profile, SmokeStep
@@ -346,9 +347,9 @@ def diagnose_profile(profile: Profile, *, image: str | None = None,
     seconds: dict[str, float] = {}
     try:
         with workdir() as work:
-            original = prepare(profile.image, profile.name, work / "original", engine,
-                               progress, seconds, budgets_of(profile))
-            minimized = prepare(target, profile.name, work / "minimized", engine, progress,
+            original = prepare(pinned(profile.image), profile.name, work / "original",
+                               engine, progress, seconds, budgets_of(profile))
+            minimized = prepare(pinned(target), profile.name, work / "minimized", engine, progress,
                                 seconds, budgets_of(profile))
             runs = []
             for what, prepared in (("original", original), ("minimized", minimized)):
@@ -385,8 +386,8 @@ def replay_command(profile: Profile, command: Command, *, image: str | None = No
     seconds: dict[str, float] = {}
     try:
         with workdir() as work:
-            original = prepare(profile.image, profile.name, work / "original", engine,
-                               progress, seconds, budgets_of(profile))
+            original = prepare(pinned(profile.image), profile.name, work / "original",
+                               engine, progress, seconds, budgets_of(profile))
             env = original.config.environment(profile.run.env)
             argv = replayed_argv(command, original.root, env)
 
@@ -409,8 +410,8 @@ def replay_command(profile: Profile, command: Command, *, image: str | None = No
             step, note = _confirmed(step, _outcome(check, label), check)
             progress.done(note)
 
-            minimized = prepare(target, profile.name, work / "minimized", engine, progress,
-                                seconds, budgets_of(profile))
+            minimized = prepare(pinned(target), profile.name, work / "minimized", engine,
+                                progress, seconds, budgets_of(profile))
             progress.phase(f"replaying the command on the minimized image, traced ({label})")
             final = step or make_step(command, argv, expected, None, stdin)
             run = run_smoke(with_step(profile, final), minimized.engine_ref, traced=True,
