@@ -15,6 +15,7 @@ import pytest
 from image_builders import M, flat_from_layers, layer
 from prereq import missing
 
+from tracer.budgets import BudgetExceeded, Budgets
 from tracer.image import FlatImage
 from tracer.keeplist import KeepList, KeepListBuilder, Reason, size_of
 from tracer.units import (
@@ -188,12 +189,17 @@ def real(path: str) -> bytes:
     return host.resolve().read_bytes()
 
 
-def test_elf_closure_runs_over_what_the_units_added(tmp_path: Path) -> None:
-    lib = "usr/lib/x86_64-linux-gnu"
+LIB = "usr/lib/x86_64-linux-gnu"
+
+
+def coreutils_image(tmp_path: Path) -> FlatImage:
+    """coreutils owns /bin/ls (a real ELF needing libselinux, libpcre2, libc) and a text
+    file; libselinux1, libpcre2-8-0 and libc6 own the libraries."""
+    lib = LIB
     status = b"".join(
         b"Package: %s\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n\n" % n
         for n in (b"coreutils", b"libselinux1", b"libpcre2-8-0", b"libc6"))
-    flat = flat_from_layers(tmp_path, layer(
+    return flat_from_layers(tmp_path, layer(
         M("lib", "symlink", linkname="usr/lib"), M("bin", "symlink", linkname="usr/bin"),
         M("lib64", "dir"),
         M("lib64/ld-linux-x86-64.so.2", "symlink",
@@ -213,6 +219,11 @@ def test_elf_closure_runs_over_what_the_units_added(tmp_path: Path) -> None:
         M("var/lib/dpkg/info/libc6:amd64.list", data=b"/lib/x86_64-linux-gnu/libc.so.6\n"
           b"/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2\n/lib64/ld-linux-x86-64.so.2\n"),
     ))
+
+
+def test_elf_closure_runs_over_what_the_units_added(tmp_path: Path) -> None:
+    lib = LIB
+    flat = coreutils_image(tmp_path)
     index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
     builder, files = file_level(flat, {"/bin/cat.txt": [TRACED]})
     assert "/usr/bin/ls" not in files.kept
@@ -267,3 +278,27 @@ def test_package_granularity_in_one_call_for_the_pipeline(tmp_path: Path) -> Non
     assert sum(u["added_bytes"] for u in report["units"]) == report["added_bytes"] > 0
     assert report["expansion"]["languages_in_use"] == ["de"]
     assert report["warnings"] == [] and report["unresolved_after_expansion"] == []
+
+
+def test_an_added_program_the_profile_excludes_pulls_in_no_libraries(tmp_path: Path) -> None:
+    """The closure over what units added starts only from what the image keeps: libraries
+    that only an excluded program needs are not kept, and no reason names a program that
+    is not in the image."""
+    flat = coreutils_image(tmp_path)
+    index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
+    builder, files = file_level(flat, {"/bin/cat.txt": [TRACED]}, exclude=("/usr/bin/ls",))
+    widening = widen(builder, files, index, env={})
+    packages = builder.build()
+    assert "/usr/bin/ls" in packages.excluded and "/usr/bin/ls" not in packages.kept
+    for needed in ("libselinux.so.1", "libpcre2-8.so.0"):
+        assert f"/{LIB}/{needed}" not in packages.kept, needed
+    assert widening.closure.files == {}
+
+
+def test_the_closure_over_added_programs_spends_the_runs_resolver_budget(tmp_path: Path
+                                                                        ) -> None:
+    flat = coreutils_image(tmp_path)
+    builder, files = file_level(flat, {"/bin/cat.txt": [TRACED]})
+    with pytest.raises(BudgetExceeded, match="resolver_work"):
+        package_granularity(builder, files, flat.rootfs(), flat.entries,
+                            budgets=Budgets(resolver_work=5))

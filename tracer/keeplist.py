@@ -221,6 +221,13 @@ class KeepListBuilder:
         self.unmatched_keep_paths = [rule for rule, _ in self.keep_globs if rule not in matched]
 
     # -- result --------------------------------------------------------------------------
+    def exclude_rule(self, path: str) -> str | None:
+        """The exclude rule `build()` removes `path` by; None when it stays (no rule
+        matches, or a keep.paths glob names it too)."""
+        if path == "/" or any(r.kind == "keep.paths" for r in self.wanted.get(path, ())):
+            return None
+        return first_match(path, self.exclude_globs)
+
     def build(self) -> KeepList:
         result = KeepList(missing=dict(self.missing),
                           unmatched_keep_paths=list(self.unmatched_keep_paths))
@@ -228,9 +235,8 @@ class KeepListBuilder:
         for path, reasons in self.wanted.items():
             if path == "/":
                 continue  # kept whatever exclude says: no image is without it
-            forced = any(r.kind == "keep.paths" for r in reasons)
-            rule = first_match(path, self.exclude_globs)
-            if rule is not None and not forced:
+            rule = self.exclude_rule(path)
+            if rule is not None:
                 result.excluded[path] = Excluded(rule, tuple(reasons))
                 continue
             kept[path] = list(reasons)

@@ -54,20 +54,25 @@ def elf_roots(root: RootFS, paths: Iterable[str]) -> list[str]:
 
 def widen(builder: KeepListBuilder, file_level: KeepList, index: UnitIndex, *,
           env: Mapping[str, str] | None = None, excludes: Iterable[str] = DEFAULT_EXCLUDES,
-          resolver: Resolver | None = None) -> Widening:
+          resolver: Resolver | None = None, budgets: Budgets = DEFAULT) -> Widening:
     """Add to `builder` what package granularity keeps beyond `file_level` (its build()).
 
     `builder` must be the builder `file_level` came from (or one holding the same
     evidence): call `builder.build()` afterwards for the package-level keep-list.
     `env` is the run's environment (image Env with the profile's run.env over it): the
-    languages in use, and the loader's LD_LIBRARY_PATH for the closure.
+    languages in use, and the loader's LD_LIBRARY_PATH for the closure. The closure
+    starts from the added ELF files the profile's exclude leaves in the image, and spends
+    `budgets.resolver_work` like the file-level one.
     """
     env = dict(env or {})
     expansion = expand(index, file_level.kept, env=env, excludes=tuple(excludes))
     for path, text in expansion.added.items():
         builder.add(path, Reason("package", text), follow=False)
-    resolver = resolver or Resolver(index.root, env=env, dlopens=IMPLICIT_DLOPENS)
-    closure = resolver.closure(elf_roots(index.root, expansion.added))
+    resolver = resolver or Resolver(index.root, env=env, dlopens=IMPLICIT_DLOPENS,
+                                    budgets=budgets)
+    # only what the image will keep: an added program the profile excludes needs nothing
+    roots = [p for p in expansion.added if builder.exclude_rule(p) is None]
+    closure = resolver.closure(elf_roots(index.root, roots))
     for path, needs in closure.files.items():
         for need in needs[:3]:
             builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind), follow=False)
@@ -102,7 +107,7 @@ def package_granularity(builder: KeepListBuilder, file_level: KeepList, root: Ro
     the flattened image's index (every path, and sizes for the price).
     """
     index = UnitIndex.build(root, paths=entries, budgets=budgets)
-    widening = widen(builder, file_level, index, env=env)
+    widening = widen(builder, file_level, index, env=env, budgets=budgets)
     keeplist = builder.build()
     sizes = unit_sizes(index, entries, file_level.kept, keeplist.kept)
     return PackageGranularity(keeplist, file_level, widening, sizes, list(index.warnings))
