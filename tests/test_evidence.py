@@ -3,17 +3,20 @@ its meaning, and what is kept is written with the image's own metadata."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from image_builders import M, flat_from_layers, flatten_ref, layer
 
+from tracer.budgets import BudgetExceeded, Budgets
 from tracer.evidence import RUNTIME_DIRS, build_keeplist, needed_path
 from tracer.image.config import ImageConfig
 from tracer.image.model import FlatImage
 from tracer.image.reference import parse_reference
 from tracer.image.sink import write_image
+from tracer.pipeline import Plan, analyse
 from tracer.profile_model import KeepSpec, Profile
 from tracer.static import Closure, Resolver
 from tracer.trace.result import Access, Meaning, SmokeResult
@@ -187,3 +190,22 @@ def test_keep_binaries_roots_are_labelled_with_their_rule(tmp_path: Path) -> Non
     # a root that also runs keeps its elf reason next to keep.binaries
     both = keep(flat, binaries=["/bin/app"], closure=closure, execs=["/bin/app"])
     assert {r.kind for r in both.kept["/usr/bin/app"]} == {"keep.binaries", "elf"}
+
+
+def test_keep_packages_reads_the_package_database_within_the_runs_budget(
+        tmp_path: Path) -> None:
+    """keep.packages reads the image's dpkg database like package granularity does: a
+    crafted database is bounded by the run's package_db_bytes, not the default."""
+    status = b"Package: tzdata\nStatus: install ok installed\nArchitecture: all\n\n"
+    flat = flat_from_layers(tmp_path, layer(
+        M("usr/share/zoneinfo/UTC", data=b"TZif"), M("var/lib/dpkg/status", data=status),
+        M("var/lib/dpkg/info/tzdata.list", data=b"/usr/share/zoneinfo/UTC\n")))
+    profile = Profile(name="t", image="docker-daemon:t:1", keep=KeepSpec(packages=["tzdata"]))
+    trace = SmokeResult(passed=True)
+    plan = Plan(profile, parse_reference(profile.image), parse_reference("t:min"),
+                Budgets(package_db_bytes=len(status)), "file", None, "test")
+    with pytest.raises(BudgetExceeded, match="package_db_bytes"):
+        analyse(plan, prepared(flat), trace)
+    plan = replace(plan, budgets=Budgets())
+    kept = analyse(plan, prepared(flat), trace).keeplist.kept
+    assert [r.detail for r in kept["/usr/share/zoneinfo/UTC"]] == ["tzdata"]

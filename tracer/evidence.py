@@ -15,6 +15,7 @@ import posixpath
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from tracer.budgets import DEFAULT, Budgets
 from tracer.keeplist import KeepList, KeepListBuilder, Reason
 from tracer.packages import package_files
 from tracer.rootfs import RootFS, SymlinkLoop
@@ -91,21 +92,23 @@ def _binary_roots(binaries: Mapping[str, str], root: RootFS, path_env: str) -> d
 
 
 def build_keeplist(profile: Profile, prepared: Prepared, trace: SmokeResult,
-                   closure: Closure, binaries: Mapping[str, str] | None = None) -> KeepList:
+                   closure: Closure, binaries: Mapping[str, str] | None = None,
+                   budgets: Budgets = DEFAULT) -> KeepList:
     """Merge every kind of evidence into the keep-list, with a reason for each path (see
     `collect_evidence`)."""
-    return collect_evidence(profile, prepared, trace, closure, binaries).build()
+    return collect_evidence(profile, prepared, trace, closure, binaries, budgets).build()
 
 
 def collect_evidence(profile: Profile, prepared: Prepared, trace: SmokeResult,
-                     closure: Closure, binaries: Mapping[str, str] | None = None
-                     ) -> KeepListBuilder:
+                     closure: Closure, binaries: Mapping[str, str] | None = None,
+                     budgets: Budgets = DEFAULT) -> KeepListBuilder:
     """Every kind of evidence added to a keep-list builder, with a reason for each path;
     the caller builds it, or first widens it to whole packages (package granularity).
 
     `binaries` maps the closure roots that came from the profile's keep.binaries (after
     glob expansion) to the rule that named them; their reason is `keep.binaries: RULE`.
-    Default: each keep.binaries entry names itself.
+    Default: each keep.binaries entry names itself. `budgets` bound the package
+    database keep.packages reads (package_db_bytes).
     """
     flat, root, cfg = prepared.flat, prepared.root, prepared.config
     env = cfg.environment(profile.run.env)
@@ -134,7 +137,7 @@ def collect_evidence(profile: Profile, prepared: Prepared, trace: SmokeResult,
         if needed is not None and needed[0] != "/":
             builder.add(needed[0], traced_reason(access, needed[1]))
     builder.add_keep_paths()
-    for package, paths in package_files(root, profile.keep.packages).items():
+    for package, paths in package_files(root, profile.keep.packages, budgets).items():
         for path in paths:
             builder.add(path, Reason("keep.packages", package))
     for path in RUNTIME_DIRS:

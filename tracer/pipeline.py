@@ -259,7 +259,7 @@ def analyse(plan: Plan, prepared: Prepared, trace: SmokeResult) -> Analysis:
     """The keep-list: every kind of evidence, then (package granularity) whole units."""
     profile = plan.profile
     closure, binaries = static_closure(profile, prepared, trace, plan.budgets)
-    builder = collect_evidence(profile, prepared, trace, closure, binaries)
+    builder = collect_evidence(profile, prepared, trace, closure, binaries, plan.budgets)
     file_level = builder.build()
     if plan.granularity != "package":
         return Analysis(file_level, closure)
