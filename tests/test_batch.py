@@ -114,3 +114,54 @@ def test_ctrl_c_stops_every_job_and_leaves_no_container(
     err = proc.stderr
     assert proc.returncode == 130, err
     assert {c.id for c in docker_client.containers.list(all=True)} <= before
+
+
+@pytest.mark.integration
+def test_each_job_leaves_its_own_files_and_diffs_against_the_last_passed_run(
+        docker_client, fixture_image, host_strace, tmp_path: Path) -> None:
+    """report.json, report.keeplist and the sizes in the summary are the run's own (so
+    `tracer why` on them explains that run); the keep-list diff compares with the last run
+    that passed, never with a failed one."""
+    fixture_image("tmpjob")
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    output = f"tracer-test/rcore-batch-{uuid.uuid4().hex[:8]}:min"
+    base = yaml.safe_load((REPO / "profiles" / "tmpjob.yaml").read_text())
+    out = tmp_path / "out"
+    job = out / "tmpjob"
+
+    def run(**changes: object) -> dict:
+        data = {**base, "output": f"docker-daemon:{output}", **changes}
+        (profiles / "tmpjob.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        subprocess.run([sys.executable, "-m", "tracer", "batch", str(profiles), "--out",
+                        str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+        return json.loads((out / "summary.json").read_text())["jobs"][0]
+
+    def why(path: str) -> str:
+        return subprocess.run([sys.executable, "-m", "tracer", "why", str(job / "report.json"),
+                               path], capture_output=True, text=True, cwd=REPO).stdout
+
+    entry = "/usr/local/bin/tmpjob"
+    try:
+        # 1. the first run fails verification: its files explain that failure
+        failed = run(exclude=[*base["exclude"], entry])
+        assert (failed["status"], failed["exit_code"]) == ("failed", 1)
+        assert "NOT kept" in why(entry) and entry in why(entry)
+        # 2. it passes: no earlier passed run, so nothing to diff with
+        passed = run()
+        assert passed["status"] == "passed"
+        assert (passed["keeplist_added"], passed["keeplist_removed"]) == ([], [])
+        assert "KEPT" in why(entry)
+        # 3. it fails before anything is read: no sizes of an earlier run in its row
+        broken = run(budgets={"entries": 10})
+        assert (broken["status"], broken["exit_code"]) == ("failed", 2)
+        assert (broken["size_before"], broken["size_after"]) == (None, None)
+        assert not (job / "report.json").exists()
+        # 4. passes keeping one file more: the diff against run 2 is exactly that file
+        more = run(keep={"paths": ["/etc/debian_version"]})
+        assert more["status"] == "passed"
+        assert (more["keeplist_added"], more["keeplist_removed"]) == (
+            ["/etc/debian_version"], [])
+    finally:
+        with contextlib.suppress(Exception):  # not created
+            docker_client.images.remove(output, force=True)

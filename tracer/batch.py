@@ -4,8 +4,8 @@ Each job is a separate `tracer minimize` process: one crashing, hanging or leaki
 cannot take the others down, its log goes to its own file, and a timeout or Ctrl-C ends
 it with SIGTERM (which the child turns into its own cleanup) and then SIGKILL. A job is
 skipped when the input image digest, the profile's content and the tracer version are the
-ones of its last successful run; the new keep-list is diffed against the previous one, so
-a nightly run that suddenly keeps 300 more files stands out.
+ones of its last successful run; the new keep-list is diffed against the one of the last
+run that passed, so a nightly run that suddenly keeps 300 more files stands out.
 """
 
 from __future__ import annotations
@@ -208,8 +208,7 @@ class Batch:
             result.status, result.exit_code = "skipped", 0
             result.message = "unchanged since the last successful run (image, profile, tracer)"
             return result
-        if job.keeplist.exists():
-            shutil.copyfile(job.keeplist, job.previous_keeplist)
+        job.start()
         self.say(f"{profile.name}: started ({profile_path}; log: {job.log})")
         cmd = [sys.executable, "-m", "tracer", "minimize", str(profile_path),
                "--report", str(job.report), *self.overrides.argv()]
@@ -263,19 +262,35 @@ class _JobFiles:
         return self.dir / "report.keeplist"
 
     @property
-    def previous_keeplist(self) -> Path:
-        return self.dir / "previous.keeplist"
+    def path_index(self) -> Path:
+        return self.dir / "report.paths.gz"
+
+    @property
+    def passed_keeplist(self) -> Path:
+        """The keep-list of the last run that passed: what a new one is diffed against."""
+        return self.dir / "passed.keeplist"
 
     @property
     def state(self) -> Path:
         return self.dir / STATE_FILE
 
+    def start(self) -> None:
+        """Before a run: the last run's report and keep-list go, so that what is there
+        afterwards is this run's alone (sizes in the summary, `tracer why` on them); the
+        last passed run's keep-list stays as the baseline."""
+        if not self.passed_keeplist.exists() and self.state.exists() and \
+                self.keeplist.exists():
+            # written by an earlier tracer, which left the last passed run's keep-list here
+            shutil.copyfile(self.keeplist, self.passed_keeplist)
+        for stale in (self.report, self.keeplist, self.path_index):
+            stale.unlink(missing_ok=True)
+
 
 def _judge(result: JobResult, job: _JobFiles, code: int | None, timeout: float,
            fingerprint: dict[str, str]) -> None:
-    """A finished child's verdict: status and message, sizes from its report, the state
-    for the next incremental run and the keep-list diff (a failure keeps the previous
-    keep-list as the one to compare with)."""
+    """A finished child's verdict: status and message, sizes from its report, the keep-list
+    diff against the last passed run (for a failed run too: what it dropped is often why),
+    and, when it passed, the state for the next incremental run and the new baseline."""
     report = _load_json(job.report)
     if report:
         result.size_before = report.get("size_before")
@@ -292,18 +307,19 @@ def _judge(result: JobResult, job: _JobFiles, code: int | None, timeout: float,
     else:
         result.status = "passed"
         result.message = "minimized and verified"
+    if job.keeplist.exists() and job.passed_keeplist.exists():
+        old, new = _keeplist_paths(job.passed_keeplist), _keeplist_paths(job.keeplist)
+        result.keeplist_added = sorted(new - old)
+        result.keeplist_removed = sorted(old - new)
     if code != 0:
-        if job.previous_keeplist.exists():
-            shutil.copyfile(job.previous_keeplist, job.keeplist)
         return
     tmp = job.state.with_name(STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(fingerprint, indent=2) + "\n")
     os.replace(tmp, job.state)  # a torn state file would break every later run
-    old = _keeplist_paths(job.previous_keeplist)
-    if old:
-        new = _keeplist_paths(job.keeplist)
-        result.keeplist_added = sorted(new - old)
-        result.keeplist_removed = sorted(old - new)
+    if job.keeplist.exists():
+        tmp = job.passed_keeplist.with_name(job.passed_keeplist.name + ".tmp")
+        shutil.copyfile(job.keeplist, tmp)
+        os.replace(tmp, job.passed_keeplist)
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> None:
