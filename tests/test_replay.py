@@ -305,3 +305,46 @@ def test_the_expected_exit_code_is_the_originals_unless_given() -> None:
     with pytest.raises(SmokeFailedOnOriginal, match="did not run to completion.*timed out"):
         _expected_exit(outcome(False, None, "timed out after 60s"), run,
                        Command("command", ["r"]), "img")
+
+
+def paste(text: str, answer: str, option: int = 1) -> str:
+    """What an operator makes of fix `option` in `answer`: every `# insert after line N`
+    / `# replace lines A-B` block of it done by hand, in the order printed."""
+    blocks = answer.split("\n")
+    start = next(i for i, ln in enumerate(blocks) if ln.startswith(f"# {option}. "))
+    lines = text.split("\n")
+    i = start + 1
+    while i < len(blocks) and not re.match(r"# \d+\. ", blocks[i]):
+        m = re.match(r"# (insert after line (\d+)|replace lines? (\d+)(?:-(\d+))?) of ", blocks[i])
+        i += 1
+        if m is None:
+            continue
+        body = []
+        while i < len(blocks) and not blocks[i].startswith("#") and blocks[i]:
+            body.append(blocks[i])
+            i += 1
+        if m.group(2) is not None:
+            at = int(m.group(2))
+            lines[at:at] = body
+        else:
+            first = int(m.group(3))
+            last = int(m.group(4) or first)
+            lines[first - 1:last] = body
+    return "\n".join(lines)
+
+
+def test_the_diagnosis_of_a_failed_minimization_pastes_into_the_profile(
+        tmp_path: Path) -> None:
+    """`tracer minimize` and `tracer diagnose PROFILE` print the fix placed in the operator's
+    own file, like the replay does: a second `keep:` would be a duplicate key."""
+    _, d = minimized_python(tmp_path)
+    text = (PROFILES / "pyapp.yaml").read_text()
+    profile = parse_profile(text)
+    assert profile.keep.paths  # the profile has a keep: section already
+    d.profile_text, d.profile_file = text, "profiles/pyapp.yaml"
+    answer = d.format_text()
+    for option, paths in ((1, d.keep_paths), (2, d.keep_globs)):
+        patched = parse_profile(paste(text, answer, option))
+        assert patched.keep.binaries == ["/usr/bin/iconv"]
+        assert patched.keep.paths == profile.keep.paths + paths
+        assert patched.smoke == profile.smoke and patched.exclude == profile.exclude

@@ -184,4 +184,4 @@ def test_diagnosis_text_shows_hostile_names_escaped(tmp_path: Path) -> None:
     text = diagnose(result, flat.rootfs()).format_text()
     assert "    /etc/a\\nb  [openat -> ENOENT]" in text
     assert "  in run, /bin/x\\ty (x \\n--fake):" in text
-    assert '      - "/etc/a\\nb"' in text  # a YAML string that means the real name
+    assert '\n    - "/etc/a\\nb"' in text  # a YAML string that means the real name

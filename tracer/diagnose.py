@@ -22,6 +22,7 @@ would undo the minimization. (A smoke step that exercises the use beats all of t
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -31,7 +32,7 @@ from typing import Any
 from tracer.evidence import UNIDENTIFIED, needed_path, parent_of
 from tracer.keep_policy import IMPLICIT_DLOPENS
 from tracer.keeplist import compile_globs, first_match
-from tracer.profile_edit import yaml_str
+from tracer.profile_edit import Edit, Placed, placed, plan, yaml_str
 from tracer.rootfs import RootFS, SymlinkLoop
 from tracer.runfiles import escape
 from tracer.trace.result import Access, SmokeResult
@@ -79,6 +80,9 @@ class Diagnosis:
     keep_paths: list[str] = field(default_factory=list)
     keep_globs: list[str] = field(default_factory=list)
     passed: bool = False
+    # the operator's profile file, when known: the fix is then placed in it (`format_text`)
+    profile_text: str = ""
+    profile_file: str = "the profile"
 
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "missing": [asdict(m) for m in self.missing],
@@ -121,27 +125,98 @@ class Diagnosis:
         return lines
 
     def format_text(self) -> str:
-        """For people: the failures, the missing files, then the keep lines to add, as YAML
-        (strings double-quoted, so any file name means itself)."""
+        """For people: the failures, the missing files, then the keep lines to add, placed
+        in the operator's profile file when it is known (a second `keep:` pasted under one
+        would be a duplicate key), as YAML (strings double-quoted, so any file name means
+        itself)."""
         lines = self.format_failures() + self.format_missing()
         if not self.missing:
             return "\n".join(lines)
-        lines.append("add to the profile:")
-        lines.append("  keep:")
-        if self.keep_binaries:
-            lines.append("    binaries:  # programs that ran: each is kept with its libraries")
-            lines += [f"      - {yaml_str(b)}" for b in self.keep_binaries]
-        if self.keep_paths:
-            lines.append("    paths:")
-            lines += [f"      - {yaml_str(p)}" for p in self.keep_paths]
         if self.excluded_rules:
-            lines.append("  (keep.paths wins over exclude; or narrow these exclude rules: "
+            lines.append("(keep.paths wins over exclude; or narrow these exclude rules: "
                          + ", ".join(self.excluded_rules) + ")")
+        fixes: list[Suggestion] = []
+        if self.profile_text:
+            with contextlib.suppress(ValueError):  # keep: of a shape no edit can extend
+                fixes = suggest(self.profile_text, None, "", self, passed=self.passed)
+        if fixes:
+            return "\n".join(lines + format_suggestions(fixes, self.profile_file))
+        lines.append("add to the profile (into its keep: section, if it has one):")
+        lines.append("keep:")
+        if self.keep_binaries:
+            lines.append("  binaries:  # programs that ran: each is kept with its libraries")
+            lines += [f"    - {yaml_str(b)}" for b in self.keep_binaries]
+        if self.keep_paths:
+            lines.append("  paths:")
+            lines += [f"    - {yaml_str(p)}" for p in self.keep_paths]
         if self.keep_globs:
-            lines.append("  or, shorter, these keep.paths instead of the exact paths above "
+            lines.append("or, shorter, these keep.paths instead of the exact paths above "
                          "(they keep every file in these directories):")
-            lines += [f"      - {yaml_str(g)}" for g in self.keep_globs]
+            lines += [f"    - {yaml_str(g)}" for g in self.keep_globs]
         return "\n".join(lines)
+
+
+@dataclass
+class Suggestion:
+    """One way to fix it, as edits of the profile; `kind` says which (best first)."""
+
+    kind: str  # "smoke" | "keep" | "keep-globs"
+    why: str
+    edits: list[Edit]
+    placed: list[Placed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "why": self.why,
+                "edits": [p.to_json() for p in self.placed]}
+
+
+def suggest(text: str, step: dict[str, Any] | None, note: str, diagnosis: Diagnosis, *,
+            passed: bool) -> list[Suggestion]:
+    """The fixes, best first, each planned as edits of the profile `text`: the smoke step
+    `step` (a replayed command), then keep.binaries with the exact keep.paths, then
+    keep.binaries with the shorter globs. ValueError when the profile's keep: has a shape
+    that no edit can extend."""
+    out: list[Suggestion] = []
+
+    def add(kind: str, why: str, additions: dict[tuple[str, ...], list[Any]]) -> None:
+        additions = {k: v for k, v in additions.items() if v}
+        if additions:
+            edits = plan(text, additions)
+            out.append(Suggestion(kind, why, edits, placed(text, edits)))
+
+    if step is not None:
+        why = ("add the command to the smoke test: every minimization then traces it, keeps "
+               "what it uses and verifies it" if not passed else
+               "it passes now; to keep it so, add the command to the smoke test")
+        add("smoke", f"{why} ({note})", {("smoke",): [step]})
+    d = diagnosis
+    keep_why = "or keep what it used" if step is not None else "keep what it used"
+    if d.keep_binaries:
+        keep_why += ": the programs it ran with keep.binaries (each with its libraries)"
+        keep_why += ", and the exact files" if d.keep_paths else ""
+    else:
+        keep_why += ": the exact files"
+    add("keep", keep_why, {("keep", "binaries"): d.keep_binaries,
+                           ("keep", "paths"): d.keep_paths})
+    if d.keep_globs:
+        add("keep-globs", "or, shorter than the exact files, whole directories of them "
+            "(these keep every file in them)", {("keep", "binaries"): d.keep_binaries,
+                                                 ("keep", "paths"): d.keep_globs})
+    return out
+
+
+def format_suggestions(suggestions: list[Suggestion], filename: str) -> list[str]:
+    """The fixes as an operator applies them to `filename`, one numbered option each."""
+    lines = ["", "fix it with ONE of these, best first (the lines starting with # are "
+             "comments; they may be pasted too):"]
+    for n, s in enumerate(suggestions, 1):
+        lines.append(f"# {n}. {s.why}")
+        if len(s.placed) > 1:
+            lines.append("#    (bottom of the file first, so the line numbers stay right)")
+        for p in s.placed:
+            lines.append(f"# {p.header(filename)}")
+            lines += p.text.rstrip("\n").split("\n")
+    return lines
 
 
 def _describe(m: MissingFile) -> str:

@@ -12,6 +12,7 @@ container, temp image and temp directory is removed on success, failure and Ctrl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -34,7 +35,7 @@ from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.sink import publish, write_image
 from tracer.keep_policy import IMPLICIT_DLOPENS
 from tracer.keeplist import KeepList, Reason, size_of
-from tracer.profile import budgets_of
+from tracer.profile import budgets_of, read_profile_text
 from tracer.profile_model import Profile
 from tracer.progress import Progress
 from tracer.report import Report, StepSummary
@@ -348,6 +349,11 @@ def diagnose_failure(plan: Plan, candidate: ImageRef, prepared: Prepared, trace:
     diagnosis = diagnose(traced, prepared.root, plan.profile.exclude, original_run=trace,
                          present=kept.__contains__,
                          env=prepared.config.environment(plan.profile.run.env))
+    if plan.profile.source is not None:  # the fix is then placed in the operator's file
+        with contextlib.suppress(BadInput):  # gone or unreadable now: the fix unplaced
+            diagnosis.profile_text = read_profile_text(plan.profile.source,
+                                                       plan.budgets.profile_bytes)
+            diagnosis.profile_file = str(plan.profile.source)
     report.diagnosis = diagnosis.to_json()
     report.diagnosis_text = diagnosis.format_text()
     seconds.add("diagnose", t0)

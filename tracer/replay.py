@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracer.diagnose import Diagnosis, diagnose
+from tracer.diagnose import Diagnosis, Suggestion, diagnose, format_suggestions, suggest
 from tracer.engine import connect
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal
@@ -45,7 +45,7 @@ from tracer.image.prepare import prepare
 from tracer.image.reference import default_output, parse_reference
 from tracer.pipeline import pinned
 from tracer.profile import budgets_of, parse_profile, read_profile_text, read_stdin_file
-from tracer.profile_edit import Edit, Placed, apply, placed, plan
+from tracer.profile_edit import apply
 from tracer.profile_model import ArgvStep, CommandStep, ExecStep, Profile, SmokeStep
 from tracer.progress import Progress
 from tracer.rootfs import RootFS
@@ -218,20 +218,6 @@ class RunView:
 
 
 @dataclass
-class Suggestion:
-    """One way to fix it, as edits of the profile; `kind` says which (best first)."""
-
-    kind: str  # "smoke" | "keep" | "keep-globs"
-    why: str
-    edits: list[Edit]
-    placed: list[Placed]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "why": self.why,
-                "edits": [p.to_json() for p in self.placed]}
-
-
-@dataclass
 class ReplayResult:
     command: Command
     label: str
@@ -279,16 +265,7 @@ class ReplayResult:
         if not self.suggestions:
             lines.append("no profile lines to suggest")
             return "\n".join(lines)
-        lines.append("")
-        lines.append("fix it with ONE of these, best first (the lines starting with # are "
-                     "comments; they may be pasted too):")
-        for n, s in enumerate(self.suggestions, 1):
-            lines.append(f"# {n}. {s.why}")
-            if len(s.placed) > 1:
-                lines.append("#    (bottom of the file first, so the line numbers stay right)")
-            for p in s.placed:
-                lines.append(f"# {p.header(self.filename)}")
-                lines += p.text.rstrip("\n").split("\n")
+        lines += format_suggestions(self.suggestions, self.filename)
         return "\n".join(lines)
 
 
@@ -358,11 +335,14 @@ def diagnose_profile(profile: Profile, *, image: str | None = None,
                                 workdir=work / f"trace-{what}", progress=progress)
                 progress.done("passed" if run.passed else "FAILED")
                 runs.append(run)
-            return diagnose(runs[1], original.root, profile.exclude, original_run=runs[0],
-                            present=minimized.flat.entries.__contains__,
-                            env=original.config.environment(profile.run.env))
+            diagnosis = diagnose(runs[1], original.root, profile.exclude,
+                                 original_run=runs[0],
+                                 present=minimized.flat.entries.__contains__,
+                                 env=original.config.environment(profile.run.env))
     finally:
         engine.cleanup()
+    diagnosis.profile_text, diagnosis.profile_file = _profile_text(profile)
+    return diagnosis
 
 
 def replay_command(profile: Profile, command: Command, *, image: str | None = None,
@@ -482,38 +462,6 @@ def _profile_text(profile: Profile) -> tuple[str, str]:
         return "", "the profile"
     text = read_profile_text(profile.source, budgets_of(profile).profile_bytes)
     return text, str(profile.source)
-
-
-def suggest(text: str, step: dict[str, Any] | None, note: str, diagnosis: Diagnosis, *,
-            passed: bool) -> list[Suggestion]:
-    """The fixes, best first, each planned as edits of the profile `text`."""
-    out: list[Suggestion] = []
-
-    def add(kind: str, why: str, additions: dict[tuple[str, ...], list[Any]]) -> None:
-        additions = {k: v for k, v in additions.items() if v}
-        if additions:
-            edits = plan(text, additions)
-            out.append(Suggestion(kind, why, edits, placed(text, edits)))
-
-    if step is not None:
-        why = ("add the command to the smoke test: every minimization then traces it, keeps "
-               "what it uses and verifies it" if not passed else
-               "it passes now; to keep it so, add the command to the smoke test")
-        add("smoke", f"{why} ({note})", {("smoke",): [step]})
-    d = diagnosis
-    keep_why = "or keep what it used"
-    if d.keep_binaries:
-        keep_why += ": the programs it ran with keep.binaries (each with its libraries)"
-        keep_why += ", and the exact files" if d.keep_paths else ""
-    else:
-        keep_why += ": the exact files"
-    add("keep", keep_why, {("keep", "binaries"): d.keep_binaries,
-                           ("keep", "paths"): d.keep_paths})
-    if d.keep_globs:
-        add("keep-globs", "or, shorter than the exact files, whole directories of them "
-            "(these keep every file in them)", {("keep", "binaries"): d.keep_binaries,
-                                                 ("keep", "paths"): d.keep_globs})
-    return out
 
 
 def _check_reads_back(text: str, smoke: Suggestion, profile: Profile,
