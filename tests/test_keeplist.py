@@ -274,3 +274,19 @@ def test_keep_paths_glob_added_after_other_evidence_still_wins(tmp_path: Path) -
     b.add_keep_paths()
     kl = b.build()
     assert [r.kind for r in kl.kept["/usr/share/doc/app/README"]] == ["traced", "keep.paths"]
+
+
+def test_excluded_lists_only_what_the_image_really_lacks(tmp_path: Path) -> None:
+    """The closures run after exclude (a kept link keeps its target, a kept file its
+    directory): a path they bring back is kept, and the report must not call it excluded."""
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root), keep_paths=["/etc/app/conf.d/a.conf"],
+                        exclude=["/etc/app/main.conf", "/etc/app", "/usr/share/doc/**"])
+    b.add("/data/conf", Reason("traced", "openat by /app in run"))  # -> /etc/app/main.conf
+    b.add("/etc/app", Reason("traced", "getdents64 by /app in run"))
+    b.add("/usr/share/doc/app/README", Reason("traced", "openat by /app in run"))
+    b.add_keep_paths()
+    kl = b.build()
+    assert {"/etc/app/main.conf", "/etc/app"} <= set(kl.kept)
+    assert set(kl.excluded) == {"/usr/share/doc/app/README"}
+    assert not set(kl.excluded) & set(kl.kept)

@@ -241,6 +241,9 @@ class KeepListBuilder:
                 continue
             kept[path] = list(reasons)
         self._close(kept)
+        # what a closure brought back (the target of a kept link, the directory of a kept
+        # file) is in the image after all: excluded lists only what the image lacks
+        result.excluded = {p: e for p, e in result.excluded.items() if p not in kept}
         result.kept = kept
         return result
 
