@@ -33,6 +33,7 @@ from tracer.image.model import FlatImage
 from tracer.image.prepare import Prepared, prepare
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.sink import publish, write_image
+from tracer.image.transports import transport
 from tracer.keep_policy import IMPLICIT_DLOPENS
 from tracer.keeplist import KeepList, Reason, size_of
 from tracer.profile import budgets_of, read_profile_text
@@ -96,6 +97,9 @@ def plan_run(profile: Profile, output: str | None) -> Plan:
     if out_ref.same_place(in_ref):
         raise BadInput(f"output {out_ref} is the input image {in_ref}; tracer never "
                        "overwrites its input: choose another output")
+    # an output that cannot be written is bad input now, not after the trace and the
+    # verification (the engine's outputs need only a name here: no engine is asked)
+    transport(out_ref).check_output(out_ref)
     digest = (hashlib.sha256(profile.source.read_bytes()).hexdigest()
               if profile.source else None)
     return Plan(profile, in_ref, out_ref, budgets_of(profile), profile.keep.granularity,
