@@ -250,12 +250,12 @@ def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult,
     if argv:
         roots.append(argv[0])
     roots += [p for p in trace.execs if p]
-    binaries = expand_binaries(prepared.root, profile.keep.binaries, env.get("PATH"),
-                               cwd=profile.run.workdir or config.workdir or "/")
+    cwd = profile.run.workdir or config.workdir or "/"  # where the container starts
+    binaries = expand_binaries(prepared.root, profile.keep.binaries, env.get("PATH"), cwd=cwd)
     binaries.require_all()
     roots += binaries.paths()
     from_rules = {path: rule for rule, paths in binaries.matched.items() for path in paths}
-    closure = Resolver(prepared.root, env=env, dlopens=IMPLICIT_DLOPENS,
+    closure = Resolver(prepared.root, env=env, cwd=cwd, dlopens=IMPLICIT_DLOPENS,
                        budgets=budgets).closure(dict.fromkeys(roots))
     return closure, from_rules
 
