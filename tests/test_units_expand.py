@@ -302,3 +302,31 @@ def test_the_closure_over_added_programs_spends_the_runs_resolver_budget(tmp_pat
     with pytest.raises(BudgetExceeded, match="resolver_work"):
         package_granularity(builder, files, flat.rootfs(), flat.entries,
                             budgets=Budgets(resolver_work=5))
+
+
+def test_a_link_a_unit_adds_does_not_bring_back_what_the_profile_excludes(
+        tmp_path: Path) -> None:
+    """tzdata ships aliases (`Jamaica -> America/Jamaica`): with America/** excluded, the
+    aliases it adds must not keep the zones through the symlink closure (nor dangle)."""
+    zi = "usr/share/zoneinfo"
+    status = b"Package: tzdata\nStatus: install ok installed\nArchitecture: all\n\n"
+    listed = [f"/{zi}/Europe/Berlin", f"/{zi}/Europe/Lisbon", f"/{zi}/America/Jamaica",
+              f"/{zi}/Jamaica", f"/{zi}/Portugal", f"/{zi}/US/Eastern",
+              f"/{zi}/America/New_York"]
+    flat = flat_from_layers(tmp_path, layer(
+        M(f"{zi}/Europe/Berlin", data=b"TZif" * 10), M(f"{zi}/Europe/Lisbon", data=b"TZif" * 11),
+        M(f"{zi}/America/Jamaica", data=b"TZif" * 12),
+        M(f"{zi}/America/New_York", data=b"TZif" * 13),
+        M(f"{zi}/Jamaica", "symlink", linkname="America/Jamaica"),
+        M(f"{zi}/Portugal", "symlink", linkname="Europe/Lisbon"),
+        M(f"{zi}/US/Eastern", "symlink", linkname="../America/New_York"),
+        M("var/lib/dpkg/status", data=status),
+        M("var/lib/dpkg/info/tzdata.list", data="\n".join(listed).encode() + b"\n")))
+    builder, files = file_level(flat, {f"/{zi}/Europe/Berlin": [TRACED]},
+                                exclude=(f"/{zi}/America/**",))
+    result = package_granularity(builder, files, flat.rootfs(), flat.entries)
+    kept = result.keeplist.kept
+    assert f"/{zi}/Europe/Lisbon" in kept and f"/{zi}/Portugal" in kept
+    for gone in ("America/Jamaica", "America/New_York", "Jamaica", "US/Eastern"):
+        assert f"/{zi}/{gone}" not in kept, gone
+    assert result.to_json()["package_bytes"] == size_of(flat.entries, kept)

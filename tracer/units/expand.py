@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +141,8 @@ class Expansion:
     pulled: list[PulledUnit] = field(default_factory=list)  # system packages first, by key
     added: dict[str, str] = field(default_factory=dict)  # path -> reason (first unit wins)
     default_excluded: dict[str, str] = field(default_factory=dict)  # path -> built-in rule
+    # links a unit lists that lead to what the profile excludes: path -> that exclude rule
+    excluded_links: dict[str, str] = field(default_factory=dict)
     languages: list[str] = field(default_factory=list)  # languages in use (locale rule)
     rules: list[str] = field(default_factory=list)  # the built-in rules that applied
 
@@ -151,6 +153,7 @@ class Expansion:
             counts[rule] = counts.get(rule, 0) + 1
         return {"default_excludes": self.rules, "languages_in_use": self.languages,
                 "default_excluded_paths": dict(sorted(counts.items())),
+                "links_to_excluded_paths": dict(sorted(self.excluded_links.items())),
                 "units": [p.to_json() for p in self.pulled], "added_paths": len(self.added)}
 
 
@@ -169,7 +172,8 @@ def _is_dir(index: UnitIndex, path: str, *, follow: bool = False) -> bool | None
 
 def expand(index: UnitIndex, kept: Mapping[str, Sequence[Any]], *,
            env: Mapping[str, str] | None = None,
-           excludes: Sequence[str] = DEFAULT_EXCLUDES) -> Expansion:
+           excludes: Sequence[str] = DEFAULT_EXCLUDES,
+           link_excluded: Callable[[str], str | None] | None = None) -> Expansion:
     """The paths package granularity adds to `kept` (path -> reasons), with their reasons.
 
     `kept` maps the file-level keep-list's paths to their reasons (keep-list Reason
@@ -183,7 +187,10 @@ def expand(index: UnitIndex, kept: Mapping[str, Sequence[Any]], *,
     keep.* before config, opened or executed before looked up, then the first path); a
     path two pulled units own carries the reason of the system package. `env` is the
     run's environment, for the languages in use. Paths already kept are not added again,
-    so nothing here removes a file the evidence keeps.
+    so nothing here removes a file the evidence keeps. `link_excluded(path)` names the
+    profile's exclude rule a symlink a unit lists leads to (None: it does not): such a link
+    is not added, since keeping it would keep what the profile excludes (a kept link keeps
+    its target) or leave it dangling.
     """
     out = Expansion()
     languages = languages_in_use(kept, env or {})
@@ -211,7 +218,8 @@ def expand(index: UnitIndex, kept: Mapping[str, Sequence[Any]], *,
         (_, _, trigger), because = best[key]
         pulled = PulledUnit(unit, trigger, f"{unit.label}, because {because}")
         for path in unit.paths:
-            if path in kept or path in out.added or path in out.default_excluded:
+            if path in kept or path in out.added or path in out.default_excluded \
+                    or path in out.excluded_links:
                 continue
             is_dir = _is_dir(index, path)
             if is_dir is None:
@@ -225,6 +233,9 @@ def expand(index: UnitIndex, kept: Mapping[str, Sequence[Any]], *,
                     rule = f"{LOCALE_DIR}/{lang_dir}/**"
             if rule is not None:
                 out.default_excluded[path] = rule
+                continue
+            if link_excluded is not None and (rule := link_excluded(path)) is not None:
+                out.excluded_links[path] = rule
                 continue
             out.added[path] = pulled.reason
             pulled.added.append(path)

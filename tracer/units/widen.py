@@ -7,7 +7,10 @@ its own libraries (`gconv/IBM1047.so` needs nothing, `/usr/bin/iconv` would need
 which may live in packages nothing pulled in. Only ELF files are closure roots: scripts
 a package ships (`#! /usr/local/bin/python` in the stdlib's cgi.py) would otherwise pull
 in interpreters the image does not have and report them missing. The builder then
-applies the profile's `exclude` and its closures as for any evidence.
+applies the profile's `exclude` and its closures as for any evidence; a link a unit lists
+that leads to what the profile excludes is not added at all, since the symlink closure
+would keep its target after all (tzdata's `Jamaica -> America/Jamaica` under an exclude
+of `/usr/share/zoneinfo/America/**`).
 """
 
 from __future__ import annotations
@@ -65,7 +68,25 @@ def widen(builder: KeepListBuilder, file_level: KeepList, index: UnitIndex, *,
     `budgets.resolver_work` like the file-level one.
     """
     env = dict(env or {})
-    expansion = expand(index, file_level.kept, env=env, excludes=tuple(excludes))
+
+    def link_excluded(path: str) -> str | None:
+        """The exclude rule a link leads to, unless file level keeps the target anyway."""
+        try:
+            st = index.root.lstat(path)
+            if st is None or not stat.S_ISLNK(st.st_mode):
+                return None
+            full = index.root.resolve(path, follow_last=True)
+        except (OSError, SymlinkLoop):
+            return None
+        way = [p for p in full.links if p != path] + ([full.path] if full.exists else [])
+        for hop in way:
+            rule = builder.exclude_rule(hop)
+            if rule is not None and hop not in file_level.kept:
+                return rule
+        return None
+
+    expansion = expand(index, file_level.kept, env=env, excludes=tuple(excludes),
+                       link_excluded=link_excluded)
     for path, text in expansion.added.items():
         builder.add(path, Reason("package", text), follow=False)
     resolver = resolver or Resolver(index.root, env=env, dlopens=IMPLICIT_DLOPENS,
