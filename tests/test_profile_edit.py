@@ -46,6 +46,11 @@ LAYOUTS = {
                                           'exclude: ["/usr/share/doc/**"]\n',
     "aliases": HEAD + "smoke:\n  - &s {sleep: 1s}\n  - *s\nkeep:\n  packages: [tzdata]\n",
     "keep without the keys": HEAD + "keep:\n  granularity: file\nsmoke:\n  - sleep: 1s\n",
+    # a list that is another's anchor: extending it would change both, so it is spelled out
+    "a list that is an alias": HEAD + 'exclude: &docs ["/usr/share/doc/**"]\n'
+                               "keep:\n  paths: *docs\n",
+    "a block list that is an alias": HEAD + 'exclude: &docs\n  - "/usr/share/doc/**"\n'
+                                     "keep:\n  paths: *docs  # the same\n  binaries: []\n",
 }
 
 
@@ -113,3 +118,10 @@ def test_items_already_there_are_not_added_again() -> None:
 def test_every_string_is_written_so_it_reads_back_the_same(value: str) -> None:
     assert yaml.safe_load(yaml_str(value)) == value
     assert yaml_str(value).isascii() or not any(ch in value for ch in "\x00\x7f\u2028\udcff")
+
+
+def test_a_list_other_keys_alias_is_not_extended() -> None:
+    """Items added to an anchored list would be added to every alias of it too."""
+    text = HEAD + "keep:\n  paths: &p\n    - /etc/**\n  binaries: *p\n"
+    with pytest.raises(ValueError, match="anchor"):
+        plan(text, {("keep", "paths"): ["/x"]})

@@ -348,3 +348,15 @@ def test_the_diagnosis_of_a_failed_minimization_pastes_into_the_profile(
         assert patched.keep.binaries == ["/usr/bin/iconv"]
         assert patched.keep.paths == profile.keep.paths + paths
         assert patched.smoke == profile.smoke and patched.exclude == profile.exclude
+
+
+def test_a_fix_no_edit_can_make_is_left_out_not_a_crash(tmp_path: Path) -> None:
+    """keep.paths that is the anchor of keep.binaries cannot grow without growing both:
+    the keep fixes are left out (the smoke step still goes in), never an exit 70."""
+    _, d = minimized_python(tmp_path)
+    text = ("version: 1\nname: app\nimage: app:1\nkeep:\n  paths: &p [/etc/**]\n"
+            "  binaries: *p\n")
+    step = {"exec": ["id"], "exit": 0}
+    assert [s.kind for s in suggest(text, step, "checked", d, passed=False)] == ["smoke"]
+    d.profile_text = text
+    assert "keep:\n  binaries:" in d.format_text()  # unplaced, for the operator to merge

@@ -22,7 +22,6 @@ would undo the minimization. (A smoke step that exercises the use beats all of t
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -137,8 +136,7 @@ class Diagnosis:
                          + ", ".join(self.excluded_rules) + ")")
         fixes: list[Suggestion] = []
         if self.profile_text:
-            with contextlib.suppress(ValueError):  # keep: of a shape no edit can extend
-                fixes = suggest(self.profile_text, None, "", self, passed=self.passed)
+            fixes = suggest(self.profile_text, None, "", self, passed=self.passed)
         if fixes:
             return "\n".join(lines + format_suggestions(fixes, self.profile_file))
         lines.append("add to the profile (into its keep: section, if it has one):")
@@ -174,14 +172,17 @@ def suggest(text: str, step: dict[str, Any] | None, note: str, diagnosis: Diagno
             passed: bool) -> list[Suggestion]:
     """The fixes, best first, each planned as edits of the profile `text`: the smoke step
     `step` (a replayed command), then keep.binaries with the exact keep.paths, then
-    keep.binaries with the shorter globs. ValueError when the profile's keep: has a shape
-    that no edit can extend."""
+    keep.binaries with the shorter globs. A fix no edit can make in this profile (a list
+    that is the anchor of other keys' aliases) is left out."""
     out: list[Suggestion] = []
 
     def add(kind: str, why: str, additions: dict[tuple[str, ...], list[Any]]) -> None:
         additions = {k: v for k, v in additions.items() if v}
         if additions:
-            edits = plan(text, additions)
+            try:
+                edits = plan(text, additions)
+            except ValueError:
+                return
             out.append(Suggestion(kind, why, edits, placed(text, edits)))
 
     if step is not None:

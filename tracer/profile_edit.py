@@ -92,6 +92,8 @@ class _Node:
     end: Any
     items: list[Any] = field(default_factory=list)  # seq: _Node; map: (key, _Node, _Node)
     value: str | None = None  # scalar
+    anchor: str | None = None  # `&name` on this node
+    alias: str | None = None  # this node is `*name`
 
 
 def _tree(text: str) -> _Node | None:
@@ -119,10 +121,12 @@ def _tree(text: str) -> _Node | None:
         if isinstance(ev, yaml.ScalarEvent):
             attach(_Node("scalar", False, ev.start_mark, ev.end_mark, value=ev.value))
         elif isinstance(ev, yaml.AliasEvent):
-            attach(_Node("scalar", False, ev.start_mark, ev.end_mark, value=None))
+            attach(_Node("scalar", False, ev.start_mark, ev.end_mark, value=None,
+                         alias=ev.anchor))
         elif isinstance(ev, yaml.SequenceStartEvent | yaml.MappingStartEvent):
             kind = "seq" if isinstance(ev, yaml.SequenceStartEvent) else "map"
-            node = _Node(kind, bool(ev.flow_style), ev.start_mark, ev.end_mark)
+            node = _Node(kind, bool(ev.flow_style), ev.start_mark, ev.end_mark,
+                         anchor=ev.anchor)
             attach(node)
             stack.append(node)
             pending_key.append(None)
@@ -261,9 +265,25 @@ class _Planner:
         if holder is not None and holder.kind != "map":
             raise ValueError("the profile is not a mapping")
         node = _get(holder, path[depth]) if depth == len(path) - 1 else None
-        if node is not None and node.kind != "seq":
+        if node is not None and node.alias is None and node.kind != "seq":
             raise ValueError(f"{'.'.join(path)}: the profile has no list there")
+        if node is not None and node.anchor is not None and \
+                re.search(rf"\*{re.escape(node.anchor)}(?![\w-])", self.text[node.end.index:]):
+            raise ValueError(f"{'.'.join(path)}: the list is the anchor &{node.anchor}, which "
+                             "other keys use: items added to it would be added there too")
         return holder, depth, node
+
+    def spell_out(self, node: _Node, path: tuple[str, ...], items: list[Any],
+                  what: str) -> None:
+        """Replace the alias `*name` at `path` with its list written out, plus `items`
+        (appending to the anchor would change every other use of it)."""
+        data: Any = yaml.safe_load(self.text)
+        for key in path:
+            data = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(data, list):
+            raise ValueError(f"{'.'.join(path)}: the profile has no list there")
+        new = [i for i in items if i not in data]
+        self.edits.append(Edit(node.start.index, node.end.index, flow([*data, *new]), what))
 
     def extend(self, node: _Node, items: list[Any], what: str) -> None:
         """Append items to an existing list."""
@@ -315,6 +335,9 @@ def plan(text: str, additions: Mapping[tuple[str, ...], list[Any]]) -> list[Edit
         existing = {i.value for i in node.items if i.kind == "scalar"} if node else set()
         todo = [i for i in items if not (isinstance(i, str) and i in existing)]
         if not todo:
+            continue
+        if node is not None and node.alias is not None:
+            planner.spell_out(node, path, todo, ".".join(path))
             continue
         if node is not None:
             planner.extend(node, todo, ".".join(path))

@@ -411,7 +411,8 @@ def replay_command(profile: Profile, command: Command, *, image: str | None = No
                  if step is not None else None)
     text, filename = _profile_text(profile)
     suggestions = suggest(text, yaml_step, note, diagnosis, passed=view.passed)
-    if yaml_step is not None and profile.source is not None:
+    if yaml_step is not None and profile.source is not None and suggestions and \
+            suggestions[0].kind == "smoke":
         _check_reads_back(text, suggestions[0], profile, step)
     return ReplayResult(command=command, label=label, argv=argv, original=first,
                         minimized=view, step=yaml_step, step_note=note, diagnosis=diagnosis,
