@@ -127,7 +127,7 @@ def test_batch_refuses_two_profiles_with_one_name(tmp_path: Path) -> None:
 
 def test_batch_passes_budget_and_granularity_to_every_job(tmp_path: Path) -> None:
     """The batch loads each profile with --budget (a 1.5 MiB profile loads), and so does
-    each `tracer minimize` child: it fails on the missing image, not on the budget."""
+    each `tracer minimize` child: it fails on the missing directory, not on the budget."""
     prof = tmp_path / "big.yaml"
     prof.write_text("version: 1\nname: big\nimage: docker-archive:/nonexistent/big.tar\n"
                     "keep: {granularity: file}\n# " + "x" * 1_500_000 + "\n")
@@ -136,7 +136,7 @@ def test_batch_passes_budget_and_granularity_to_every_job(tmp_path: Path) -> Non
                   "--granularity", "package")
     assert proc.returncode == 1, proc.stderr
     log = (out / "big" / "run.log").read_text()
-    assert "profile_bytes" not in log and "big.tar" in log
+    assert "profile_bytes" not in log and "/nonexistent" in log
 
 
 @pytest.mark.parametrize("error, code", [
