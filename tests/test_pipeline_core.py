@@ -85,3 +85,25 @@ run:
     assert traced_images == [ids["a"]]
     assert report.verified, report.failure
     assert docker_client.images.get(f"{repo}:input").id == ids["b"]  # it did move
+
+
+def test_diagnose_exits_3_when_the_smoke_test_fails_on_the_original(
+        fixture_image, host_strace, tmp_path: Path) -> None:
+    """A diagnosis compares the minimized run with a passing original run; against a
+    failing one it would blame the minimized image (exit 1) for the profile's fault."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    fixture_image("tmpjob")
+    repo = Path(__file__).resolve().parent.parent
+    data = yaml.safe_load((repo / "profiles/tmpjob.yaml").read_text())
+    data["run"]["stdout"] = "(?m)^tmpjob: this line is never printed$"
+    profile = tmp_path / "tmpjob.yaml"
+    profile.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = subprocess.run([sys.executable, "-m", "tracer", "diagnose", str(profile), "--quiet",
+                           "--image", "docker-daemon:tracer-fixture/tmpjob:test"],
+                          capture_output=True, text=True, cwd=repo, timeout=600)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "fails on the original image" in proc.stderr

@@ -225,11 +225,13 @@ def read_and_trace(plan: Plan, engine: EngineImages, work: Path, progress: Progr
     return prepared, trace
 
 
-def _fail_on_original(plan: Plan, trace: SmokeResult) -> SmokeFailedOnOriginal:
+def fail_on_original(image: ImageRef, trace: SmokeResult) -> SmokeFailedOnOriginal:
+    """Exit 3 for a smoke test that fails on the original image `image`, with the evidence
+    of the failed step."""
     evidence = trace.evidence()
     notes = "".join(f"\n  note: {n}" for n in trace.notes)
     return SmokeFailedOnOriginal(
-        f"the smoke test fails on the original image {plan.input}: {trace.failure}{notes}"
+        f"the smoke test fails on the original image {image}: {trace.failure}{notes}"
         + (f"\n{evidence}" if evidence else "")
         + "\na profile that fails on the original cannot prove anything about the minimized "
         "one; fix the profile (or the image) first")
@@ -390,7 +392,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
             report.recorder_notes = list(trace.notes)
             report.original_steps = _steps(trace)
             if not trace.passed:
-                raise _fail_on_original(plan, trace)
+                raise fail_on_original(plan.input, trace)
 
             progress.phase("ELF closure and keep-list"
                            + (" (package granularity)" if plan.granularity == "package"

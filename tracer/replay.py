@@ -43,7 +43,7 @@ from tracer.errors import BadInput, SmokeFailedOnOriginal
 from tracer.image.daemon import EngineImages
 from tracer.image.prepare import prepare
 from tracer.image.reference import default_output, parse_reference
-from tracer.pipeline import pinned
+from tracer.pipeline import fail_on_original, pinned
 from tracer.profile import budgets_of, parse_profile, read_profile_text, read_stdin_file
 from tracer.profile_edit import apply
 from tracer.profile_model import ArgvStep, CommandStep, ExecStep, Profile, SmokeStep
@@ -52,6 +52,7 @@ from tracer.rootfs import RootFS
 from tracer.runfiles import escape
 from tracer.static import which
 from tracer.static.script import DEFAULT_PATH
+from tracer.trace.original import trace_original
 from tracer.trace.result import SmokeResult, StepOutcome
 from tracer.trace.run import run_smoke
 from tracer.workdir import workdir
@@ -328,15 +329,20 @@ def diagnose_profile(profile: Profile, *, image: str | None = None,
                                engine, progress, seconds, budgets_of(profile))
             minimized = prepare(pinned(target), profile.name, work / "minimized", engine, progress,
                                 seconds, budgets_of(profile))
-            runs = []
-            for what, prepared in (("original", original), ("minimized", minimized)):
-                progress.phase(f"traced smoke test of the {what} image")
-                run = run_smoke(profile, prepared.engine_ref, traced=True,
-                                workdir=work / f"trace-{what}", progress=progress)
-                progress.done("passed" if run.passed else "FAILED")
-                runs.append(run)
-            diagnosis = diagnose(runs[1], original.root, profile.exclude,
-                                 original_run=runs[0],
+            # as `tracer minimize` traces it: a run that fails only under strace is
+            # recorded with fanotify; one that fails untraced as well proves nothing
+            progress.phase("traced smoke test of the original image")
+            used = trace_original(profile, original.engine_ref, workdir=work / "trace-original",
+                                  progress=progress,
+                                  privileged_programs=original.flat.has_privileged_programs())
+            progress.done("passed" if used.passed else "FAILED")
+            if not used.passed:
+                raise fail_on_original(parse_reference(profile.image), used)
+            progress.phase("traced smoke test of the minimized image")
+            run = run_smoke(profile, minimized.engine_ref, traced=True,
+                            workdir=work / "trace-minimized", progress=progress)
+            progress.done("passed" if run.passed else "FAILED")
+            diagnosis = diagnose(run, original.root, profile.exclude, original_run=used,
                                  present=minimized.flat.entries.__contains__,
                                  env=original.config.environment(profile.run.env))
     finally:
