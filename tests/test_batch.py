@@ -146,6 +146,7 @@ def test_each_job_leaves_its_own_files_and_diffs_against_the_last_passed_run(
         # 1. the first run fails verification: its files explain that failure
         failed = run(exclude=[*base["exclude"], entry])
         assert (failed["status"], failed["exit_code"]) == ("failed", 1)
+        assert failed["message"].startswith("the minimized image failed verification: run: ")
         assert "NOT kept" in why(entry) and entry in why(entry)
         # 2. it passes: no earlier passed run, so nothing to diff with
         passed = run()

@@ -298,7 +298,7 @@ def _judge(result: JobResult, job: _JobFiles, code: int | None, timeout: float,
     if code is None:
         result.message = f"timed out after {timeout:.0f}s; the job was stopped"
     elif code != 0:
-        result.message = _last_error(job.log) or f"exit code {code}"
+        result.message = _failure(report, code) or _last_error(job.log) or f"exit code {code}"
     elif report and report.get("output_unchanged") is True:
         # the output already held this very image (same digest): not replaced
         result.status = "unchanged"
@@ -338,6 +338,16 @@ def _load_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _failure(report: dict[str, Any] | None, code: int) -> str:
+    """Why a job failed, from its report (its first line: evidence follows on the next
+    ones); "" when it wrote none. A log's last line may be a note, not the verdict."""
+    failure = (report or {}).get("failure")
+    if not isinstance(failure, str) or not failure.strip():
+        return ""
+    first = failure.strip().splitlines()[0]
+    return f"the minimized image failed verification: {first}" if code == 1 else first
 
 
 def _last_error(log: Path) -> str:
