@@ -330,3 +330,16 @@ def test_a_link_a_unit_adds_does_not_bring_back_what_the_profile_excludes(
     for gone in ("America/Jamaica", "America/New_York", "Jamaica", "US/Eastern"):
         assert f"/{zi}/{gone}" not in kept, gone
     assert result.to_json()["package_bytes"] == size_of(flat.entries, kept)
+
+
+@pytest.mark.parametrize("reason", [Reason("keep.packages", "coreutils"),
+                                    Reason("keep.paths", "/usr/bin/*")])
+def test_a_program_kept_by_name_gets_its_libraries_like_one_a_unit_added(
+        tmp_path: Path, reason: Reason) -> None:
+    """With package granularity, coreutils' /usr/bin/ls needs its libraries whether a used
+    file pulled coreutils in or the profile named it (keep.packages, keep.paths)."""
+    flat = coreutils_image(tmp_path)
+    builder, files = file_level(flat, {"/usr/bin/ls": [reason]})
+    kept = package_granularity(builder, files, flat.rootfs(), flat.entries).keeplist.kept
+    for needed in ("libselinux.so.1", "libpcre2-8.so.0", "libc.so.6"):
+        assert any(r.kind == "elf" for r in kept.get(f"/{LIB}/{needed}", [])), needed

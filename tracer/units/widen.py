@@ -2,7 +2,8 @@
 
 The file-level keep-list is built first (it is also what the report compares against);
 then every unit a kept file belongs to is added with a `package` reason, and the ELF
-closure runs again over what the units added, because an added program or plugin needs
+closure runs again over what the units added (and what keep.packages and keep.paths
+named, which no closure covered either), because an added program or plugin needs
 its own libraries (`gconv/IBM1047.so` needs nothing, `/usr/bin/iconv` would need libc),
 which may live in packages nothing pulled in. Only ELF files are closure roots: scripts
 a package ships (`#! /usr/local/bin/python` in the stdlib's cgi.py) would otherwise pull
@@ -29,6 +30,10 @@ from tracer.static.elf import ELF_MAGIC
 from tracer.units.expand import DEFAULT_EXCLUDES, Expansion, expand
 from tracer.units.index import UnitIndex
 from tracer.units.sizes import SizeTable, unit_sizes
+
+# Reasons of paths the profile names without a closure of their own (keep.binaries
+# roots, traced programs and ELF dependencies have theirs from the file-level closure).
+NAMED = ("keep.packages", "keep.paths")
 
 
 @dataclass
@@ -65,7 +70,10 @@ def widen(builder: KeepListBuilder, file_level: KeepList, index: UnitIndex, *,
     `env` is the run's environment (image Env with the profile's run.env over it): the
     languages in use, and the loader's LD_LIBRARY_PATH for the closure. The closure
     starts from the added ELF files the profile's exclude leaves in the image, and spends
-    `budgets.resolver_work` like the file-level one.
+    `budgets.resolver_work` like the file-level one. Programs the profile keeps by name
+    (keep.packages, keep.paths) are closed over too: with package granularity, a package's
+    program needs its libraries whether a used file pulled the package in or the profile
+    named it.
     """
     env = dict(env or {})
 
@@ -91,8 +99,12 @@ def widen(builder: KeepListBuilder, file_level: KeepList, index: UnitIndex, *,
         builder.add(path, Reason("package", text), follow=False)
     resolver = resolver or Resolver(index.root, env=env, dlopens=IMPLICIT_DLOPENS,
                                     budgets=budgets)
-    # only what the image will keep: an added program the profile excludes needs nothing
-    roots = [p for p in expansion.added if builder.exclude_rule(p) is None]
+    # what the units added, and what the profile named (keep.packages, keep.paths: a
+    # program a unit adds and the same program named by the profile need the same
+    # libraries); only what the image will keep: an excluded program needs nothing
+    named = [p for p, reasons in file_level.kept.items()
+             if any(r.kind in NAMED for r in reasons)]
+    roots = [p for p in [*expansion.added, *named] if builder.exclude_rule(p) is None]
     closure = resolver.closure(elf_roots(index.root, roots))
     for path, needs in closure.files.items():
         for need in needs[:3]:
