@@ -48,3 +48,16 @@ def test_a_relative_entrypoint_is_found_in_the_working_directory(tmp_path: Path)
                       run=RunSpec(entrypoint=["./server"], workdir="/app"))
     closure, _ = static_closure(profile, prepared, SmokeResult(passed=True), Budgets())
     assert closure.missing == [] and "/app/server" in closure.files
+
+
+def test_a_report_that_cannot_be_written_is_bad_input_before_anything_runs(
+        tmp_path: Path) -> None:
+    """Not exit 70 after the trace, when the report's directory turns out to be missing."""
+    profile = REPO / "profiles" / "tmpjob.yaml"
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}  # nothing runs
+    report = tmp_path / "no" / "such" / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "tracer", "minimize", str(profile),
+                           "--output", f"oci:{tmp_path}/out", "--report", str(report)],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--report {report}" in proc.stderr
