@@ -3,6 +3,10 @@
 - The image that is read is the image that is traced: a tag moved mid-run (a build or a
   pull on the same host retags `app:latest`) must not give a keep-list of one image
   written from another.
+- `tracer diagnose` does not blame the minimized image for a profile that fails on the
+  original (exit 3).
+- Outputs are reproducible through the whole pipeline, across host names, work dirs,
+  umasks, time zones and image readers, for every output transport.
 """
 
 from __future__ import annotations
@@ -107,3 +111,51 @@ def test_diagnose_exits_3_when_the_smoke_test_fails_on_the_original(
                           capture_output=True, text=True, cwd=repo, timeout=600)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "fails on the original image" in proc.stderr
+
+
+@pytest.mark.parametrize("transport", ["docker-daemon", "docker-archive", "oci"])
+def test_two_runs_on_two_hosts_give_one_output_digest(
+        docker_client, fixture_image, host_strace, tmp_path: Path, transport: str) -> None:
+    """The whole pipeline, twice: another host name, work dir, umask, time zone and image
+    reader must not change a byte of the output (README, "Outputs are reproducible")."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from prereq import missing
+
+    fixture_image("tmpjob")
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        missing("a second host name needs root and unshare(1)")
+    repo = Path(__file__).resolve().parent.parent
+    tag = f"rcore-repro-{uuid.uuid4().hex[:8]}"
+    digests, outputs = [], []
+    for n, (host, reader, umask, tz) in enumerate([("build-a", "auto", "022", "UTC"),
+                                                   ("build-b", "save", "077", "Asia/Tokyo")]):
+        work = tmp_path / f"work{n}"
+        work.mkdir()
+        output = {"docker-daemon": f"docker-daemon:tracer-test/{tag}:{n}",
+                  "docker-archive": f"docker-archive:{tmp_path}/out{n}.tar:tracer-test/x:1",
+                  "oci": f"oci:{tmp_path}/out{n}:min"}[transport]
+        outputs.append(output)
+        report = tmp_path / f"r{n}.json"
+        env = {**os.environ, "TRACER_WORKDIR": str(work), "TRACER_IMAGE_READER": reader,
+               "TZ": tz}
+        script = (f"hostname {host} && umask {umask} && exec {sys.executable} -m tracer "
+                  f"minimize profiles/tmpjob.yaml --quiet --output {output} --report {report}")
+        proc = subprocess.run([unshare, "--uts", "sh", "-c", script], capture_output=True,
+                              text=True, cwd=repo, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        digests.append(json.loads(report.read_text())["output_digest"])
+    try:
+        assert digests[0] == digests[1] and digests[0].startswith("sha256:")
+        if transport == "docker-archive":
+            assert (tmp_path / "out0.tar").read_bytes() == (tmp_path / "out1.tar").read_bytes()
+    finally:
+        for output in outputs:
+            if output.startswith("docker-daemon:"):
+                with contextlib.suppress(Exception):
+                    docker_client.images.remove(output.split(":", 1)[1])
