@@ -24,7 +24,7 @@ def test_each_job_says_when_it_starts_and_how_it_ended(tmp_path: Path) -> None:
     err = proc.stderr
     assert f"tracer batch: gone: started ({ok}; log: {tmp_path / 'out' / 'gone' / 'run.log'})" \
         in err
-    assert "tracer batch: gone: FAILED after" in err and "gone.tar" in err
+    assert "tracer batch: gone: FAILED after" in err and "/nonexistent/gone" in err
     # a profile that does not load fails on its own, naming its first problem
     assert "tracer batch: broken: FAILED after" in err and "run: expected a mapping" in err
     assert "(log: )" not in proc.stdout  # a job that never ran has no log to point at
