@@ -56,6 +56,8 @@ def _holder(root: Path) -> tuple[subprocess.Popen, Path]:
 def _kill(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def _dead_owner() -> Owner:

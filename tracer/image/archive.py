@@ -137,7 +137,7 @@ def _gunzip(src_fd: int, where: str, workdir: Path, budgets: Budgets) -> Path:
     written = 0
     with disk_full(workdir, os.fstat(src_fd).st_size * 4), new_file(plain) as dst:
         try:
-            with gzip.open(open(f"/proc/self/fd/{src_fd}", "rb")) as src:  # noqa: SIM115
+            with open(f"/proc/self/fd/{src_fd}", "rb") as raw, gzip.open(raw) as src:
                 while chunk := src.read(1 << 20):
                     written += len(chunk)
                     budgets.check("image_bytes", written, f"{where}: decompressed archive")
