@@ -396,3 +396,15 @@ def test_why_never_crashes_on_a_broken_run_file(tmp_path: Path) -> None:
         f.write("/\tdir\t\n/ok\tweird-kind\t\n")
     with pytest.raises(BadInput, match="app.paths.gz:2: not a path index line"):
         why(report, "/ok")
+
+
+def test_a_failed_steps_output_shows_its_end_where_the_error_is() -> None:
+    """A Python traceback names the missing module on its LAST line."""
+    from tracer.diagnose import Diagnosis
+
+    output = "\n".join([f"  File \"/app/x{i}.py\", line {i}" for i in range(20)]
+                       + ["ModuleNotFoundError: No module named 'csv'"])
+    lines = Diagnosis(step_failures=[{"label": "smoke[0].command", "message": "exit 1",
+                                      "exit_code": 1, "output": output}]).format_failures()
+    assert lines[-1].endswith("ModuleNotFoundError: No module named 'csv'")
+    assert any("earlier lines" in line for line in lines)

@@ -343,3 +343,17 @@ def test_a_program_kept_by_name_gets_its_libraries_like_one_a_unit_added(
     kept = package_granularity(builder, files, flat.rootfs(), flat.entries).keeplist.kept
     for needed in ("libselinux.so.1", "libpcre2-8.so.0", "libc.so.6"):
         assert any(r.kind == "elf" for r in kept.get(f"/{LIB}/{needed}", [])), needed
+
+
+def test_the_price_table_leaves_out_units_that_keep_nothing() -> None:
+    """Units owning only directories or nothing kept cost 0 B at both granularities:
+    listing them hides the units that do cost something."""
+    from tracer.units.sizes import SizeTable, UnitSize
+
+    table = SizeTable(rows=[UnitSize("package libc6", "dpkg", 100, 900),
+                            UnitSize("package adduser", "dpkg", 0, 0),
+                            UnitSize("package tzdata", "dpkg", 10, 20)],
+                      file_total=110, package_total=920)
+    text = table.format_text()
+    assert "libc6" in text and "tzdata" in text and "adduser" not in text
+    assert "from 2 units" in text

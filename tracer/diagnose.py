@@ -100,8 +100,10 @@ class Diagnosis:
             lines.append("failed smoke steps:")
             for s in self.step_failures:
                 lines.append(f"  {s['label']}: {s['message']}")
-                for out in (s.get("output") or "").splitlines()[:5]:
-                    lines.append(f"    | {out}")
+                output = (s.get("output") or "").splitlines()
+                if len(output) > 8:  # the end is where a traceback says what went wrong
+                    lines.append(f"    | ... ({len(output) - 8} earlier lines)")
+                lines += [f"    | {out}" for out in output[-8:]]
         return lines
 
     def format_missing(self, failed: bool | None = None) -> list[str]:

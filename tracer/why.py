@@ -85,7 +85,9 @@ class WhyAnswer:
         if self.in_image:
             return (f"{path} is NOT kept: it is in the original image but nothing needed it "
                     f"({NOTHING_NEEDED_IT}); " + self._advice())
-        return f"{path} is NOT kept (the original image's path list is not available)"
+        return (f"{path} is NOT kept; whether the original image has it is unknown: its path "
+                "list (REPORT.paths.gz, written beside the report by `tracer minimize "
+                "--report`) is not there")
 
     def _advice(self) -> str:
         interpreter = _interpreter_advice(self.path)

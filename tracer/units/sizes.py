@@ -56,14 +56,15 @@ class SizeTable:
         pulled = sum(1 for r in self.rows if r.added_bytes and r.label != NO_UNIT)
         lines = [f"package granularity keeps {human_size(self.package_total)}; file granularity "
                  f"would keep {human_size(self.file_total)} (+{human_size(added)} from "
-                 f"{pulled} unit(s)), biggest first:"]
-        shown = self.rows[:limit]
+                 f"{pulled} {'unit' if pulled == 1 else 'units'}), biggest first:"]
+        priced = [r for r in self.rows if r.file_bytes or r.package_bytes]
+        shown = priced[:limit]
         width = max([len(r.label) for r in shown] + [4])
         lines.append(f"  {'unit'.ljust(width)}  {'file':>9}  {'package':>9}  {'added':>10}")
         for r in shown:
             lines.append(f"  {r.label.ljust(width)}  {human_size(r.file_bytes):>9}  "
                          f"{human_size(r.package_bytes):>9}  {'+' + human_size(r.added_bytes):>10}")
-        rest = self.rows[limit:]
+        rest = priced[limit:]
         if rest:
             lines.append(f"  ({len(rest)} more, +{human_size(sum(r.added_bytes for r in rest))})")
         return "\n".join(lines)
