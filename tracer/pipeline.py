@@ -437,15 +437,15 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
                 diagnose_failure(plan, candidate, prepared, trace, analysis.keeplist.kept, work,
                                  progress, seconds, report)
             else:
+                progress.phase(f"publishing {plan.output}")
                 t0 = time.monotonic()
                 published = publish(engine, candidate, plan.output, flat, keep, work,
                                     comment=plan.comment, profile_hash=plan.profile_hash)
                 report.output_digest = published.digest
                 report.output_unchanged = published.unchanged
-                if published.unchanged:
-                    progress.phase(f"publishing {plan.output}")
-                    progress.done(f"unchanged: it already holds {published.digest}")
-                seconds.add("write", t0)
+                seconds.add("publish", t0)
+                progress.done(f"unchanged: it already holds {published.digest}"
+                              if published.unchanged else f"written: {published.digest}")
     except TracerError as exc:
         report.failure = report.failure or str(exc)
         raise
