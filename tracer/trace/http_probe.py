@@ -121,15 +121,19 @@ def get(url: str, *, timeout: float, max_body: int) -> Answer:
     deadline = start + timeout
     for hop in range(MAX_REDIRECTS + 1):
         body = bytearray()
-        parts = urlsplit(url)
-        host = parts.hostname or ""
+        try:  # after a redirect, the URL is the server's: a bad port or IPv6 literal
+            parts = urlsplit(url)
+            host, port = parts.hostname or "", parts.port
+        except ValueError as exc:
+            raise ProbeFailed(f"redirected to {url!r}, which is not a valid URL: "
+                              f"{exc}") from None
         if parts.scheme not in ("http", "https"):
             raise ProbeFailed(f"redirected to {url!r}: only http and https are followed")
         if not is_loopback(host):
             what = "redirected to" if hop else "refusing"
             raise ProbeFailed(f"{what} {url}: only loopback addresses are allowed "
                               "(127.0.0.0/8, ::1, localhost); the step never leaves this machine")
-        conn = _Connection(host, parts.port, deadline, parts.scheme == "https")
+        conn = _Connection(host, port, deadline, parts.scheme == "https")
         resp: http.client.HTTPResponse | None = None
         try:
             target = parts.path or "/"
@@ -140,7 +144,11 @@ def get(url: str, *, timeout: float, max_body: int) -> Answer:
             resp = conn.getresponse()
             location = resp.getheader("Location")
             if resp.status in REDIRECTS and location:
-                url = urljoin(url, location)
+                try:
+                    url = urljoin(url, location)
+                except ValueError as exc:
+                    raise ProbeFailed(f"GET {url}: redirected to {location[:200]!r}, which "
+                                      f"is not a valid URL: {exc}") from None
                 continue
             while len(body) < max_body:
                 chunk = resp.read1(min(CHUNK, max_body - len(body)))
