@@ -63,6 +63,13 @@ class _User:
     gid: int
 
 
+def numeric(text: str) -> bool:
+    """An id as the runtime and libc read one: ASCII digits of a 32-bit number.
+    `str.isdigit()` and `int()` also take `²` or `١`, which an image may use as a user
+    name, and `int()` refuses a number of thousands of digits (ValueError)."""
+    return text.isascii() and text.isdigit() and len(text) <= 10 and int(text) < 1 << 32
+
+
 def parse_passwd(text: str) -> list[_User]:
     """The entries of an /etc/passwd (malformed lines are skipped, as libc does)."""
     out = []
@@ -70,10 +77,8 @@ def parse_passwd(text: str) -> list[_User]:
         parts = line.split(":")
         if len(parts) < 4 or not parts[0] or parts[0].startswith(("+", "-")):
             continue
-        try:
+        if numeric(parts[2]) and numeric(parts[3]):
             out.append(_User(parts[0], int(parts[2]), int(parts[3])))
-        except ValueError:
-            continue
     return out
 
 
@@ -84,11 +89,8 @@ def parse_group(text: str) -> list[tuple[str, int, list[str]]]:
         parts = line.split(":")
         if len(parts) < 4 or not parts[0] or parts[0].startswith(("+", "-")):
             continue
-        try:
-            gid = int(parts[2])
-        except ValueError:
-            continue
-        out.append((parts[0], gid, [m for m in parts[3].split(",") if m]))
+        if numeric(parts[2]):
+            out.append((parts[0], int(parts[2]), [m for m in parts[3].split(",") if m]))
     return out
 
 
@@ -111,7 +113,7 @@ def resolve(user: str, passwd: str | None, group: str | None) -> tuple[Identity,
     users = parse_passwd(passwd or "")
     groups = parse_group(group or "")
     name_part, _, group_part = user.partition(":")
-    if name_part.isdigit():
+    if numeric(name_part):
         entry = next((u for u in users if u.uid == int(name_part)), None)
         uid = int(name_part)
     else:
@@ -120,7 +122,7 @@ def resolve(user: str, passwd: str | None, group: str | None) -> tuple[Identity,
             return None
         uid = entry.uid
     if group_part:
-        if group_part.isdigit():
+        if numeric(group_part):
             gid = int(group_part)
         else:
             found = next((g for g in groups if g[0] == group_part), None)
