@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import IO
 
-from tracer.trace.result import Access, Meaning, dedupe
+from tracer.trace.result import Access, Meaning
 from tracer.trace.strace_syntax import Syscall, decode_string, fd_path, iter_syscalls, string_list
 
 READ, EXEC, ENTRY, CREATE = Meaning.READ, Meaning.EXEC, Meaning.ENTRY, Meaning.CREATE
@@ -106,12 +107,22 @@ class _Proc:
     cmdline: tuple[str, ...] = ()
 
 
+MAX_LINE = 32 << 20  # characters of one trace line: strace's longest (an execve's argv
+# under -s 4096 -xx, within the kernel's 6 MiB for argv and environment) stays below
+
+
 @dataclass
 class ParsedTrace:
-    """What one trace file says: accesses (deduplicated) and programs exec'd successfully."""
+    """What one trace file says: accesses (deduplicated) and programs exec'd successfully.
+
+    `dropped` counts uses not kept because the trace named more distinct uses than the
+    cap it was parsed with; `long_lines` counts lines over MAX_LINE, skipped unread.
+    """
 
     accesses: list[Access] = field(default_factory=list)
     execs: list[str] = field(default_factory=list)
+    dropped: int = 0
+    long_lines: int = 0
 
 
 def normalize(path: str) -> str:
@@ -144,14 +155,21 @@ class TraceInterpreter:
         excluded: Callable[[str], bool],
         initial_cwd: str = "/",
         parents: dict[int, int] | None = None,
+        max_accesses: int | None = None,
     ) -> None:
         self.step_of = step_of
         self.excluded = excluded
         self.initial_cwd = normalize(initial_cwd or "/")
         self.parents = parents or {}
         self.procs: dict[int, _Proc] = {}
+        # deduplicated as they come (a loop of one stat is one use, not millions), at
+        # most `max_accesses` distinct ones: memory must not grow with the trace
         self.accesses: list[Access] = []
+        self._seen: set[tuple] = set()
+        self.max_accesses = max_accesses
+        self.dropped = 0
         self.execs: list[str] = []
+        self._exec_set: set[str] = set()
 
     def _proc(self, pid: int) -> _Proc:
         proc = self.procs.get(pid)
@@ -182,19 +200,25 @@ class TraceInterpreter:
     def _record(self, sc: Syscall, proc: _Proc, path: str, meaning: Meaning) -> None:
         if self.excluded(path):
             return
-        self.accesses.append(
-            Access(
-                path=path,
-                syscall=sc.name,
-                ok=sc.ok,
-                errno=sc.errno,
-                pid=sc.pid,
-                program=proc.program,
-                cmdline=proc.cmdline,
-                step=self.step_of(sc.ts),
-                meaning=meaning,
-            )
+        access = Access(
+            path=path,
+            syscall=sc.name,
+            ok=sc.ok,
+            errno=sc.errno,
+            pid=sc.pid,
+            program=proc.program,
+            cmdline=proc.cmdline,
+            step=self.step_of(sc.ts),
+            meaning=meaning,
         )
+        key = access.key
+        if key in self._seen:
+            return
+        if self.max_accesses is not None and len(self.accesses) >= self.max_accesses:
+            self.dropped += 1
+            return
+        self._seen.add(key)
+        self.accesses.append(access)
 
     def feed(self, sc: Syscall) -> None:
         if not sc.finished:
@@ -256,7 +280,8 @@ class TraceInterpreter:
             argv_i = arg.path + 1
             proc.program = path
             proc.cmdline = tuple(string_list(sc.args[argv_i])) if len(sc.args) > argv_i else ()
-            if not self.excluded(path) and path not in self.execs:
+            if not self.excluded(path) and path not in self._exec_set:
+                self._exec_set.add(path)
                 self.execs.append(path)
 
 
@@ -272,25 +297,71 @@ def fork_parents(calls: Iterable[Syscall]) -> dict[int, int]:
     return parents
 
 
+class _Lines:
+    """The lines of a trace, any number of times over, none longer than MAX_LINE.
+
+    A trace file is read again from its start for each pass (nothing of it is held in
+    memory); a line over MAX_LINE (only a process writing into the trace FIFO itself makes
+    one) is skipped without ever being held whole.
+    """
+
+    def __init__(self, lines: Iterable[str] | IO[str], max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self.long_lines = 0
+        self._file = lines if hasattr(lines, "readline") and hasattr(lines, "seek") else None
+        if self._file is None:
+            # a list can be iterated again; a one-shot iterator (tests) is kept as a list
+            self._lines = lines if isinstance(lines, list | tuple) else list(lines)
+
+    def __iter__(self) -> Iterator[str]:
+        self.long_lines = 0  # of this pass
+        if self._file is None:
+            for line in self._lines:
+                if len(line) > self.max_line:
+                    self.long_lines += 1
+                    continue
+                yield line
+            return
+        f = self._file
+        f.seek(0)
+        while True:
+            line = f.readline(self.max_line + 1)
+            if not line:
+                return
+            if len(line) <= self.max_line:
+                yield line
+                continue
+            self.long_lines += 1
+            while line and not line.endswith("\n"):  # the rest of it, in bounded pieces
+                line = f.readline(self.max_line + 1)
+
+
 def parse_trace(
-    lines: Iterable[str],
+    lines: Iterable[str] | IO[str],
     *,
     step_of: Callable[[float | None], str] | None = None,
     excluded: Callable[[str], bool] | None = None,
     initial_cwd: str = "/",
+    max_accesses: int | None = None,
 ) -> ParsedTrace:
     """Parse strace output (`-f -y -ttt`, `-xx` recommended) into deduplicated accesses.
 
     `execs` lists the programs exec'd successfully, in order; failed execve calls (a PATH
     search trying each directory) are accesses with ok=False and never an exec.
+
+    The trace is streamed twice (fork parents, then the calls), so memory grows with the
+    distinct uses it names, not with its size; past `max_accesses` distinct uses the rest
+    are counted in `dropped`, not kept. A file (anything with `seek`) is read from its
+    start for each pass.
     """
-    calls = list(iter_syscalls(lines, INTERESTING))
+    source = _Lines(lines)
     interp = TraceInterpreter(
         step_of=step_of or (lambda _ts: "run"),
         excluded=excluded or (lambda _p: False),
         initial_cwd=initial_cwd,
-        parents=fork_parents(calls),
+        parents=fork_parents(iter_syscalls(source, FORK_CALLS)),
+        max_accesses=max_accesses,
     )
-    for sc in calls:
+    for sc in iter_syscalls(source, INTERESTING):
         interp.feed(sc)
-    return ParsedTrace(dedupe(interp.accesses), interp.execs)
+    return ParsedTrace(interp.accesses, interp.execs, interp.dropped, source.long_lines)

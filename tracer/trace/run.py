@@ -39,7 +39,7 @@ from tracer.trace.docker_runner import (
     effective_argv,
     image_config,
 )
-from tracer.trace.parser import excluder, parse_trace
+from tracer.trace.parser import MAX_LINE, excluder, parse_trace
 from tracer.trace.result import Access, SmokeResult, StepOutcome, dedupe
 from tracer.trace.steps import (
     StepContext,
@@ -460,24 +460,44 @@ def _stop(run: _Run, main: Any, steps: list[StepOutcome]) -> None:
 class _Evidence:
     accesses: list[Access]
     execs: list[str]
+    notes: list[str] = field(default_factory=list)
 
 
 def _evidence(setup: _Setup, run: _Run) -> _Evidence:
-    """Parse every trace copy (main by timeline, steps by their label), merge fanotify."""
+    """Parse every trace copy (main by timeline, steps by their label), merge fanotify.
+
+    What a run records is the app's to choose: a loop over fresh names makes millions of
+    distinct uses in a trace that fits its byte budget. At most `entries` distinct uses
+    (the most paths an image may have) are kept over all streams; the rest is counted
+    and said in the notes, like a trace cut at trace_bytes.
+    """
     r = run.profile.run
     excluded = excluder([*ALWAYS_EXCLUDED, *r.tmpfs])
     cwd = r.workdir or setup.cfg.workdir or "/"
+    cap = run.budgets.entries
     accesses: list[Access] = []
     execs: list[str] = []
+    notes: list[str] = []
+    dropped = long_lines = 0
     tool = BUNDLE_MOUNT + "/"
     for stem, path in (run.channels.traces() if run.channels else {}).items():
         fixed = run.labels.get(stem, "")
         step_of = run.timeline.step_of if not fixed else (lambda _ts, lab=fixed: lab)
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            parsed = parse_trace(f, step_of=step_of, excluded=excluded, initial_cwd=cwd)
+            parsed = parse_trace(f, step_of=step_of, excluded=excluded, initial_cwd=cwd,
+                                 max_accesses=max(cap - len(accesses), 0))
+        dropped += parsed.dropped
+        long_lines += parsed.long_lines
         # the bundle's own helpers (setpriv switching users) are not the app
         accesses.extend(a for a in parsed.accesses if not a.program.startswith(tool))
-        execs.extend(e for e in parsed.execs if e not in execs)
+        execs.extend(parsed.execs)
+    if dropped:
+        notes.append(f"the trace named more than {cap:,} distinct uses of paths (the entries "
+                     f"budget); {dropped:,} later ones were not recorded: raise it with "
+                     "--budget entries=N")
+    if long_lines:
+        notes.append(f"{long_lines:,} trace lines longer than {MAX_LINE >> 20} MiB were "
+                     "skipped (strace writes none: something else wrote into its FIFO)")
     if run.fan is not None:
         # beside strace, an open by a process already gone is tooling (strace's own exit)
         fan_acc = fanotify.to_accesses(run.fan.events, step_of=run.timeline.step_of,
@@ -488,9 +508,8 @@ def _evidence(setup: _Setup, run: _Run) -> _Evidence:
         seen = {(a.path, a.step) for a in accesses if a.ok}
         fan_acc = [a for a in fan_acc if (a.path, a.step) not in seen]
         accesses.extend(fan_acc)
-        execs.extend(a.path for a in fan_acc if a.syscall == "fanotify:exec"
-                     and a.path not in execs)
-    return _Evidence(dedupe(accesses), execs)
+        execs.extend(a.path for a in fan_acc if a.syscall == "fanotify:exec")
+    return _Evidence(dedupe(accesses), list(dict.fromkeys(execs)), notes)
 
 
 def _recorder_notes(run: _Run) -> list[str]:
@@ -536,7 +555,7 @@ def _run_smoke_in(setup: _Setup, run: _Run) -> SmokeResult:
     if run.mode is not Mode.UNTRACED:
         evidence = _evidence(setup, run)
         result.accesses, result.execs = evidence.accesses, evidence.execs
-        for msg in _recorder_notes(run):
+        for msg in [*evidence.notes, *_recorder_notes(run)]:
             run.note(msg)
         result.foreign_events = run.fan.foreign if run.fan is not None else 0
     result.fanotify_only = run.mode is Mode.FANOTIFY

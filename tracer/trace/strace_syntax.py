@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 # "[pid 12] " (stderr output) or "12 " (-o with -f), then an optional -t/-tt/-ttt stamp.
 _PREFIX = re.compile(
-    r"^(?:\[pid\s+(?P<bpid>\d+)\]\s+|(?P<pid>\d+)\s+)?"
+    r"^(?:\[pid\s+(?P<bpid>\d{1,10})\]\s+|(?P<pid>\d{1,10})\s+)?"
     r"(?:(?P<ts>\d+\.\d+|\d{2}:\d{2}:\d{2}(?:\.\d+)?)\s+)?"
 )
 _CALL = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)\((?P<rest>.*)$", re.S)
@@ -36,6 +36,10 @@ _C_ESCAPES = {
     "e": 0x1B,
 }
 _OPEN = {"(": ")", "[": "]", "{": "}", "<": ">"}
+# Characters of unfinished calls held at once, waiting for their `resumed` half: strace
+# leaves one per traced thread; only a process writing into the trace FIFO itself leaves
+# more, and those must not hold the trace in memory.
+MAX_PENDING = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class Syscall:
         return self.ret != "?"
 
     def ret_int(self) -> int | None:
-        m = re.match(r"-?\d+", self.ret)
+        m = re.match(r"-?\d{1,20}(?!\d)", self.ret)  # int() refuses 4,300 digits and more
         return int(m.group(0)) if m else None
 
 
@@ -194,6 +198,7 @@ def iter_syscalls(lines: Iterable[str], names: Container[str] | None = None) -> 
     other half never arrived (the trace was cut off), because its result is unknown.
     """
     pending: dict[tuple[int, str], tuple[float | None, str]] = {}
+    held = 0  # characters in `pending`
     for raw in lines:
         line = raw.rstrip("\n")
         m = _PREFIX.match(line)
@@ -204,7 +209,12 @@ def iter_syscalls(lines: Iterable[str], names: Container[str] | None = None) -> 
         if body.endswith(_UNFINISHED):
             call = _CALL.match(body[: -len(_UNFINISHED)])
             if call:
-                pending[(pid, call.group("name"))] = (ts, call.group("rest"))
+                key, rest = (pid, call.group("name")), call.group("rest")
+                old = pending.pop(key, None)
+                held -= len(old[1]) if old else 0
+                if held + len(rest) <= MAX_PENDING:  # else: as if its half never came
+                    pending[key] = (ts, rest)
+                    held += len(rest)
             continue
         resumed = _RESUMED.match(body)
         if resumed:
@@ -213,6 +223,7 @@ def iter_syscalls(lines: Iterable[str], names: Container[str] | None = None) -> 
             if first is None:
                 continue
             ts, head = first
+            held -= len(head)
             body_rest = head + resumed.group("rest")
         else:
             call = _CALL.match(body)
