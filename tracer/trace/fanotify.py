@@ -17,6 +17,13 @@ Attribution: only the traced container's processes count.
   event of any other live process (a host process that reached the mount through
   /proc/<pid>/root) is dropped and counted (`foreign`). A process that has already exited
   when its event is read cannot be checked; its event is attributed by the mount alone.
+
+Bounds: the app decides how many opens there are (a loop opening one file makes millions
+of events, each naming a command line of up to 64 KiB). An event that says what an
+earlier one of the same smoke step said is not kept again, command lines are shared, and
+past `max_events` distinct events or `max_bytes` of their text the rest is counted in
+`dropped`, not kept. Events are read 128 at a time: the kernel opens a descriptor for
+each event it hands over, and one it cannot open (EMFILE) is lost without a trace.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ FAN_Q_OVERFLOW = 0x00004000
 FAN_ONDIR = 0x40000000
 FAN_NOFD = -1
 _METADATA = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata (24 bytes)
+_READ = 128 * _METADATA.size  # events per read: at most this many descriptors at once
+_OVERHEAD = 64  # bytes of bookkeeping counted per kept event and per command line word
 _AT_FDCWD = -100
 
 
@@ -99,6 +108,16 @@ class FanotifyRecorder:
     overflowed: bool = False
     lost: int = 0  # events whose file the kernel could not open for us
     foreign: int = 0  # events of processes outside the traced containers, dropped
+    # the smoke step now running, as a number that changes when the next one starts: an
+    # event like an earlier one of the same step adds nothing and is not kept
+    epoch: Callable[[], int] = lambda: 0
+    max_events: int = 2_000_000  # distinct events kept (Budgets.entries)
+    max_bytes: int = 2 << 30  # text of the kept events (Budgets.trace_bytes)
+    dropped: int = 0  # distinct events past max_events or max_bytes, not kept
+    _seen: set[tuple] = field(default_factory=set)
+    _programs: dict[str, str] = field(default_factory=dict)  # one copy of each
+    _cmdlines: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+    _bytes: int = 0
     _fd: int = -1
     _namespaces: set[str] = field(default_factory=set)  # pid namespaces that count
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -170,7 +189,7 @@ class FanotifyRecorder:
     def _drain(self) -> None:
         while True:
             try:
-                buf = os.read(self._fd, 65536)
+                buf = os.read(self._fd, _READ)
             except BlockingIOError:
                 return
             except OSError:
@@ -205,7 +224,30 @@ class FanotifyRecorder:
                 continue
             is_exec = bool(mask & FAN_OPEN_EXEC)
             program, cmdline = self._program(pid)
-            self.events.append(FanEvent(path, pid, is_exec, now, program, cmdline))
+            self._keep(FanEvent(path, pid, is_exec, now, program, cmdline))
+
+    def _keep(self, ev: FanEvent) -> None:
+        """Keep `ev` unless an earlier event of this step said the same, or the bounds
+        are reached (module docstring)."""
+        epoch = self.epoch()
+        if (ev.path, ev.exec, ev.program, ev.cmdline, epoch) in self._seen:
+            return
+        cost = _OVERHEAD + len(ev.path)
+        program, cmdline = self._programs.get(ev.program), self._cmdlines.get(ev.cmdline)
+        if program is None:
+            cost += _OVERHEAD + len(ev.program)
+        if cmdline is None:
+            cost += sum(_OVERHEAD + len(a) for a in ev.cmdline)
+        if len(self.events) >= self.max_events or self._bytes + cost > self.max_bytes:
+            self.dropped += 1
+            return
+        self._bytes += cost
+        if program is None:
+            program = self._programs[ev.program] = ev.program
+        if cmdline is None:
+            cmdline = self._cmdlines[ev.cmdline] = ev.cmdline
+        self._seen.add((ev.path, ev.exec, program, cmdline, epoch))  # the shared copies
+        self.events.append(FanEvent(ev.path, ev.pid, ev.exec, ev.ts, program, cmdline))
 
     def _ours(self, pid: int) -> bool:
         """False for a live process outside every traced container's PID namespace."""

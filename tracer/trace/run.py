@@ -350,7 +350,9 @@ def _mark(run: _Run, container: Any) -> None:
     try:
         pid = _container_pid(run, container)
         if run.fan is None:
-            fan = fanotify.FanotifyRecorder()
+            fan = fanotify.FanotifyRecorder(epoch=lambda: len(run.timeline.starts),
+                                            max_events=run.budgets.entries,
+                                            max_bytes=run.budgets.trace_bytes)
             fan.start(pid)
             run.fan = fan
         else:
@@ -519,6 +521,9 @@ def _recorder_notes(run: _Run) -> list[str]:
         notes.append("fanotify queue overflowed: some opens were only seen by strace")
     if fan is not None and fan.lost:
         notes.append(f"fanotify: {fan.lost} events whose file could not be opened were dropped")
+    if fan is not None and fan.dropped:
+        notes.append(f"fanotify: {fan.dropped:,} opens past its bounds (the entries or "
+                     "trace_bytes budget) were not recorded: raise them with --budget")
     if fan is not None and fan.foreign:
         notes.append(f"fanotify: {fan.foreign} opens by processes outside the container "
                      "(e.g. on the host) were not counted")
