@@ -90,6 +90,7 @@ def engine_errors(what: str, timeout: float | None = CALL_TIMEOUT) -> Iterator[N
     """The mapping `Engine.errors` applies, usable without an Engine at hand."""
     import docker
     import requests
+    import urllib3
 
     try:
         yield
@@ -98,7 +99,7 @@ def engine_errors(what: str, timeout: float | None = CALL_TIMEOUT) -> Iterator[N
     except docker.errors.APIError as exc:
         detail = exc.explanation or str(exc)
         raise EnvironmentProblem(f"the Docker engine failed to {what}: {detail}") from None
-    except requests.exceptions.Timeout:
+    except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError):
         raise EnvironmentProblem(
             f"the Docker engine did not answer within {timeout:g}s while trying to {what}; "
             "is it overloaded or hung?") from None
@@ -107,7 +108,16 @@ def engine_errors(what: str, timeout: float | None = CALL_TIMEOUT) -> Iterator[N
         raise EnvironmentProblem(
             f"the Docker engine sent a malformed answer while trying to {what}: "
             f"{str(exc)[:200]}") from None
-    except (requests.exceptions.RequestException, docker.errors.DockerException) as exc:
+    except requests.exceptions.ConnectionError as exc:
+        # a stream's read that timed out comes wrapped as a lost connection
+        if isinstance(exc.args[0] if exc.args else None, urllib3.exceptions.TimeoutError):
+            raise EnvironmentProblem(
+                f"the Docker engine did not answer within {timeout:g}s while trying to "
+                f"{what}; is it overloaded or hung?") from None
+        raise EnvironmentProblem(
+            f"lost the Docker engine while trying to {what}: {str(exc)[:300]}") from None
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+            docker.errors.DockerException) as exc:
         raise EnvironmentProblem(
             f"lost the Docker engine while trying to {what}: {str(exc)[:300]}") from None
 
@@ -150,4 +160,9 @@ def _connect(timeout: float | None, ping_timeout: float) -> Engine:
             "set DOCKER_HOST") from None
     # the SDK passes this to every request; None means wait forever (see the docstring)
     sdk.api.timeout = timeout
+    if timeout is not None:
+        # The SDK switches the socket's timeout off for its streamed answers (an image
+        # save, a container's archive or logs): an engine that went silent mid-stream
+        # held tracer forever. With a deadline, a stream too must keep flowing.
+        sdk.api._disable_socket_timeout = lambda _socket: None
     return Engine(sdk, timeout)
