@@ -62,3 +62,29 @@ def test_a_root_app_writing_an_endless_line_into_its_trace(fixture_image, tmp_pa
     assert rss_kb < RSS_LIMIT_KB, f"tracer's memory grew to {rss_kb} KiB"
     assert "/etc/hostname" in result["paths"], "what strace wrote after it still counts"
     assert any("longer than" in n for n in result["notes"]), result["notes"]
+
+
+def test_an_image_whose_user_database_is_a_huge_directory(docker_client, fixture_image,
+                                                           tmp_path: Path):
+    # a non-root user makes tracer read /etc/passwd, /etc/group and /etc/nsswitch.conf
+    # from the image: here the last is a directory holding 400 MB (user:group given, so
+    # the app is started by numbers and no name service in the container reads it)
+    tag = "tracer-test/rsec-huge-nsswitch:test"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {fixture_image('base')}\n"
+        "RUN rm /etc/nsswitch.conf && mkdir /etc/nsswitch.conf "
+        "&& head -c 400000000 /dev/urandom > /etc/nsswitch.conf/big\n"
+        "USER 65534:65534\n"
+        'CMD ["/usr/bin/id", "-u"]\n')
+    docker_client.images.build(path=str(ctx), tag=tag, network_mode="none", rm=True,
+                               forcerm=True)
+    try:
+        profile = Profile(name="huge-nsswitch", image=tag,
+                          run=RunSpec(mode="job", stdout="^65534$", timeout=120))
+        result, rss_kb, _ = _run_child(tmp_path, profile, tag, {})
+    finally:
+        docker_client.images.remove(tag, force=True)
+    assert result["passed"], result["steps"]
+    assert rss_kb < RSS_LIMIT_KB, f"tracer's memory grew to {rss_kb} KiB"

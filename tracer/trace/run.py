@@ -270,11 +270,17 @@ def _run_as(run: _Run, cfg: ImageConfig, bundle: StraceBundle) -> RunAs:
 
 def _image_files(run: _Run, paths: tuple[str, ...], cap: int = 1 << 20) -> list[str | None]:
     """Small text files of the image (regular files only, at most `cap` bytes each), read
-    from a created, never started container: the user database the runtime would use."""
+    from a created, never started container: the user database the runtime would use.
+
+    The engine sends a path as a tar of everything under it: an image whose
+    /etc/nsswitch.conf is a directory of gigabytes must not cost them, so no more of the
+    stream is read than a file of `cap` bytes takes."""
     import io
     import tarfile
 
     import docker
+
+    from tracer.engine import engine_errors
 
     spec = ContainerSpec(image=run.image, argv=["/"], network="none",
                          labels={RUN_LABEL: run.profile.name, **owner_labels()})
@@ -283,21 +289,40 @@ def _image_files(run: _Run, paths: tuple[str, ...], cap: int = 1 << 20) -> list[
     try:
         for path in paths:
             try:
-                stream, info = run.runner.client.api.get_archive(container.id, path)
+                with engine_errors(f"read {path} of the image"):
+                    stream, info = run.runner.client.api.get_archive(container.id, path)
             except docker.errors.NotFound:
                 out.append(None)
                 continue
-            if int(info.get("size", 0)) > cap:
+            try:
+                data = _bounded(stream, cap + 65536)  # the file, its headers, padding
+            finally:
+                stream.close()
+            if data is None or int((info or {}).get("size", 0)) > cap:
                 out.append(None)
                 continue
-            data = b"".join(stream)[: cap + 4096]
-            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                member = tar.next()
-                f = tar.extractfile(member) if member is not None and member.isreg() else None
-                out.append(f.read(cap).decode("utf-8", "replace") if f else None)
+            try:
+                with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                    member = tar.next()
+                    f = tar.extractfile(member) if member is not None and member.isreg() \
+                        else None
+                    out.append(f.read(cap).decode("utf-8", "replace") if f else None)
+            except tarfile.TarError:
+                out.append(None)
     finally:
         run.runner.remove(container)
     return out
+
+
+def _bounded(stream: Any, limit: int) -> bytes | None:
+    """The bytes of `stream`, or None as soon as there are more than `limit`."""
+    chunks, got = [], 0
+    for chunk in stream:
+        chunks.append(chunk)
+        got += len(chunk)
+        if got > limit:
+            return None
+    return b"".join(chunks)
 
 
 # -- the stages --------------------------------------------------------------------------
