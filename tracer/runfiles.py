@@ -25,6 +25,7 @@ import gzip
 import os
 import re
 import unicodedata
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def read_path_index(path: Path) -> PathIndex | None:
     try:
         with gzip.open(path, "rb") as f:
             text = f.read().decode("utf-8", "surrogateescape")
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: corrupt compressed data
         raise BadInput(f"{path}: not a readable path index: {exc}") from None
     lines = text.split("\n")
     escaped = bool(lines) and lines[0] == INDEX_HEADER
