@@ -79,13 +79,19 @@ class RootFS:
     holds all the resolution logic; IndexRootFS swaps in the index-backed primitives.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, walk_limit: int | None = None) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise BadInput(f"image root {self.root} is not a directory")
-        self._init_caches()
+        self._init_caches(walk_limit)
 
-    def _init_caches(self) -> None:
+    def _init_caches(self, walk_limit: int | None = None) -> None:
+        if walk_limit is None:
+            from tracer.budgets import DEFAULT
+
+            walk_limit = DEFAULT.path_walk
+        self.walk_limit = walk_limit  # Budgets.path_walk: see _spend_links
+        self._link_components = 0
         self._lstat_cache: dict[str, os.stat_result | None] = {}
         self._link_cache: dict[str, str] = {}
         self._resolve_cache: dict[tuple[str, bool], Resolved] = {}
@@ -173,6 +179,9 @@ class RootFS:
     def _walk(self, path: str, follow_last: bool) -> Resolved:
         todo = [c for c in reversed(path.split("/")) if c not in ("", ".")]
         cur: list[str] = []
+        # the path of cur[:i+1] for each i: a component adds one string, not a join of
+        # all before it (a 2,000-component name would cost the square of its length)
+        prefixes: list[str] = []
         links: list[str] = []
         count = 0
         while todo:
@@ -182,9 +191,11 @@ class RootFS:
             if comp == "..":
                 if cur:
                     cur.pop()
+                    prefixes.pop()
                 continue
+            candidate = (prefixes[-1] if prefixes else "") + "/" + comp
             cur.append(comp)
-            candidate = _join(cur)
+            prefixes.append(candidate)
             st = self._raw_lstat(candidate)
             if st is None:
                 return Resolved(normalize(_join(cur + todo[::-1])), tuple(links), False)
@@ -195,16 +206,33 @@ class RootFS:
                 links.append(candidate)
                 target = self._raw_readlink(candidate)
                 cur.pop()
+                prefixes.pop()
                 if target.startswith("/"):
-                    cur = []
+                    cur, prefixes = [], []
                 if not target:
                     return Resolved(normalize(_join(cur + todo[::-1])), tuple(links), False)
-                todo.extend(c for c in reversed(target.split("/")) if c not in ("", "."))
+                parts = [c for c in reversed(target.split("/")) if c not in ("", ".")]
+                self._spend_links(len(parts), path)
+                todo.extend(parts)
                 continue
             if todo and not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
                 # ENOTDIR: a file used as a directory
                 return Resolved(normalize(_join(cur + todo[::-1])), tuple(links), False)
-        return Resolved(_join(cur), tuple(links), True)
+        return Resolved(prefixes[-1] if prefixes else "/", tuple(links), True)
+
+    def _spend_links(self, components: int, path: str) -> None:
+        """Count path components that the image's symlinks add to lookups. One lookup may
+        cross 40 links of 2,000 components each (as the kernel allows): a chain of such
+        links made every lookup through it cost 80,000 steps, and a trace or an ELF can
+        ask for thousands. Over all lookups of this root, at most the path_walk budget."""
+        self._link_components += components
+        if self._link_components > self.walk_limit:
+            from tracer.budgets import BudgetExceeded
+
+            raise BudgetExceeded("path_walk", self.walk_limit,
+                                 f"looking up {path[:200]!r} in the image: its symlinks "
+                                 f"led lookups through more than {self.walk_limit:,} path "
+                                 "components in all")
 
     # -- safe accessors (every one interprets links inside the image) ----------------------
     def lstat(self, path: str) -> os.stat_result | None:
@@ -272,12 +300,12 @@ class IndexRootFS(RootFS):
     `FlatImage.open_content`, i.e. straight from the layer data.
     """
 
-    def __init__(self, flat: FlatImage) -> None:
+    def __init__(self, flat: FlatImage, walk_limit: int | None = None) -> None:
         # no host root on purpose: every primitive below answers from the index
         self._flat = flat
         self._children: dict[str, list[str]] | None = None
         self._inodes: dict[str, int] = {}
-        self._init_caches()
+        self._init_caches(walk_limit)
 
     def host_path(self, path: str) -> Path:
         raise TypeError(f"{path}: an index-backed image root has no host path")

@@ -83,12 +83,14 @@ class FlatImage:
         no symlink is followed here; use `rootfs()` for that)."""
         return open_ref(self.content_ref(path))
 
-    def rootfs(self) -> RootFS:
-        """The image as a RootFS answered from this index (links interpreted in-image)."""
+    def rootfs(self, walk_limit: int | None = None) -> RootFS:
+        """The image as a RootFS answered from this index (links interpreted in-image).
+        `walk_limit` (Budgets.path_walk, default its default) applies to the first call,
+        which makes the one RootFS every later call returns."""
         if self._rootfs is None:
             from tracer.rootfs import IndexRootFS
 
-            self._rootfs = IndexRootFS(self)
+            self._rootfs = IndexRootFS(self, walk_limit)
         return self._rootfs
 
     def hardlink_group(self, path: str) -> tuple[str, ...]:

@@ -54,5 +54,6 @@ def prepare(image: str, name: str, work: Path, engine: EngineImages, progress: P
         engine_ref = str(tmp.repo_tag)
         seconds["load_input"] = seconds.get("load_input", 0.0) + time.monotonic() - t0
         progress.done()
-    return Prepared(ref=ref, flat=flat, root=flat.rootfs(), engine_ref=engine_ref,
+    return Prepared(ref=ref, flat=flat, root=flat.rootfs(budgets.path_walk),
+                    engine_ref=engine_ref,
                     config=config)
