@@ -313,9 +313,11 @@ def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
     removed = []
     with contextlib.suppress(Exception):
         containers = api.containers(all=True, filters={"label": OWNER_LABEL})
+        image_labels: dict[str, dict | None] = {}
         for c in containers:
             owner = Owner.from_labels(c.get("Labels"))
-            if owner is not None and owner.alive(me) is False:
+            if owner is not None and owner.alive(me) is False and \
+                    not _inherited(api, c, image_labels):
                 with contextlib.suppress(Exception):
                     api.remove_container(c["Id"], force=True, v=True)
                     names = c.get("Names") or [c["Id"][:12]]
@@ -332,6 +334,26 @@ def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
                         api.remove_image(tag)
                         removed.append(Leftover("temporary image", tag))
     return removed
+
+
+def _inherited(api: Any, container: dict, cache: dict[str, dict | None]) -> bool:
+    """Are the container's owner labels its image's? A container inherits its image's
+    labels: an image labelled `org.tracer.owner=HOST:1:1` would make every container run
+    from it (and from every image built on it) look like a dead tracer's leftover, to be
+    removed with its volumes. tracer sets the labels on its own containers, with its own
+    value. True also when the image cannot be inspected: then nobody can tell."""
+    image_id = container.get("ImageID") or container.get("Image") or ""
+    if image_id not in cache:
+        try:
+            config = (api.inspect_image(image_id) or {}).get("Config") or {}
+            cache[image_id] = config.get("Labels") or {}
+        except Exception:  # noqa: BLE001 - gone or unreadable: cannot tell
+            cache[image_id] = None
+    labels = cache[image_id]
+    if labels is None:
+        return True
+    mine = container.get("Labels") or {}
+    return labels.get(OWNER_LABEL) == mine.get(OWNER_LABEL)
 
 
 def _connected_engine() -> Any | None:
