@@ -290,3 +290,38 @@ def test_excluded_lists_only_what_the_image_really_lacks(tmp_path: Path) -> None
     assert {"/etc/app/main.conf", "/etc/app"} <= set(kl.kept)
     assert set(kl.excluded) == {"/usr/share/doc/app/README"}
     assert not set(kl.excluded) & set(kl.kept)
+
+
+def test_a_big_hardlink_group_is_closed_once_not_once_per_member(tmp_path: Path) -> None:
+    """An image may hardlink thousands of names to one file; each kept member used to add
+    the whole group again (N * N work: hours for a 100k-name layer)."""
+    root = tmp_path / "root"
+    (root / "d").mkdir(parents=True)
+    names = [f"/d/n{i:05d}" for i in range(5000)]
+    (root / "d" / "n00000").write_bytes(b"x")
+    entries: dict[str, E] = {"/": E("dir"), "/d": E("dir"), names[0]: E("file", size=1)}
+    for name in names[1:]:
+        entries[name] = E("hardlink", names[0])
+    walked = 0
+
+    class Group(tuple):
+        """The group, counting how many member names the closure walks through."""
+
+        def __iter__(self):
+            nonlocal walked
+            walked += len(self)
+            return super().__iter__()
+
+    group = Group(names)
+
+    def hardlink_group(path: str) -> tuple[str, ...]:
+        return group if path in entries and path != "/d" else (path,)
+
+    b = KeepListBuilder(entries, RootFS(root), hardlink_group=hardlink_group)
+    for name in names[:50]:
+        b._want(name, Reason("traced", "open"))  # several members wanted at once
+    kept = b.build().kept
+    assert all(name in kept for name in names)
+    # every member is visited once; the group's names are added once, not per member
+    assert sum(len(r) for p, r in kept.items() if p.startswith("/d/n")) < 2 * len(names)
+    assert walked <= 4 * len(names)  # linear in the group, not its square

@@ -250,6 +250,7 @@ class KeepListBuilder:
     def _close(self, kept: dict[str, list[Reason]]) -> None:
         """Symlink chains, hardlink groups, then parent directories (in that order)."""
         todo = list(kept)
+        grouped: set[str] = set()  # hardlink groups already added (by first member)
         while todo:
             path = todo.pop()
             entry = self.entries.get(path)
@@ -265,9 +266,11 @@ class KeepListBuilder:
                     extra += [(hop, Reason("symlink", f"chain of {path}")) for hop in full.links]
                     if full.exists:
                         extra.append((full.path, Reason("symlink", f"target of {path}")))
-            for member in self.hardlink_group(path):
-                if member != path:
-                    extra.append((member, Reason("hardlink", f"same inode as {path}")))
+            group = self.hardlink_group(path)
+            if len(group) > 1 and group[0] not in grouped:  # each group once: N members
+                grouped.add(group[0])  # pulled in N times made N * N reasons
+                extra += [(member, Reason("hardlink", f"same inode as {path}"))
+                          for member in group if member != path]
             for p, reason in extra:
                 if p == "/" or p == path:
                     continue
