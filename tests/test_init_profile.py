@@ -276,3 +276,13 @@ def test_init_says_it_is_reading_on_stderr_only(tmp_path: Path) -> None:
     valid(proc.stdout)
     quiet = tracer("init", f"docker-archive:{archive}", "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == proc.stdout
+
+
+def test_exposed_ports_that_are_not_plain_numbers_are_left_out() -> None:
+    """Image config is hostile input: `²/tcp` or a 5,000-digit port must not crash init."""
+    from tracer.image.config import ImageConfig
+    from tracer.init_profile import _tcp_ports
+
+    cfg = ImageConfig(exposed_ports=["²/tcp", "1" * 5000 + "/tcp", "0/tcp", "8080/tcp",
+                                     "53/udp", "80"])
+    assert _tcp_ports(cfg) == [80, 8080]

@@ -32,17 +32,17 @@ class Budgets:
     expansion: int = 100  # a compressed layer may inflate to this many times its size ...
     expansion_floor: int = 64 * MiB  # ... or to this, whichever is larger
     layers: int = 500  # layers of one image (Docker's overlay2 stops at 128)
-    entries: int = 2_000_000  # paths of one flattened image (and of one layer)
+    entries: int = 2_000_000  # paths of one image (and layer); uses and fanotify events kept
     path_length: int = 4096  # bytes of one in-image path or link target (PATH_MAX)
     index_bytes: int = 512 * MiB  # bytes of all paths of one flattened image (index memory)
-    path_walk: int = 20_000_000  # components walked resolving layer names via image symlinks
+    path_walk: int = 20_000_000  # components image symlinks add to lookups (per image root)
     json_bytes: int = 4 * MiB  # one manifest, index or config document
     package_db_bytes: int = 256 * MiB  # package databases read for one image (dpkg, apk, ...)
     # -- analysis -------------------------------------------------------------------------
     resolver_work: int = 2_000_000  # units of static ELF resolver work (lookups, probes)
     profile_bytes: int = 1 * MiB  # one profile file
     # -- the traced run -------------------------------------------------------------------
-    trace_bytes: int = 2 * GiB  # strace output of one traced run
+    trace_bytes: int = 2 * GiB  # strace output of one traced run, and its fanotify text
     output_bytes: int = 1 * MiB  # captured stdout/stderr per step or container (tail kept)
     http_body: int = 4 * MiB  # bytes of one http step's response body (per step: max_body)
     tmpfs_bytes: int = 256 * MiB  # size of each writable tmpfs the profile mounts

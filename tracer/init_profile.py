@@ -234,7 +234,8 @@ def _tcp_ports(config: ImageConfig) -> list[int]:
     ports = []
     for spec in config.exposed_ports:
         number, _, proto = spec.partition("/")
-        if (proto or "tcp") == "tcp" and number.isdigit() and 1 <= int(number) <= 65535:
+        if (proto or "tcp") == "tcp" and number.isascii() and number.isdigit() \
+                and len(number) <= 5 and 1 <= int(number) <= 65535:
             ports.append(int(number))
     return sorted(set(ports))
 
