@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -241,3 +242,18 @@ def test_output_cut_short_by_its_reader_is_no_internal_error() -> None:
         os.close(write_end)
     assert proc.returncode == 141
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["diagnose", "profiles/nginx.yaml"],
+                                     ["minimize", "profiles/nginx.yaml"],
+                                     ["init", "docker-daemon:tracer-fixture/nginx:test"]])
+def test_no_engine_is_exit_4_naming_where_it_looked(command: list[str]) -> None:
+    """No engine is the machine's problem (exit 4), never bad input, and the message says
+    where tracer looked and why it got no answer, in words."""
+    proc = subprocess.run([sys.executable, "-m", "tracer", *command], capture_output=True,
+                          text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert proc.returncode == 4, proc.stderr
+    assert "no Docker engine answers at unix:///nonexistent/docker.sock (no such socket)" \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -209,3 +209,14 @@ def test_keep_packages_reads_the_package_database_within_the_runs_budget(
     plan = replace(plan, budgets=Budgets())
     kept = analyse(plan, prepared(flat), trace).keeplist.kept
     assert [r.detail for r in kept["/usr/share/zoneinfo/UTC"]] == ["tzdata"]
+
+
+def test_who_names_the_runs_start_and_never_prints_a_placeholder() -> None:
+    """The first exec of a traced run comes from strace's child before any program ran in
+    it: that is the run's start, said so; an unknown opener is said honestly."""
+    from tracer.evidence import STARTER, UNIDENTIFIED, who
+
+    assert who(use("/usr/sbin/appd", Meaning.EXEC, syscall="execve", program="")) == STARTER
+    assert who(use("/etc/x", Meaning.READ, syscall="fanotify:open", program="")) == UNIDENTIFIED
+    assert who(use("/etc/x", Meaning.READ)) == "/usr/sbin/appd"
+    assert "?" not in STARTER + UNIDENTIFIED

@@ -156,8 +156,8 @@ def _connect(timeout: float | None, ping_timeout: float) -> Engine:
         sdk.ping()
     except Exception as exc:  # noqa: BLE001 - every failure here means "no usable engine"
         raise EnvironmentProblem(
-            f"no Docker engine answers ({str(exc)[:300]}); start one (scripts/setup does) or "
-            "set DOCKER_HOST") from None
+            f"no Docker engine answers at {_engine_address()} ({_why_not(exc)}); start one "
+            "(scripts/setup does) or point DOCKER_HOST at one") from None
     # the SDK passes this to every request; None means wait forever (see the docstring)
     sdk.api.timeout = timeout
     if timeout is not None:
@@ -166,3 +166,20 @@ def _connect(timeout: float | None, ping_timeout: float) -> Engine:
         # held tracer forever. With a deadline, a stream too must keep flowing.
         sdk.api._disable_socket_timeout = lambda _socket: None
     return Engine(sdk, timeout)
+
+
+def _engine_address() -> str:
+    """Where the SDK looks for the engine: DOCKER_HOST, else the default socket."""
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _why_not(exc: BaseException) -> str:
+    """The SDK's error chain said in a few words: the cause an operator can act on."""
+    text = str(exc)
+    for needle, words in (("FileNotFoundError", "no such socket"),
+                          ("Connection refused", "connection refused"),
+                          ("PermissionError", "permission denied on the socket"),
+                          ("timed out", "timed out")):
+        if needle in text:
+            return words
+    return text[:300]

@@ -38,9 +38,17 @@ UNIDENTIFIED = "an unidentified process"
 EEXIST = "EEXIST"
 
 
+STARTER = "the run's start"  # the traced command's first exec (strace's child, or a shell)
+
+
 def who(access: Access) -> str:
-    """The program that made an access, or an honest word when the recorder did not know."""
-    return access.program or UNIDENTIFIED
+    """The program that made an access, or an honest word when the recorder did not know.
+    A process strace saw exec before any program ran in it is how each run starts."""
+    if access.program:
+        return access.program
+    if access.syscall in ("execve", "execveat"):
+        return STARTER
+    return UNIDENTIFIED
 
 
 def parent_of(path: str) -> str:

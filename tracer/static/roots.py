@@ -51,8 +51,9 @@ class BinaryMatches:
         """Raise BadInput naming every entry that matched nothing."""
         if self.unmatched:
             names = ", ".join(repr(e) for e in self.unmatched)
-            raise BadInput(f"{where}: {names} matches nothing in the image (a path or glob "
-                           "is matched inside the image, a bare name on its PATH)")
+            raise BadInput(f"{where}: {names} matches nothing in the image; fix or remove it "
+                           "(a path or glob is matched inside the image, a bare name on its "
+                           "PATH; `tracer ldd IMAGE NAME` shows what a name resolves to)")
 
 
 def expand_binaries(root: RootFS, entries: Iterable[str], path_env: str | None = None,

@@ -54,7 +54,8 @@ def trace_original(
     plain = run_in_mode(profile, image, Mode.UNTRACED, workdir=workdir / "untraced",
                         progress=progress, budgets=budgets)
     if not plain.passed:
-        plain.notes.append(f"traced, it failed as well: {traced.failure}")
+        if traced.failure != plain.failure:  # the same words twice say nothing more
+            plain.notes.append(f"traced, it failed as well: {traced.failure}")
         return plain
     why = f"{DIFFERENT}: {traced.failure}"
     say(why)
