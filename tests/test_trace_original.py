@@ -58,7 +58,21 @@ def test_an_app_that_fails_untraced_too_fails_on_the_original(
     assert not r.passed and not r.fanotify_only
     assert r.failure == "run: expected exit code 0, got 7"
     assert r.recorders == [] and "broken" in r.steps[0].output
-    assert r.notes == ["traced, it failed as well: run: expected exit code 0, got 7"]
+    # traced, it failed the same way: said once (a note repeating it adds nothing)
+    assert not any("failed as well" in note for note in r.notes)
+
+
+def test_a_traced_failure_unlike_the_untraced_one_is_kept_as_a_note(
+    docker_client, fixture_image, tmp_path
+):
+    """Both runs fail, differently: the verdict is the untraced one, the traced one is
+    evidence too."""
+    image = fixture_image("base")
+    script = ("if grep -q TracerPid:.[1-9] /proc/self/status; then exit 5; fi; "
+              "echo broken >&2; exit 7")
+    r = trace_original(_profile(script, smoke=False), image, workdir=tmp_path)
+    assert not r.passed and r.failure == "run: expected exit code 0, got 7"
+    assert "traced, it failed as well: run: expected exit code 0, got 5" in r.notes
 
 
 def test_a_passing_traced_run_is_the_evidence(docker_client, fixture_image, tmp_path):
