@@ -46,6 +46,9 @@ KINDS = frozenset({"file", "dir", "symlink", "hardlink", "char", "block", "fifo"
 def escape(name: str, also: str = "") -> str:
     """`name` as one line-safe, tab-free text (see the module docstring); `also` lists
     further characters to write as `\\xHH`."""
+    if name.isascii() and name.isprintable() and "\\" not in name \
+            and not any(ch in name for ch in also):
+        return name  # the common case, without the per-character walk below
     out: list[str] = []
     for ch in name:
         code = ord(ch)
@@ -151,13 +154,17 @@ def write_path_index(flat: FlatImage, path: Path, path_env: str | None = None) -
     """
     env = path_env if path_env is not None else image_path_env(flat)
     tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        f.write(INDEX_HEADER + "\n")
-        if env is not None:
-            f.write(f"#PATH\t{escape(env)}\n")
-        for p in sorted(flat.entries):
-            e = flat.entries[p]
-            f.write(f"{escape(p)}\t{e.kind}\t{escape(e.linkname)}\t{e.mode & 0o7777:o}\n")
+    lines = [INDEX_HEADER]
+    if env is not None:
+        lines.append(f"#PATH\t{escape(env)}")
+    for p in sorted(flat.entries):
+        e = flat.entries[p]
+        lines.append(f"{escape(p)}\t{e.kind}\t{escape(e.linkname)}\t{e.mode & 0o7777:o}")
+    lines.append("")
+    # One write at level 6: gzip's default 9 and a write per line cost 0.1 s per run on a
+    # 7,000-path image for a file a few percent smaller.
+    with gzip.open(tmp, "wb", compresslevel=6) as f:
+        f.write("\n".join(lines).encode("utf-8", "surrogateescape"))
     os.replace(tmp, path)
 
 
