@@ -325,3 +325,27 @@ def test_a_big_hardlink_group_is_closed_once_not_once_per_member(tmp_path: Path)
     # every member is visited once; the group's names are added once, not per member
     assert sum(len(r) for p, r in kept.items() if p.startswith("/d/n")) < 2 * len(names)
     assert walked <= 4 * len(names)  # linear in the group, not its square
+
+
+def test_exclude_written_through_a_link_removes_what_it_names(tmp_path: Path) -> None:
+    """Under merged /usr an operator writes `/lib/...` as programs do; the index holds
+    `/usr/lib/...`. The rule must remove those files (it once matched nothing, silently),
+    name itself as written, and leave other files of the directory alone."""
+    root, entries = make_root(tmp_path)
+    rule = "/lib/x86_64-linux-gnu/libz.so.1.2.*"
+    b = KeepListBuilder(entries, RootFS(root), exclude=[rule])
+    b.add("/usr/lib/x86_64-linux-gnu/libz.so.1.2.13", Reason("traced", "openat"))
+    b.add("/usr/bin/perl", Reason("traced", "execve"))
+    kl = b.build()
+    assert "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13" not in kl.kept
+    assert kl.excluded["/usr/lib/x86_64-linux-gnu/libz.so.1.2.13"].rule == rule
+    assert "/usr/bin/perl" in kl.kept
+
+
+def test_exclude_through_a_link_still_loses_to_keep_paths(tmp_path: Path) -> None:
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root), keep_paths=["/usr/lib/x86_64-linux-gnu/*"],
+                        exclude=["/lib/x86_64-linux-gnu/**"])
+    b.add_keep_paths()
+    kl = b.build()
+    assert "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13" in kl.kept and not kl.excluded

@@ -30,7 +30,7 @@ from typing import Any
 
 from tracer.evidence import UNIDENTIFIED, needed_path, parent_of
 from tracer.keep_policy import IMPLICIT_DLOPENS
-from tracer.keeplist import compile_globs, first_match
+from tracer.keeplist import first_match, globs_through_links
 from tracer.profile_edit import Edit, Placed, placed, plan, yaml_str
 from tracer.rootfs import RootFS, SymlinkLoop
 from tracer.runfiles import escape
@@ -363,7 +363,7 @@ def diagnose(result: SmokeResult, original: RootFS, exclude: Iterable[str] = (),
     `env` (the image's Env with the profile's) is the one the suggested keep.binaries
     entries are resolved with.
     """
-    globs = compile_globs(exclude)
+    globs, _ = globs_through_links(exclude, original)  # the rules as the keep-list applied them
     seen: set[str] = set()
     missing: list[MissingFile] = []
 

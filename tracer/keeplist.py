@@ -92,6 +92,33 @@ def _literal_dir(pattern: str) -> str:
     return head.rsplit("/", 1)[0] or "/"
 
 
+def globs_through_links(rules: Iterable[str], root: RootFS
+                        ) -> tuple[list[tuple[str, re.Pattern[str]]], list[tuple[str, str]]]:
+    """Compile profile globs so that each matches the paths it names in the image, also
+    when its directory part goes through a link; return them and the (rule, link
+    prefix) pairs where it did.
+
+    Operators write the paths programs use (`/lib/x86_64-linux-gnu/gconv/**`), but under
+    merged /usr the index holds `/usr/lib/...`: the literal directory part of each glob is
+    resolved in the image and the glob matched at both places, under its own text. Without
+    this an exclude rule written that way matched nothing, silently.
+    """
+    rules = list(rules)
+    globs = compile_globs(rules)
+    links: list[tuple[str, str]] = []
+    for rule in rules:
+        prefix = _literal_dir(rule)
+        try:
+            resolved = root.resolve(prefix, follow_last=True)
+        except SymlinkLoop:
+            continue
+        if resolved.exists and resolved.path != prefix:
+            moved = resolved.path.rstrip("/") + rule[len(prefix.rstrip("/")):]
+            globs += [(rule, rx) for _, rx in compile_globs([moved])]
+            links.append((rule, prefix))
+    return globs, links
+
+
 def first_match(path: str, globs: list[tuple[str, re.Pattern[str]]]) -> str | None:
     for text, rx in globs:
         if rx.fullmatch(path):
@@ -153,9 +180,10 @@ class KeepListBuilder:
         self.root = root
         self.wanted: dict[str, list[Reason]] = {}
         self.missing: dict[str, list[Reason]] = {}
-        self.keep_globs = compile_globs(keep_paths)
+        self.keep_rules = list(keep_paths)
+        self.keep_globs = compile_globs(self.keep_rules)
         self.unmatched_keep_paths: list[str] = []  # rules that matched nothing: likely typos
-        self.exclude_globs = compile_globs(exclude)
+        self.exclude_globs, _ = globs_through_links(exclude, root)
 
     # -- evidence ------------------------------------------------------------------------
     def add(self, path: str, reason: Reason, *, follow: bool = True) -> None:
@@ -192,26 +220,14 @@ class KeepListBuilder:
             reasons.append(reason)
 
     def add_keep_paths(self) -> None:
-        """Every image path matching a keep.paths glob, also when the glob names a link.
-
-        Operators write the paths programs use (`/lib/x86_64-linux-gnu/gconv/**`), but under
-        merged /usr the index holds `/usr/lib/...`: the literal directory part of each glob
-        is resolved in the image and the glob matched at both places. The link itself is
-        kept too (with `add`), so the path as written keeps working.
-        """
+        """Every image path matching a keep.paths glob, also when the glob names a link
+        (see `globs_through_links`). The link itself is kept too (with `add`), so the path
+        as written keeps working."""
         if not self.keep_globs:
             return
-        globs = list(self.keep_globs)
-        for rule, _ in self.keep_globs:
-            prefix = _literal_dir(rule)
-            try:
-                resolved = self.root.resolve(prefix, follow_last=True)
-            except SymlinkLoop:
-                continue
-            if resolved.exists and resolved.path != prefix:
-                moved = resolved.path.rstrip("/") + rule[len(prefix.rstrip("/")):]
-                globs += [(rule, rx) for _, rx in compile_globs([moved])]
-                self.add(prefix, Reason("keep.paths", rule))
+        globs, links = globs_through_links(self.keep_rules, self.root)
+        for rule, prefix in links:  # the link itself, so the path as written keeps working
+            self.add(prefix, Reason("keep.paths", rule))
         matched: set[str] = set()
         for path in self.entries:
             rule = first_match(path, globs)
