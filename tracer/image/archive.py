@@ -27,7 +27,6 @@ import re
 import tarfile
 import uuid
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from tracer.errors import BadInput, ImageFormatError
 from tracer.image import documents as doc
 from tracer.image.diskio import disk_full, new_file
 from tracer.image.inputfiles import open_input_file
-from tracer.image.model import FlatImage
 from tracer.image.output import (
     OneLayer,
     WrittenImage,
@@ -47,7 +45,7 @@ from tracer.image.output import (
     tar_member,
 )
 from tracer.image.reference import ImageRef
-from tracer.image.source import ImageSource, flatten_source
+from tracer.image.source import FileTransport, ImageSource
 from tracer.image.streams import Layer, Region, sniff_compression
 
 _HEX_JSON = re.compile(r"^([0-9a-f]{64})\.json$")
@@ -259,7 +257,7 @@ def tar_member_header(name: str, size: int) -> bytes:
     return ti.tobuf(tarfile.USTAR_FORMAT)
 
 
-class ArchiveTransport:
+class ArchiveTransport(FileTransport):
     """docker-archive:PATH[:NAME[:TAG]]"""
 
     name = "docker-archive"
@@ -297,18 +295,8 @@ class ArchiveTransport:
         written.ref, written.unchanged = ref, unchanged
         return written
 
-    def read(self, ref: ImageRef, work: Path, budgets: Budgets,
-             progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
-        return flatten_source(self, ref, work, budgets, progress)
-
-    def engine_name(self, ref: ImageRef) -> str | None:
-        return None
-
     def identity(self, ref: ImageRef) -> str:
         return file_identity(Path(ref.path or ""))
-
-    def exists(self, ref: ImageRef) -> bool:
-        return Path(ref.path or "").exists()
 
 
 def file_identity(path: Path) -> str:

@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from tracer.errors import BadInput, ImageFormatError
 from tracer.image import documents as doc
 from tracer.image.diskio import disk_full, new_file
 from tracer.image.inputfiles import open_beneath, open_root, read_all
-from tracer.image.model import FlatImage
 from tracer.image.output import (
     REF_NAME,
     OciDocuments,
@@ -41,7 +39,7 @@ from tracer.image.output import (
     oci_image_documents,
 )
 from tracer.image.reference import ImageRef
-from tracer.image.source import ImageSource, flatten_source
+from tracer.image.source import FileTransport, ImageSource
 from tracer.image.streams import Layer
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
@@ -278,7 +276,7 @@ def _install_dir(tmp: Path, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-class LayoutTransport:
+class LayoutTransport(FileTransport):
     """oci:PATH[:TAG]"""
 
     name = "oci"
@@ -341,17 +339,7 @@ class LayoutTransport:
         written.ref, written.unchanged = ref, unchanged
         return written
 
-    def read(self, ref: ImageRef, work: Path, budgets: Budgets,
-             progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
-        return flatten_source(self, ref, work, budgets, progress)
-
-    def engine_name(self, ref: ImageRef) -> str | None:
-        return None
-
     def identity(self, ref: ImageRef) -> str:
         from tracer.image.archive import file_identity
 
         return file_identity(Path(ref.path or "") / "index.json")
-
-    def exists(self, ref: ImageRef) -> bool:
-        return Path(ref.path or "").exists()

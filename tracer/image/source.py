@@ -24,7 +24,6 @@ from tracer.image.streams import Layer
 
 if TYPE_CHECKING:
     from tracer.image.model import FlatImage
-    from tracer.image.transports import Transport
 
 
 @dataclass
@@ -115,13 +114,27 @@ def open_image(ref: ImageRef, workdir: Path, budgets: Budgets = DEFAULT) -> Imag
     return transport(ref).open(ref, workdir, budgets)
 
 
-def flatten_source(transport: Transport, ref: ImageRef, work: Path, budgets: Budgets,
-                   progress: Callable[[str], None] | None) -> tuple[FlatImage, str]:
-    """Read `ref` the common way: open it (temp files in `work/source`) and flatten its
-    layers into `work/root`."""
-    from tracer.image.flatten import flatten
+class FileTransport:
+    """What the transports of image files (docker-archive:, oci:) share: they read by
+    opening the file and flattening its layers, and no engine runs them by name."""
 
-    work = Path(work)
-    (work / "source").mkdir(parents=True, exist_ok=True)
-    with transport.open(ref, work / "source", budgets) as source:
-        return flatten(source, work / "root", progress=progress), f"the {ref.transport} reader"
+    name = ""
+
+    def open(self, ref: ImageRef, workdir: Path, budgets: Budgets) -> ImageSource:
+        raise NotImplementedError
+
+    def read(self, ref: ImageRef, work: Path, budgets: Budgets,
+             progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
+        """Open `ref` (temp files in `work/source`) and flatten its layers into `work/root`."""
+        from tracer.image.flatten import flatten
+
+        work = Path(work)
+        (work / "source").mkdir(parents=True, exist_ok=True)
+        with self.open(ref, work / "source", budgets) as source:
+            return flatten(source, work / "root", progress=progress), f"the {ref.transport} reader"
+
+    def engine_name(self, ref: ImageRef) -> str | None:
+        return None
+
+    def exists(self, ref: ImageRef) -> bool:
+        return Path(ref.path or "").exists()
