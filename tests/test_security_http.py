@@ -11,62 +11,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 
 import pytest
+from loopback import read_request, server
 
 from tracer.budgets import DEFAULT
 from tracer.profile_model import HttpStep, TcpStep
 from tracer.trace.steps import run_http, run_tcp
 
 
-@contextmanager
-def server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
-    """A loopback TCP server running `handle(conn)` per connection; yields its port."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.1)
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            threading.Thread(target=_serve, args=(handle, conn, stop), daemon=True).start()
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield srv.getsockname()[1]
-    finally:
-        stop.set()
-        t.join(5)
-        srv.close()
-
-
-def _serve(handle: Callable[..., None], conn: socket.socket, stop: threading.Event) -> None:
-    with conn, suppress(OSError):
-        handle(conn, stop) if handle.__code__.co_argcount == 2 else handle(conn)
-
-
-def _request(conn: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def test_a_server_sending_a_byte_every_two_seconds_cannot_hold_the_step():
     def slow(conn: socket.socket, stop: threading.Event) -> None:
-        _request(conn)
+        read_request(conn)
         for b in b"HTTP/1.0 200 OK\r\n\r\nslow body":
             if stop.wait(2):
                 return
@@ -83,7 +39,7 @@ def test_a_server_sending_a_byte_every_two_seconds_cannot_hold_the_step():
 
 def test_an_endless_body_is_read_up_to_the_cap_and_judged_on_that():
     def endless(conn: socket.socket, stop: threading.Event) -> None:
-        _request(conn)
+        read_request(conn)
         conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nhello world\n")
         while not stop.is_set():
             conn.sendall(b"x" * 65536)
@@ -105,7 +61,7 @@ def test_redirects_are_followed_on_loopback_only():
     seen: list[bytes] = []
 
     def redirecting(conn: socket.socket) -> None:
-        req = _request(conn)
+        req = read_request(conn)
         seen.append(req.split(b"\r\n", 1)[0])
         if req.startswith(b"GET /away"):
             # a documentation address (never routed): refused before any packet leaves
@@ -127,7 +83,7 @@ def test_redirects_are_followed_on_loopback_only():
 
 def test_a_redirect_loop_ends_with_a_message():
     def loop(conn: socket.socket) -> None:
-        _request(conn)
+        read_request(conn)
         conn.sendall(b"HTTP/1.0 302 Found\r\nLocation: /again\r\n\r\n")
 
     with server(loop) as port:
@@ -139,11 +95,11 @@ def test_the_proxy_in_the_environment_is_never_contacted(monkeypatch):
     proxied: list[bytes] = []
 
     def proxy(conn: socket.socket) -> None:
-        proxied.append(_request(conn))
+        proxied.append(read_request(conn))
         conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nfrom the proxy\n")
 
     def app(conn: socket.socket) -> None:
-        _request(conn)
+        read_request(conn)
         conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nfrom the app\n")
 
     with server(proxy) as proxy_port, server(app) as app_port:

@@ -9,11 +9,11 @@ with exit 70 (a bug) instead of a failed step naming what the server sent.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import pytest
+from loopback import read_request, server
 
 from tracer.profile_model import HttpStep
 from tracer.trace.steps import run_http
@@ -22,37 +22,13 @@ from tracer.trace.steps import run_http
 @contextmanager
 def redirecting(location: str) -> Iterator[int]:
     """A loopback server answering every GET with a 302 to `location`; yields its port."""
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.1)
-    stop = threading.Event()
+    def answer(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.0 302 Found\r\nLocation: " + location.encode()
+                     + b"\r\nContent-Length: 0\r\n\r\n")
 
-    def loop() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            with conn, suppress(OSError):
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                conn.sendall(b"HTTP/1.0 302 Found\r\nLocation: " + location.encode()
-                             + b"\r\nContent-Length: 0\r\n\r\n")
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield srv.getsockname()[1]
-    finally:
-        stop.set()
-        t.join(5)
-        srv.close()
+    with server(answer) as port:
+        yield port
 
 
 @pytest.mark.parametrize("location", [
