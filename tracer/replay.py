@@ -32,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from tracer.engine import connect
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal
 from tracer.image.daemon import EngineImages
-from tracer.image.prepare import prepare
+from tracer.image.prepare import Prepared, prepare
 from tracer.image.reference import default_output, parse_reference
 from tracer.pipeline import fail_on_original, pinned
 from tracer.profile import budgets_of, parse_profile, read_profile_text, read_stdin_file
@@ -310,6 +312,36 @@ def _target_image(profile: Profile, image: str | None) -> str:
     return target
 
 
+@dataclass
+class _Session:
+    """The engine, work directory and original image both kinds of replay start from."""
+
+    profile: Profile
+    engine: EngineImages
+    work: Path
+    progress: Progress
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def prepare(self, image: str, purpose: str) -> Prepared:
+        """`image` read (pinned to its id) and runnable, its files under work/PURPOSE."""
+        return prepare(pinned(image), self.profile.name, self.work / purpose, self.engine,
+                       self.progress, self.seconds, budgets_of(self.profile))
+
+
+@contextmanager
+def _session(profile: Profile, progress: Progress) -> Iterator[tuple[_Session, Prepared]]:
+    """A work directory and engine session with the original image prepared; whatever
+    the runs left in the engine is removed on the way out, also on failure."""
+    require_strace()
+    engine = EngineImages()
+    try:
+        with workdir() as work:
+            session = _Session(profile, engine, work, progress)
+            yield session, session.prepare(profile.image, "original")
+    finally:
+        engine.cleanup()
+
+
 def diagnose_profile(profile: Profile, *, image: str | None = None,
                      progress: Progress | None = None) -> Diagnosis:
     """Trace the smoke test on the original and the minimized image; explain the difference.
@@ -320,33 +352,25 @@ def diagnose_profile(profile: Profile, *, image: str | None = None,
     """
     progress = progress or Progress()
     target = _target_image(profile, image)
-    require_strace()
-    engine = EngineImages()
-    seconds: dict[str, float] = {}
-    try:
-        with workdir() as work:
-            original = prepare(pinned(profile.image), profile.name, work / "original",
-                               engine, progress, seconds, budgets_of(profile))
-            minimized = prepare(pinned(target), profile.name, work / "minimized", engine, progress,
-                                seconds, budgets_of(profile))
-            # as `tracer minimize` traces it: a run that fails only under strace is
-            # recorded with fanotify; one that fails untraced as well proves nothing
-            progress.phase("traced smoke test of the original image")
-            used = trace_original(profile, original.engine_ref, workdir=work / "trace-original",
-                                  progress=progress,
-                                  privileged_programs=original.flat.has_privileged_programs())
-            progress.done("passed" if used.passed else "FAILED")
-            if not used.passed:
-                raise fail_on_original(parse_reference(profile.image), used)
-            progress.phase("traced smoke test of the minimized image")
-            run = run_smoke(profile, minimized.engine_ref, traced=True,
-                            workdir=work / "trace-minimized", progress=progress)
-            progress.done("passed" if run.passed else "FAILED")
-            diagnosis = diagnose(run, original.root, profile.exclude, original_run=used,
-                                 present=minimized.flat.entries.__contains__,
-                                 env=original.config.environment(profile.run.env))
-    finally:
-        engine.cleanup()
+    with _session(profile, progress) as (session, original):
+        work = session.work
+        minimized = session.prepare(target, "minimized")
+        # as `tracer minimize` traces it: a run that fails only under strace is
+        # recorded with fanotify; one that fails untraced as well proves nothing
+        progress.phase("traced smoke test of the original image")
+        used = trace_original(profile, original.engine_ref, workdir=work / "trace-original",
+                              progress=progress,
+                              privileged_programs=original.flat.has_privileged_programs())
+        progress.done("passed" if used.passed else "FAILED")
+        if not used.passed:
+            raise fail_on_original(parse_reference(profile.image), used)
+        progress.phase("traced smoke test of the minimized image")
+        run = run_smoke(profile, minimized.engine_ref, traced=True,
+                        workdir=work / "trace-minimized", progress=progress)
+        progress.done("passed" if run.passed else "FAILED")
+        diagnosis = diagnose(run, original.root, profile.exclude, original_run=used,
+                             present=minimized.flat.entries.__contains__,
+                             env=original.config.environment(profile.run.env))
     diagnosis.profile_text, diagnosis.profile_file = _profile_text(profile)
     return diagnosis
 
@@ -367,52 +391,44 @@ def replay_command(profile: Profile, command: Command, *, image: str | None = No
         if problem:
             raise BadInput(f"--stdin-file {command.stdin_file}: {problem}")
     label = label_of(profile, command)
-    require_strace()
-    engine = EngineImages()
-    seconds: dict[str, float] = {}
-    try:
-        with workdir() as work:
-            original = prepare(pinned(profile.image), profile.name, work / "original",
-                               engine, progress, seconds, budgets_of(profile))
-            env = original.config.environment(profile.run.env)
-            argv = replayed_argv(command, original.root, env)
+    with _session(profile, progress) as (session, original):
+        work = session.work
+        env = original.config.environment(profile.run.env)
+        argv = replayed_argv(command, original.root, env)
 
-            progress.phase(f"replaying the command on the original image, traced ({label})")
-            probe = make_step(command, argv, command.exit or 0, None, stdin, stderr=NEVER)
-            traced = run_smoke(with_step(profile, probe), original.engine_ref, traced=True,
-                               workdir=work / "trace-original", progress=progress)
-            got = _outcome(traced, label)
-            progress.done(f"exit {got.exit_code}" if got else "FAILED")
-            expected = _expected_exit(got, traced, command, in_ref)
-            first = RunView(str(in_ref), True, True, expected, "",
-                            _app_output(got.output if got else ""))
+        progress.phase(f"replaying the command on the original image, traced ({label})")
+        probe = make_step(command, argv, command.exit or 0, None, stdin, stderr=NEVER)
+        traced = run_smoke(with_step(profile, probe), original.engine_ref, traced=True,
+                           workdir=work / "trace-original", progress=progress)
+        got = _outcome(traced, label)
+        progress.done(f"exit {got.exit_code}" if got else "FAILED")
+        expected = _expected_exit(got, traced, command, in_ref)
+        first = RunView(str(in_ref), True, True, expected, "",
+                        _app_output(got.output if got else ""))
 
-            regex = stdout_regex(first.output)
-            progress.phase("checking the smoke step to suggest on the original image, "
-                           "untraced")
-            step = make_step(command, argv, expected, regex, stdin)
-            check = run_smoke(with_step(profile, step), original.engine_ref, traced=False,
-                              workdir=work / "check-original", progress=progress)
-            step, note = _confirmed(step, _outcome(check, label), check)
-            progress.done(note)
+        regex = stdout_regex(first.output)
+        progress.phase("checking the smoke step to suggest on the original image, "
+                       "untraced")
+        step = make_step(command, argv, expected, regex, stdin)
+        check = run_smoke(with_step(profile, step), original.engine_ref, traced=False,
+                          workdir=work / "check-original", progress=progress)
+        step, note = _confirmed(step, _outcome(check, label), check)
+        progress.done(note)
 
-            minimized = prepare(pinned(target), profile.name, work / "minimized", engine,
-                                progress, seconds, budgets_of(profile))
-            progress.phase(f"replaying the command on the minimized image, traced ({label})")
-            final = step or make_step(command, argv, expected, None, stdin)
-            run = run_smoke(with_step(profile, final), minimized.engine_ref, traced=True,
-                            workdir=work / "trace-minimized", progress=progress)
-            outcome = _outcome(run, label)
-            progress.done("passed" if outcome and outcome.passed else "FAILED")
-            if outcome is None:
-                view = RunView(target, False, False, None, _not_reached(run), "")
-            else:
-                view = RunView(target, True, outcome.passed, outcome.exit_code,
-                               outcome.message, _app_output(outcome.output))
-            diagnosis = diagnose(run, original.root, profile.exclude, original_run=traced,
-                                 present=minimized.flat.entries.__contains__, env=env)
-    finally:
-        engine.cleanup()
+        minimized = session.prepare(target, "minimized")
+        progress.phase(f"replaying the command on the minimized image, traced ({label})")
+        final = step or make_step(command, argv, expected, None, stdin)
+        run = run_smoke(with_step(profile, final), minimized.engine_ref, traced=True,
+                        workdir=work / "trace-minimized", progress=progress)
+        outcome = _outcome(run, label)
+        progress.done("passed" if outcome and outcome.passed else "FAILED")
+        if outcome is None:
+            view = RunView(target, False, False, None, _not_reached(run), "")
+        else:
+            view = RunView(target, True, outcome.passed, outcome.exit_code,
+                           outcome.message, _app_output(outcome.output))
+        diagnosis = diagnose(run, original.root, profile.exclude, original_run=traced,
+                             present=minimized.flat.entries.__contains__, env=env)
     yaml_step = (step_yaml(command, argv, step.exit, step.stdout, profile)
                  if step is not None else None)
     text, filename = _profile_text(profile)
