@@ -323,27 +323,10 @@ def test_http_steps_of_a_traced_run_ignore_the_proxy_in_the_environment(
     """A service answers on loopback; http_proxy names a listener the test owns, which
     must never see a connection."""
     import socket
-    import threading
 
-    proxy = socket.socket()
-    proxy.bind(("127.0.0.1", 0))
-    proxy.listen(5)
-    proxy.settimeout(0.2)
-    contacted = []
-    done = threading.Event()
+    from loopback import server as loopback_server
 
-    def accept() -> None:
-        while not done.is_set():
-            try:
-                conn, _ = proxy.accept()
-            except OSError:
-                continue
-            contacted.append(conn.recv(1024))
-            conn.close()
-
-    threading.Thread(target=accept, daemon=True).start()
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.setenv(var, f"http://127.0.0.1:{proxy.getsockname()[1]}")
+    contacted: list[bytes] = []
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     with socket.socket() as s:
@@ -360,10 +343,9 @@ def test_http_steps_of_a_traced_run_ignore_the_proxy_in_the_environment(
                     ready=Ready(log="ready", timeout=60), timeout=120),
         smoke=[SmokeStep(0, HttpStep(url=f"http://127.0.0.1:{port}/", body="from the app"))],
     )
-    try:
+    with loopback_server(lambda conn: contacted.append(conn.recv(1024))) as proxy_port:
+        for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+            monkeypatch.setenv(var, f"http://127.0.0.1:{proxy_port}")
         r = run_smoke(profile, base, traced=True, workdir=tmp_path)
-    finally:
-        done.set()
-        proxy.close()
     assert r.passed, (r.failure, r.steps)
     assert contacted == []
