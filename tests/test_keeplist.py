@@ -349,3 +349,23 @@ def test_exclude_through_a_link_still_loses_to_keep_paths(tmp_path: Path) -> Non
     b.add_keep_paths()
     kl = b.build()
     assert "/usr/lib/x86_64-linux-gnu/libz.so.1.2.13" in kl.kept and not kl.excluded
+
+
+def test_fanotify_reasons_only_where_nothing_else_keeps_the_path(tmp_path: Path) -> None:
+    """fanotify repeats what strace and ELF analysis say, less steadily (the process may be
+    gone, the step is the one running when the event is read): echoed, it made two runs'
+    keep-lists differ on every line. It stays where it is the only reason."""
+    root, entries = make_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root))
+    fan = Reason("traced", "fanotify:open by an unidentified process in run")
+    strace = Reason("traced", "openat by /usr/bin/perl in smoke[0].command")
+    b.add("/etc/app/main.conf", fan)
+    b.add("/etc/app/main.conf", strace)
+    b.add("/etc/app/conf.d/a.conf", fan)  # only fanotify saw it
+    b.add("/usr/lib/x86_64-linux-gnu/libz.so.1", Reason("elf", "/usr/bin/perl -> libz.so.1"))
+    b.add("/usr/lib/x86_64-linux-gnu/libz.so.1.2.13", fan)  # also kept as the link's target
+    kl = b.build()
+    assert kl.kept["/etc/app/main.conf"] == [strace]
+    assert kl.kept["/etc/app/conf.d/a.conf"] == [fan]
+    assert fan not in kl.kept["/usr/lib/x86_64-linux-gnu/libz.so.1.2.13"]
+    assert kl.kept["/usr/lib/x86_64-linux-gnu/libz.so.1.2.13"][0].kind == "symlink"

@@ -117,7 +117,8 @@ def test_diagnose_exits_3_when_the_smoke_test_fails_on_the_original(
 def test_two_runs_on_two_hosts_give_one_output_digest(
         docker_client, fixture_image, host_strace, tmp_path: Path, transport: str) -> None:
     """The whole pipeline, twice: another host name, work dir, umask, time zone and image
-    reader must not change a byte of the output (README, "Outputs are reproducible")."""
+    reader must not change a byte of the output (README, "Outputs are reproducible"), nor a
+    line of the keep-list (nightly jobs diff them)."""
     import json
     import os
     import shutil
@@ -152,6 +153,8 @@ def test_two_runs_on_two_hosts_give_one_output_digest(
         digests.append(json.loads(report.read_text())["output_digest"])
     try:
         assert digests[0] == digests[1] and digests[0].startswith("sha256:")
+        keeplists = [(tmp_path / f"r{n}.keeplist").read_text() for n in (0, 1)]
+        assert keeplists[0] == keeplists[1] and "traced: " in keeplists[0]
         if transport == "docker-archive":
             assert (tmp_path / "out0.tar").read_bytes() == (tmp_path / "out1.tar").read_bytes()
     finally:

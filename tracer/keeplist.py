@@ -34,6 +34,23 @@ class Reason:
 ROOT_REASON = Reason("root", "the image root directory, present in every image")
 
 
+def is_fanotify(reason: Reason) -> bool:
+    return reason.kind == "traced" and reason.detail.startswith("fanotify:")
+
+
+def _without_echoes(reasons: list[Reason]) -> list[Reason]:
+    """fanotify's reasons only for a path nothing else keeps.
+
+    Beside strace, fanotify mostly repeats what strace or ELF analysis already said, and
+    less steadily: it names the process only if it is still alive when the event is read,
+    and attributes the event to the step running when it is read. Echoed on every line,
+    that made two runs of the same profile give keep-lists that differ line by line with
+    the same paths. Where fanotify is a path's only reason (or the only recorder), it stays.
+    """
+    others = [r for r in reasons if not is_fanotify(r)]
+    return others or reasons
+
+
 class EntryLike(Protocol):
     kind: str
     linkname: str
@@ -257,6 +274,8 @@ class KeepListBuilder:
                 continue
             kept[path] = list(reasons)
         self._close(kept)
+        for path, reasons in kept.items():
+            kept[path] = _without_echoes(reasons)
         # what a closure brought back (the target of a kept link, the directory of a kept
         # file) is in the image after all: excluded lists only what the image lacks
         result.excluded = {p: e for p, e in result.excluded.items() if p not in kept}
