@@ -378,6 +378,30 @@ def diagnose_failure(plan: Plan, candidate: ImageRef, prepared: Prepared, trace:
     progress.done(f"{len(diagnosis.missing)} missing file(s) found")
 
 
+def _report_original(report: Report, flat: FlatImage, trace: SmokeResult) -> None:
+    """What the report says of the original image and its traced run."""
+    report.size_before = flat.content_size()
+    report.files_before = sum(1 for e in flat.entries.values() if e.kind != "dir")
+    report.recorders = list(trace.recorders)
+    report.recorder_notes = list(trace.notes)
+    report.original_steps = _steps(trace)
+
+
+def _publish(plan: Plan, engine: EngineImages, candidate: ImageRef, flat: FlatImage,
+             keep: list[str], work: Path, progress: Progress, seconds: Seconds,
+             report: Report) -> None:
+    """Write the verified candidate to the output reference; the report gets its digest."""
+    progress.phase(f"publishing {plan.output}")
+    t0 = time.monotonic()
+    published = publish(engine, candidate, plan.output, flat, keep, work,
+                        comment=plan.comment, profile_hash=plan.profile_hash)
+    report.output_digest = published.digest
+    report.output_unchanged = published.unchanged
+    seconds.add("publish", t0)
+    progress.done(f"unchanged: it already holds {published.digest}"
+                  if published.unchanged else f"written: {published.digest}")
+
+
 def minimize(profile: Profile, *, output: str | None = None, report_path: Path | None = None,
              progress: Progress | None = None) -> Report:
     """Run the whole pipeline; return the report (raise TracerError subclasses on failure).
@@ -400,11 +424,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
         with workdir() as work:
             prepared, trace = read_and_trace(plan, engine, work, progress, seconds)
             flat = prepared.flat
-            report.size_before = flat.content_size()
-            report.files_before = sum(1 for e in flat.entries.values() if e.kind != "dir")
-            report.recorders = list(trace.recorders)
-            report.recorder_notes = list(trace.notes)
-            report.original_steps = _steps(trace)
+            _report_original(report, flat, trace)
             if not trace.passed:
                 raise fail_on_original(plan.input, trace)
 
@@ -437,15 +457,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
                 diagnose_failure(plan, candidate, prepared, trace, analysis.keeplist.kept, work,
                                  progress, seconds, report)
             else:
-                progress.phase(f"publishing {plan.output}")
-                t0 = time.monotonic()
-                published = publish(engine, candidate, plan.output, flat, keep, work,
-                                    comment=plan.comment, profile_hash=plan.profile_hash)
-                report.output_digest = published.digest
-                report.output_unchanged = published.unchanged
-                seconds.add("publish", t0)
-                progress.done(f"unchanged: it already holds {published.digest}"
-                              if published.unchanged else f"written: {published.digest}")
+                _publish(plan, engine, candidate, flat, keep, work, progress, seconds, report)
     except TracerError as exc:
         report.failure = report.failure or str(exc)
         raise
