@@ -24,11 +24,15 @@ if TYPE_CHECKING:
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in tracer, never confused with 0-4
 BROKEN_PIPE = 141  # 128 + SIGPIPE: whoever read the output stopped reading
 
-EPILOG = """exit codes: 0 success; 1 the minimized image failed verification; 2 bad input
-(profile, image reference, arguments); 3 the smoke test failed on the original image;
-4 environment problem (no Docker engine, no strace, no permission, a full disk); 70 internal
-error;
-130 interrupted (everything started was cleaned up).
+EPILOG = """exit codes:
+  0    success
+  1    the minimized image failed verification (the output was not replaced)
+  2    bad input: profile, image reference, arguments, an input over a budget
+  3    the smoke test failed on the original image
+  4    environment problem: no Docker engine, no strace, no permission, a full disk
+  70   internal error (a bug in tracer)
+  130  interrupted (everything started was cleaned up)
+  141  whatever read the output stopped reading
 Profiles: the format reference is docs/profile.md, advice in profiles/README.md; start one
 with `tracer init IMAGE`. Image references: docker-daemon:NAME[:TAG], NAME[:TAG],
 docker-archive:PATH[:NAME[:TAG]], oci:PATH[:TAG]."""
