@@ -1,5 +1,5 @@
-"""Builders for hostile images and a way to run tracer and measure what it cost (a helper
-module for the tests, not a test module).
+"""Builders for hostile images (a helper module for the tests, not a test module); what a
+tracer run costs is measured by image_builders.run_tracer.
 
 Bombs are generated streaming, a mebibyte at a time: a test that builds a 1 GiB layer must
 not hold it in memory itself, or it would measure its own appetite instead of tracer's.
@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import resource
-import subprocess
-import sys
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -113,57 +109,3 @@ def oci_layout_of(root: Path, layers: list[tuple[Iterator[bytes], str]],
              "annotations": {"org.opencontainers.image.ref.name": tag}}
     (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
     return root
-
-
-@dataclass
-class Finished:
-    """A finished `python -m tracer` run: exit code, output and its peak memory."""
-
-    code: int
-    stdout: str
-    stderr: str
-    max_rss_mb: float
-
-
-def run_tracer(args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-               timeout: float = 600) -> Finished:
-    """Run `python -m tracer ARGS` and measure the child's own peak RSS (wait4's rusage of
-    exactly that child, not the maximum over every child this test process ever had)."""
-    full_env = dict(os.environ, **(env or {}))
-    with open(os.devnull, "rb") as devnull, \
-            _spooled() as out, _spooled() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tracer", *args], stdin=devnull,
-                                stdout=out, stderr=err, env=full_env, cwd=cwd)
-        try:
-            _, status, usage = _wait4(proc.pid, timeout)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Finished(proc.returncode, out.read().decode(errors="replace"),
-                        err.read().decode(errors="replace"), usage.ru_maxrss / 1024)
-
-
-def _spooled():  # noqa: ANN202 - a temp file for a child's output
-    import tempfile
-
-    return tempfile.TemporaryFile()
-
-
-def _wait4(pid: int, timeout: float) -> tuple[int, int, resource.struct_rusage]:
-    """os.wait4 with a deadline (polling WNOHANG; the child is killed when it is over)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    pause = 0.01
-    while True:
-        got, status, usage = os.wait4(pid, os.WNOHANG)
-        if got:
-            return got, status, usage
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"tracer did not finish within {timeout} s")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.2)

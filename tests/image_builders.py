@@ -315,7 +315,7 @@ with open(result, "w") as f:
 """
 
 
-def run_tracer(args: list[str], *, env: dict[str, str] | None = None,
+def run_tracer(args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
                timeout: float = 300) -> Measured:
     """Run `python -m tracer ARGS`, measuring the peak RSS of that process alone.
 
@@ -333,7 +333,7 @@ def run_tracer(args: list[str], *, env: dict[str, str] | None = None,
         proc = subprocess.run(
             [sys.executable, "-c", _LAUNCHER, str(result), str(timeout), sys.executable,
              "-m", "tracer", *args], capture_output=True, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, timeout=timeout + 60)
+            env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout + 60)
         seconds = time.monotonic() - t0
         assert proc.returncode == 0, proc.stderr
         data = json.loads(result.read_text())

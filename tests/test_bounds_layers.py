@@ -14,8 +14,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from hostile_inputs import MiB, oci_layout_of, one_file_tar, run_tracer
-from image_builders import M, content, docker_archive, layer
+from hostile_inputs import MiB, oci_layout_of, one_file_tar
+from image_builders import M, content, docker_archive, layer, run_tracer
 
 from tracer.budgets import DEFAULT, BudgetExceeded, Budgets
 from tracer.image import flatten, open_image, parse_reference
@@ -32,7 +32,7 @@ def _ldd(tmp_path: Path, ref: str) -> tuple[int, str, float]:
     done = run_tracer(["ldd", ref], env={"TMPDIR": str(private),
                                          "TRACER_WORKDIR": str(private)})
     assert os.listdir(private) == [], "tracer left files behind in TMPDIR"
-    return done.code, done.stderr, done.max_rss_mb
+    return done.returncode, done.stderr, done.max_rss_mb
 
 
 def _flatten(tmp_path: Path, layers: list[bytes], budgets: Budgets = DEFAULT):

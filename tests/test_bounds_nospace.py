@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hostile_inputs import MiB, oci_layout_of, one_file_tar, run_tracer
-from image_builders import M, docker_archive, flat_from_layers, layer
+from hostile_inputs import MiB, oci_layout_of, one_file_tar
+from image_builders import M, docker_archive, flat_from_layers, layer, run_tracer
 from prereq import missing
 
 from tracer.errors import EnvironmentProblem
@@ -56,7 +56,7 @@ def test_disk_full_while_spooling_a_layer_is_exit_4(tmp_path: Path, small_disk) 
     disk = small_disk("32m")
     done = run_tracer(["ldd", f"oci:{layout}"],
                       env={"TMPDIR": str(disk), "TRACER_WORKDIR": str(disk)})
-    assert done.code == 4, done.stderr
+    assert done.returncode == 4, done.stderr
     assert f"no space left in {disk}/" in done.stderr
     assert 50 <= _needed_mb(done.stderr) <= 70, done.stderr
     assert "corrupt" not in done.stderr and "internal error" not in done.stderr

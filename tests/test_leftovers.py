@@ -18,8 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from hostile_inputs import run_tracer
-from image_builders import M, docker_archive, layer
+from image_builders import M, docker_archive, layer, run_tracer
 
 from tracer.workdir import (
     LOCK_NAME,
@@ -76,7 +75,7 @@ def test_killed_runs_work_dir_is_swept_by_the_next_run(tmp_path: Path) -> None:
     archive = docker_archive(tmp_path / "in.tar", [layer(M("bin", "dir"),
                                                          M("bin/app", data=b"#!/bin/sh\n"))])
     done = run_tracer(["ldd", f"docker-archive:{archive}"], env={"TRACER_WORKDIR": str(root)})
-    assert done.code == 0, done.stderr
+    assert done.returncode == 0, done.stderr
     assert not dead_dir.exists()
     assert (f"tracer: removed 1 work directory left by dead tracer processes in {root} "
             f"(3 MB freed): {dead_dir.name}") in done.stderr
@@ -275,7 +274,7 @@ def test_sigkilled_minimize_is_cleaned_up_by_the_next_run(docker_client, fixture
             "tracer-fixture/base:bookworm", f"tracer-test/bounds-none-{tag}:absent"))
         done = run_tracer(["minimize", str(missing), "--quiet"], cwd=REPO,
                           env={"TRACER_WORKDIR": str(root)})
-        assert done.code == 2, done.stderr
+        assert done.returncode == 2, done.stderr
         assert (f"tracer: removed 1 work directory left by dead tracer processes in {root}"
                 in done.stderr), done.stderr
         assert killed_dir.name in done.stderr
