@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tracer.profile import load_profile  # noqa: E402 - after the path setup above
+from tracer.profile.load import load_profile  # noqa: E402 - after the path setup above
 from tracer.trace.run import run_smoke  # noqa: E402
 
 FIXTURES = ["nginx", "pyapp", "hardcases", "layers"]

@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tracer.image.reference import parse_reference  # noqa: E402
-from tracer.profile import load_profile  # noqa: E402
-from tracer.profile_model import (  # noqa: E402
+from tracer.profile.load import load_profile  # noqa: E402
+from tracer.profile.model import (  # noqa: E402
     CommandStep,
     ExecStep,
     HttpStep,

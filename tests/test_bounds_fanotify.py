@@ -20,7 +20,7 @@ import pytest
 from prereq import missing
 from test_security_trace import RSS_LIMIT_KB, _run_child
 
-from tracer.profile_model import Profile, RunSpec
+from tracer.profile.model import Profile, RunSpec
 from tracer.trace import fanotify
 
 pytestmark = pytest.mark.integration

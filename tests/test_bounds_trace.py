@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from test_security_trace import RSS_LIMIT_KB, _run_child
 
-from tracer.profile_model import Profile, RunSpec
+from tracer.profile.model import Profile, RunSpec
 
 pytestmark = pytest.mark.integration
 

@@ -93,7 +93,7 @@ def test_schema_prints_the_shipped_json_schema() -> None:
     assert proc.returncode == 0
     schema = json.loads(proc.stdout)
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
-    assert proc.stdout == (REPO / "tracer" / "profile.schema.json").read_text()
+    assert proc.stdout == (REPO / "tracer" / "profile" / "profile.schema.json").read_text()
 
 
 def test_budget_and_granularity_flags_are_checked(tmp_path: Path) -> None:
@@ -151,12 +151,13 @@ def test_every_error_kind_exits_with_the_contracts_code(monkeypatch, capsys, err
                                                         code: int) -> None:
     """Scripts and `tracer batch` act on exit codes: each kind of failure maps to its own
     code in one place (main), whatever command raised it, and says why on stderr."""
-    from tracer import budgets, cli, errors, profile
+    from tracer import budgets, cli, errors
+    from tracer.profile import document
 
     make = {"BadInput": lambda: errors.BadInput("bad"),
             "ImageFormatError": lambda: errors.ImageFormatError("bad"),
             "BudgetExceeded": lambda: budgets.BudgetExceeded("layers", 1, "bad"),
-            "ProfileErrors": lambda: profile.ProfileErrors(["p.yaml:1: bad"]),
+            "ProfileErrors": lambda: document.ProfileErrors(["p.yaml:1: bad"]),
             "SmokeFailedOnOriginal": lambda: errors.SmokeFailedOnOriginal("bad"),
             "EnvironmentProblem": lambda: errors.EnvironmentProblem("bad")}[error]
 
@@ -172,11 +173,12 @@ def test_every_error_kind_exits_with_the_contracts_code(monkeypatch, capsys, err
 
 
 def test_a_failed_verification_exits_1_and_ctrl_c_130(monkeypatch, capsys) -> None:
-    from tracer import cli, pipeline, profile
-    from tracer.profile_model import Profile
+    from tracer import cli, pipeline
+    from tracer.profile import load
+    from tracer.profile.model import Profile
     from tracer.report import Report
 
-    monkeypatch.setattr(profile, "load_profile",
+    monkeypatch.setattr(load, "load_profile",
                         lambda *a, **k: Profile(name="app", image="app:1"))
     monkeypatch.setattr(pipeline, "minimize",
                         lambda *a, **k: Report(name="app", image="app:1", output="app:min",

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tracer.diagnose import diagnose, suggest_globs
+from tracer.explain.diagnose import diagnose, suggest_globs
+from tracer.explain.why import why
 from tracer.rootfs import RootFS
 from tracer.trace.result import Access, Meaning, SmokeResult, StepOutcome
-from tracer.why import why
 
 
 def original_root(tmp_path: Path) -> RootFS:
@@ -265,15 +265,15 @@ def test_a_glob_is_offered_only_where_the_missing_files_are_most_of_the_director
 
 
 def test_a_directory_is_not_listed_with_what_is_inside_it(tmp_path: Path) -> None:
-    from tracer.diagnose import exact_paths
+    from tracer.explain.diagnose import exact_paths
 
     assert exact_paths(["/a/re", "/a/re/x/y.py", "/a/re.py", "/b"]) == [
         "/a/re.py", "/a/re/x/y.py", "/b"]
 
 
 def test_glob_characters_in_a_name_match_only_that_name() -> None:
-    from tracer.diagnose import glob_escape
-    from tracer.keeplist import compile_globs, first_match
+    from tracer.analysis.keeplist import compile_globs, first_match
+    from tracer.explain.diagnose import glob_escape
 
     for name in ("/opt/a[1]*?.so", "/opt/[x", "/opt/b]", "/opt/**/c"):
         globs = compile_globs([glob_escape(name)])
@@ -314,8 +314,8 @@ def test_a_missing_program_is_suggested_for_keep_binaries_first(tmp_path: Path) 
 def indexed_run(tmp_path: Path, kept: dict[str, list[str]], entries: list[tuple],
                 path_env: str | None = "/usr/local/bin:/usr/bin:/bin") -> Path:
     """A report, keep-list and path index as `tracer minimize --report` writes them."""
+    from tracer.explain.runfiles import keeplist_line, write_path_index
     from tracer.image.model import Entry, FlatImage
-    from tracer.runfiles import keeplist_line, write_path_index
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     report = tmp_path / "run.json"
@@ -403,7 +403,7 @@ def test_why_never_crashes_on_a_broken_run_file(tmp_path: Path) -> None:
 
 def test_a_failed_steps_output_shows_its_end_where_the_error_is() -> None:
     """A Python traceback names the missing module on its LAST line."""
-    from tracer.diagnose import Diagnosis
+    from tracer.explain.diagnose import Diagnosis
 
     output = "\n".join([f"  File \"/app/x{i}.py\", line {i}" for i in range(20)]
                        + ["ModuleNotFoundError: No module named 'csv'"])

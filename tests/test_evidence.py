@@ -10,14 +10,14 @@ from types import SimpleNamespace
 import pytest
 from image_builders import M, flat_from_layers, flatten_ref, layer
 
+from tracer.analysis.evidence import RUNTIME_DIRS, build_keeplist, needed_path
 from tracer.budgets import BudgetExceeded, Budgets
-from tracer.evidence import RUNTIME_DIRS, build_keeplist, needed_path
 from tracer.image.config import ImageConfig
 from tracer.image.model import FlatImage
 from tracer.image.reference import parse_reference
 from tracer.image.sink import write_image
 from tracer.pipeline import Plan, analyse
-from tracer.profile_model import KeepSpec, Profile
+from tracer.profile.model import KeepSpec, Profile
 from tracer.static import Closure, Resolver
 from tracer.trace.result import Access, Meaning, SmokeResult
 
@@ -214,7 +214,7 @@ def test_keep_packages_reads_the_package_database_within_the_runs_budget(
 def test_who_names_the_runs_start_and_never_prints_a_placeholder() -> None:
     """The first exec of a traced run comes from strace's child before any program ran in
     it: that is the run's start, said so; an unknown opener is said honestly."""
-    from tracer.evidence import STARTER, UNIDENTIFIED, who
+    from tracer.analysis.evidence import STARTER, UNIDENTIFIED, who
 
     assert who(use("/usr/sbin/appd", Meaning.EXEC, syscall="execve", program="")) == STARTER
     assert who(use("/etc/x", Meaning.READ, syscall="fanotify:open", program="")) == UNIDENTIFIED

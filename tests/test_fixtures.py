@@ -39,8 +39,8 @@ from docker.models.containers import Container
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
-from tracer.profile import load_profile
-from tracer.profile_model import (
+from tracer.profile.load import load_profile
+from tracer.profile.model import (
     CommandStep,
     ExecStep,
     HttpStep,

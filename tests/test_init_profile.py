@@ -18,7 +18,9 @@ from prereq import missing
 
 from tracer.image.config import ImageConfig
 from tracer.image.reference import parse_reference
-from tracer.init_profile import (
+from tracer.profile.schema import json_schema_text
+from tracer.profile.sections import parse_profile
+from tracer.profile.starter import (
     Companions,
     find_companions,
     healthcheck_argv,
@@ -26,7 +28,6 @@ from tracer.init_profile import (
     quote,
     render_profile,
 )
-from tracer.profile import json_schema_text, parse_profile
 from tracer.rootfs import RootFS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -281,7 +282,7 @@ def test_init_says_it_is_reading_on_stderr_only(tmp_path: Path) -> None:
 def test_exposed_ports_that_are_not_plain_numbers_are_left_out() -> None:
     """Image config is hostile input: `²/tcp` or a 5,000-digit port must not crash init."""
     from tracer.image.config import ImageConfig
-    from tracer.init_profile import _tcp_ports
+    from tracer.profile.starter import _tcp_ports
 
     cfg = ImageConfig(exposed_ports=["²/tcp", "1" * 5000 + "/tcp", "0/tcp", "8080/tcp",
                                      "53/udp", "80"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer.keeplist import KeepListBuilder, Reason, compile_globs, first_match, size_of
-from tracer.packages import package_files
+from tracer.analysis.keeplist import KeepListBuilder, Reason, compile_globs, first_match, size_of
+from tracer.analysis.packages import package_files
 from tracer.rootfs import RootFS
 
 

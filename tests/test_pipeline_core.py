@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import tracer.pipeline as pipeline
-from tracer.profile import load_profile
+from tracer.profile.load import load_profile
 from tracer.progress import Progress
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from image_builders import M, flat_from_layers, layer
 from tracer.budgets import Budgets
 from tracer.image.config import ImageConfig
 from tracer.pipeline import static_closure
-from tracer.profile_model import Profile, RunSpec
+from tracer.profile.model import Profile, RunSpec
 from tracer.trace.result import SmokeResult
 
 REPO = Path(__file__).resolve().parent.parent

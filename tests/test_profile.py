@@ -10,18 +10,18 @@ import pytest
 
 from tracer.budgets import DEFAULT, MiB
 from tracer.errors import BadInput
-from tracer.profile import (
+from tracer.profile.checker import parse_duration
+from tracer.profile.document import ProfileErrors
+from tracer.profile.load import (
     Overrides,
-    ProfileErrors,
     apply_overrides,
     budgets_of,
-    describe_checks,
     load_profile,
     parse_budget_flags,
-    parse_duration,
-    parse_profile,
 )
-from tracer.profile_model import CommandStep, ExecStep, HttpStep, SleepStep, TcpStep
+from tracer.profile.model import CommandStep, ExecStep, HttpStep, SleepStep, TcpStep
+from tracer.profile.sections import parse_profile
+from tracer.report import describe_checks
 
 FULL = """\
 version: 1

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tracer.profile import parse_profile
-from tracer.profile_edit import apply, placed, plan, yaml_str
-from tracer.profile_model import CommandStep, ExecStep
+from tracer.profile.edit import apply, placed, plan, yaml_str
+from tracer.profile.model import CommandStep, ExecStep
+from tracer.profile.sections import parse_profile
 
 REPO = Path(__file__).resolve().parent.parent
 STEP = {"exec": ["env", "PYTHONIOENCODING=iso-8859-15", "python3", "-c", "print('a\\b')"],

@@ -12,10 +12,18 @@ import jsonschema
 import pytest
 import yaml
 
-from tracer.profile import ProfileErrors, accepted_keys, json_schema_text, parse_profile
+from tracer.profile.document import ProfileErrors
+from tracer.profile.schema import json_schema_text
+from tracer.profile.sections import SECTIONS, parse_profile
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "profile.md"
+
+
+def accepted_keys() -> frozenset[str]:
+    """Every key the loader accepts, dotted (`run.ready.tcp`, `smoke[].http.url`)."""
+    return frozenset(f"{section}.{key}" if section else key
+                     for section, keys in SECTIONS.items() for key in keys)
 SCHEMA = json.loads(json_schema_text())
 PROFILES = sorted((REPO / "profiles").glob("*.yaml"))
 
@@ -105,8 +113,9 @@ def test_the_schema_is_valid_draft7_and_every_shipped_profile_passes_it() -> Non
 def test_shipped_profiles_name_the_schema_on_their_first_line() -> None:
     for path in PROFILES:
         first = path.read_text().splitlines()[0]
-        assert first == "# yaml-language-server: $schema=../tracer/profile.schema.json", path
-        assert (path.parent / "../tracer/profile.schema.json").resolve().is_file()
+        assert first == ("# yaml-language-server: "
+                         "$schema=../tracer/profile/profile.schema.json"), path
+        assert (path.parent / "../tracer/profile/profile.schema.json").resolve().is_file()
 
 
 def test_the_complete_example_of_the_reference_loads_and_passes_the_schema() -> None:

@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from tracer.profile import ProfileErrors, parse_profile
+from tracer.profile.document import ProfileErrors
+from tracer.profile.sections import parse_profile
 
 HEAD = "version: 1\nname: a\nimage: a:1\nrun: {mode: job}\n"
 

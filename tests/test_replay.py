@@ -17,12 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tracer.diagnose import ABSENT, Diagnosis, MissingFile, diagnose
 from tracer.errors import BadInput, SmokeFailedOnOriginal
-from tracer.profile import load_profile, parse_profile
-from tracer.profile_edit import apply
-from tracer.profile_model import CommandStep, ExecStep
-from tracer.replay import (
+from tracer.explain.diagnose import ABSENT, Diagnosis, MissingFile, diagnose
+from tracer.explain.replay import (
     Command,
     _confirmed,
     _expected_exit,
@@ -34,6 +31,10 @@ from tracer.replay import (
     suggest,
     with_step,
 )
+from tracer.profile.edit import apply
+from tracer.profile.load import load_profile
+from tracer.profile.model import CommandStep, ExecStep
+from tracer.profile.sections import parse_profile
 from tracer.rootfs import RootFS
 from tracer.trace.result import Access, Meaning, SmokeResult, StepOutcome
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tracer.profile import parse_profile
-from tracer.profile_model import CommandStep, ExecStep
+from tracer.profile.model import CommandStep, ExecStep
+from tracer.profile.sections import parse_profile
 
 pytestmark = pytest.mark.integration
 

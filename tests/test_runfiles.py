@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from image_builders import M, flat_from_layers, layer
 
+from tracer.analysis.keeplist import KeepList, KeepListBuilder, Reason, compile_globs, first_match
 from tracer.batch import _keeplist_paths
 from tracer.errors import BadInput
-from tracer.keeplist import KeepList, KeepListBuilder, Reason, compile_globs, first_match
-from tracer.runfiles import (
+from tracer.explain.runfiles import (
     escape,
     keeplist_line,
     read_keeplist,
@@ -23,7 +23,7 @@ from tracer.runfiles import (
     unescape,
     write_path_index,
 )
-from tracer.why import why
+from tracer.explain.why import why
 
 FORGED = "/etc/x\n/etc/shadow\tkeep.paths: /**"
 HOSTILE = [
@@ -173,7 +173,7 @@ def test_why_on_the_command_line_prints_hostile_names_escaped(tmp_path: Path) ->
 
 
 def test_diagnosis_text_shows_hostile_names_escaped(tmp_path: Path) -> None:
-    from tracer.diagnose import diagnose
+    from tracer.explain.diagnose import diagnose
     from tracer.trace.result import Access, SmokeResult
 
     name = "/etc/a\nb"

@@ -16,7 +16,7 @@ import pytest
 from loopback import read_request, server
 
 from tracer.budgets import DEFAULT
-from tracer.profile_model import HttpStep, TcpStep
+from tracer.profile.model import HttpStep, TcpStep
 from tracer.trace.steps import run_http, run_tcp
 
 

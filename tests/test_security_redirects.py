@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 from loopback import read_request, server
 
-from tracer.profile_model import HttpStep
+from tracer.profile.model import HttpStep
 from tracer.trace.steps import run_http
 
 

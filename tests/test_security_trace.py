@@ -22,7 +22,7 @@ import pytest
 from prereq import missing
 
 from tracer.errors import EnvironmentProblem
-from tracer.profile_model import (
+from tracer.profile.model import (
     CommandStep,
     ExecStep,
     HttpStep,

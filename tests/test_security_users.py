@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracer.profile_model import Profile, RunSpec
+from tracer.profile.model import Profile, RunSpec
 from tracer.trace.run import run_smoke
 from tracer.trace.users import plan, resolve
 

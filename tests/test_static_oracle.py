@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prereq import missing as prereq_missing
 
-from tracer.keep_policy import IMPLICIT_DLOPENS
+from tracer.analysis.policy import IMPLICIT_DLOPENS
 from tracer.rootfs import RootFS
 from tracer.static import Closure, Resolver
 

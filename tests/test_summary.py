@@ -4,8 +4,8 @@ report, and the summary must say what was written."""
 
 from __future__ import annotations
 
-from tracer.profile import describe_checks, parse_profile
-from tracer.report import Report, StepSummary, checks_phrase, summary_table
+from tracer.profile.sections import parse_profile
+from tracer.report import Report, StepSummary, checks_phrase, describe_checks, summary_table
 
 SERVICE = """\
 version: 1

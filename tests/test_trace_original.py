@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from prereq import missing
 
-from tracer.profile_model import CommandStep, Profile, RunSpec, SmokeStep
+from tracer.profile.model import CommandStep, Profile, RunSpec, SmokeStep
 from tracer.trace import fanotify
 from tracer.trace.original import DIFFERENT, trace_original
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer.profile import load_profile
-from tracer.profile_model import Profile, RunSpec
+from tracer.profile.load import load_profile
+from tracer.profile.model import Profile, RunSpec
 from tracer.trace.run import run_smoke
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import tarfile
 import pytest
 
 from tracer.errors import BadInput
-from tracer.profile_model import (
+from tracer.profile.model import (
     CommandStep,
     ExecStep,
     HttpStep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracer.profile_model import CommandStep, ExecStep, Profile, Ready, RunSpec, SmokeStep
+from tracer.profile.model import CommandStep, ExecStep, Profile, Ready, RunSpec, SmokeStep
 from tracer.trace.run import run_smoke
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ import pytest
 
 from tracer.errors import BadInput, ImageFormatError
 from tracer.image.config import ImageConfig
-from tracer.profile_model import RunSpec
+from tracer.profile.model import RunSpec
 from tracer.trace.docker_runner import effective_argv
 from tracer.trace.run import Timeline, _strace_error
 from tracer.trace.steps import first_lines

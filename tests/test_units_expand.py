@@ -15,9 +15,9 @@ import pytest
 from image_builders import M, flat_from_layers, layer
 from prereq import missing
 
+from tracer.analysis.keeplist import KeepList, KeepListBuilder, Reason, size_of
 from tracer.budgets import BudgetExceeded, Budgets
 from tracer.image import FlatImage
-from tracer.keeplist import KeepList, KeepListBuilder, Reason, size_of
 from tracer.units import (
     DEFAULT_EXCLUDES,
     LOCALE_RULE,

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from image_builders import flatten_ref
 
-from tracer.runfiles import read_keeplist
+from tracer.explain.runfiles import read_keeplist
 from tracer.units import UnitIndex
 
 pytestmark = pytest.mark.integration

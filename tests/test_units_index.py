@@ -430,7 +430,7 @@ def test_package_db_bytes_bounds_all_reads_together(build) -> None:
 
 # -- keep.packages reads through the same databases --------------------------------------
 def test_keep_packages_uses_status_diversions_and_image_names(build) -> None:
-    from tracer.packages import package_files
+    from tracer.analysis.packages import package_files
 
     files = package_files(build(dpkg_tree()), ["tool", "libm:i386"])
     assert files["tool"] == ["/usr", "/usr/bin", "/usr/bin/tool.real", "/usr/bin/other"]

@@ -29,12 +29,12 @@ import psutil
 
 from tracer import __version__
 from tracer.errors import BadInput, TracerError
+from tracer.explain.runfiles import keeplist_paths
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.transports import transport
-from tracer.profile import Overrides, load_profile
-from tracer.profile_model import Profile
+from tracer.profile.load import Overrides, load_profile
+from tracer.profile.model import Profile
 from tracer.report import human_size
-from tracer.runfiles import keeplist_paths
 
 STATE_FILE = "state.json"
 KILL_GRACE = 30.0  # seconds between SIGTERM and SIGKILL for a job that overran

@@ -19,7 +19,7 @@ from tracer import __version__
 from tracer.errors import BadInput, TracerError
 
 if TYPE_CHECKING:
-    from tracer.profile import Overrides
+    from tracer.profile.load import Overrides
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in tracer, never confused with 0-4
 BROKEN_PIPE = 141  # 128 + SIGPIPE: whoever read the output stopped reading
@@ -249,7 +249,7 @@ def check_out_dir(path: Path) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> Overrides:
-    from tracer.profile import Overrides, parse_budget_flags
+    from tracer.profile.load import Overrides, parse_budget_flags
 
     return Overrides(budgets=parse_budget_flags(args.budget),
                      granularity=getattr(args, "granularity", None))
@@ -287,8 +287,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 def _replay_command(args: argparse.Namespace) -> object | None:
     """The Command to replay from --exec/--command and their options; None without them."""
-    from tracer.profile import parse_duration
-    from tracer.replay import Command
+    from tracer.explain.replay import Command
+    from tracer.profile.checker import parse_duration
 
     options = [name for name, given in (("--env", args.env), ("--stdin-file", args.stdin_file),
                                         ("--exit", args.exit is not None),
@@ -316,9 +316,9 @@ def _replay_command(args: argparse.Namespace) -> object | None:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from tracer.profile import load_profile
+    from tracer.explain.replay import diagnose_profile, replay_command
+    from tracer.profile.load import load_profile
     from tracer.progress import Progress
-    from tracer.replay import diagnose_profile, replay_command
 
     command = _replay_command(args)
     profile = load_profile(args.profile, _overrides(args))
@@ -338,7 +338,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 def _cmd_why(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from tracer.why import why
+    from tracer.explain.why import why
 
     if args.source.suffix in (".yaml", ".yml"):
         raise BadInput(f"{args.source} looks like a profile; `tracer why` reads what `tracer "
@@ -350,7 +350,7 @@ def _cmd_why(args: argparse.Namespace) -> int:
 
 def _cmd_minimize(args: argparse.Namespace) -> int:
     from tracer.pipeline import minimize
-    from tracer.profile import load_profile
+    from tracer.profile.load import load_profile
     from tracer.progress import Progress
     from tracer.report import summary_table
 
@@ -376,7 +376,8 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from tracer.batch import find_profiles
-    from tracer.profile import describe_checks, load_profile
+    from tracer.profile.load import load_profile
+    from tracer.report import describe_checks
 
     overrides = _overrides(args)
     status = 0
@@ -403,7 +404,7 @@ def _cmd_ldd(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from tracer.init_profile import init_profile, write_new
+    from tracer.profile.starter import init_profile, write_new
     from tracer.progress import Progress
 
     text = init_profile(args.image, progress=Progress(quiet=args.quiet))
@@ -417,7 +418,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from tracer.profile import json_schema_text
+    from tracer.profile.schema import json_schema_text
 
     sys.stdout.write(json_schema_text())
     return 0

@@ -24,21 +24,22 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from tracer import __version__
+from tracer.analysis.evidence import collect_evidence, write_path_index
+from tracer.analysis.keeplist import KeepList, Reason, size_of
+from tracer.analysis.policy import IMPLICIT_DLOPENS
 from tracer.budgets import Budgets
-from tracer.diagnose import diagnose
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
-from tracer.evidence import collect_evidence, write_path_index
+from tracer.explain.diagnose import diagnose
 from tracer.image.daemon import EngineImages
 from tracer.image.model import FlatImage
 from tracer.image.prepare import Prepared, prepare
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.sink import publish, write_image
 from tracer.image.transports import transport
-from tracer.keep_policy import IMPLICIT_DLOPENS
-from tracer.keeplist import KeepList, Reason, size_of
-from tracer.profile import budgets_of, read_profile_text
-from tracer.profile_model import Profile
+from tracer.profile.document import read_profile_text
+from tracer.profile.load import budgets_of
+from tracer.profile.model import Profile
 from tracer.progress import Progress
 from tracer.report import Report, StepSummary
 from tracer.static import Closure, Resolver, expand_binaries

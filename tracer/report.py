@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracer.profile.model import Profile
+
 
 @dataclass
 class StepSummary:
@@ -105,6 +107,13 @@ def checks_phrase(first: str | None, smoke_steps: int) -> str:
         parts.append(plural(smoke_steps, "smoke step"))
     total = smoke_steps + (1 if first else 0)
     return f"{plural(total, 'check')} ({' + '.join(parts)})"
+
+
+def describe_checks(profile: Profile) -> str:
+    """How many checks a run of `profile` makes, in the words `tracer minimize` reports
+    them: the service's ready check or the job's own run comes first, then the steps."""
+    first = "the job's own run" if profile.run.mode == "job" else "the ready check"
+    return checks_phrase(first, len(profile.smoke))
 
 
 def _verified_checks(steps: list[StepSummary]) -> str:

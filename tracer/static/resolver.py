@@ -9,7 +9,7 @@ business: glibc.py and musl.py hold their search orders, one method per rule, an
 process's PT_INTERP picks one. `#!` scripts are followed to their interpreters.
 
 What the loader never sees is not simulated here: libraries a library dlopen()s by itself
-are a keep-list policy (tracer.keep_policy), passed in as `dlopens`.
+are a keep-list policy (tracer.analysis.policy), passed in as `dlopens`.
 
 All work is counted against Budgets.resolver_work (see search.py), so a crafted image
 ends in BudgetExceeded naming the file instead of unbounded time and memory.

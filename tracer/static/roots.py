@@ -6,7 +6,7 @@ used to be handed to the resolver as a literal path, matched nothing, and kept n
 without a word; here each entry is expanded inside the image, and an entry that matches
 nothing is reported so the caller can refuse it by name.
 
-Globs follow keep.paths' rules (`tracer.keeplist.compile_globs`: `*`, `?` and `[...]`
+Globs follow keep.paths' rules (`tracer.analysis.keeplist.compile_globs`: `*`, `?` and `[...]`
 within a name, `**` across directories) and are matched against the image's paths as the
 pattern spells them: the literal directory before the first wildcard is resolved in the
 image (so `/bin/gz*` works under merged /usr), and below it the tree is walked without
@@ -24,8 +24,8 @@ import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tracer.analysis.keeplist import compile_globs
 from tracer.errors import BadInput
-from tracer.keeplist import compile_globs
 from tracer.rootfs import RootFS, SymlinkLoop
 from tracer.static.script import DEFAULT_PATH, which
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from tracer.errors import BadInput, EnvironmentProblem
 from tracer.image.config import ImageConfig
-from tracer.profile_model import RunSpec
+from tracer.profile.model import RunSpec
 from tracer.trace.capture import TailBuffer
 
 

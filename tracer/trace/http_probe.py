@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from tracer.profile import _loopback as is_loopback
+from tracer.profile.sections import is_loopback
 
 MAX_REDIRECTS = 5
 REDIRECTS = {301, 302, 303, 307, 308}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tracer.budgets import Budgets
 from tracer.errors import EnvironmentProblem
-from tracer.profile_model import Profile
+from tracer.profile.model import Profile
 from tracer.trace import fanotify
 from tracer.trace.result import SmokeResult
 from tracer.trace.run import Mode, run_in_mode

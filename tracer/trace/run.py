@@ -27,7 +27,7 @@ from typing import Any
 from tracer.budgets import DEFAULT, Budgets
 from tracer.errors import EnvironmentProblem
 from tracer.image.config import ImageConfig
-from tracer.profile_model import CommandStep, ExecStep, Profile
+from tracer.profile.model import CommandStep, ExecStep, Profile
 from tracer.trace import fanotify
 from tracer.trace.bundle import BUNDLE_MOUNT, OUTPUT_MOUNT, StraceBundle, build_bundle
 from tracer.trace.channels import Gate, TraceChannels

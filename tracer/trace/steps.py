@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracer.budgets import DEFAULT, Budgets
-from tracer.profile_model import (
+from tracer.profile.model import (
     CommandStep,
     ExecStep,
     HttpStep,

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.keeplist import compile_globs, first_match
+from tracer.analysis.keeplist import compile_globs, first_match
 from tracer.rootfs import SymlinkLoop
 from tracer.units.index import UnitIndex
 from tracer.units.model import PRIORITY, Unit

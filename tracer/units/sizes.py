@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.keeplist import EntryLike
+from tracer.analysis.keeplist import EntryLike
 from tracer.report import human_size
 from tracer.units.index import UnitIndex
 

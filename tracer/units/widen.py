@@ -21,9 +21,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tracer.analysis.keeplist import EntryLike, KeepList, KeepListBuilder, Reason
+from tracer.analysis.policy import IMPLICIT_DLOPENS
 from tracer.budgets import DEFAULT, Budgets
-from tracer.keep_policy import IMPLICIT_DLOPENS
-from tracer.keeplist import EntryLike, KeepList, KeepListBuilder, Reason
 from tracer.rootfs import RootFS, SymlinkLoop
 from tracer.static import Closure, Resolver
 from tracer.static.elf import ELF_MAGIC

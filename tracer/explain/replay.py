@@ -22,8 +22,8 @@ the verdict, and with (1) the exact files the minimized image lacks.
 The fix is offered in this order: the command as a smoke step (every minimization then
 traces and verifies it, so `file` granularity keeps what it uses); then keep.binaries for
 a missing program it ran; then the exact keep.paths; and only then a shorter glob, never
-over a whole system directory (tracer.diagnose). Every piece of YAML is placed in the
-operator's own profile file (tracer.profile_edit) and is checked to read back as the step
+over a whole system directory (tracer.explain.diagnose). Every piece of YAML is placed in the
+operator's own profile file (tracer.profile.edit) and is checked to read back as the step
 that was replayed.
 """
 
@@ -38,20 +38,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracer.diagnose import Diagnosis, Suggestion, diagnose, format_suggestions, suggest
 from tracer.engine import connect
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal
+from tracer.explain.diagnose import Diagnosis, Suggestion, diagnose, format_suggestions, suggest
+from tracer.explain.runfiles import escape
 from tracer.image.daemon import EngineImages
 from tracer.image.prepare import Prepared, prepare
 from tracer.image.reference import default_output, parse_reference
 from tracer.pipeline import fail_on_original, pinned
-from tracer.profile import budgets_of, parse_profile, read_profile_text, read_stdin_file
-from tracer.profile_edit import apply
-from tracer.profile_model import ArgvStep, CommandStep, ExecStep, Profile, SmokeStep
+from tracer.profile.checker import read_stdin_file
+from tracer.profile.document import read_profile_text
+from tracer.profile.edit import apply
+from tracer.profile.load import budgets_of
+from tracer.profile.model import ArgvStep, CommandStep, ExecStep, Profile, SmokeStep
+from tracer.profile.sections import parse_profile
 from tracer.progress import Progress
 from tracer.rootfs import RootFS
-from tracer.runfiles import escape
 from tracer.static import which
 from tracer.static.script import DEFAULT_PATH
 from tracer.trace.original import trace_original

@@ -17,7 +17,7 @@ library it links, where a path would keep the bare file); every other file as it
 path; and only then, as a shorter alternative, a `DIR/*` glob for many missing siblings,
 never over a whole system directory (`/usr/lib/*`, a multiarch library directory), which
 would undo the minimization. (A smoke step that exercises the use beats all of these:
-`tracer.replay` suggests one for a replayed production command.)
+`tracer.explain.replay` suggests one for a replayed production command.)
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tracer.evidence import UNIDENTIFIED, needed_path, parent_of
-from tracer.keep_policy import IMPLICIT_DLOPENS
-from tracer.keeplist import first_match, globs_through_links
-from tracer.profile_edit import Edit, Placed, placed, plan, yaml_str
+from tracer.analysis.evidence import UNIDENTIFIED, needed_path, parent_of
+from tracer.analysis.keeplist import first_match, globs_through_links
+from tracer.analysis.policy import IMPLICIT_DLOPENS
+from tracer.explain.runfiles import escape
+from tracer.profile.edit import Edit, Placed, placed, plan, yaml_str
 from tracer.rootfs import RootFS, SymlinkLoop
-from tracer.runfiles import escape
 from tracer.trace.result import Access, SmokeResult
 
 MISSING_ERRNOS = ("ENOENT", "ENOTDIR", "ELOOP")
@@ -107,7 +107,7 @@ class Diagnosis:
         return lines
 
     def format_missing(self, failed: bool | None = None) -> list[str]:
-        """The missing files grouped by step and program; names escaped (tracer.runfiles).
+        """The missing files grouped by step and program; names escaped (tracer.explain.runfiles).
         `failed`: whether there is a failure to explain (default: any failed step)."""
         failed = bool(self.step_failures) if failed is None else failed
         if not self.missing:

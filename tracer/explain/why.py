@@ -2,7 +2,7 @@
 
 `tracer minimize --report R.json` leaves R.json (with the exclude decisions), R.keeplist
 (every kept path with its reasons) and R.paths.gz (every path of the original image and
-its PATH; formats in tracer.runfiles). Those three answer the question without the image
+its PATH; formats in tracer.explain.runfiles). Those three answer the question without the image
 or the engine, which is what someone debugging a production failure at 3 a.m. has at
 hand. A bare program name (`memcflush`) is looked up on the image's PATH, the way
 `tracer ldd` and the container would find it.
@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracer.analysis.keeplist import ROOT_REASON
 from tracer.errors import BadInput
-from tracer.keeplist import ROOT_REASON
+from tracer.explain.runfiles import PathIndex, escape, read_keeplist, read_path_index, unescape
 from tracer.rootfs import SymlinkLoop
-from tracer.runfiles import PathIndex, escape, read_keeplist, read_path_index, unescape
 from tracer.static import which
 from tracer.static.script import DEFAULT_PATH
 
@@ -53,7 +53,7 @@ class WhyAnswer:
     executable: bool = False  # an executable file in the image (from the path index)
 
     def format_text(self) -> str:
-        """The answer for people: names are shown escaped (tracer.runfiles), so a name with
+        """The answer for people: names are shown escaped (tracer.explain.runfiles), so a name with
         a newline or bytes that are not UTF-8 can neither break nor fake the output."""
         lead = ""
         if self.program is not None:

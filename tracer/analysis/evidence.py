@@ -15,18 +15,18 @@ import posixpath
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from tracer.analysis.keeplist import KeepList, KeepListBuilder, Reason
+from tracer.analysis.packages import package_files
 from tracer.budgets import DEFAULT, Budgets
-from tracer.keeplist import KeepList, KeepListBuilder, Reason
-from tracer.packages import package_files
+from tracer.explain.runfiles import write_path_index
 from tracer.rootfs import RootFS, SymlinkLoop
-from tracer.runfiles import write_path_index
 from tracer.static import Closure, which
 from tracer.static.script import DEFAULT_PATH
 from tracer.trace.result import Access, Meaning, SmokeResult
 
 if TYPE_CHECKING:
     from tracer.image.prepare import Prepared
-    from tracer.profile_model import Profile
+    from tracer.profile.model import Profile
 
 __all__ = ["RUNTIME_DIRS", "build_keeplist", "collect_evidence", "needed_path", "who",
            "write_path_index"]

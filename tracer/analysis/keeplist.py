@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tracer.explain.runfiles import keeplist_line
 from tracer.rootfs import RootFS, SymlinkLoop
-from tracer.runfiles import keeplist_line
 
 
 @dataclass(frozen=True, order=True)
@@ -170,7 +170,7 @@ class KeepList:
 
     def lines(self) -> list[str]:
         """One sorted line per path, `PATH<TAB>reason; reason`, stable for nightly diffs;
-        names escaped (tracer.runfiles) so that any name is exactly one line."""
+        names escaped (tracer.explain.runfiles) so that any name is exactly one line."""
         return sorted(keeplist_line(path, [f"{r.kind}: {r.detail}"
                                            for r in sorted(set(reasons))])
                       for path, reasons in self.kept.items())

@@ -1,8 +1,8 @@
 """The profile as data: what docs/profile.md (version 1) describes, already validated.
 
 These dataclasses are the only thing the rest of the pipeline sees of a profile; the
-YAML parsing and validation live in `tracer.profile` so that runners and the keep-list
-never have to think about line numbers or missing keys.
+YAML parsing and validation live in `tracer.profile.sections` so that runners and the
+keep-list never have to think about line numbers or missing keys.
 """
 
 from __future__ import annotations

@@ -1,0 +1,90 @@
+"""Loading a profile file, with what the command line says over it.
+
+`load_profile` is the one way the commands get a Profile: the file read within its
+budget (tracer.profile.document), validated (tracer.profile.sections), then the
+command line's `--budget` and `--granularity` applied, so the pipeline reads only
+`profile.budgets` and `profile.keep.granularity`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tracer.budgets import DEFAULT, Budgets
+from tracer.errors import BadInput
+from tracer.profile.checker import did_you_mean
+from tracer.profile.document import read_profile_text
+from tracer.profile.model import Profile
+from tracer.profile.sections import parse_profile
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the command line says over the profile: `--budget NAME=VALUE`, `--granularity`.
+
+    Applied to the loaded Profile (`apply_overrides`), so the pipeline reads only
+    `profile.budgets` and `profile.keep.granularity`; `argv()` passes the same overrides
+    on to the `tracer minimize` children of `tracer batch`.
+    """
+
+    budgets: dict[str, int] = field(default_factory=dict)
+    granularity: str | None = None
+
+    @property
+    def run_budgets(self) -> Budgets:
+        """The default budgets with the command line's on top (before any profile is read)."""
+        return replace(DEFAULT, **self.budgets)
+
+    def argv(self) -> list[str]:
+        out = [f"--budget={name}={value}" for name, value in sorted(self.budgets.items())]
+        if self.granularity is not None:
+            out.append(f"--granularity={self.granularity}")
+        return out
+
+
+def parse_budget_flags(items: list[str] | None) -> dict[str, int]:
+    """`--budget NAME=VALUE` items as {name: number}; a bad one is BadInput (exit 2)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise BadInput(f"--budget {item!r}: expected NAME=VALUE, e.g. "
+                           f"--budget layers=1000 or --budget image_bytes=64GiB")
+        known = tuple(f.name for f in fields(Budgets))
+        if name not in known:
+            raise BadInput(f"--budget {item!r}: unknown budget {name!r}"
+                           + did_you_mean(name, known) + f" (known: {', '.join(known)})")
+        out[name] = value.strip()
+    raised = DEFAULT.override(out, "--budget")
+    return {name: getattr(raised, name) for name in out}
+
+
+def apply_overrides(profile: Profile, overrides: Overrides) -> Profile:
+    """The profile with the command line's budgets and granularity over its own."""
+    changes: dict[str, Any] = {}
+    if overrides.budgets:
+        changes["budgets"] = {**profile.budgets, **overrides.budgets}
+    if overrides.granularity is not None:
+        changes["keep"] = replace(profile.keep, granularity=overrides.granularity)
+    return replace(profile, **changes) if changes else profile
+
+
+def budgets_of(profile: Profile) -> Budgets:
+    """The Budgets a run of `profile` spends: the defaults with profile.budgets applied."""
+    return replace(DEFAULT, **profile.budgets)
+
+
+def load_profile(path: str | Path, overrides: Overrides | None = None) -> Profile:
+    """Read and validate a profile file, with the command line's overrides applied.
+
+    BadInput names the file when it cannot be read or is over the profile_bytes budget.
+    """
+    overrides = overrides or Overrides()
+    p = Path(path)
+    budgets = overrides.run_budgets
+    text = read_profile_text(p, budgets.profile_bytes)
+    profile = parse_profile(text, filename=str(p), source=p, budgets=budgets)
+    return apply_overrides(profile, overrides)
