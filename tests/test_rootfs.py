@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -106,8 +107,11 @@ def test_open_refuses_a_host_symlink_swapped_in_after_resolution(image: Path) ->
     assert fs.resolve("/usr/bin/tool").exists  # cached as a plain file
     (image / "usr/bin/tool").unlink()
     os.symlink("/etc/hostname", image / "usr/bin/tool")
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as refused:
         fs.open("/usr/bin/tool")
+    # ELOOP is O_NOFOLLOW refusing the link; any other error (ENOENT after following it
+    # onto a host without the file, EACCES) would mean the link was followed
+    assert refused.value.errno == errno.ELOOP, refused.value
 
 
 def test_a_name_too_long_for_the_host_is_simply_absent(tmp_path: Path) -> None:

@@ -49,6 +49,32 @@ def test_escape_is_one_line_without_tabs_and_round_trips(name: str) -> None:
     assert escape(name, also=";").count(";") == 0
 
 
+def _invisible_characters() -> list[str]:
+    """Every code point a reader's terminal or editor may not show as itself: controls,
+    format characters (bidi overrides and isolates, zero-width joiners), line and
+    paragraph separators, private use."""
+    import unicodedata
+
+    return [chr(c) for c in range(0x110000)
+            if not 0xD800 <= c <= 0xDFFF
+            and unicodedata.category(chr(c)) in ("Cc", "Cf", "Zl", "Zp", "Co")]
+
+
+def test_invisible_and_bidi_characters_are_escaped_never_written() -> None:
+    """A keep-list line is read by people: `/etc/bidi\u202eevil` must not display as
+    another path, so no invisible character reaches the file as itself."""
+    import unicodedata
+
+    chars = _invisible_characters()
+    assert "\u202e" in chars and "\u2066" in chars and "\u200d" in chars
+    for start in range(0, len(chars), 512):
+        name = "/etc/" + "x".join(chars[start:start + 512])
+        text = escape(name)
+        shown = {unicodedata.category(ch) for ch in text}
+        assert not shown & {"Cc", "Cf", "Zl", "Zp", "Co", "Cs"}, start
+        assert unescape(text) == name
+
+
 def test_printable_names_are_written_as_they_are() -> None:
     assert escape("/usr/share/zoneinfo/Europe/Berlin") == "/usr/share/zoneinfo/Europe/Berlin"
     assert escape("/etc/plain caf\u00e9") == "/etc/plain caf\u00e9"
