@@ -299,41 +299,68 @@ def _tree_size(path: str) -> int:
 # ---------------------------------------------------------------- the engine
 
 
+def engine_errors() -> tuple[type[BaseException], ...]:
+    """What an engine call raises when the engine, not tracer, went wrong: the SDK's
+    errors, the HTTP layer's (refused, timed out, not JSON) and the socket's."""
+    import docker.errors
+    import requests.exceptions
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
 def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
     """Remove containers and temporary images labelled by tracer processes that are dead.
 
     `client` is a docker SDK client. Containers are removed with their anonymous volumes;
     of an image only its `tracer-tmp/` tags whose owner (from the tag, else the image's
     labels) is dead are removed: an image that also carries another tag, such as a
-    published output, stays. Engine errors leave things where they are: a sweep never
-    stops a run.
+    published output, stays. What the sweep cannot judge (an answer of the wrong shape, an
+    image it cannot inspect) stays too. Engine errors leave things where they are, since a
+    sweep never stops a run; a bug in tracer is not an engine error and is raised.
     """
     me = me or current_owner()
     api = client.api
     removed = []
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(*engine_errors()):
         containers = api.containers(all=True, filters={"label": OWNER_LABEL})
         image_labels: dict[str, dict | None] = {}
-        for c in containers:
-            owner = Owner.from_labels(c.get("Labels"))
+        for c in containers if isinstance(containers, list) else ():
+            if not isinstance(c, dict) or not isinstance(c.get("Id"), str):
+                continue
+            owner = Owner.from_labels(_labels(c))
             if owner is not None and owner.alive(me) is False and \
                     not _inherited(api, c, image_labels):
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(*engine_errors()):
                     api.remove_container(c["Id"], force=True, v=True)
-                    names = c.get("Names") or [c["Id"][:12]]
-                    removed.append(Leftover("container", names[0].lstrip("/")))
-    with contextlib.suppress(Exception):
-        for image in api.images(filters={"reference": TEMP_REPOSITORY + "*"}):
-            labelled = Owner.from_labels(image.get("Labels"))
-            for tag in image.get("RepoTags") or []:
-                if not tag.startswith(TEMP_REPOSITORY):
+                    names = c.get("Names")
+                    name = names[0] if isinstance(names, list) and names and \
+                        isinstance(names[0], str) else c["Id"][:12]
+                    removed.append(Leftover("container", name.lstrip("/")))
+    with contextlib.suppress(*engine_errors()):
+        images = api.images(filters={"reference": TEMP_REPOSITORY + "*"})
+        for image in images if isinstance(images, list) else ():
+            if not isinstance(image, dict):
+                continue
+            labelled = Owner.from_labels(_labels(image))
+            tags = image.get("RepoTags")
+            for tag in tags if isinstance(tags, list) else ():
+                if not isinstance(tag, str) or not tag.startswith(TEMP_REPOSITORY):
                     continue
                 owner = Owner.from_tag(tag.rpartition(":")[2]) or labelled
                 if owner is not None and owner.alive(me) is False:
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(*engine_errors()):
                         api.remove_image(tag)
                         removed.append(Leftover("temporary image", tag))
     return removed
+
+
+def _labels(obj: dict) -> dict[str, str] | None:
+    """An engine object's labels, or None when they are not a mapping of strings."""
+    labels = obj.get("Labels")
+    if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        return None
+    return labels
 
 
 def _inherited(api: Any, container: dict, cache: dict[str, dict | None]) -> bool:
@@ -343,16 +370,20 @@ def _inherited(api: Any, container: dict, cache: dict[str, dict | None]) -> bool
     removed with its volumes. tracer sets the labels on its own containers, with its own
     value. True also when the image cannot be inspected: then nobody can tell."""
     image_id = container.get("ImageID") or container.get("Image") or ""
+    if not isinstance(image_id, str):
+        return True
     if image_id not in cache:
         try:
-            config = (api.inspect_image(image_id) or {}).get("Config") or {}
-            cache[image_id] = config.get("Labels") or {}
-        except Exception:  # noqa: BLE001 - gone or unreadable: cannot tell
+            image = api.inspect_image(image_id)
+            config = image.get("Config") if isinstance(image, dict) else None
+            cache[image_id] = None if not isinstance(config, dict) else \
+                {} if config.get("Labels") is None else _labels(config)
+        except engine_errors():  # gone or unreadable: cannot tell
             cache[image_id] = None
     labels = cache[image_id]
     if labels is None:
         return True
-    mine = container.get("Labels") or {}
+    mine = _labels(container) or {}
     return labels.get(OWNER_LABEL) == mine.get(OWNER_LABEL)
 
 
