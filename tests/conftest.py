@@ -7,6 +7,7 @@ is absent; in CI (CI=true) a missing component is a failure, never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 
@@ -76,24 +77,62 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
+class Interrupted(subprocess.CompletedProcess):
+    """A finished, interrupted run, with the containers it made (`containers()`)."""
+
+    def __init__(self, proc: subprocess.Popen, out: str, err: str, docker_client,
+                 pids: set[int]) -> None:
+        super().__init__(proc.args, proc.returncode, out, err)
+        self._client = docker_client
+        self.pids = pids
+
+    def containers(self, *, all: bool = True) -> list:
+        """The containers, running or not, that the run's processes made and are still
+        there: only these, whatever else uses the engine meanwhile."""
+        return containers_of(self._client, self.pids, all=all)
+
+
+def containers_of(docker_client, pids: set[int], *, all: bool = True) -> list:
+    """Containers whose owner label names one of `pids` on this host (tracer labels every
+    container it makes with HOST:PID:START of the process that made it)."""
+    import socket
+
+    from tracer.workdir import OWNER_LABEL
+
+    host = socket.gethostname()
+    out = []
+    for c in docker_client.containers.list(all=all, filters={"label": OWNER_LABEL}):
+        owner_host, _, rest = (c.labels.get(OWNER_LABEL) or "").rpartition(":")[0] \
+            .rpartition(":")
+        if owner_host == host and rest.isdigit() and int(rest) in pids:
+            out.append(c)
+    return out
+
+
 def interrupt_when_running(argv: list[str], docker_client, started, *, cwd, env=None,
-                           timeout: float = 300) -> subprocess.CompletedProcess:
-    """Start `python -m tracer ARGV`, wait until `started(new_containers)` holds, Ctrl-C it.
+                           timeout: float = 300) -> Interrupted:
+    """Start `python -m tracer ARGV`, wait until `started(its_containers)` holds, Ctrl-C it.
 
     Returns the finished process; the test then asserts what cleanup left behind. Polls
-    for the containers the run created (those not there before it started).
+    for the containers the run made: those labelled with the pid of the run or of one of
+    its children (`tracer batch` runs `tracer minimize` children), never anything else on
+    the engine, so other users of the engine cannot trigger or fail the test.
     """
     import signal
     import sys
     import time
 
-    before = {c.id for c in docker_client.containers.list(all=True)}
+    import psutil
+
     proc = subprocess.Popen([sys.executable, "-m", "tracer", *argv], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids = {proc.pid}
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if started([c for c in docker_client.containers.list() if c.id not in before]):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                pids |= {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+            if started(containers_of(docker_client, pids, all=False)):
                 break
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.2)
@@ -104,4 +143,4 @@ def interrupt_when_running(argv: list[str], docker_client, started, *, cwd, env=
     finally:
         if proc.poll() is None:
             proc.kill()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return Interrupted(proc, out, err, docker_client, pids)

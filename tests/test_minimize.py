@@ -209,7 +209,6 @@ def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docke
     base = yaml.safe_load((PROFILES / "nginx.yaml").read_text())
     profile = write_profile(tmp_path, "nginx", smoke=[*base["smoke"], {"sleep": "120s"}])
     output = f"tracer-test/nginx:interrupted-{uuid.uuid4().hex[:8]}"
-    before = {c.id for c in docker_client.containers.list(all=True)}
     env = dict(os.environ, TRACER_WORKDIR=str(work))
     proc = interrupt_when_running(
         ["minimize", str(profile), "--output", f"docker-daemon:{output}"], docker_client,
@@ -217,8 +216,7 @@ def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docke
         cwd=REPO, env=env)
     err = proc.stderr
     assert proc.returncode == 130, err
-    after = {c.id for c in docker_client.containers.list(all=True)}
-    assert after <= before, "containers left behind"
+    assert proc.containers() == [], "containers left behind"
     assert list(work.iterdir()) == [], "temp dirs left behind"
     leftovers = [t for i in docker_client.images.list() for t in i.tags
                  if t.startswith("tracer-tmp/") or t == output]
