@@ -411,3 +411,26 @@ def test_a_failed_steps_output_shows_its_end_where_the_error_is() -> None:
                                       "exit_code": 1, "output": output}]).format_failures()
     assert lines[-1].endswith("ModuleNotFoundError: No module named 'csv'")
     assert any("earlier lines" in line for line in lines)
+
+
+def test_a_missing_link_on_the_way_and_the_file_behind_it_are_named_in_one_round(
+        tmp_path: Path) -> None:
+    """`/etc/localtime -> /usr/share/zoneinfo/Europe/Berlin` with both gone: naming only the
+    link made the operator add it, rerun, and only then learn of the zone file."""
+    root = runtime_root(tmp_path)
+    os.symlink("/usr/share/zoneinfo/Europe/Berlin", Path(root.root) / "etc-localtime")
+    minimized = SmokeResult(passed=False, accesses=[access("/etc-localtime")])
+    d = diagnose(minimized, root, present=everything_but(
+        root, "/etc-localtime", "/usr/share/zoneinfo/Europe/Berlin"))
+    assert [(m.path, m.image_path) for m in d.missing] == [
+        ("/etc-localtime", "/etc-localtime"),
+        ("/etc-localtime", "/usr/share/zoneinfo/Europe/Berlin")]
+    assert d.keep_paths == ["/etc-localtime", "/usr/share/zoneinfo/Europe/Berlin"]
+    # a link crossed on the way (the /lib -> usr/lib of merged /usr) and the file behind
+    d = diagnose(SmokeResult(passed=False, accesses=[access("/lib/gconv/A.so")]), root,
+                 present=everything_but(root, "/lib", "/usr/lib/gconv/A.so"))
+    assert [m.image_path for m in d.missing] == ["/lib", "/usr/lib/gconv/A.so"]
+    # only what is really missing: the link is there, the file is not
+    d = diagnose(minimized, root, present=everything_but(
+        root, "/usr/share/zoneinfo/Europe/Berlin"))
+    assert [m.image_path for m in d.missing] == ["/usr/share/zoneinfo/Europe/Berlin"]

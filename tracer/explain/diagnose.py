@@ -5,8 +5,8 @@ A minimized image that fails is diagnosed by tracing its smoke test: every faile
 lookup is the normal noise of search paths), and so is every path the original run used
 that the minimized image lacks. A name the program tried to create (a lock file, a unix
 socket) names the directory it was to be created in, which is what the image must have.
-What is named is the first thing on the way the minimized image really lacks: a symlink
-crossed, or the entry itself; never `/`, which every image has. Each one comes with the
+What is named is everything on the way the minimized image really lacks: each symlink
+crossed, and the entry itself; never `/`, which every image has. Each one comes with the
 step, program and syscall, the exclude rule that removed it (if any), and the exact YAML
 to add. Step failures are listed as well, so the operator can tell whether a missing
 file is the cause at all.
@@ -329,24 +329,26 @@ def fixes(missing: list[MissingFile], original: RootFS,
 
 
 def _lacking(original: RootFS, path: str,
-             present: Callable[[str], bool] | None) -> str | None:
-    """The first thing on the way to `path` (a symlink crossed, the entry, what a final
-    symlink points to) that the minimized image lacks, as an original image path; None
-    when the original has no such path, or the minimized image has all of it. Without
+             present: Callable[[str], bool] | None) -> list[str]:
+    """Everything on the way to `path` (each symlink crossed, the entry, what a final
+    symlink points to) that the minimized image lacks, as original image paths, in the
+    order they are met; [] when the original has no such path, or the minimized image has
+    all of it. All of them, not only the first: a missing link on the way and the missing
+    file behind it would otherwise take two rounds of diagnose and fix. Without
     `present`, the entry itself (resolved in the original)."""
     try:
         entry = original.resolve(path, follow_last=False)
         full = original.resolve(path, follow_last=True)
     except SymlinkLoop:
-        return None
+        return []
     if not entry.exists or entry.path == "/":
-        return None
+        return []
     if present is None:
-        return entry.path
+        return [entry.path]
     way = [*entry.links, entry.path]
     if full.exists:
         way += [*full.links, full.path]
-    return next((p for p in way if p != "/" and not present(p)), None)
+    return [p for p in dict.fromkeys(way) if p != "/" and not present(p)]
 
 
 def diagnose(result: SmokeResult, original: RootFS, exclude: Iterable[str] = (), *,
@@ -368,15 +370,15 @@ def diagnose(result: SmokeResult, original: RootFS, exclude: Iterable[str] = (),
     missing: list[MissingFile] = []
 
     def record(a: Access, asked: str, errno: str, acted_on: str | None) -> None:
-        lacking = _lacking(original, asked, present)
-        if lacking is None or lacking in seen:
-            return
-        seen.add(lacking)
-        missing.append(MissingFile(path=asked, image_path=lacking, syscall=a.syscall,
-                                   errno=errno, step=a.step, program=a.program,
-                                   cmdline=tuple(a.cmdline),
-                                   excluded_by=first_match(lacking, globs),
-                                   acted_on=acted_on))
+        for lacking in _lacking(original, asked, present):
+            if lacking in seen:
+                continue
+            seen.add(lacking)
+            missing.append(MissingFile(path=asked, image_path=lacking, syscall=a.syscall,
+                                       errno=errno, step=a.step, program=a.program,
+                                       cmdline=tuple(a.cmdline),
+                                       excluded_by=first_match(lacking, globs),
+                                       acted_on=acted_on))
 
     for a in result.accesses:
         if a.ok or a.errno not in MISSING_ERRNOS:
