@@ -34,7 +34,7 @@ from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.transports import transport
 from tracer.profile.load import Overrides, load_profile
 from tracer.profile.model import Profile
-from tracer.report import human_size
+from tracer.report import human_size, writable_dir
 
 STATE_FILE = "state.json"
 KILL_GRACE = 30.0  # seconds between SIGTERM and SIGKILL for a job that overran
@@ -434,3 +434,16 @@ def write_summaries(out: Path, results: list[JobResult], seconds: float) -> None
         tmp = out / (name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out / name)
+
+
+def check_out_dir(path: Path) -> None:
+    """batch --out DIR: a directory (created when missing) whose parent must be writable."""
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"--out {path}: is a file, not a directory")
+    if not path.exists():
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        writable_dir(parent, f"--out {path}")
+    else:
+        writable_dir(path, f"--out {path}")

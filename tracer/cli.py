@@ -218,36 +218,6 @@ def _add_batch(sub: Any) -> None:
     _add_budget(b)
 
 
-def _writable_dir(directory: Path, what: str) -> None:
-    """Exit 2 now, naming the fix, rather than after minutes of work (or with a traceback)."""
-    if not directory.is_dir():
-        raise BadInput(f"{what}: directory {directory} does not exist; create it first")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise BadInput(f"{what}: cannot write in {directory} (permission denied)")
-
-
-def check_report_path(path: Path) -> None:
-    """--report FILE.json: FILE.json, FILE.keeplist and FILE.paths.gz are written next to
-    each other at the end of the run, so the place is checked before the run starts."""
-    if path.is_dir():
-        raise BadInput(f"--report {path}: is a directory; give a file name, e.g. "
-                       f"{path / 'report.json'}")
-    _writable_dir(path.parent, f"--report {path}")
-
-
-def check_out_dir(path: Path) -> None:
-    """batch --out DIR: a directory (created when missing) whose parent must be writable."""
-    if path.exists() and not path.is_dir():
-        raise BadInput(f"--out {path}: is a file, not a directory")
-    if not path.exists():
-        parent = path.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        _writable_dir(parent, f"--out {path}")
-    else:
-        _writable_dir(path, f"--out {path}")
-
-
 def _overrides(args: argparse.Namespace) -> Overrides:
     from tracer.profile.load import Overrides, parse_budget_flags
 
@@ -260,6 +230,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     from tracer.batch import (
         Batch,
+        check_out_dir,
         check_unique_names,
         default_jobs,
         find_profiles,
@@ -355,8 +326,6 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
     from tracer.report import summary_table
 
     profile = load_profile(args.profile, _overrides(args))
-    if args.report is not None:
-        check_report_path(args.report)
     report = minimize(profile, output=args.output, report_path=args.report,
                       progress=Progress(quiet=args.quiet))
     print(summary_table(report))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import threading
 import time
 from collections import Counter
@@ -41,7 +40,7 @@ from tracer.profile.document import read_profile_text
 from tracer.profile.load import budgets_of
 from tracer.profile.model import Profile
 from tracer.progress import Progress
-from tracer.report import Report, StepSummary
+from tracer.report import Report, StepSummary, check_report_path
 from tracer.static import Closure, Resolver, expand_binaries
 from tracer.trace.original import trace_original
 from tracer.trace.result import SmokeResult
@@ -316,17 +315,6 @@ def _report_analysis(report: Report, flat: FlatImage, analysis: Analysis) -> Non
         report.package_sizes_text = analysis.packages.sizes.format_text()
 
 
-def check_report_path(report_path: Path) -> None:
-    """BadInput now for a report (and the files beside it) that could not be written at
-    the end, after all the work: a missing or unwritable directory, a directory name."""
-    where = report_path.parent
-    if report_path.is_dir():
-        raise BadInput(f"--report {report_path}: is a directory; name the JSON file")
-    if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
-        raise BadInput(f"--report {report_path}: directory {where} does not exist or is "
-                       "not writable")
-
-
 def write_run_files(report: Report, report_path: Path, flat: FlatImage,
                     analysis: Analysis, path_env: str | None) -> None:
     """REPORT.keeplist and REPORT.paths.gz beside the report: what `tracer why` reads."""
@@ -414,9 +402,9 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
     """
     progress = progress or Progress()
     seconds = Seconds()
-    plan = plan_run(profile, output)
     if report_path is not None:
         check_report_path(report_path)
+    plan = plan_run(profile, output)
     require_strace()
     engine = EngineImages()
     report = Report(name=profile.name, image=str(plan.input), output=str(plan.output),

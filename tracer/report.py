@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tracer.errors import BadInput
 from tracer.profile.model import Profile
 
 
@@ -167,3 +168,20 @@ def summary_table(report: Report) -> str:
                                width=98, initial_indent="  ", subsequent_indent="    ",
                                break_on_hyphens=False)
     return "\n".join(lines)
+
+
+def writable_dir(directory: Path, what: str) -> None:
+    """Exit 2 now, naming the fix, rather than after minutes of work (or with a traceback)."""
+    if not directory.is_dir():
+        raise BadInput(f"{what}: directory {directory} does not exist; create it first")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BadInput(f"{what}: cannot write in {directory} (permission denied)")
+
+
+def check_report_path(path: Path) -> None:
+    """--report FILE.json: FILE.json, FILE.keeplist and FILE.paths.gz are written next to
+    each other at the end of the run, so the place is checked before the run starts."""
+    if path.is_dir():
+        raise BadInput(f"--report {path}: is a directory; give a file name, e.g. "
+                       f"{path / 'report.json'}")
+    writable_dir(path.parent, f"--report {path}")

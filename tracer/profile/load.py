@@ -73,8 +73,11 @@ def apply_overrides(profile: Profile, overrides: Overrides) -> Profile:
 
 
 def budgets_of(profile: Profile) -> Budgets:
-    """The Budgets a run of `profile` spends: the defaults with profile.budgets applied."""
-    return replace(DEFAULT, **profile.budgets)
+    """The Budgets a run of `profile` spends: the defaults with profile.budgets applied
+    (checked again, so a Profile built in code is held to the same limits as a file)."""
+    if not profile.budgets:
+        return DEFAULT
+    return DEFAULT.override(profile.budgets, f"{profile.source or profile.name}: budgets")
 
 
 def load_profile(path: str | Path, overrides: Overrides | None = None) -> Profile:

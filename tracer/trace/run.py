@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracer.budgets import DEFAULT, Budgets
+from tracer.budgets import Budgets
 from tracer.errors import EnvironmentProblem
 from tracer.image.config import ImageConfig
+from tracer.profile.load import budgets_of
 from tracer.profile.model import CommandStep, ExecStep, Profile
 from tracer.trace import fanotify
 from tracer.trace.bundle import BUNDLE_MOUNT, OUTPUT_MOUNT, StraceBundle, build_bundle
@@ -96,14 +97,6 @@ def _strace_error(logs: str) -> str | None:
     return None
 
 
-def budgets_for(profile: Profile, budgets: Budgets | None = None) -> Budgets:
-    """The budgets a run spends: given ones, else the defaults with the profile's raises."""
-    if budgets is not None:
-        return budgets
-    where = f"{profile.source or profile.name}: budgets"
-    return DEFAULT.override(profile.budgets, where) if profile.budgets else DEFAULT
-
-
 def run_smoke(
     profile: Profile,
     image: str,
@@ -148,7 +141,7 @@ def run_in_mode(
     argv = effective_argv(profile.run, cfg, image)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="trace-", dir=workdir))
-    spent = budgets_for(profile, budgets)
+    spent = budgets if budgets is not None else budgets_of(profile)
     run = _Run(profile, image, mode, DockerRunner(client, output_cap=spent.output_bytes),
                spent, progress or (lambda _msg: None), t0,
                privileged_programs=privileged_programs is not False)
