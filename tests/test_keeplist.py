@@ -193,28 +193,29 @@ LINK_CASES = [
 
 
 @pytest.mark.parametrize("link,targets", LINK_CASES)
-@pytest.mark.parametrize("how", ["keep.paths", "elf", "hardlink-free add(follow=False)"])
+@pytest.mark.parametrize("how", ["keep.paths", "elf", "traced"])
 def test_a_kept_symlink_keeps_what_it_points_to(tmp_path: Path, link: str,
                                                 targets: list[str], how: str) -> None:
-    """Whatever kept the link (a keep.paths glob matching only the link, an ELF need that
-    is not followed when added), the written image must not hold a dangling link."""
+    """Whatever kept the link (a keep.paths glob matching only the link, an ELF need, a
+    traced use), the written image must not hold a dangling link."""
     root, entries = link_root(tmp_path)
     b = KeepListBuilder(entries, RootFS(root), keep_paths=[link] if how == "keep.paths" else [])
     if how == "keep.paths":
         b.add_keep_paths()
     else:
-        b.add(link, Reason(how.split()[0], "x"), follow=False)
+        b.add(link, Reason(how, "x"))
     kl = b.build()
     assert link in kl.kept
     for target in targets:
         assert target in kl.kept, (target, sorted(kl.kept))
-    assert any(r.kind == "symlink" and r.detail.endswith(link) for r in kl.kept[targets[-1]])
+    assert any(r.kind == "symlink" and r.detail.endswith(f"of {link}")
+               for r in kl.kept[targets[-1]]), kl.kept[targets[-1]]
 
 
 def test_a_dangling_symlink_is_kept_alone(tmp_path: Path) -> None:
     root, entries = link_root(tmp_path)
     b = KeepListBuilder(entries, RootFS(root))
-    b.add("/usr/bin/dangling", Reason("traced", "readlink"), follow=False)
+    b.add("/usr/bin/dangling", Reason("traced", "readlink"))
     kl = b.build()
     assert "/usr/bin/dangling" in kl.kept and "/usr/bin/nowhere" not in kl.kept
 
@@ -224,7 +225,7 @@ def test_a_symlink_kept_through_a_hardlink_group_is_followed_too(tmp_path: Path)
     group = ("/usr/bin/perl", "/usr/bin/perl5.36")
     b = KeepListBuilder(entries, RootFS(root),
                         hardlink_group=lambda p: group if p in group else (p,))
-    b.add("/usr/bin/hop3", Reason("elf", "x"), follow=False)
+    b.add("/usr/bin/hop3", Reason("elf", "x"))
     kl = b.build()
     assert {"/usr/bin/perl", "/usr/bin/perl5.36"} <= set(kl.kept)
 
@@ -369,3 +370,49 @@ def test_fanotify_reasons_only_where_nothing_else_keeps_the_path(tmp_path: Path)
     assert kl.kept["/etc/app/conf.d/a.conf"] == [fan]
     assert fan not in kl.kept["/usr/lib/x86_64-linux-gnu/libz.so.1.2.13"]
     assert kl.kept["/usr/lib/x86_64-linux-gnu/libz.so.1.2.13"][0].kind == "symlink"
+
+
+# ---- exclude and the closure: the closure wins, and says so per path ----------------------
+
+@pytest.mark.parametrize("how", ["traced", "elf"])
+def test_an_excluded_target_of_a_kept_link_is_kept_and_reported(tmp_path: Path,
+                                                                 how: str) -> None:
+    """A kept `/etc/localtime`-like link brings back the zone file an exclude rule names
+    (the contract closes the keep-list after exclude; a dangling link would change the
+    program's behaviour silently), and the keep-list says which rule it overrode instead
+    of the rule appearing to match nothing."""
+    root, entries = link_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root), exclude=["/usr/bin/perl", "/opt/v1/**"])
+    b.add("/usr/bin/hop1", Reason(how, "x"))
+    b.add("/opt/v1/lib/mod.so", Reason("traced", "openat"))  # excluded, nothing needs it
+    kl = b.build()
+    assert "/usr/bin/perl" in kl.kept
+    assert kl.overridden == {"/usr/bin/perl": "/usr/bin/perl"}
+    assert kl.overridden_json()["/usr/bin/perl"] == {
+        "rule": "/usr/bin/perl", "kept_because": ["symlink: target of /usr/bin/hop1"]}
+    # what no closure needs stays excluded, and is not called overridden
+    assert "/opt/v1/lib/mod.so" not in kl.kept and "/opt/v1/lib/mod.so" in kl.excluded
+    assert "/usr/bin/perl" not in kl.excluded
+
+
+def test_keep_paths_through_a_link_is_not_an_overridden_exclude(tmp_path: Path) -> None:
+    """keep.paths wins over exclude by the contract: nothing to report."""
+    root, entries = link_root(tmp_path)
+    b = KeepListBuilder(entries, RootFS(root), exclude=["/usr/bin/perl"],
+                        keep_paths=["/usr/bin/hop1"])
+    b.add_keep_paths()
+    kl = b.build()
+    assert "/usr/bin/perl" in kl.kept and kl.overridden == {}
+
+
+def test_an_excluded_member_of_a_kept_hardlink_group_is_reported(tmp_path: Path) -> None:
+    root, entries = link_root(tmp_path)
+    group = ("/usr/bin/perl", "/usr/bin/perl5.36")
+    b = KeepListBuilder(entries, RootFS(root), exclude=["/usr/bin/perl5*"],
+                        hardlink_group=lambda p: group if p in group else (p,))
+    b.add("/usr/bin/perl", Reason("traced", "execve"))
+    kl = b.build()
+    assert "/usr/bin/perl5.36" in kl.kept
+    assert kl.overridden == {"/usr/bin/perl5.36": "/usr/bin/perl5*"}
+    assert kl.overridden_json()["/usr/bin/perl5.36"]["kept_because"] == [
+        "hardlink: same inode as /usr/bin/perl"]

@@ -168,6 +168,36 @@ def test_excluding_a_needed_file_fails_verification_and_is_diagnosed(
     assert f"exclude rule {rule!r}" in excluded.stdout
 
 
+def test_an_exclude_the_closure_undoes_is_reported_for_each_path(
+        fixture_image, host_strace, tmp_path: Path) -> None:
+    """`date` reads /etc/localtime -> /usr/share/zoneinfo/Etc/UTC; an exclude rule over the
+    zone file cannot remove the target of a kept link (glibc would fall back to UTC and
+    nobody would notice), so it stays, and the report, the summary and `why` say that the
+    rule was overridden and why, instead of the rule appearing to match nothing."""
+    fixture_image("hardcases")
+    base = yaml.safe_load((PROFILES / "hardcases.yaml").read_text())
+    rule = "/usr/share/zoneinfo/Etc/**"
+    profile = write_profile(tmp_path, "hardcases", exclude=[*base["exclude"], rule],
+                            smoke=[*base["smoke"], {"command": ["date", "+%Z"],
+                                                    "stdout": "^UTC$"}])
+    report_path = tmp_path / "r.json"
+    output = f"tracer-test/hardcases:overridden-{uuid.uuid4().hex[:8]}"
+    proc = tracer("minimize", str(profile), "--output", f"docker-daemon:{output}",
+                  "--report", str(report_path))
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        report = json.loads(report_path.read_text())
+        entry = report["excluded_but_kept"]["/usr/share/zoneinfo/Etc/UTC"]
+        assert entry["rule"] == rule
+        assert "symlink: target of /etc/localtime" in entry["kept_because"]
+        assert "/usr/share/zoneinfo/Etc/UTC" not in report["excluded_paths"]
+        assert f"note: exclude {rule!r} matches" in proc.stdout
+        answer = tracer("why", str(report_path), "/usr/share/zoneinfo/Etc/UTC").stdout
+        assert "is KEPT because" in answer and f"exclude rule {rule!r} matches it" in answer
+    finally:
+        subprocess.run(["docker", "rmi", "-f", output], capture_output=True)
+
+
 def test_smoke_failing_on_the_original_exits_3_with_its_evidence_and_writes_no_image(
         fixture_image, host_strace, docker_client, tmp_path: Path) -> None:
     """Exit 3 says which step failed and shows what it printed, on the console and in the

@@ -303,6 +303,7 @@ def _report_analysis(report: Report, flat: FlatImage, analysis: Analysis) -> Non
     report.kept = keeplist.counts()
     report.excluded = len(keeplist.excluded)
     report.excluded_paths = keeplist.excluded_json()
+    report.excluded_but_kept = keeplist.overridden_json()
     report.unmatched_keep_paths = keeplist.unmatched_keep_paths
     report.size_after = size_of(flat.entries, kept)
     report.files_after = sum(1 for p in kept if (e := flat.entries.get(p)) is not None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer.errors import BadInput
+from tracer.explain.runfiles import escape
 from tracer.profile.model import Profile
 
 
@@ -41,6 +42,8 @@ class Report:
     kept: dict[str, int] = field(default_factory=dict)
     excluded: int = 0
     excluded_paths: dict[str, dict] = field(default_factory=dict)
+    # kept although an exclude rule matches them: a kept link, hardlink or file needs them
+    excluded_but_kept: dict[str, dict] = field(default_factory=dict)
     unmatched_keep_paths: list[str] = field(default_factory=list)  # likely typos
     recorders: list[str] = field(default_factory=list)
     recorder_notes: list[str] = field(default_factory=list)  # e.g. why fanotify did not run
@@ -122,6 +125,30 @@ def _verified_checks(steps: list[StepSummary]) -> str:
     return checks_phrase(first, len(steps) - (1 if first else 0))
 
 
+def _overridden_excludes(overridden: dict[str, dict], shown: int = 3) -> list[str]:
+    """One note per exclude rule that matches kept paths: the closure needed them (a kept
+    link's target, a kept file's other hardlink names or its directory). Directories kept
+    only to hold a kept file are counted but not named: they are never a surprise."""
+    by_rule: dict[str, list[tuple[str, list[str]]]] = {}
+    for path, entry in overridden.items():
+        by_rule.setdefault(str(entry.get("rule")), []).append(
+            (path, [str(r) for r in entry.get("kept_because", [])]))
+    lines = []
+    for rule, items in sorted(by_rule.items()):
+        named = [(p, why) for p, why in items if not all(r.startswith("parent:") for r in why)]
+        text = f"  note: exclude {rule!r} matches {plural(len(items), 'kept path')}"
+        if named:
+            text += ", kept because the closure needs " + ("it" if len(items) == 1 else "them")
+            text += ": " + "; ".join(f"{escape(p)} ({', '.join(why)})"
+                                     for p, why in named[:shown])
+            if len(named) > shown:
+                text += f"; ... ({len(named) - shown} more in excluded_but_kept)"
+        else:
+            text += " (directories of kept files)"
+        lines.append(text)
+    return lines
+
+
 def summary_table(report: Report) -> str:
     """The before/after table printed at the end of a run: what was written, whether it
     was proven, and what the numbers mean (sizes are not `docker images` sizes)."""
@@ -157,6 +184,7 @@ def summary_table(report: Report) -> str:
         lines.append(f"  verified: NO - {report.failure or 'not verified'}")
     for rule in report.unmatched_keep_paths:
         lines.append(f"  warning: keep.paths {rule!r} matched nothing in the image")
+    lines += _overridden_excludes(report.excluded_but_kept)
     if report.recorders:
         lines.append("  recorders: " + ", ".join(report.recorders)
                      + "".join(f" ({note})" for note in report.recorder_notes))

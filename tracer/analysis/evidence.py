@@ -134,12 +134,12 @@ def collect_evidence(profile: Profile, prepared: Prepared, trace: SmokeResult,
         for need in needs:
             start = need.chain[0] if need.chain else ""
             if need.kind == "root" and start in from_profile:
-                builder.add(path, Reason("keep.binaries", from_profile[start]), follow=False)
+                builder.add(path, Reason("keep.binaries", from_profile[start]))
                 if start not in ran:
                     continue
             elf.append(need)
         for need in elf[:3]:
-            builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind), follow=False)
+            builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind))
     for access in trace.accesses:
         needed = needed_path(access, root)
         if needed is not None and needed[0] != "/":

@@ -159,6 +159,9 @@ class KeepList:
     excluded: dict[str, Excluded] = field(default_factory=dict)
     missing: dict[str, list[Reason]] = field(default_factory=dict)  # wanted, not in image
     unmatched_keep_paths: list[str] = field(default_factory=list)  # rules matching nothing
+    # kept paths an exclude rule matches: the closure needs them (the target of a kept
+    # link, a member of a kept hardlink group, the directory of a kept file) -> that rule
+    overridden: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         """Number of kept paths per reason kind (a path with two kinds counts in both)."""
@@ -178,6 +181,12 @@ class KeepList:
     def excluded_json(self) -> dict[str, dict]:
         return {p: {"rule": e.rule, "reasons": [f"{r.kind}: {r.detail}" for r in e.reasons]}
                 for p, e in sorted(self.excluded.items())}
+
+    def overridden_json(self) -> dict[str, dict]:
+        """Each kept path an exclude rule matches, with the rule and what keeps it."""
+        return {p: {"rule": rule, "kept_because": [f"{r.kind}: {r.detail}"
+                                                   for r in self.kept.get(p, ())]}
+                for p, rule in sorted(self.overridden.items())}
 
     def write(self, path: Path) -> None:
         """Write the keep-list file atomically (never a half-written list to diff against)."""
@@ -203,8 +212,9 @@ class KeepListBuilder:
         self.exclude_globs, _ = globs_through_links(exclude, root)
 
     # -- evidence ------------------------------------------------------------------------
-    def add(self, path: str, reason: Reason, *, follow: bool = True) -> None:
-        """Keep `path` as the image names it: its symlinks on the way and what it points to."""
+    def add(self, path: str, reason: Reason) -> None:
+        """Keep `path` as the image names it: its symlinks on the way (what a kept link
+        points to is added by the closure in `build`)."""
         try:
             partial = self.root.resolve(path, follow_last=False)
         except SymlinkLoop:
@@ -216,20 +226,6 @@ class KeepListBuilder:
         for link in partial.links:
             self._want(link, Reason("symlink", f"on the way to {path}"))
         self._want(partial.path, reason)
-        if follow and self.entries.get(partial.path) is not None and \
-                self.entries[partial.path].kind == "symlink":
-            self._follow_link(partial.path)
-
-    def _follow_link(self, link: str) -> None:
-        try:
-            full = self.root.resolve(link, follow_last=True)
-        except SymlinkLoop:
-            return
-        for hop in full.links:
-            if hop != link:
-                self._want(hop, Reason("symlink", f"chain of {link}"))
-        if full.exists:
-            self._want(full.path, Reason("symlink", f"target of {link}"))
 
     def _want(self, path: str, reason: Reason) -> None:
         reasons = self.wanted.setdefault(path, [])
@@ -276,9 +272,14 @@ class KeepListBuilder:
         self._close(kept)
         for path, reasons in kept.items():
             kept[path] = _without_echoes(reasons)
-        # what a closure brought back (the target of a kept link, the directory of a kept
-        # file) is in the image after all: excluded lists only what the image lacks
+        # The contract closes the keep-list after exclude: what a closure needs (the target
+        # of a kept link, a member of a kept hardlink group, the directory of a kept file)
+        # is kept although a rule matches it, since dropping it would break the kept path
+        # silently. Each such path is reported with its rule (`overridden`), and excluded
+        # lists only what the image really lacks.
         result.excluded = {p: e for p, e in result.excluded.items() if p not in kept}
+        result.overridden = {p: rule for p in kept
+                             if p != "/" and (rule := self.exclude_rule(p)) is not None}
         result.kept = kept
         return result
 
@@ -312,6 +313,12 @@ class KeepListBuilder:
                 if p not in kept:
                     kept[p] = [reason]
                     todo.append(p)
+                elif reason.kind == "symlink" and reason not in kept[p] and \
+                        any(r.kind != "symlink" for r in kept[path]):
+                    # already kept for its own sake: it still says which link, kept for
+                    # its own sake too (not as a hop of a chain), needs it, so a target
+                    # reads the same whatever kept it first
+                    kept[p].append(reason)
         for path in list(kept):
             parent = path.rsplit("/", 1)[0] or "/"
             while parent != "/" and parent not in kept:

@@ -47,6 +47,8 @@ class WhyAnswer:
     image_path: str | None = None  # the same file with the image's symlinks resolved
     reasons: list[str] = field(default_factory=list)
     excluded_by: str | None = None
+    # kept although this exclude rule matches it (the closure needs it)
+    overridden_rule: str | None = None
     in_image: bool | None = None  # None: unknown (no image path list at hand)
     program: str | None = None  # the bare program name asked for, when one was
     search_path: str | None = None  # the PATH it was looked up on
@@ -74,7 +76,12 @@ class WhyAnswer:
                     "which are kept with it).\n" + inner._format_path())
         reasons = [escape(r) for r in self.reasons]
         if self.kept:
-            return f"{path} is KEPT because:\n" + "\n".join(f"  - {r}" for r in reasons)
+            text = f"{path} is KEPT because:\n" + "\n".join(f"  - {r}" for r in reasons)
+            if self.overridden_rule:
+                text += (f"\nThe profile's exclude rule {self.overridden_rule!r} matches it, "
+                         "but exclude comes before the closure: a kept link, hardlink or file "
+                         "needs it, and removing it would break what is kept silently")
+            return text
         if self.excluded_by:
             return (f"{path} is NOT kept: it was needed ({'; '.join(reasons)}) but the "
                     f"profile's exclude rule {self.excluded_by!r} removed it; "
@@ -193,6 +200,10 @@ def why(source: Path, path: str) -> WhyAnswer:
         answer.in_image = image_path in index.image.entries
     if image_path in kept:
         answer.kept, answer.reasons, answer.in_image = True, kept[image_path], True
+        overridden = report.get("excluded_but_kept")
+        entry = overridden.get(image_path) if isinstance(overridden, dict) else None
+        if isinstance(entry, dict) and isinstance(entry.get("rule"), str):
+            answer.overridden_rule = entry["rule"]
     elif image_path in excluded and isinstance(excluded[image_path], dict):
         entry = excluded[image_path]
         answer.excluded_by = entry.get("rule")

@@ -96,7 +96,7 @@ def widen(builder: KeepListBuilder, file_level: KeepList, index: UnitIndex, *,
     expansion = expand(index, file_level.kept, env=env, excludes=tuple(excludes),
                        link_excluded=link_excluded)
     for path, text in expansion.added.items():
-        builder.add(path, Reason("package", text), follow=False)
+        builder.add(path, Reason("package", text))
     resolver = resolver or Resolver(index.root, env=env, dlopens=IMPLICIT_DLOPENS,
                                     budgets=budgets)
     # what the units added, and what the profile named (keep.packages, keep.paths: a
@@ -108,7 +108,7 @@ def widen(builder: KeepListBuilder, file_level: KeepList, index: UnitIndex, *,
     closure = resolver.closure(elf_roots(index.root, roots))
     for path, needs in closure.files.items():
         for need in needs[:3]:
-            builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind), follow=False)
+            builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind))
     return Widening(expansion, closure)
 
 
