@@ -270,3 +270,17 @@ def test_the_profile_exclude_still_wins_and_an_excluded_script_pulls_nothing(
     assert "/usr/lib/libb.so.1" not in kept and "/usr/lib/libb.so.1" in deps.keeplist.excluded
     assert "/usr/bin/sed" not in kept  # the only script is excluded: no Essential set
     assert deps.deepening.essential_because is None
+
+
+def test_many_providers_nobody_can_use_cost_work_not_time(tmp_path: Path) -> None:
+    """600 packages providing `x` in a version no one accepts, 600 asking for `x (>= 2)`:
+    each lookup looks at every provider, and that is what the budget counts."""
+    n = 600
+    packages = {f"prov{i}": ("Provides: x (= 1)", {f"/usr/share/prov{i}": b"p"})
+                for i in range(n)}
+    packages |= {f"user{i}": (f"Depends: x (>= 2), user{i + 1}", {f"/usr/share/u{i}": b"u"})
+                 for i in range(n)}
+    flat = dpkg_image(tmp_path, packages)
+    with pytest.raises(BudgetExceeded, match="resolver_work"):
+        walked(flat, "user0", budgets=Budgets(resolver_work=n * n), scripts=False)
+    assert len(walked(flat, "user0", scripts=False)) == n - 1

@@ -138,20 +138,21 @@ class DependencyGraph:
             return []
         return self.dpkg().essential()
 
-    def requires(self, unit: Unit) -> list[Unit]:
-        """The units `unit` declares it needs, resolved in this image (see module doc)."""
+    def requires(self, unit: Unit, work: Work) -> list[Unit]:
+        """The units `unit` declares it needs, resolved in this image (see module doc);
+        every candidate looked at spends `work`."""
         if unit.kind == "dpkg":
-            return self.dpkg().requires(unit)
+            return self.dpkg().requires(unit, work)
         if unit.kind == "python-dist":
-            return self._python(unit)
+            return self._python(unit, work)
         if unit.kind == "node":
-            return self._node(unit)
+            return self._node(unit, work)
         if unit.kind == "gem":
-            return self._gem(unit)
+            return self._gem(unit, work)
         return []
 
     # -- python -------------------------------------------------------------------------
-    def _python(self, unit: Unit) -> list[Unit]:
+    def _python(self, unit: Unit, work: Work) -> list[Unit]:
         if self._dists is None:
             self._dists = {}
             for path, keys in self.index.owners.items():
@@ -167,12 +168,13 @@ class DependencyGraph:
         out: list[Unit] = []
         for project in read_requirements(self.reader, unit):
             found = self._dists.get(project, [])
+            work.spend(1 + len(found))
             same = [u for d, u in found if d == site]
             out += same or [u for _, u in found]
         return out
 
     # -- node ---------------------------------------------------------------------------
-    def _node(self, unit: Unit) -> list[Unit]:
+    def _node(self, unit: Unit, work: Work) -> list[Unit]:
         if self._node_dirs is None:
             self._node_dirs = {posixpath.dirname(u.source): u for u in self.index.units.values()
                                if u.kind == "node"}
@@ -180,6 +182,7 @@ class DependencyGraph:
         for name in read_dependencies(self.reader, unit):
             directory = posixpath.dirname(unit.source)
             while True:
+                work.spend()
                 if posixpath.basename(directory) != "node_modules":
                     candidate = directory.rstrip("/") + MARK + name
                     if candidate in self._node_dirs:
@@ -191,7 +194,7 @@ class DependencyGraph:
         return out
 
     # -- gems ---------------------------------------------------------------------------
-    def _gem(self, unit: Unit) -> list[Unit]:
+    def _gem(self, unit: Unit, work: Work) -> list[Unit]:
         if self._gems is None:
             self._gems = {}
             for path, keys in self.index.owners.items():
@@ -204,6 +207,7 @@ class DependencyGraph:
         out: list[Unit] = []
         for name in read_runtime_dependencies(self.reader, unit):
             found = self._gems.get(name, [])
+            work.spend(1 + len(found))
             gems = [(h, u) for h, u in found if u.kind == "gem"]
             same = [u for h, u in gems if h == home]
             out += same or [u for _, u in gems] or [u for _, u in found]
@@ -239,25 +243,27 @@ class _Dpkg:
                  if e.essential and (u := self.unit_of(e)) is not None}
         return [found[k] for k in sorted(found)]
 
-    def requires(self, unit: Unit) -> list[Unit]:
+    def requires(self, unit: Unit, work: Work) -> list[Unit]:
         entry = self.entry_of(unit)
         if entry is None or not entry.depends:
             return []
         out: list[Unit] = []
         for group in parse_relations(entry.depends):
             for alternative in group:
-                chosen = self._resolve(alternative, entry.arch)
+                chosen = self._resolve(alternative, entry.arch, work)
                 if chosen:
                     out += chosen
                     break
         return out
 
-    def _resolve(self, relation: Relation, arch: str | None) -> list[Unit]:
+    def _resolve(self, relation: Relation, arch: str | None, work: Work) -> list[Unit]:
         """The installed units satisfying one alternative: the real package of that name
         if one satisfies it, else every package providing it (versioned: with a version
         that satisfies it)."""
-        real = [e for e in self.by_name.get(relation.name, ())
-                if satisfies(e.version, relation.op, relation.version)]
+        named = self.by_name.get(relation.name, ())
+        provided = self.providers.get(relation.name, ())
+        work.spend(1 + len(named) + len(provided))
+        real = [e for e in named if satisfies(e.version, relation.op, relation.version)]
         if relation.arch not in ("any", "native", None):
             real = [e for e in real if e.arch in (relation.arch, "all")]
         elif relation.arch is None and len(real) > 1:
@@ -267,10 +273,10 @@ class _Dpkg:
             if unit is not None:
                 return [unit]
         out: list[Unit] = []
-        for entry, provided in self.providers.get(relation.name, ()):
+        for entry, version in provided:
             if relation.op is not None and not (
-                    provided.op == "=" and satisfies(provided.version, relation.op,
-                                                     relation.version)):
+                    version.op == "=" and satisfies(version.version, relation.op,
+                                                    relation.version)):
                 continue
             unit = self.unit_of(entry)
             if unit is not None and unit not in out:
@@ -306,7 +312,7 @@ def walk(graph: DependencyGraph, roots: Iterable[Unit], work: Work, *,
     while queue:
         unit, chain, why = queue.popleft()
         work.spend()
-        for dep in graph.requires(unit):
+        for dep in graph.requires(unit, work):
             pull(dep, chain, why)
         if essential and script is not None and (shipped := script(unit)) is not None:
             for dep in essential:
