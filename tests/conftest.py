@@ -24,6 +24,7 @@ FIXTURE_IMAGES = {
     "tmpjob": "tracer-fixture/tmpjob:test",
     "codecs": "tracer-fixture/codecs:test",
     "privhelper": "tracer-fixture/privhelper:test",
+    "prodapps": "tracer-fixture/prodapps:test",
 }
 
 

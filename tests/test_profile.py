@@ -416,7 +416,7 @@ def test_bad_granularity_and_budgets_name_line_and_field() -> None:
           profile_bytes: 10MiB
           http_body: 0
         """)
-    assert problems[0] == ("p.yaml:4: keep.granularity: expected one of file, package, got "
+    assert problems[0] == ("p.yaml:4: keep.granularity: expected one of file, package, deps, got "
                            "'pakage'; did you mean 'package'?")
     assert problems[1].startswith("p.yaml:6: budgets.layer: unknown key; did you mean 'layers'?")
     assert problems[2] == ("p.yaml:7: budgets.entries: expected a positive number or a size "

@@ -18,6 +18,7 @@ from prereq import missing
 from tracer.analysis.keeplist import KeepList, KeepListBuilder, Reason, size_of
 from tracer.budgets import BudgetExceeded, Budgets
 from tracer.image import FlatImage
+from tracer.report import human_size
 from tracer.units import (
     DEFAULT_EXCLUDES,
     LOCALE_RULE,
@@ -178,7 +179,8 @@ def test_widen_through_the_builder_and_sizes_add_up(tmp_path: Path) -> None:
         berlin, berlin + new_york)
     text = table.format_text()
     assert table.rows[0].label == "package libpython3.11-stdlib"  # the biggest price first
-    assert text.index("libpython3.11-stdlib") < text.index("tzdata") < text.index(NO_UNIT)
+    assert text.index("libpython3.11-stdlib") < text.index("tzdata")
+    assert "(files of no unit kept at file level add nothing: " in text
     assert table.to_json()["added_bytes"] == table.package_total - table.file_total
 
 
@@ -357,3 +359,76 @@ def test_the_price_table_leaves_out_units_that_keep_nothing() -> None:
     text = table.format_text()
     assert "libc6" in text and "tzdata" in text and "adduser" not in text
     assert "from 2 units" in text
+
+
+def _counts(text: str) -> tuple[int, int, int, int]:
+    """(units in the header, rows shown, rows in `(N more, ...)`, units adding nothing)."""
+    import re
+
+    header = re.search(r"from (\d+) units?( and files of no unit)?\)", text)
+    assert header, text
+    rows = [line for line in text.splitlines()[2:] if not line.startswith("  (")]
+    more = re.search(r"^  \((\d+) more, \+", text, re.M)
+    idle = re.search(r"^  \((\d+) units? (?:and files of no unit )?kept at file level add "
+                     r"nothing", text, re.M)
+    return (int(header.group(1)) + (1 if header.group(2) else 0), len(rows),
+            int(more.group(1)) if more else 0, int(idle.group(1)) if idle else 0)
+
+
+@pytest.mark.parametrize("adding,idle,no_unit", [(37, 29, True), (10, 3, False), (15, 0, True),
+                                                 (16, 5, False), (0, 4, False)])
+def test_the_price_table_counts_agree_with_its_header(adding: int, idle: int,
+                                                      no_unit: bool) -> None:
+    """`+28.5 MB from 37 units` above 15 rows must be followed by `(22 more)`, not by a
+    count that includes units adding nothing: those are counted on a line of their own."""
+    from tracer.units.sizes import SizeTable, UnitSize
+
+    rows = [UnitSize(f"package add{i:02}", "dpkg", 10, 10 + 1000 * (i + 1))
+            for i in range(adding)]
+    rows += [UnitSize(f"package idle{i:02}", "dpkg", 50, 50) for i in range(idle)]
+    rows += [UnitSize("package empty", "dpkg", 0, 0)]
+    if no_unit:
+        rows.append(UnitSize(NO_UNIT, "", 7, 500))
+    rows.sort(key=lambda r: (-r.added_bytes, r.label))
+    table = SizeTable(rows=rows, file_total=sum(r.file_bytes for r in rows),
+                      package_total=sum(r.package_bytes for r in rows))
+    text = table.format_text()
+    in_header, shown, more, nothing = _counts(text)
+    assert in_header == adding + no_unit == shown + more
+    assert shown == min(15, adding + no_unit)
+    assert nothing == idle
+    assert "package empty" not in text
+    if adding + no_unit > 15:
+        rest = sum(r.added_bytes for r in rows[15:] if r.added_bytes)
+        assert f"more, +{human_size(rest)})" in text
+
+
+def test_the_price_table_prices_three_positions(tmp_path: Path) -> None:
+    flat = coreutils_image(tmp_path)
+    index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
+    lib = f"/{LIB}"
+    file_kept = ["/usr/bin/cat.txt"]
+    package_kept = file_kept + ["/usr/bin/ls", f"{lib}/libc.so.6"]
+    deps_kept = package_kept + [f"{lib}/libselinux.so.1", f"{lib}/libpcre2-8.so.0"]
+    table = unit_sizes(index, flat.entries, file_kept, package_kept, deps_kept)
+    assert table.positions == ("file", "package", "deps")
+    assert table.totals == {"file": size_of(flat.entries, file_kept),
+                            "package": size_of(flat.entries, package_kept),
+                            "deps": size_of(flat.entries, deps_kept)}
+    assert sum(r.deps_bytes for r in table.rows) == table.deps_total
+    assert sum(r.added_bytes for r in table.rows) == table.deps_total - table.file_total
+    rows = {r.label: r for r in table.rows}
+    selinux = rows["package libselinux1"]
+    assert (selinux.package_bytes, selinux.deps_bytes) == (0, selinux.added_bytes) != (0, 0)
+    data = table.to_json()
+    assert data["deps_bytes"] == table.deps_total and "deps_bytes" in data["units"][0]
+    text = table.format_text()
+    assert text.splitlines()[0].startswith(
+        f"deps granularity keeps {human_size(table.deps_total)}; package granularity would "
+        f"keep {human_size(table.package_total)}, file granularity "
+        f"{human_size(table.file_total)} (+")
+    assert text.splitlines()[1].split() == ["unit", "file", "package", "deps", "added"]
+    assert _counts(text)[0] == _counts(text)[1] + _counts(text)[2] == 4  # coreutils, libc6, 2 libs
+    # without deps: the table of package granularity, as before
+    two = unit_sizes(index, flat.entries, file_kept, package_kept)
+    assert two.positions == ("file", "package") and "deps_bytes" not in two.to_json()

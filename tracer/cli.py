@@ -55,9 +55,10 @@ def _add_budget(p: argparse.ArgumentParser) -> None:
 
 
 def _add_granularity(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--granularity", choices=("file", "package"),
+    p.add_argument("--granularity", choices=("file", "package", "deps"),
                    help="override keep.granularity: file keeps what was used, package "
-                   "also the rest of each package it came from")
+                   "also the rest of each package it came from, deps also what those "
+                   "packages declare they depend on")
 
 
 def build_parser() -> argparse.ArgumentParser:

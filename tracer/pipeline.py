@@ -59,7 +59,7 @@ class Plan:
     input: ImageRef
     output: ImageRef
     budgets: Budgets
-    granularity: str  # file | package
+    granularity: str  # file | package | deps
     profile_hash: str | None
     # no host path in it: the same input and profile give the same image anywhere
     comment: str
@@ -71,7 +71,7 @@ class Analysis:
 
     keeplist: KeepList
     closure: Closure
-    packages: PackageGranularity | None = None  # with granularity: package
+    packages: PackageGranularity | None = None  # with granularity: package or deps
 
 
 @dataclass
@@ -264,16 +264,18 @@ def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult,
 
 
 def analyse(plan: Plan, prepared: Prepared, trace: SmokeResult) -> Analysis:
-    """The keep-list: every kind of evidence, then (package granularity) whole units."""
+    """The keep-list: every kind of evidence, then (package and deps granularity) whole
+    units, and (deps) what they declare they depend on."""
     profile = plan.profile
     closure, binaries = static_closure(profile, prepared, trace, plan.budgets)
     builder = collect_evidence(profile, prepared, trace, closure, binaries, plan.budgets)
     file_level = builder.build()
-    if plan.granularity != "package":
+    if plan.granularity == "file":
         return Analysis(file_level, closure)
     packages = package_granularity(
         builder, file_level, prepared.root, prepared.flat.entries,
-        env=prepared.config.environment(profile.run.env), budgets=plan.budgets)
+        env=prepared.config.environment(profile.run.env), budgets=plan.budgets,
+        deps=plan.granularity == "deps")
     return Analysis(packages.keeplist, closure, packages)
 
 
@@ -310,8 +312,9 @@ def _report_analysis(report: Report, flat: FlatImage, analysis: Analysis) -> Non
                              and e.kind != "dir")
     report.biggest_files, report.biggest_dirs = biggest(flat, kept)
     if analysis.packages is not None:
-        report.granularity = "package"
+        report.granularity = analysis.packages.granularity
         report.size_file_granularity = analysis.packages.sizes.file_total
+        report.sizes_by_granularity = analysis.packages.sizes.totals
         report.package_granularity = analysis.packages.to_json()
         report.package_sizes_text = analysis.packages.sizes.format_text()
 
@@ -419,8 +422,8 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
                 raise fail_on_original(plan.input, trace)
 
             progress.phase("ELF closure and keep-list"
-                           + (" (package granularity)" if plan.granularity == "package"
-                              else ""))
+                           + (f" ({plan.granularity} granularity)"
+                              if plan.granularity != "file" else ""))
             t0 = time.monotonic()
             analysis = analyse(plan, prepared, trace)
             seconds.add("analyse", t0)

@@ -61,10 +61,14 @@ class Report:
     # docker-archive or oci output, the image id in the engine (None: nothing written)
     output_digest: str | None = None
     output_unchanged: bool = False  # it already held exactly this image: left untouched
-    granularity: str = "file"  # file | package (keep.granularity / --granularity)
-    # with granularity package: what file granularity would have kept (bytes), and the
-    # price per unit (package_granularity.units, biggest first; the sizes add up)
+    granularity: str = "file"  # file | package | deps (keep.granularity / --granularity)
+    # with granularity package or deps: what file granularity would have kept (bytes),
+    # the bytes each position keeps ({"file": .., "package": .., "deps": ..}: what safety
+    # costs), and the price per unit (package_granularity.units, biggest first; the sizes
+    # add up; with deps, package_granularity.deps lists the units the dependencies pulled
+    # in, each with its chain)
     size_file_granularity: int | None = None
+    sizes_by_granularity: dict[str, int] = field(default_factory=dict)
     package_granularity: dict[str, Any] | None = None
     package_sizes_text: str = ""  # the same price table for people (not in the JSON)
 
@@ -168,9 +172,11 @@ def summary_table(report: Report) -> str:
                  "bytes; files: paths")
     lines.append("   other than directories. `docker images` counts differently: layer "
                  "overhead, replaced files)")
-    if report.granularity == "package" and report.size_file_granularity is not None:
-        lines.append(f"  granularity: package; file granularity would keep "
-                     f"{human_size(report.size_file_granularity)}")
+    if report.granularity != "file" and report.sizes_by_granularity:
+        others = [f"{name} granularity {human_size(size)}" for name, size
+                  in reversed(report.sizes_by_granularity.items()) if name != report.granularity]
+        others[0] = others[0].replace(" granularity ", " granularity would keep ", 1)
+        lines.append(f"  granularity: {report.granularity}; " + ", ".join(others))
     steps = report.verification_steps
     if report.verified:
         lines.append(f"  verified: yes, {_verified_checks(steps)} passed on the minimized "

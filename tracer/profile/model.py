@@ -116,7 +116,7 @@ class KeepSpec:
     paths: list[str] = field(default_factory=list)  # globs: * within a name, ** across dirs
     binaries: list[str] = field(default_factory=list)  # absolute paths/globs, or names on PATH
     packages: list[str] = field(default_factory=list)
-    granularity: str = "file"  # file | package: a kept path pulls in its whole package
+    granularity: str = "file"  # file | package | deps: the safety dial (docs/profile.md)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ ARGV_STEP_KEYS = ("exit", "stdout", "stderr", "timeout", "stdin", "stdin_file")
 HTTP_KEYS = ("url", "status", "body", "timeout", "max_body")
 TCP_KEYS = ("port", "host", "send", "expect", "timeout")
 KEEP_KEYS = ("paths", "binaries", "packages", "granularity")
-GRANULARITIES = ("file", "package")
+GRANULARITIES = ("file", "package", "deps")
 # The profile file is measured before it is parsed, so its own `budgets:` cannot raise
 # the budget that bounds it; only `--budget profile_bytes=N` can.
 CLI_ONLY_BUDGETS = ("profile_bytes",)

@@ -379,7 +379,8 @@ def _render_smoke(add: Emit, config: ImageConfig, ports: list[int],
 def _render_keep(add: Emit, config: ImageConfig, comp: Companions) -> None:
     add("keep:")
     add("  granularity: file   # TODO: package keeps whole packages of what is used: bigger,")
-    add("  #                    but production paths the smoke test missed still work")
+    add("  #                    but production paths the smoke test missed still work;")
+    add("  #                    deps also keeps what those packages depend on: safest")
     add("  # paths: [\"/etc/APP/**\"]   # TODO: configuration and content trees, all of them")
     for volume in config.volumes:
         add(f"  # The image declares VOLUME {_comment_text(volume)}: keep what the image ships "

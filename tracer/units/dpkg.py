@@ -28,12 +28,20 @@ PRESENT = {"installed", "half-installed", "unpacked", "half-configured", "trigge
            "triggers-pending"}
 
 
+# Relationship fields a walk of declared dependencies reads (granularity deps); dpkg
+# writes each on one line, deb822 allows folding them, so continuation lines are joined.
+RELATION_FIELDS = ("depends", "pre-depends", "provides")
+
+
 @dataclass(frozen=True)
 class StatusEntry:
     name: str
     arch: str | None
     version: str | None
     state: str
+    essential: bool = False  # `Essential: yes`: never declared as a dependency by anyone
+    depends: str = ""  # Pre-Depends and Depends, as written (tracer.units.relations)
+    provides: str = ""
 
 
 def parse_status(text: str, reader: DbReader) -> list[StatusEntry]:
@@ -42,11 +50,19 @@ def parse_status(text: str, reader: DbReader) -> list[StatusEntry]:
     bad = 0
     for stanza in text.split("\n\n"):
         fields: dict[str, str] = {}
+        last = ""
         for line in stanza.splitlines():
+            if line and line[0] in " \t" and last in RELATION_FIELDS:
+                fields[last] += " " + line.strip()
+                continue
             if not line or line[0] in " \t" or ":" not in line:
                 continue  # continuation lines (descriptions, conffiles) and garbage
             key, _, value = line.partition(":")
-            fields.setdefault(key.strip().lower(), value.strip())
+            last = key.strip().lower()
+            if last in fields:
+                last = ""  # a repeated field: the first one counts, and only it folds
+                continue
+            fields[last] = value.strip()
         if not fields:
             continue
         name = fields.get("package", "")
@@ -54,11 +70,20 @@ def parse_status(text: str, reader: DbReader) -> list[StatusEntry]:
         if not name or len(status) != 3:
             bad += 1
             continue
+        depends = ", ".join(v for k in ("pre-depends", "depends") if (v := fields.get(k)))
         entries.append(StatusEntry(name, fields.get("architecture") or None,
-                                   fields.get("version") or None, status[2]))
+                                   fields.get("version") or None, status[2],
+                                   fields.get("essential", "").lower() == "yes", depends,
+                                   fields.get("provides", "")))
     if bad:
         reader.warn(f"{STATUS}: {bad} stanza(s) without Package or a valid Status; skipped")
     return entries
+
+
+def read_status(reader: DbReader) -> list[StatusEntry] | None:
+    """The status file's entries; None when the image has none (or it cannot be read)."""
+    text = reader.text(STATUS)
+    return None if text is None else parse_status(text, reader)
 
 
 def parse_diversions(text: str, reader: DbReader) -> list[tuple[str, str, str]]:
@@ -88,13 +113,10 @@ def read_dpkg(reader: DbReader) -> list[Unit]:
     lists = [n for n in root.listdir(INFO) if n.endswith(".list") and len(n) > 5]
     if not lists:
         return []
-    status_text = reader.text(STATUS)
-    status: list[StatusEntry] | None = None
-    if status_text is None:
+    status = read_status(reader)
+    if status is None:
         reader.warn(f"{STATUS} is missing or unreadable: every .list file counts as an "
                     "installed package, versions unknown")
-    else:
-        status = parse_status(status_text, reader)
     by_name: dict[str, list[StatusEntry]] = {}
     for entry in status or ():
         by_name.setdefault(entry.name, []).append(entry)

@@ -32,6 +32,11 @@ from typing import Any
 from tracer.analysis.keeplist import compile_globs, first_match
 from tracer.rootfs import SymlinkLoop
 from tracer.units.index import UnitIndex
+from tracer.units.l10n import LANGUAGE_VARS, LOCALE_DIR, language_of, languages_in_use
+
+__all__ = ["DEFAULT_EXCLUDES", "LANGUAGE_VARS", "LOCALE_DIR", "LOCALE_RULE", "Expansion",
+           "PulledUnit", "add_units", "describe", "expand", "language_of", "languages_in_use",
+           "reason_parts"]
 from tracer.units.model import PRIORITY, Unit
 
 DEFAULT_EXCLUDES: tuple[str, ...] = (
@@ -41,40 +46,16 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "/usr/share/lintian/**",
     "/usr/share/doc-base/**",
 )
-LOCALE_DIR = "/usr/share/locale"
 LOCALE_RULE = "/usr/share/locale/<lang>/** for languages not in use"
-LANGUAGE_VARS = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
 
 # Which reason of a kept path is the best explanation of why its unit is pulled in.
 REASON_RANK = {"traced": 0, "elf": 1, "keep.binaries": 2, "keep.paths": 3, "config": 4,
-               "keep.packages": 5, "symlink": 6, "hardlink": 7, "package": 8, "parent": 9}
+               "keep.packages": 5, "symlink": 6, "hardlink": 7, "package": 8, "deps": 8,
+               "alternatives": 8, "l10n": 8, "parent": 9}
 VERBS = {"open": "opened", "openat": "opened", "openat2": "opened", "creat": "opened",
          "fanotify:open": "opened", "execve": "executed", "execveat": "executed",
          "fanotify:exec": "executed", "uselib": "loaded", "readlink": "read as a link",
          "readlinkat": "read as a link"}
-
-
-def language_of(name: str) -> str | None:
-    """`de_AT.UTF-8@euro` -> `de`; None for C, POSIX and empty names."""
-    base = re.split(r"[_.@]", name, maxsplit=1)[0].lower()
-    return None if base in ("", "c", "posix") else base
-
-
-def languages_in_use(kept: Iterable[str], env: Mapping[str, str]) -> set[str]:
-    """Languages whose message catalogs a package may add (see the module docstring)."""
-    used: set[str] = set()
-    for var in LANGUAGE_VARS:
-        for item in (env.get(var) or "").split(":"):
-            lang = language_of(item.strip())
-            if lang:
-                used.add(lang)
-    prefix = LOCALE_DIR + "/"
-    for path in kept:
-        if path.startswith(prefix) and "/" in path[len(prefix):]:
-            lang = language_of(path[len(prefix):].split("/", 1)[0])
-            if lang:
-                used.add(lang)
-    return used
 
 
 def reason_parts(reason: Any) -> tuple[str, str]:
@@ -124,14 +105,18 @@ class PulledUnit:
     """One unit the expansion pulled in, what triggered it and what it adds."""
 
     unit: Unit
-    trigger: str  # the kept path that pulled it in
+    trigger: str  # the kept path that pulled it in (deps: the kept unit the chain starts at)
     reason: str  # the keep-list reason text of every path it adds
     added: list[str] = field(default_factory=list)  # paths added (not kept before)
+    chain: tuple[str, ...] = ()  # deps: unit names from a kept unit to this one
 
     def to_json(self) -> dict[str, Any]:
-        return {"unit": self.unit.label, "kind": self.unit.kind, "name": self.unit.name,
-                "version": self.unit.version, "source": self.unit.source,
-                "trigger": self.trigger, "reason": self.reason, "added_paths": len(self.added)}
+        out = {"unit": self.unit.label, "kind": self.unit.kind, "name": self.unit.name,
+               "version": self.unit.version, "source": self.unit.source,
+               "trigger": self.trigger, "reason": self.reason, "added_paths": len(self.added)}
+        if self.chain:
+            out["chain"] = list(self.chain)
+        return out
 
 
 @dataclass
@@ -212,12 +197,31 @@ def expand(index: UnitIndex, kept: Mapping[str, Sequence[Any]], *,
             if unit.key not in best or rank < best[unit.key][0]:
                 best[unit.key] = (rank, describe(path, kind, detail))
 
-    locale_prefix = LOCALE_DIR + "/"
-    for key in sorted(best, key=lambda k: (PRIORITY.get(index.units[k].kind, 9), k)):
+    order = sorted(best, key=lambda k: (PRIORITY.get(index.units[k].kind, 9), k))
+    pulls = []
+    for key in order:
         unit = index.units[key]
         (_, _, trigger), because = best[key]
-        pulled = PulledUnit(unit, trigger, f"{unit.label}, because {because}")
-        for path in unit.paths:
+        pulls.append(PulledUnit(unit, trigger, f"{unit.label}, because {because}"))
+    add_units(out, index, pulls, kept, languages=languages, globs=globs,
+              link_excluded=link_excluded)
+    return out
+
+
+def add_units(out: Expansion, index: UnitIndex, pulls: Iterable[PulledUnit],
+              kept: Mapping[str, Any], *, languages: set[str],
+              globs: list[tuple[str, re.Pattern[str]]],
+              link_excluded: Callable[[str], str | None] | None = None) -> None:
+    """Add the paths of each pulled unit to `out` (and the unit to `out.pulled`), in order.
+
+    What `kept` holds or an earlier unit added is not added again; `globs` (the built-in
+    default excludes) and the locale rule for languages not in `languages` leave paths
+    out, and so does `link_excluded` (see `expand`). Shared by package granularity (units
+    of kept files) and deps granularity (units their declared dependencies pull in).
+    """
+    locale_prefix = LOCALE_DIR + "/"
+    for pulled in pulls:
+        for path in pulled.unit.paths:
             if path in kept or path in out.added or path in out.default_excluded \
                     or path in out.excluded_links:
                 continue
@@ -240,4 +244,3 @@ def expand(index: UnitIndex, kept: Mapping[str, Sequence[Any]], *,
             out.added[path] = pulled.reason
             pulled.added.append(path)
         out.pulled.append(pulled)
-    return out

@@ -9,12 +9,15 @@ npm installs into does. Name and version come from that package.json when it par
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from tracer.units.model import Unit
 from tracer.units.reader import DbReader
 
 MARK = "/node_modules/"
+# a package name as a directory under node_modules: `name` or `@scope/name`, no `..`
+NPM_NAME = re.compile(r"^(?:@[^/@\s.][^/@\s]*/)?[^/@\s.][^/@\s]*$")
 
 
 def package_dir(path: str) -> str | None:
@@ -62,3 +65,23 @@ def read_node(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
         reader.count(len(owned), manifest)
         units.append(Unit("node", name, version, manifest, tuple(sorted(owned))))
     return units
+
+
+# What npm installs of a package's manifest: its dependencies, the optional ones that
+# installed, and (npm 7 and later) its peers. devDependencies are never installed for a
+# dependency, so they are not read.
+DEPENDENCY_FIELDS = ("dependencies", "optionalDependencies", "peerDependencies")
+
+
+def read_dependencies(reader: DbReader, unit: Unit) -> list[str]:
+    """Package names the manifest of node unit `unit` depends on (see DEPENDENCY_FIELDS)."""
+    doc = reader.json(unit.source)
+    if not isinstance(doc, dict):
+        return []
+    names: list[str] = []
+    for field_name in DEPENDENCY_FIELDS:
+        deps = doc.get(field_name)
+        if isinstance(deps, dict):
+            names += [n for n in deps if isinstance(n, str) and len(n) <= 214
+                      and NPM_NAME.match(n)]
+    return list(dict.fromkeys(names))

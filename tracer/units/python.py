@@ -21,6 +21,9 @@ import re
 import stat
 from collections.abc import Sequence
 
+from packaging.markers import InvalidMarker, UndefinedComparison, UndefinedEnvironmentName
+from packaging.requirements import InvalidRequirement, Requirement
+
 from tracer.rootfs import normalize
 from tracer.units.model import Unit
 from tracer.units.reader import DbReader
@@ -29,7 +32,7 @@ STDLIB_DIR = re.compile(r"^(.*/lib(?:64)?/python(\d+\.\d+)t?)/os\.py$")
 SITE_DIRS = ("site-packages", "dist-packages")
 
 
-def _dist_name(dirname: str, suffix: str) -> tuple[str, str | None]:
+def dist_name(dirname: str, suffix: str) -> tuple[str, str | None]:
     """`requests-2.31.0.dist-info` -> (requests, 2.31.0); names there never hold '-'."""
     stem = dirname[: -len(suffix)]
     name, _, rest = stem.partition("-")
@@ -58,14 +61,14 @@ def read_distributions(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
             if text is None:
                 continue
             listed = _record_paths(text, posixpath.dirname(directory), path, reader)
-            name, version = _dist_name(dirname, ".dist-info")
+            name, version = dist_name(dirname, ".dist-info")
         elif filename == "installed-files.txt" and dirname.endswith(".egg-info"):
             text = reader.text(path)
             if text is None:
                 continue
             listed = [line if line.startswith("/") else normalize(posixpath.join(directory, line))
                       for line in text.splitlines() if line.strip()]
-            name, version = _dist_name(dirname, ".egg-info")
+            name, version = dist_name(dirname, ".egg-info")
         else:
             continue
         reader.count(len(listed), path)
@@ -116,3 +119,99 @@ def read_stdlib(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
         units.append(Unit("python-stdlib", name, roots[base], f"{base} (stdlib directory layout)",
                           tuple(sorted(owned))))
     return units
+
+
+# -- declared requirements (granularity deps) ---------------------------------------------
+
+PYTHON_DIR = re.compile(r"/lib(?:64)?/python(\d+\.\d+)t?/")
+# Two environments that differ in everything an image does not tell (CPU, patch level):
+# a marker that answers differently in them is taken, since it may hold in the image.
+_GUESSES = ({"platform_machine": "x86_64", "patch": "0"},
+            {"platform_machine": "aarch64", "patch": "99"})
+
+
+def normalize_name(name: str) -> str:
+    """PEP 503: `Foo_Bar.baz` and `foo-bar-baz` are one project."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _environments(source: str) -> list[dict[str, str]]:
+    """PEP 508 marker environments for a distribution installed at `source`: what the
+    image says (Linux, CPython, the X.Y of the lib/pythonX.Y directory it is under), and
+    two guesses for the rest, never the host's values."""
+    m = PYTHON_DIR.search(source)
+    versions = [m.group(1)] if m else ["3.8", "3.13"]
+    out = []
+    for version in versions:
+        for guess in _GUESSES:
+            full = f"{version}.{guess['patch']}"
+            out.append({"implementation_name": "cpython", "implementation_version": full,
+                        "os_name": "posix", "platform_machine": guess["platform_machine"],
+                        "platform_release": "", "platform_system": "Linux",
+                        "platform_version": "", "python_full_version": full,
+                        "platform_python_implementation": "CPython", "python_version": version,
+                        "sys_platform": "linux", "extra": ""})
+    return out
+
+
+def _requirement_name(text: str, source: str, reader: DbReader) -> str | None:
+    """The project a `Requires-Dist` value names, if it applies to this image.
+
+    Requirements of an extra (`; extra == "socks"`) are left out: nothing says the extra
+    was installed. Other markers are evaluated for the image (`_environments`): False in
+    every guess leaves the requirement out, True in any takes it. Text `packaging` cannot
+    parse is taken by its leading name, with a warning.
+    """
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", text)
+        reader.warn(f"{source}: Requires-Dist {text[:80]!r} does not parse; "
+                    + ("taken by its name" if m else "ignored"))
+        return normalize_name(m.group(1)) if m else None
+    if req.marker is not None:
+        if re.search(r"\bextra\b", str(req.marker)):
+            return None
+        try:
+            if not any(req.marker.evaluate(env) for env in _environments(source)):
+                return None
+        except (InvalidMarker, UndefinedComparison, UndefinedEnvironmentName):
+            pass  # cannot tell: taken
+    return normalize_name(req.name)
+
+
+def read_requirements(reader: DbReader, unit: Unit) -> list[str]:
+    """Normalized names of the projects distribution `unit` requires (PEP 508, see
+    `_requirement_name`): `Requires-Dist` of a dist-info's METADATA, or the lines before
+    the first `[section]` of an egg-info's requires.txt (the sections are extras or
+    markers; a `[:marker]` section is taken when its marker may hold)."""
+    directory = posixpath.dirname(unit.source)
+    names: list[str] = []
+    if directory.endswith(".dist-info"):
+        text = reader.text(f"{directory}/METADATA")
+        if text is None:
+            return []
+        for line in text.splitlines():
+            if not line.strip():
+                break  # the headers end here; the description follows
+            key, sep, value = line.partition(":")
+            if sep and key.strip().lower() == "requires-dist":
+                name = _requirement_name(value.strip(), unit.source, reader)
+                if name:
+                    names.append(name)
+    elif directory.endswith(".egg-info"):
+        text = reader.text(f"{directory}/requires.txt")
+        marker = ""
+        for line in (text or "").splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                section = line.strip("[]")
+                marker = section[1:] if section.startswith(":") else "extra"
+                continue
+            if not line or line.startswith("#") or marker == "extra":
+                continue
+            name = _requirement_name(f"{line} ; {marker}" if marker else line, unit.source,
+                                     reader)
+            if name:
+                names.append(name)
+    return list(dict.fromkeys(names))

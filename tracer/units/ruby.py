@@ -56,3 +56,27 @@ def read_gems(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
         reader.count(len(owned) + 1, spec)
         units.append(Unit("gem", name, version, spec, tuple(sorted([spec, *owned]))))
     return units
+
+
+# `s.add_runtime_dependency(%q<rack>.freeze, [">= 2"])`, `spec.add_dependency "rack"`;
+# add_development_dependency is what a gem needs to be built or tested, not to run.
+RUNTIME_DEPENDENCY = re.compile(
+    r"\.add_(?:runtime_)?dependency\s*\(?\s*(?:%q<([^>\s]+)>|\"([^\"\s]+)\"|'([^'\s]+)')")
+
+
+def read_runtime_dependencies(reader: DbReader, unit: Unit) -> list[str]:
+    """Gem names the gemspec of gem unit `unit` declares as runtime dependencies."""
+    text = reader.text(unit.source)
+    if text is None:
+        return []
+    names = [next(g for g in m.groups() if g) for m in RUNTIME_DEPENDENCY.finditer(text)]
+    return list(dict.fromkeys(n for n in names if len(n) <= 200))
+
+
+def gem_name(spec: str) -> tuple[str, str] | None:
+    """(GEM_HOME, gem name) of a path `GEM_HOME/specifications/NAME-VERSION.gemspec`."""
+    m = GEMSPEC.match(spec)
+    if m is None:
+        return None
+    v = VERSION.match(m.group(2))
+    return m.group(1), v.group(1) if v else m.group(2)
