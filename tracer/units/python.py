@@ -21,9 +21,6 @@ import re
 import stat
 from collections.abc import Sequence
 
-from packaging.markers import InvalidMarker, UndefinedComparison, UndefinedEnvironmentName
-from packaging.requirements import InvalidRequirement, Requirement
-
 from tracer.rootfs import normalize
 from tracer.units.model import Unit
 from tracer.units.reader import DbReader
@@ -123,11 +120,8 @@ def read_stdlib(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
 
 # -- declared requirements (granularity deps) ---------------------------------------------
 
-PYTHON_DIR = re.compile(r"/lib(?:64)?/python(\d+\.\d+)t?/")
-# Two environments that differ in everything an image does not tell (CPU, patch level):
-# a marker that answers differently in them is taken, since it may hold in the image.
-_GUESSES = ({"platform_machine": "x86_64", "patch": "0"},
-            {"platform_machine": "aarch64", "patch": "99"})
+_NAME = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")
+_EXTRA = re.compile(r"\bextra\s*==")
 
 
 def normalize_name(name: str) -> str:
@@ -135,49 +129,30 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _environments(source: str) -> list[dict[str, str]]:
-    """PEP 508 marker environments for a distribution installed at `source`: what the
-    image says (Linux, CPython, the X.Y of the lib/pythonX.Y directory it is under), and
-    two guesses for the rest, never the host's values."""
-    m = PYTHON_DIR.search(source)
-    versions = [m.group(1)] if m else ["3.8", "3.13"]
-    out = []
-    for version in versions:
-        for guess in _GUESSES:
-            full = f"{version}.{guess['patch']}"
-            out.append({"implementation_name": "cpython", "implementation_version": full,
-                        "os_name": "posix", "platform_machine": guess["platform_machine"],
-                        "platform_release": "", "platform_system": "Linux",
-                        "platform_version": "", "python_full_version": full,
-                        "platform_python_implementation": "CPython", "python_version": version,
-                        "sys_platform": "linux", "extra": ""})
-    return out
-
-
 def _requirement_name(text: str, source: str, reader: DbReader) -> str | None:
-    """The project a `Requires-Dist` value names, if it applies to this image.
+    """The project a `Requires-Dist` value (PEP 508) names, unless it is an extra's.
 
     Requirements of an extra (`; extra == "socks"`) are left out: nothing says the extra
-    was installed. Other markers are evaluated for the image (`_environments`): False in
-    every guess leaves the requirement out, True in any takes it. Text `packaging` cannot
-    parse is taken by its leading name, with a warning.
+    was installed. Other markers (`python_version < "3.10"`, `platform_system ==
+    "Windows"`) are not evaluated: a requirement the image's installer skipped is not
+    installed, so taking it adds nothing, and one installed anyway is kept at the price
+    of its size. Only the name is needed, so no full PEP 508 parser is: a value whose
+    version part does not even balance its parentheses is taken by its name, with a
+    warning.
     """
-    try:
-        req = Requirement(text)
-    except InvalidRequirement:
-        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", text)
-        reader.warn(f"{source}: Requires-Dist {text[:80]!r} does not parse; "
-                    + ("taken by its name" if m else "ignored"))
-        return normalize_name(m.group(1)) if m else None
-    if req.marker is not None:
-        if re.search(r"\bextra\b", str(req.marker)):
-            return None
-        try:
-            if not any(req.marker.evaluate(env) for env in _environments(source)):
-                return None
-        except (InvalidMarker, UndefinedComparison, UndefinedEnvironmentName):
-            pass  # cannot tell: taken
-    return normalize_name(req.name)
+    spec, _, marker = text.partition(";")
+    if _EXTRA.search(marker):
+        return None
+    m = _NAME.match(spec)
+    if m is None:
+        if text.strip():
+            reader.warn(f"{source}: Requires-Dist {text[:80]!r} names no project; ignored")
+        return None
+    rest = spec[m.end():]
+    if rest.count("(") != rest.count(")") or rest.count("[") != rest.count("]"):
+        reader.warn(f"{source}: Requires-Dist {text[:80]!r} does not parse; taken by its "
+                    "name")
+    return normalize_name(m.group(1))
 
 
 def read_requirements(reader: DbReader, unit: Unit) -> list[str]:
