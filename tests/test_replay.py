@@ -115,8 +115,8 @@ def test_the_replayed_step_is_appended_where_a_pasted_one_goes() -> None:
     assert replay.smoke[-1].label == f"smoke[{len(service.smoke)}].exec"
     assert replay.smoke[-1].step == ExecStep(argv=["id"], exit=0, stdout="uid=",
                                              stderr="(?!)", timeout=5.0)
-    assert make_step(Command("command", ["id"]), ["id"], 2, None, "in") == CommandStep(
-        argv=["id"], exit=2, stdin="in")
+    assert make_step(Command("command", ["id"]), ["id"], 2, None, b"in") == CommandStep(
+        argv=["id"], exit=2, stdin=b"in")
 
 
 def minimized_python(tmp_path: Path) -> tuple[RootFS, Diagnosis]:
@@ -207,7 +207,7 @@ def test_step_yaml_carries_timeout_and_stdin_file_relative_to_the_profile(
     profile_path = tmp_path / "app.yaml"
     profile_path.write_text("version: 1\nname: app\nimage: app:1\nrun: {mode: job}\n")
     (tmp_path / "in").mkdir()
-    (tmp_path / "in/orders.xml").write_text("<orders/>\n")
+    (tmp_path / "in/orders.xml").write_bytes(b"<orders/>\n\x00\xff")  # any bytes
     profile = load_profile(profile_path)
     cmd = Command("command", ["python3", "/app/import.py"], stdin_file=tmp_path / "in/orders.xml",
                   timeout=90.0, exit=2)
@@ -218,7 +218,7 @@ def test_step_yaml_carries_timeout_and_stdin_file_relative_to_the_profile(
     profile_path.write_text(apply(profile_path.read_text(), fix.edits))
     [smoke] = load_profile(profile_path).smoke
     assert smoke.step == CommandStep(argv=["python3", "/app/import.py"], exit=2, timeout=90.0,
-                                     stdin="<orders/>\n")
+                                     stdin=b"<orders/>\n\x00\xff")
 
 
 def tracer(*args: str) -> subprocess.CompletedProcess:

@@ -175,7 +175,8 @@ where in PROFILE it goes.""",
                    help="an environment variable of the replayed command (repeatable); set "
                    "through the image's `env` program, as a smoke step can")
     d.add_argument("--stdin-file", type=Path, metavar="FILE",
-                   help="feed FILE to the replayed command's standard input")
+                   help="feed FILE (any bytes: a document, an image) to the replayed "
+                   "command's standard input")
     d.add_argument("--exit", type=int, metavar="N", help="the exit code the command should "
                    "return (default: whatever it returns on the original image)")
     d.add_argument("--timeout", metavar="DURATION", help="time limit of the replayed command "

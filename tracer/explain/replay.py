@@ -140,7 +140,7 @@ def stdin_file_name(path: Path, profile: Profile) -> str:
 
 
 def make_step(command: Command, argv: list[str], exit_code: int, stdout: str | None,
-              stdin: str | None, stderr: str | None = None) -> ArgvStep:
+              stdin: bytes | None, stderr: str | None = None) -> ArgvStep:
     cls = ExecStep if command.kind == "exec" else CommandStep
     kw: dict[str, Any] = {}
     if command.timeout is not None:

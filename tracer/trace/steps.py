@@ -294,7 +294,7 @@ def run_exec(ctx: StepContext, label: str, step: ExecStep, stem: str) -> StepOut
             sock = stream_client().api.exec_start(exec_id, socket=True)
             box["sock"] = sock
             if step.stdin is not None:
-                feed(sock, step.stdin.encode())
+                feed(sock, step.stdin)
             _exec_stream(sock, out, err)
         except Exception as exc:  # noqa: BLE001 - reported as the step's failure
             box["error"] = exc
