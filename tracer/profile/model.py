@@ -49,6 +49,9 @@ class HttpStep:
     body: str | None = None  # regex searched in the response body
     timeout: float = 30.0  # one deadline for the whole request: connect, headers, body
     max_body: int | None = None  # bytes of body read at most (None: budgets.http_body)
+    # response header name (as written; matched case-insensitively) -> regex searched in
+    # its value; a header sent several times passes when any one of its values matches
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -186,10 +186,50 @@ def run_http(label: str, step: HttpStep, budgets: Budgets = DEFAULT,
         return _outcome(label, "http", start, False,
                         f"expected status {step.status}, got {answer.status}{cut}",
                         output=first_lines(text), logs=logs())
+    problem = header_problem(step.headers, answer)
+    if problem:
+        return _outcome(label, "http", start, False, problem,
+                        output=_header_lines(answer), logs=logs())
     if step.body and not re.search(step.body, text, re.M):
         return _outcome(label, "http", start, False, f"body does not match {step.body!r}{cut}",
                         output=first_lines(text), logs=logs())
     return _outcome(label, "http", start, True, cut.strip(" ()"))
+
+
+SHOWN_VALUE = 200  # characters of a header value quoted in a message
+
+
+def _shown_value(value: str) -> str:
+    more = f"... ({len(value) - SHOWN_VALUE} more characters)" if len(value) > SHOWN_VALUE \
+        else ""
+    return repr(value[:SHOWN_VALUE]) + more
+
+
+def header_problem(wanted: dict[str, str], answer: http_probe.Answer) -> str:
+    """The first asserted header that is missing or does not match, said with what came
+    back ("" when all hold). Names are case-insensitive; a header sent several times
+    holds when any one of its values matches (Set-Cookie, Vary, Link come in several)."""
+    for name, pattern in wanted.items():
+        values = answer.header_values(name)
+        if not values:
+            sent = ", ".join(dict.fromkeys(k for k, _ in answer.headers)) or "none"
+            return (f"header {name}: not in the response (its headers: "
+                    f"{sent[:SHOWN_CHARS]})")
+        if any(re.search(pattern, v, re.M) for v in values):
+            continue
+        if len(values) == 1:
+            return f"header {name}: {_shown_value(values[0])} does not match {pattern!r}"
+        shown = ", ".join(_shown_value(v) for v in values[:5])
+        more = f" and {len(values) - 5} more" if len(values) > 5 else ""
+        return (f"header {name}: none of its {len(values)} values matches {pattern!r}: "
+                f"{shown}{more}")
+    return ""
+
+
+def _header_lines(answer: http_probe.Answer) -> str:
+    """What came back, as a failed step's evidence: the status and the headers."""
+    lines = [f"HTTP {answer.status}"] + [f"{k}: {v}" for k, v in answer.headers]
+    return first_lines("\n".join(lines), n=OUTPUT_LINES + 10)
 
 
 def _quoted(data: bytes) -> str:
