@@ -36,7 +36,7 @@ from tracer.profile.load import load_profile
 from tracer.profile.model import CommandStep, ExecStep
 from tracer.profile.sections import parse_profile
 from tracer.rootfs import RootFS
-from tracer.trace.result import Access, Meaning, SmokeResult, StepOutcome
+from tracer.trace.result import Access, Captured, Meaning, SmokeResult, StepOutcome
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
@@ -274,21 +274,37 @@ def outcome(passed: bool, exit_code: int | None, message: str = "", output: str 
     return StepOutcome(label, "command", passed, 0.1, exit_code, message, output)
 
 
+def ran(stdout: str = "", stderr: str = "", exit_code: int = 0, passed: bool = True,
+        label: str = "smoke[1].command") -> StepOutcome:
+    """A step's outcome that ran to completion, with its streams as the runner keeps them."""
+    return StepOutcome(label, "command", passed, 0.1, exit_code,
+                       streams={"stdout": Captured.of(stdout), "stderr": Captured.of(stderr)})
+
+
 def test_the_step_is_suggested_as_the_second_run_of_the_original_allows() -> None:
-    step = make_step(Command("command", ["report"]), ["report"], 0, "Rapport", None)
+    step = make_step(Command("command", ["report"]), ["report"], 0, None, None)
     run = SmokeResult(passed=False, failure="smoke[0].http: refused")
-    kept, note = _confirmed(step, outcome(True, 0), run)
-    assert kept == step and note.startswith("checked: it passes on the original image")
-    # the first line changed between runs: only the exit code is checked
-    kept, note = _confirmed(step, outcome(False, 0, "stdout does not match"), run)
-    assert kept == make_step(Command("command", ["report"]), ["report"], 0, None, None)
-    assert "only its exit code" in note
+    report = "Rapport des ventes\ncaf\u00e9: 3\n"
+    kept, note = _confirmed(step, ran(report), ran(report), run)
+    assert kept == make_step(Command("command", ["report"]), ["report"], 0, "Rapport des ventes",
+                             None)
+    assert note.startswith("checked: it passes on the original image") and "stdout" in note
+    # a program that speaks only on stderr is checked there
+    kept, note = _confirmed(step, ran(stderr="fixed\n"), ran(stderr="fixed\n"), run)
+    assert kept is not None and kept.stdout is None and kept.stderr == "fixed"
+    # the output changes between runs, and not only in numbers: only the exit code, said
+    kept, note = _confirmed(step, ran("id 6f1c-a\n"), ran("id 0b9e-c\n"), run)
+    assert kept == step
+    assert "only its exit code is checked, because its output changes between runs of the " \
+           "original image (stdout line 1: 'id 6f1c-a' then 'id 0b9e-c')" in note
+    kept, note = _confirmed(step, ran(), ran(), run)
+    assert kept == step and "because it prints nothing on stdout or stderr" in note
     # the exit code changed between runs: no smoke step at all
-    kept, note = _confirmed(step, outcome(False, 2, "expected exit code 0, got 2"), run)
-    assert kept is None and "not usable as a smoke step" in note and "got 2" in note
+    kept, note = _confirmed(step, ran(report), ran(report, exit_code=2, passed=False), run)
+    assert kept is None and "not usable as a smoke step" in note and "exited 2" in note
     # the profile's own checks failed before it: unchecked, exit code only
-    kept, note = _confirmed(step, None, run)
-    assert kept is not None and kept.stdout is None and "smoke[0].http: refused" in note
+    kept, note = _confirmed(step, ran(report), None, run)
+    assert kept == step and "smoke[0].http: refused" in note and "exit code" in note
 
 
 def test_the_expected_exit_code_is_the_originals_unless_given() -> None:

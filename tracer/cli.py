@@ -154,8 +154,9 @@ profile lines to add, best first: the command as a smoke step, keep.binaries for
 missing program, the exact keep.paths, then a shorter glob. Each piece of YAML says
 where in PROFILE it goes.""",
         epilog="exit codes: 0 the smoke test (or the replayed command) passes on the "
-        "minimized image; 1 it fails there (the diagnosis says why); 2 bad input; 3 it "
-        "fails on the original image; 4 environment problem.\n"
+        "minimized image; 1 it fails there, or exits alike but prints otherwise than on "
+        "the original (the diagnosis says why, with the diff); 2 bad input; 3 it fails "
+        "on the original image; 4 environment problem.\n"
         "example: tracer diagnose report.yaml --command --env PYTHONIOENCODING=iso-8859-15 "
         "-- python3 /app/report.py --month 5",
         formatter_class=argparse.RawDescriptionHelpFormatter)

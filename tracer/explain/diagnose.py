@@ -31,6 +31,7 @@ from typing import Any
 from tracer.analysis.evidence import UNIDENTIFIED, needed_path, parent_of
 from tracer.analysis.keeplist import first_match, globs_through_links
 from tracer.analysis.policy import IMPLICIT_DLOPENS
+from tracer.explain.outputs import OutputChange
 from tracer.explain.runfiles import escape
 from tracer.profile.edit import Edit, Placed, placed, plan, yaml_str
 from tracer.rootfs import RootFS, SymlinkLoop
@@ -82,10 +83,22 @@ class Diagnosis:
     # the operator's profile file, when known: the fix is then placed in it (`format_text`)
     profile_text: str = ""
     profile_file: str = "the profile"
+    # checks that exit as on the original but print something else (tracer.explain.outputs)
+    output_changes: list[OutputChange] = field(default_factory=list)
+    output_not_compared: list[str] = field(default_factory=list)
+
+    def changed_outputs(self, changes: list[OutputChange], not_compared: list[str]) -> None:
+        """Record what comparing the outputs found: a change is a failure."""
+        self.output_changes += changes
+        self.output_not_compared += not_compared
+        if changes:
+            self.passed = False
 
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "missing": [asdict(m) for m in self.missing],
                 "step_failures": self.step_failures,
+                "output_changes": [c.to_json() for c in self.output_changes],
+                "output_not_compared": self.output_not_compared,
                 "suggested_keep_binaries": self.keep_binaries,
                 "suggested_keep_paths": self.keep_paths,
                 "suggested_keep_globs": self.keep_globs}
@@ -104,12 +117,18 @@ class Diagnosis:
                 if len(output) > 8:  # the end is where a traceback says what went wrong
                     lines.append(f"    | ... ({len(output) - 8} earlier lines)")
                 lines += [f"    | {out}" for out in output[-8:]]
+        if self.output_changes:
+            lines.append("checks that end as on the original image but print something else:")
+            for change in self.output_changes:
+                lines += ["  " + ln for ln in change.format_lines("  ")]
+        lines += [f"  ({note})" for note in self.output_not_compared]
         return lines
 
     def format_missing(self, failed: bool | None = None) -> list[str]:
         """The missing files grouped by step and program; names escaped (tracer.explain.runfiles).
         `failed`: whether there is a failure to explain (default: any failed step)."""
-        failed = bool(self.step_failures) if failed is None else failed
+        failed = bool(self.step_failures or self.output_changes) if failed is None \
+            else failed
         if not self.missing:
             return ["no file of the original image was missing in the traced run"
                     + (": the failure is not a missing file" if failed else "")]
