@@ -377,3 +377,28 @@ def test_a_fix_no_edit_can_make_is_left_out_not_a_crash(tmp_path: Path) -> None:
     assert [s.kind for s in suggest(text, step, "checked", d, passed=False)] == ["smoke"]
     d.profile_text = text
     assert "keep:\n  binaries:" in d.format_text()  # unplaced, for the operator to merge
+
+
+def test_a_program_the_original_ran_goes_to_keep_binaries(tmp_path: Path) -> None:
+    """On the minimized image a shell only looks `seq` up on its PATH (newfstatat ->
+    ENOENT); the original run executed it. It is a program: keep.binaries, not a path."""
+    base = tmp_path / "orig"
+    (base / "usr/bin").mkdir(parents=True)
+    for name in ("sh", "seq"):
+        (base / "usr/bin" / name).write_text("#!/usr/bin/sh\n")
+        (base / "usr/bin" / name).chmod(0o755)
+
+    def access(syscall: str, ok: bool) -> Access:
+        return Access(path="/usr/bin/seq", syscall=syscall, ok=ok,
+                      errno=None if ok else "ENOENT", pid=7, program="/usr/bin/sh",
+                      cmdline=("sh", "-c", "seq 1 3"), step="smoke[0].command")
+
+    minimized_run = SmokeResult(passed=False, accesses=[access("newfstatat", False)])
+    original_run = SmokeResult(passed=True, accesses=[access("newfstatat", True),
+                                                      access("execve", True)])
+    d = diagnose(minimized_run, RootFS(base), [], original_run=original_run,
+                 present={"/usr", "/usr/bin", "/usr/bin/sh"}.__contains__,
+                 env={"PATH": "/usr/bin"})
+    assert d.keep_binaries == ["/usr/bin/seq"] and d.keep_paths == []
+    [missing] = d.missing
+    assert (missing.syscall, missing.errno) == ("execve", ABSENT)

@@ -108,6 +108,7 @@ def test_long_output_is_checked_on_a_stable_line(shjob: Path) -> None:
                                     "stdout": "x"}
     assert "only its exit code" not in answer["smoke_step_note"]
     assert "/usr/bin/seq" in {m["image_path"] for m in answer["missing"]}
+    assert answer["diagnosis"]["suggested_keep_binaries"] == ["/usr/bin/seq"]
 
 
 def test_output_that_varies_between_runs(shjob: Path) -> None:

@@ -383,19 +383,26 @@ def diagnose(result: SmokeResult, original: RootFS, exclude: Iterable[str] = (),
     entries are resolved with.
     """
     globs, _ = globs_through_links(exclude, original)  # the rules as the keep-list applied them
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # lacking path -> its index in `missing`
     missing: list[MissingFile] = []
 
     def record(a: Access, asked: str, errno: str, acted_on: str | None) -> None:
         lacking = _lacking(original, asked, present)
-        if lacking is None or lacking in seen:
+        if lacking is None:
             return
-        seen.add(lacking)
-        missing.append(MissingFile(path=asked, image_path=lacking, syscall=a.syscall,
-                                   errno=errno, step=a.step, program=a.program,
-                                   cmdline=tuple(a.cmdline),
-                                   excluded_by=first_match(lacking, globs),
-                                   acted_on=acted_on))
+        found = MissingFile(path=asked, image_path=lacking, syscall=a.syscall, errno=errno,
+                            step=a.step, program=a.program, cmdline=tuple(a.cmdline),
+                            excluded_by=first_match(lacking, globs), acted_on=acted_on)
+        if lacking not in seen:
+            seen[lacking] = len(missing)
+            missing.append(found)
+            return
+        # a shell that finds no `seq` on its PATH only looked it up; the original run
+        # executed it: it is a program, and keep.binaries keeps it with its libraries
+        was = missing[seen[lacking]]
+        if a.syscall in EXEC_SYSCALLS and acted_on is None and was.acted_on is None \
+                and was.syscall not in EXEC_SYSCALLS:
+            missing[seen[lacking]] = found
 
     for a in result.accesses:
         if a.ok or a.errno not in MISSING_ERRNOS:
