@@ -494,8 +494,7 @@ def _confirmed(step: ArgvStep, first: StepOutcome, again: StepOutcome | None,
     if check.stream is None:
         return step, ("checked: it passes on the original image, untraced; only its exit "
                       f"code is checked, because {check.why}: an image that exits alike "
-                      "but prints something else would pass such a step (diagnose compares "
-                      "whole outputs still)")
+                      "but prints something else would pass such a step")
     checked = dataclasses.replace(step, **{check.stream: check.regex})
     return checked, (f"checked: it passes on the original image, untraced, as verification "
                      f"runs it; it checks {check.stream} for a part every run of the "
