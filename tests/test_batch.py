@@ -14,7 +14,8 @@ import pytest
 import yaml
 from conftest import interrupt_when_running
 
-from tracer.batch import JobResult, junit_xml
+from tracer.batch import Batch, JobResult, _fingerprint, junit_xml, profile_digest
+from tracer.profile.load import load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,6 +30,44 @@ def test_junit_has_one_case_per_image_with_failures_and_skips() -> None:
     cases = {c.get("name"): c for c in suite.findall("testcase")}
     assert cases["b"].find("failure").get("message") == "verification <failed>"
     assert cases["c"].find("skipped") is not None and cases["a"].find("failure") is None
+
+
+def test_a_changed_stdin_file_is_not_skipped_as_unchanged(tmp_path: Path) -> None:
+    """The job depends on the bytes it feeds: a new stdin_file (one byte of a binary
+    document changed, the profile text the same) is a new job, never "unchanged"."""
+    (tmp_path / "in.tar").write_bytes(b"not an image")  # the child fails at once on it
+    (tmp_path / "out.tar").write_bytes(b"a previous output")
+    doc = tmp_path / "doc.bin"
+    doc.write_bytes(bytes(range(256)) + b"\x00\xff")
+    profile = tmp_path / "app.yaml"
+    profile.write_text(f"version: 1\nname: app\nimage: docker-archive:{tmp_path}/in.tar\n"
+                       f"output: docker-archive:{tmp_path}/out.tar\nrun: {{mode: job}}\n"
+                       "smoke:\n  - command: [sha256sum]\n    stdin_file: doc.bin\n")
+    out = tmp_path / "out"
+    state = out / "app" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps(_fingerprint(profile, load_profile(profile))))
+    assert Batch(out, 1, False)._job(profile).status == "skipped"
+    doc.write_bytes(bytes(range(256)) + b"\x00\xfe")
+    again = Batch(out, 1, False)._job(profile)
+    assert again.status == "failed" and again.exit_code == 2, again
+
+
+def test_the_profile_digest_frames_each_input() -> None:
+    """Inputs of any bytes cannot be shifted between steps, and none is not empty."""
+    path = REPO / "profiles" / "hardcases.yaml"
+    base = load_profile(path)
+    from dataclasses import replace
+
+    from tracer.profile.model import CommandStep, SmokeStep
+
+    def with_stdins(*stdins: bytes | None) -> str:
+        steps = [SmokeStep(i, CommandStep(argv=["cat"], stdin=s)) for i, s in enumerate(stdins)]
+        return profile_digest(path, replace(base, smoke=steps))
+
+    digests = {with_stdins(b"a\x00", b""), with_stdins(b"a", b"\x00"), with_stdins(b"a\x00", None),
+               with_stdins(b"", b"a\x00"), with_stdins(None, b"a\x00")}
+    assert len(digests) == 5
 
 
 def test_bad_input_exits_2(tmp_path: Path) -> None:

@@ -135,6 +135,8 @@ def test_the_complete_example_of_the_reference_loads_and_passes_the_schema() -> 
     {"version": 1, "name": "a", "image": "x", "budgets": {"profile_bytes": "9MiB"}},
     {"version": 1, "name": "a", "image": "x", "run": {"timeout": "soon"}},
     {"version": 2, "name": "a", "image": "x"},
+    {"version": 1, "name": "a", "image": "x", "run": {"network": "host"},
+     "smoke": [{"http": {"url": "http://127.0.0.1:1/", "headers": {"Bad Name": "x"}}}]},
 ])
 def test_the_schema_refuses_what_the_loader_refuses(bad: dict) -> None:
     with pytest.raises(jsonschema.ValidationError):

@@ -36,7 +36,7 @@ from tracer.profile.load import load_profile
 from tracer.profile.model import CommandStep, ExecStep
 from tracer.profile.sections import parse_profile
 from tracer.rootfs import RootFS
-from tracer.trace.result import Access, Meaning, SmokeResult, StepOutcome
+from tracer.trace.result import Access, Captured, Meaning, SmokeResult, StepOutcome
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
@@ -115,8 +115,8 @@ def test_the_replayed_step_is_appended_where_a_pasted_one_goes() -> None:
     assert replay.smoke[-1].label == f"smoke[{len(service.smoke)}].exec"
     assert replay.smoke[-1].step == ExecStep(argv=["id"], exit=0, stdout="uid=",
                                              stderr="(?!)", timeout=5.0)
-    assert make_step(Command("command", ["id"]), ["id"], 2, None, "in") == CommandStep(
-        argv=["id"], exit=2, stdin="in")
+    assert make_step(Command("command", ["id"]), ["id"], 2, None, b"in") == CommandStep(
+        argv=["id"], exit=2, stdin=b"in")
 
 
 def minimized_python(tmp_path: Path) -> tuple[RootFS, Diagnosis]:
@@ -207,7 +207,7 @@ def test_step_yaml_carries_timeout_and_stdin_file_relative_to_the_profile(
     profile_path = tmp_path / "app.yaml"
     profile_path.write_text("version: 1\nname: app\nimage: app:1\nrun: {mode: job}\n")
     (tmp_path / "in").mkdir()
-    (tmp_path / "in/orders.xml").write_text("<orders/>\n")
+    (tmp_path / "in/orders.xml").write_bytes(b"<orders/>\n\x00\xff")  # any bytes
     profile = load_profile(profile_path)
     cmd = Command("command", ["python3", "/app/import.py"], stdin_file=tmp_path / "in/orders.xml",
                   timeout=90.0, exit=2)
@@ -218,7 +218,7 @@ def test_step_yaml_carries_timeout_and_stdin_file_relative_to_the_profile(
     profile_path.write_text(apply(profile_path.read_text(), fix.edits))
     [smoke] = load_profile(profile_path).smoke
     assert smoke.step == CommandStep(argv=["python3", "/app/import.py"], exit=2, timeout=90.0,
-                                     stdin="<orders/>\n")
+                                     stdin=b"<orders/>\n\x00\xff")
 
 
 def tracer(*args: str) -> subprocess.CompletedProcess:
@@ -274,21 +274,37 @@ def outcome(passed: bool, exit_code: int | None, message: str = "", output: str 
     return StepOutcome(label, "command", passed, 0.1, exit_code, message, output)
 
 
+def ran(stdout: str = "", stderr: str = "", exit_code: int = 0, passed: bool = True,
+        label: str = "smoke[1].command") -> StepOutcome:
+    """A step's outcome that ran to completion, with its streams as the runner keeps them."""
+    return StepOutcome(label, "command", passed, 0.1, exit_code,
+                       streams={"stdout": Captured.of(stdout), "stderr": Captured.of(stderr)})
+
+
 def test_the_step_is_suggested_as_the_second_run_of_the_original_allows() -> None:
-    step = make_step(Command("command", ["report"]), ["report"], 0, "Rapport", None)
+    step = make_step(Command("command", ["report"]), ["report"], 0, None, None)
     run = SmokeResult(passed=False, failure="smoke[0].http: refused")
-    kept, note = _confirmed(step, outcome(True, 0), run)
-    assert kept == step and note.startswith("checked: it passes on the original image")
-    # the first line changed between runs: only the exit code is checked
-    kept, note = _confirmed(step, outcome(False, 0, "stdout does not match"), run)
-    assert kept == make_step(Command("command", ["report"]), ["report"], 0, None, None)
-    assert "only its exit code" in note
+    report = "Rapport des ventes\ncaf\u00e9: 3\n"
+    kept, note = _confirmed(step, ran(report), ran(report), run)
+    assert kept == make_step(Command("command", ["report"]), ["report"], 0, "Rapport des ventes",
+                             None)
+    assert note.startswith("checked: it passes on the original image") and "stdout" in note
+    # a program that speaks only on stderr is checked there
+    kept, note = _confirmed(step, ran(stderr="fixed\n"), ran(stderr="fixed\n"), run)
+    assert kept is not None and kept.stdout is None and kept.stderr == "fixed"
+    # the output changes between runs, and not only in numbers: only the exit code, said
+    kept, note = _confirmed(step, ran("id 6f1c-a\n"), ran("id 0b9e-c\n"), run)
+    assert kept == step
+    assert "only its exit code is checked, because its output changes between runs of the " \
+           "original image (stdout line 1: 'id 6f1c-a' then 'id 0b9e-c')" in note
+    kept, note = _confirmed(step, ran(), ran(), run)
+    assert kept == step and "because it prints nothing on stdout or stderr" in note
     # the exit code changed between runs: no smoke step at all
-    kept, note = _confirmed(step, outcome(False, 2, "expected exit code 0, got 2"), run)
-    assert kept is None and "not usable as a smoke step" in note and "got 2" in note
+    kept, note = _confirmed(step, ran(report), ran(report, exit_code=2, passed=False), run)
+    assert kept is None and "not usable as a smoke step" in note and "exited 2" in note
     # the profile's own checks failed before it: unchecked, exit code only
-    kept, note = _confirmed(step, None, run)
-    assert kept is not None and kept.stdout is None and "smoke[0].http: refused" in note
+    kept, note = _confirmed(step, ran(report), None, run)
+    assert kept == step and "smoke[0].http: refused" in note and "exit code" in note
 
 
 def test_the_expected_exit_code_is_the_originals_unless_given() -> None:
@@ -361,3 +377,28 @@ def test_a_fix_no_edit_can_make_is_left_out_not_a_crash(tmp_path: Path) -> None:
     assert [s.kind for s in suggest(text, step, "checked", d, passed=False)] == ["smoke"]
     d.profile_text = text
     assert "keep:\n  binaries:" in d.format_text()  # unplaced, for the operator to merge
+
+
+def test_a_program_the_original_ran_goes_to_keep_binaries(tmp_path: Path) -> None:
+    """On the minimized image a shell only looks `seq` up on its PATH (newfstatat ->
+    ENOENT); the original run executed it. It is a program: keep.binaries, not a path."""
+    base = tmp_path / "orig"
+    (base / "usr/bin").mkdir(parents=True)
+    for name in ("sh", "seq"):
+        (base / "usr/bin" / name).write_text("#!/usr/bin/sh\n")
+        (base / "usr/bin" / name).chmod(0o755)
+
+    def access(syscall: str, ok: bool) -> Access:
+        return Access(path="/usr/bin/seq", syscall=syscall, ok=ok,
+                      errno=None if ok else "ENOENT", pid=7, program="/usr/bin/sh",
+                      cmdline=("sh", "-c", "seq 1 3"), step="smoke[0].command")
+
+    minimized_run = SmokeResult(passed=False, accesses=[access("newfstatat", False)])
+    original_run = SmokeResult(passed=True, accesses=[access("newfstatat", True),
+                                                      access("execve", True)])
+    d = diagnose(minimized_run, RootFS(base), [], original_run=original_run,
+                 present={"/usr", "/usr/bin", "/usr/bin/sh"}.__contains__,
+                 env={"PATH": "/usr/bin"})
+    assert d.keep_binaries == ["/usr/bin/seq"] and d.keep_paths == []
+    [missing] = d.missing
+    assert (missing.syscall, missing.errno) == ("execve", ABSENT)

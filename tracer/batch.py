@@ -120,16 +120,27 @@ def output_exists(ref: ImageRef) -> bool:
     return transport(ref).exists(ref)
 
 
+def profile_digest(profile_path: Path, profile: Profile) -> str:
+    """sha256 of the profile file and of every standard input it feeds: a stdin_file's
+    bytes are read at load, so a changed input file (a new test document) is a new job.
+    Each input is framed by its length, so no two different sets of inputs (any bytes,
+    NULs included) hash alike, and "none" differs from "empty"."""
+    h = hashlib.sha256(profile_path.read_bytes())
+    stdins = [profile.run.stdin, *(getattr(s.step, "stdin", None) for s in profile.smoke)]
+    for data in stdins:
+        if data is None:
+            h.update(b"-")
+        else:
+            h.update(b"+" + len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
+
+
 def _fingerprint(profile_path: Path, profile: Profile) -> dict[str, str]:
     """What a job's result depends on: the input image, the profile with the files it
     reads (stdin_file), and the tracer version."""
-    h = hashlib.sha256(profile_path.read_bytes())
-    stdins = [profile.run.stdin, *(getattr(s.step, "stdin", None) for s in profile.smoke)]
-    for text in stdins:  # stdin_file contents, read at load: a changed input file counts
-        h.update(b"\0" + (text or "").encode("utf-8", "surrogateescape"))
     return {
         "image_digest": image_digest(parse_reference(profile.image)),
-        "profile_sha256": h.hexdigest(),
+        "profile_sha256": profile_digest(profile_path, profile),
         "tracer_version": __version__,
     }
 

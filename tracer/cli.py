@@ -155,8 +155,9 @@ profile lines to add, best first: the command as a smoke step, keep.binaries for
 missing program, the exact keep.paths, then a shorter glob. Each piece of YAML says
 where in PROFILE it goes.""",
         epilog="exit codes: 0 the smoke test (or the replayed command) passes on the "
-        "minimized image; 1 it fails there (the diagnosis says why); 2 bad input; 3 it "
-        "fails on the original image; 4 environment problem.\n"
+        "minimized image; 1 it fails there, or exits alike but prints otherwise than on "
+        "the original (the diagnosis says why, with the diff); 2 bad input; 3 it fails "
+        "on the original image; 4 environment problem.\n"
         "example: tracer diagnose report.yaml --command --env PYTHONIOENCODING=iso-8859-15 "
         "-- python3 /app/report.py --month 5",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,7 +177,8 @@ where in PROFILE it goes.""",
                    help="an environment variable of the replayed command (repeatable); set "
                    "through the image's `env` program, as a smoke step can")
     d.add_argument("--stdin-file", type=Path, metavar="FILE",
-                   help="feed FILE to the replayed command's standard input")
+                   help="feed FILE (any bytes: a document, an image) to the replayed "
+                   "command's standard input")
     d.add_argument("--exit", type=int, metavar="N", help="the exit code the command should "
                    "return (default: whatever it returns on the original image)")
     d.add_argument("--timeout", metavar="DURATION", help="time limit of the replayed command "

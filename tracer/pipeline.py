@@ -2,9 +2,9 @@
 
 profile → plan → image read and flattened ∥ traced run of the original (must pass, else
 exit 3) → ELF closure and keep-list (file or package granularity) → candidate image in the
-engine → verification run (untraced) → only then the output reference is written →
-report. Each stage is a function that returns a typed value; `minimize` only strings them
-together and fills the report.
+engine → verification run (untraced; what each check prints compared with the original's)
+→ only then the output reference is written → report. Each stage is a function that
+returns a typed value; `minimize` only strings them together and fills the report.
 
 The output is never replaced by an image that did not pass its smoke test, and every
 container, temp image and temp directory is removed on success, failure and Ctrl-C.
@@ -30,6 +30,7 @@ from tracer.budgets import Budgets
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
 from tracer.explain.diagnose import diagnose
+from tracer.explain.outputs import Comparison, compare, suspects
 from tracer.image.daemon import EngineImages
 from tracer.image.model import FlatImage
 from tracer.image.prepare import Prepared, prepare
@@ -349,9 +350,34 @@ def verify(plan: Plan, candidate: ImageRef, work: Path, progress: Progress,
     return result
 
 
+def silent_changes(plan: Plan, prepared: Prepared, trace: SmokeResult,
+                   verification: SmokeResult, work: Path, progress: Progress,
+                   seconds: Seconds) -> Comparison:
+    """Checks that passed on the candidate but print otherwise than on the original (an
+    image that exits 0 with the wrong output is broken silently: docs/profile.md, "Silent
+    changes fail too"). Most outputs come out alike and cost nothing more; when one does not, the
+    smoke test runs once more on the original, untraced, to tell a change from output
+    that varies between runs (a timestamp, a random token)."""
+    differ = suspects(trace, verification)
+    if not differ:
+        return Comparison([], [])
+    more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+    progress.phase(f"{differ[0]}{more} differs from the original's: the smoke test again "
+                   "on the original image, untraced, to tell a change from output that varies")
+    t0 = time.monotonic()
+    again = run_smoke(plan.profile, prepared.engine_ref, traced=False,
+                      workdir=work / "original-again", progress=progress, budgets=plan.budgets)
+    found = compare([trace, again], verification)
+    seconds.add("compare", t0)
+    progress.done(f"{len(found.changes)} changed" if found.changes
+                  else "it varies on the original too")
+    return found
+
+
 def diagnose_failure(plan: Plan, candidate: ImageRef, prepared: Prepared, trace: SmokeResult,
                      kept: dict[str, list[Reason]], work: Path, progress: Progress,
-                     seconds: Seconds, report: Report) -> None:
+                     seconds: Seconds, report: Report,
+                     comparison: Comparison | None = None) -> None:
     """Trace the smoke test on the candidate and name what it misses of the original."""
     progress.phase("diagnosing: the same smoke test, traced, on the minimized image")
     t0 = time.monotonic()
@@ -360,6 +386,8 @@ def diagnose_failure(plan: Plan, candidate: ImageRef, prepared: Prepared, trace:
     diagnosis = diagnose(traced, prepared.root, plan.profile.exclude, original_run=trace,
                          present=kept.__contains__,
                          env=prepared.config.environment(plan.profile.run.env))
+    if comparison is not None:
+        diagnosis.changed_outputs(comparison.changes, comparison.not_compared)
     if plan.profile.source is not None:  # the fix is then placed in the operator's file
         with contextlib.suppress(BadInput):  # gone or unreadable now: the fix unplaced
             diagnosis.profile_text = read_profile_text(plan.profile.source,
@@ -444,11 +472,22 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
 
             verification = verify(plan, candidate, work, progress, seconds)
             report.verification_steps = _steps(verification)
+            comparison = None
+            if verification.passed:
+                comparison = silent_changes(plan, prepared, trace, verification, work,
+                                            progress, seconds)
+                report.output_changes = [c.to_json() for c in comparison.changes]
+                report.output_not_compared = comparison.not_compared
+                if comparison.changes:
+                    verification.passed = False
+                    verification.failure = comparison.changes[0].message + (
+                        f" (and {len(comparison.changes) - 1} more)"
+                        if len(comparison.changes) > 1 else "")
             report.verified = verification.passed
             if not verification.passed:
                 report.failure = verification.failure
                 diagnose_failure(plan, candidate, prepared, trace, analysis.keeplist.kept, work,
-                                 progress, seconds, report)
+                                 progress, seconds, report, comparison)
             else:
                 _publish(plan, engine, candidate, flat, keep, work, progress, seconds, report)
     except TracerError as exc:

@@ -71,6 +71,10 @@ class Report:
     sizes_by_granularity: dict[str, int] = field(default_factory=dict)
     package_granularity: dict[str, Any] | None = None
     package_sizes_text: str = ""  # the same price table for people (not in the JSON)
+    # checks that passed on the minimized image but print otherwise than on the original,
+    # where every run of the original printed alike (tracer.explain.outputs): a failure
+    output_changes: list[dict[str, Any]] = field(default_factory=list)
+    output_not_compared: list[str] = field(default_factory=list)  # outputs that vary
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

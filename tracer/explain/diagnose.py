@@ -31,6 +31,7 @@ from typing import Any
 from tracer.analysis.evidence import UNIDENTIFIED, needed_path, parent_of
 from tracer.analysis.keeplist import first_match, globs_through_links
 from tracer.analysis.policy import IMPLICIT_DLOPENS
+from tracer.explain.outputs import OutputChange
 from tracer.explain.runfiles import escape
 from tracer.profile.edit import Edit, Placed, placed, plan, yaml_str
 from tracer.rootfs import RootFS, SymlinkLoop
@@ -82,10 +83,22 @@ class Diagnosis:
     # the operator's profile file, when known: the fix is then placed in it (`format_text`)
     profile_text: str = ""
     profile_file: str = "the profile"
+    # checks that exit as on the original but print something else (tracer.explain.outputs)
+    output_changes: list[OutputChange] = field(default_factory=list)
+    output_not_compared: list[str] = field(default_factory=list)
+
+    def changed_outputs(self, changes: list[OutputChange], not_compared: list[str]) -> None:
+        """Record what comparing the outputs found: a change is a failure."""
+        self.output_changes += changes
+        self.output_not_compared += not_compared
+        if changes:
+            self.passed = False
 
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "missing": [asdict(m) for m in self.missing],
                 "step_failures": self.step_failures,
+                "output_changes": [c.to_json() for c in self.output_changes],
+                "output_not_compared": self.output_not_compared,
                 "suggested_keep_binaries": self.keep_binaries,
                 "suggested_keep_paths": self.keep_paths,
                 "suggested_keep_globs": self.keep_globs}
@@ -104,12 +117,18 @@ class Diagnosis:
                 if len(output) > 8:  # the end is where a traceback says what went wrong
                     lines.append(f"    | ... ({len(output) - 8} earlier lines)")
                 lines += [f"    | {out}" for out in output[-8:]]
+        if self.output_changes:
+            lines.append("checks that end as on the original image but print something else:")
+            for change in self.output_changes:
+                lines += ["  " + ln for ln in change.format_lines("  ")]
+        lines += [f"  ({note})" for note in self.output_not_compared]
         return lines
 
     def format_missing(self, failed: bool | None = None) -> list[str]:
         """The missing files grouped by step and program; names escaped (tracer.explain.runfiles).
         `failed`: whether there is a failure to explain (default: any failed step)."""
-        failed = bool(self.step_failures) if failed is None else failed
+        failed = bool(self.step_failures or self.output_changes) if failed is None \
+            else failed
         if not self.missing:
             return ["no file of the original image was missing in the traced run"
                     + (": the failure is not a missing file" if failed else "")]
@@ -366,19 +385,25 @@ def diagnose(result: SmokeResult, original: RootFS, exclude: Iterable[str] = (),
     entries are resolved with.
     """
     globs, _ = globs_through_links(exclude, original)  # the rules as the keep-list applied them
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # lacking path -> its index in `missing`
     missing: list[MissingFile] = []
 
     def record(a: Access, asked: str, errno: str, acted_on: str | None) -> None:
         for lacking in _lacking(original, asked, present):
-            if lacking in seen:
+            found = MissingFile(path=asked, image_path=lacking, syscall=a.syscall,
+                                errno=errno, step=a.step, program=a.program,
+                                cmdline=tuple(a.cmdline),
+                                excluded_by=first_match(lacking, globs), acted_on=acted_on)
+            if lacking not in seen:
+                seen[lacking] = len(missing)
+                missing.append(found)
                 continue
-            seen.add(lacking)
-            missing.append(MissingFile(path=asked, image_path=lacking, syscall=a.syscall,
-                                       errno=errno, step=a.step, program=a.program,
-                                       cmdline=tuple(a.cmdline),
-                                       excluded_by=first_match(lacking, globs),
-                                       acted_on=acted_on))
+            # a shell that finds no `seq` on its PATH only looked it up; the original run
+            # executed it: it is a program, and keep.binaries keeps it with its libraries
+            was = missing[seen[lacking]]
+            if a.syscall in EXEC_SYSCALLS and acted_on is None and was.acted_on is None \
+                    and was.syscall not in EXEC_SYSCALLS:
+                missing[seen[lacking]] = found
 
     for a in result.accesses:
         if a.ok or a.errno not in MISSING_ERRNOS:

@@ -12,12 +12,15 @@ lines that fix it, best first):
   steps, `command` in a fresh one-shot container with the profile's run settings.
 
 The replay is three runs of the profile with that step: (1) traced on the original image:
-what the command uses, its exit code and output (the step is made to fail on a regex that
-matches nothing, the one way a runner that keeps output only for failed steps hands it
-over); (2) the suggested step, untraced on the original, as verification will run it: a
-first line of output that changes between runs is dropped from the step, a command whose
-exit code changes is no smoke step at all; (3) the step, traced, on the minimized image:
-the verdict, and with (1) the exact files the minimized image lacks.
+what the command uses, its exit code and its output (stdout and stderr, each); (2) the
+same, untraced on the original, as verification will run it: a command whose exit code
+changes is no smoke step at all, and what the suggested step checks of the output is
+decided by both runs (tracer.explain.stepcheck: a part of stdout or stderr that every run
+printed, else only the exit code, saying why); (3) the step, traced, on the minimized
+image: the verdict, and with (1) the exact files the minimized image lacks. The verdict
+is not the step's alone: a command that exits as on the original but prints something
+else where every run of the original printed alike is broken silently, and fails, with
+the difference (tracer.explain.outputs).
 
 The fix is offered in this order: the command as a smoke step (every minimization then
 traces and verifies it, so `file` granularity keeps what it uses); then keep.binaries for
@@ -31,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,7 +44,9 @@ from tracer.engine import connect
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal
 from tracer.explain.diagnose import Diagnosis, Suggestion, diagnose, format_suggestions, suggest
+from tracer.explain.outputs import Comparison, compare, suspects
 from tracer.explain.runfiles import escape
+from tracer.explain.stepcheck import TOOL_PREFIX, OutputCheck, output_check, stdout_regex
 from tracer.image.daemon import EngineImages
 from tracer.image.prepare import Prepared, prepare
 from tracer.image.reference import default_output, parse_reference
@@ -62,12 +66,11 @@ from tracer.trace.result import SmokeResult, StepOutcome
 from tracer.trace.run import run_smoke
 from tracer.workdir import workdir
 
-NEVER = "(?!)"  # a regex that matches nothing: the probe step fails and hands its output over
-# what runners write in place of cut lines, and strace's own messages: never a stdout regex
-CUT_MARKER = re.compile(r"\.\.\. \(\d+ (?:more|earlier) lines?\)")
-TOOL_PREFIX = "/.tracer/"
-REGEX_CHARS = 80  # a stdout regex is at most this much of a line: a prefix proves the same
 OUTPUT_SHOWN = 20  # lines of a run's output shown
+STREAM_CHARS = 4000  # characters of each stream in the JSON answer
+
+__all__ = ["Command", "ReplayResult", "RunView", "diagnose_profile", "replay_command",
+           "stdout_regex"]
 
 
 # -- what is replayed ----------------------------------------------------------------------
@@ -116,11 +119,13 @@ def replayed_argv(command: Command, root: RootFS, env: dict[str, str]) -> list[s
 
 
 def step_yaml(command: Command, argv: list[str], exit_code: int, stdout: str | None,
-              profile: Profile) -> dict[str, Any]:
+              profile: Profile, stderr: str | None = None) -> dict[str, Any]:
     """The smoke step as the profile writes it (keys in the order docs/profile.md uses)."""
     step: dict[str, Any] = {command.kind: argv, "exit": exit_code}
     if stdout is not None:
         step["stdout"] = stdout
+    if stderr is not None:
+        step["stderr"] = stderr
     if command.timeout is not None:
         step["timeout"] = f"{command.timeout:g}s"
     if command.stdin_file is not None:
@@ -140,7 +145,7 @@ def stdin_file_name(path: Path, profile: Profile) -> str:
 
 
 def make_step(command: Command, argv: list[str], exit_code: int, stdout: str | None,
-              stdin: str | None, stderr: str | None = None) -> ArgvStep:
+              stdin: bytes | None, stderr: str | None = None) -> ArgvStep:
     cls = ExecStep if command.kind == "exec" else CommandStep
     kw: dict[str, Any] = {}
     if command.timeout is not None:
@@ -159,42 +164,6 @@ def label_of(profile: Profile, command: Command) -> str:
     return f"smoke[{len(profile.smoke)}].{command.kind}"
 
 
-# -- a stdout regex from one run's output ----------------------------------------------------
-
-def _escape_literal(text: str) -> str:
-    """Regex for `text` as it is: only the characters that mean something are escaped (the
-    profile shows it to people), digit runs may differ (counters, dates, times), and a
-    character the runner could not decode (U+FFFD) is any character."""
-    out = []
-    for part in re.split(r"([0-9]+)", text):
-        if part.isascii() and part.isdigit():
-            out.append("[0-9]+")
-            continue
-        for ch in part:
-            if ch == "\ufffd":
-                out.append(".")
-            elif ch in ".^$*+?{}[]\\|()":
-                out.append("\\" + ch)
-            else:
-                out.append(ch)
-    return "".join(out)
-
-
-def stdout_regex(output: str) -> str | None:
-    """A regex for the command's output: its first line that says something (three
-    letters at least, else the first non-blank one), cut to REGEX_CHARS, escaped; None when
-    there is no output. Whether it is stable and really on stdout is for a second run of
-    the original to say."""
-    lines = [ln.strip() for ln in output.splitlines()]
-    lines = [ln for ln in lines
-             if ln and not CUT_MARKER.fullmatch(ln) and not ln.startswith(TOOL_PREFIX)
-             and any(not ch.isspace() and ch != "\ufffd" for ch in ln)]
-    if not lines:
-        return None
-    pick = next((ln for ln in lines if sum(ch.isalpha() for ch in ln) >= 3), lines[0])
-    return _escape_literal(pick[:REGEX_CHARS].rstrip())
-
-
 # -- the answer --------------------------------------------------------------------------------
 
 @dataclass
@@ -206,10 +175,23 @@ class RunView:
     passed: bool
     exit_code: int | None
     message: str  # the failure, "" when it passed
-    output: str  # as the runner kept it ("" for a passed step on the minimized image)
+    output: str  # shown: stdout then stderr (a failed step: the tail the runner kept)
+    stdout: str = ""  # the beginning of each stream (STREAM_CHARS)
+    stderr: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def of(cls, image: str, outcome: StepOutcome, passed: bool, message: str) -> RunView:
+        """The command's run as a step `outcome`: its streams, both shown (stdout first)
+        when it passed, the runner's tail of them when it failed."""
+        streams = {name: outcome.streams[name].text if name in outcome.streams else ""
+                   for name in ("stdout", "stderr")}  # strace's own lines are not in them
+        both = "\n".join(t.rstrip("\n") for t in streams.values() if t.strip())
+        shown = _app_output(outcome.output) if not outcome.passed and outcome.output else both
+        return cls(image, True, passed, outcome.exit_code, message, shown,
+                   streams["stdout"][:STREAM_CHARS], streams["stderr"][:STREAM_CHARS])
 
     def format_lines(self, what: str) -> list[str]:
         if not self.reached:
@@ -219,7 +201,10 @@ class RunView:
         else:
             head = f"{what} image {self.image}: FAILED: {self.message}"
         lines = [head]
-        lines += [f"  | {escape(ln)}" for ln in self.output.splitlines()[:OUTPUT_SHOWN]]
+        output = self.output.splitlines()
+        lines += [f"  | {escape(ln)}" for ln in output[:OUTPUT_SHOWN]]
+        if len(output) > OUTPUT_SHOWN:
+            lines.append(f"  | ... ({len(output) - OUTPUT_SHOWN} more lines)")
         return lines
 
 
@@ -235,6 +220,8 @@ class ReplayResult:
     diagnosis: Diagnosis
     suggestions: list[Suggestion]
     filename: str  # the profile file the edits are for
+    # the command's output on the minimized image against every run on the original
+    comparison: Comparison = field(default_factory=lambda: Comparison([], []))
 
     @property
     def passed(self) -> bool:
@@ -246,6 +233,8 @@ class ReplayResult:
                             "label": self.label},
                 "original": self.original.to_json(), "minimized": self.minimized.to_json(),
                 "smoke_step": self.step, "smoke_step_note": self.step_note,
+                "output_changes": [c.to_json() for c in self.comparison.changes],
+                "output_not_compared": self.comparison.not_compared,
                 "missing": self.diagnosis.to_json()["missing"],
                 "diagnosis": self.diagnosis.to_json(),
                 "profile": self.filename,
@@ -261,6 +250,11 @@ class ReplayResult:
                          "the image's `env` program, which the step then needs as well)")
         lines += self.original.format_lines("original")
         lines += self.minimized.format_lines("minimized")
+        for change in self.comparison.changes:  # the diff in place of the output
+            if change.message != self.minimized.message:
+                lines.append(f"  {change.message}")
+            lines += [f"  {ln}" for ln in change.diff.splitlines()]
+        lines += [f"  ({note})" for note in self.comparison.not_compared]
         lines += self.diagnosis.format_missing(failed=not self.passed)
         rules = self.diagnosis.excluded_rules
         if rules:
@@ -374,6 +368,18 @@ def diagnose_profile(profile: Profile, *, image: str | None = None,
         diagnosis = diagnose(run, original.root, profile.exclude, original_run=used,
                              present=minimized.flat.entries.__contains__,
                              env=original.config.environment(profile.run.env))
+        differ = suspects(used, run)
+        if differ:
+            # one run of the original cannot tell a change from output that varies
+            more = f" (and {len(differ) - 1} more)" if len(differ) > 1 else ""
+            progress.phase(f"{differ[0]}{more} differs from the original's: the smoke test "
+                           "again on the original image, untraced, to tell a change from "
+                           "output that varies")
+            again = run_smoke(profile, original.engine_ref, traced=False,
+                              workdir=work / "again-original", progress=progress)
+            found = compare([used, again], run)
+            diagnosis.changed_outputs(found.changes, found.not_compared)
+            progress.done(f"{len(found.changes)} changed" if found.changes else "it varies")
     diagnosis.profile_text, diagnosis.profile_file = _profile_text(profile)
     return diagnosis
 
@@ -400,39 +406,45 @@ def replay_command(profile: Profile, command: Command, *, image: str | None = No
         argv = replayed_argv(command, original.root, env)
 
         progress.phase(f"replaying the command on the original image, traced ({label})")
-        probe = make_step(command, argv, command.exit or 0, None, stdin, stderr=NEVER)
+        probe = make_step(command, argv, command.exit or 0, None, stdin)
         traced = run_smoke(with_step(profile, probe), original.engine_ref, traced=True,
                            workdir=work / "trace-original", progress=progress)
         got = _outcome(traced, label)
         progress.done(f"exit {got.exit_code}" if got else "FAILED")
         expected = _expected_exit(got, traced, command, in_ref)
-        first = RunView(str(in_ref), True, True, expected, "",
-                        _app_output(got.output if got else ""))
+        assert got is not None
+        first = RunView.of(str(in_ref), got, True, "")
 
-        regex = stdout_regex(first.output)
-        progress.phase("checking the smoke step to suggest on the original image, "
-                       "untraced")
-        step = make_step(command, argv, expected, regex, stdin)
-        check = run_smoke(with_step(profile, step), original.engine_ref, traced=False,
+        progress.phase("running it again on the original image, untraced, as verification "
+                       "runs it: what of its output every run prints")
+        plain = make_step(command, argv, expected, None, stdin)
+        check = run_smoke(with_step(profile, plain), original.engine_ref, traced=False,
                           workdir=work / "check-original", progress=progress)
-        step, note = _confirmed(step, _outcome(check, label), check)
+        again = _outcome(check, label)
+        step, note = _confirmed(plain, got, again, check)
         progress.done(note)
 
         minimized = session.prepare(target, "minimized")
         progress.phase(f"replaying the command on the minimized image, traced ({label})")
-        final = step or make_step(command, argv, expected, None, stdin)
+        final = step or plain
         run = run_smoke(with_step(profile, final), minimized.engine_ref, traced=True,
                         workdir=work / "trace-minimized", progress=progress)
         outcome = _outcome(run, label)
-        progress.done("passed" if outcome and outcome.passed else "FAILED")
+        originals = [traced, check] if again is not None else [traced]
+        comparison = compare(originals, run, {label})
         if outcome is None:
             view = RunView(target, False, False, None, _not_reached(run), "")
         else:
-            view = RunView(target, True, outcome.passed, outcome.exit_code,
-                           outcome.message, _app_output(outcome.output))
+            changed = comparison.changes
+            view = RunView.of(target, outcome, outcome.passed and not changed,
+                              outcome.message or (changed[0].message if changed else ""))
+            if outcome.passed:  # shown for the original already; a change shows its diff
+                view.output = ""
+        progress.done("passed" if view.passed else "FAILED")
         diagnosis = diagnose(run, original.root, profile.exclude, original_run=traced,
                              present=minimized.flat.entries.__contains__, env=env)
-    yaml_step = (step_yaml(command, argv, step.exit, step.stdout, profile)
+        diagnosis.changed_outputs(comparison.changes, comparison.not_compared)
+    yaml_step = (step_yaml(command, argv, step.exit, step.stdout, profile, step.stderr)
                  if step is not None else None)
     text, filename = _profile_text(profile)
     suggestions = suggest(text, yaml_step, note, diagnosis, passed=view.passed)
@@ -441,7 +453,7 @@ def replay_command(profile: Profile, command: Command, *, image: str | None = No
         _check_reads_back(text, suggestions[0], profile, step)
     return ReplayResult(command=command, label=label, argv=argv, original=first,
                         minimized=view, step=yaml_step, step_note=note, diagnosis=diagnosis,
-                        suggestions=suggestions, filename=filename)
+                        suggestions=suggestions, filename=filename, comparison=comparison)
 
 
 def _expected_exit(got: StepOutcome | None, traced: SmokeResult, command: Command,
@@ -464,22 +476,29 @@ def _expected_exit(got: StepOutcome | None, traced: SmokeResult, command: Comman
     return got.exit_code
 
 
-def _confirmed(step: ArgvStep, got: StepOutcome | None,
+def _confirmed(step: ArgvStep, first: StepOutcome, again: StepOutcome | None,
                run: SmokeResult) -> tuple[ArgvStep | None, str]:
-    """The step to suggest after its check on the original, and how it went."""
-    if got is None:
-        return (dataclasses.replace(step, stdout=None),
-                f"not checked: on a second run of the original image the smoke test failed "
-                f"before it ({_not_reached(run)}); only its exit code is checked")
-    if got.passed:
-        return step, "checked: it passes on the original image, untraced, as verification " \
-                     "runs it"
-    if got.exit_code == step.exit:
-        return (dataclasses.replace(step, stdout=None),
-                "checked: it passes on the original image, untraced; its first line of "
-                "output changes between runs, so only its exit code is checked")
-    return None, (f"the command is not usable as a smoke step: on a second run of the "
-                  f"original image {got.message}")
+    """The step to suggest, from two runs of the command on the original (`first` traced,
+    `again` untraced as verification runs it), and how it was checked: a part of its
+    output both printed (tracer.explain.stepcheck), else its exit code alone, saying why;
+    None when the second run ends otherwise (no smoke step can hold then)."""
+    if again is None:
+        return step, (f"not checked: on a second run of the original image the smoke test "
+                      f"failed before it ({_not_reached(run)}); only its exit code is "
+                      "checked, which an image that exits alike but prints something else "
+                      "would pass")
+    if again.exit_code != step.exit:
+        return None, (f"the command is not usable as a smoke step: on a second run of the "
+                      f"original image {again.message or f'it exited {again.exit_code}'}")
+    check: OutputCheck = output_check([first, again])
+    if check.stream is None:
+        return step, ("checked: it passes on the original image, untraced; only its exit "
+                      f"code is checked, because {check.why}: an image that exits alike "
+                      "but prints something else would pass such a step")
+    checked = dataclasses.replace(step, **{check.stream: check.regex})
+    return checked, (f"checked: it passes on the original image, untraced, as verification "
+                     f"runs it; it checks {check.stream} for a part every run of the "
+                     "original printed")
 
 
 def _profile_text(profile: Profile) -> tuple[str, str]:

@@ -256,14 +256,16 @@ class Checker:
         return out
 
     # -- standard input ----------------------------------------------------------------
-    def stdin(self, m: dict[str, yaml.Node], base: str) -> str | None:
-        """`stdin` (inline text) or `stdin_file` (read now), at most one; None if neither."""
+    def stdin(self, m: dict[str, yaml.Node], base: str) -> bytes | None:
+        """`stdin` (inline text, fed as its UTF-8 bytes) or `stdin_file` (any bytes, read
+        now), at most one; None if neither."""
         if "stdin" in m and "stdin_file" in m:
             self.error(m["stdin_file"], f"{base}.stdin_file",
                        "give stdin or stdin_file, not both")
             return None
         if "stdin" in m:
-            return self.string(m["stdin"], f"{base}.stdin")
+            text = self.string(m["stdin"], f"{base}.stdin")
+            return text.encode("utf-8", "surrogatepass") if text is not None else None
         if "stdin_file" not in m:
             return None
         node = m["stdin_file"]
@@ -272,19 +274,20 @@ class Checker:
             if name == "":
                 self.error(node, f"{base}.stdin_file", "expected a file name, got ''")
             return None
-        text, problem = read_stdin_file(self.base / name, self.budgets.profile_bytes)
+        data, problem = read_stdin_file(self.base / name, self.budgets.profile_bytes)
         if problem:
             self.error(node, f"{base}.stdin_file", f"{name!r} (relative to {self.base}): "
                        f"{problem}")
             return None
-        return text
+        return data
 
 
 
-def read_stdin_file(path: Path, limit: int) -> tuple[str | None, str | None]:
-    """(text, None) or (None, why not). A regular file only: a FIFO or device would block
-    or never end; at most `limit` bytes (the profile_bytes budget: it is part of the
-    profile); UTF-8 text, since the model carries it as text."""
+def read_stdin_file(path: Path, limit: int) -> tuple[bytes | None, str | None]:
+    """(its bytes, None) or (None, why not). A regular file only: a FIFO or device would
+    block or never end; at most `limit` bytes (the profile_bytes budget: it is part of the
+    profile). Any bytes: production feeds documents and images (a .docx, a PNG), which are
+    no text, and the runner hands them to the program as they are."""
     try:
         st = path.stat()
     except OSError as exc:
@@ -301,10 +304,7 @@ def read_stdin_file(path: Path, limit: int) -> tuple[str | None, str | None]:
         return None, f"cannot read it: {exc.strerror or exc}"
     if len(data) > limit:
         return None, f"over the profile_bytes budget of {human(limit)}"
-    try:
-        return data.decode("utf-8"), None
-    except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    return data, None
 
 
 def did_you_mean(word: str, choices: tuple[str, ...]) -> str:

@@ -37,8 +37,9 @@ class RunSpec:
     stdout: str | None = None  # job mode: regex the job's stdout must match (extension)
     stderr: str | None = None  # job mode: regex the job's stderr must match (extension)
     timeout: float = 300.0  # hard limit for the whole run, seconds
-    stdin: str | None = None  # text fed to the main process (stdin_file already read); None:
-    #                           stdin is empty and closed
+    # bytes fed to the main process (`stdin` as UTF-8, or stdin_file's bytes, read at load);
+    # None: stdin is empty and closed
+    stdin: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class HttpStep:
     body: str | None = None  # regex searched in the response body
     timeout: float = 30.0  # one deadline for the whole request: connect, headers, body
     max_body: int | None = None  # bytes of body read at most (None: budgets.http_body)
+    # response header name (as written; matched case-insensitively) -> regex searched in
+    # its value; a header sent several times passes when any one of its values matches
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class ArgvStep:
     stdout: str | None = None
     stderr: str | None = None
     timeout: float = 60.0
-    stdin: str | None = None  # text fed to the program; None: stdin is empty and closed
+    stdin: bytes | None = None  # fed to the program as is; None: stdin is empty and closed
 
 
 @dataclass(frozen=True)

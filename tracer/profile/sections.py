@@ -37,6 +37,7 @@ from tracer.profile.model import (
 )
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # an HTTP token (RFC 9110)
 
 # -- the keys the loader accepts, per section ---------------------------------------------
 TOP_KEYS = ("version", "name", "image", "output", "run", "smoke", "keep", "exclude",
@@ -46,7 +47,7 @@ RUN_KEYS = ("entrypoint", "cmd", "env", "user", "workdir", "network", "tmpfs", "
 READY_KEYS = ("log", "tcp", "timeout")
 STEP_KINDS = ("http", "tcp", "exec", "command", "sleep")
 ARGV_STEP_KEYS = ("exit", "stdout", "stderr", "timeout", "stdin", "stdin_file")
-HTTP_KEYS = ("url", "status", "body", "timeout", "max_body")
+HTTP_KEYS = ("url", "status", "body", "timeout", "max_body", "headers")
 TCP_KEYS = ("port", "host", "send", "expect", "timeout")
 KEEP_KEYS = ("paths", "binaries", "packages", "granularity")
 GRANULARITIES = ("file", "package", "deps")
@@ -173,7 +174,37 @@ def _http(c: Checker, node: yaml.Node, sub: str) -> HttpStep | None:
         kw["timeout"] = t
     if "max_body" in h and (n := c.size(h["max_body"], f"{sub}.max_body")):
         kw["max_body"] = n
+    if "headers" in h:
+        kw["headers"] = _headers(c, h["headers"], f"{sub}.headers")
     return HttpStep(url=url, **kw) if url else None
+
+
+def _headers(c: Checker, node: yaml.Node, field: str) -> dict[str, str]:
+    """`headers: {Name: REGEX}`: names are HTTP tokens, one entry per name whatever its
+    case (HTTP names are case-insensitive: `server` and `Server` would be one header)."""
+    if not isinstance(node, yaml.MappingNode):
+        c.error(node, field, f"expected a mapping of header name to regex, got "
+                f"{'a list' if isinstance(node, yaml.SequenceNode) else repr(node.value)}")
+        return {}
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for key_node, value_node in node.value:
+        name = c.string(key_node, field)
+        if name is None:
+            continue
+        if not HEADER_NAME_RE.fullmatch(name):
+            c.error(key_node, f"{field}.{name}", "expected a header name (letters, digits "
+                    "and !#$%&'*+-.^_`|~, at most 256), got " + repr(name[:80]))
+            continue
+        if name.lower() in seen:
+            c.error(key_node, f"{field}.{name}", f"given twice (as {seen[name.lower()]!r}; "
+                    "header names are case-insensitive)")
+            continue
+        seen[name.lower()] = name
+        pattern = c.regex(value_node, f"{field}.{name}")
+        if pattern is not None:
+            out[name] = pattern
+    return out
 
 
 def _tcp(c: Checker, node: yaml.Node, sub: str) -> TcpStep | None:

@@ -55,7 +55,7 @@ class ContainerSpec:
     binds: dict[str, tuple[str, bool]] = field(default_factory=dict)  # target -> (src, ro)
     cap_add: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)  # lets an operator find leftovers
-    stdin: str | None = None  # fed to the main process, then closed; None: empty and closed
+    stdin: bytes | None = None  # fed to the main process, then closed; None: empty and closed
 
 
 def connect() -> Any:
@@ -225,7 +225,7 @@ class DockerRunner:
                 sock = self.client.api.attach_socket(
                     container.id, params={"stdin": 1, "stream": 1})
             self._sockets.append(sock)
-            self._stdin[name] = (sock, spec.stdin.encode())
+            self._stdin[name] = (sock, spec.stdin)
         return container
 
     def start(self, container: Any) -> None:

@@ -8,7 +8,9 @@ The server answering is the application under test: hostile input. So the reques
 - has ONE deadline for everything (connect, request, headers, body, every hop): each read
   is given only the time that is left, so a server sending a byte every 2 s cannot hold the
   step past its timeout;
-- reads at most `max_body` bytes of body: a longer body is judged on what was read.
+- reads at most `max_body` bytes of body: a longer body is judged on what was read;
+- takes the response headers as http.client bounds them (a line of at most 64 KiB, at
+  most 100 headers; more is a failed probe): `MAX_HEADER_BYTES` in all.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tracer.profile.sections import is_loopback
 MAX_REDIRECTS = 5
 REDIRECTS = {301, 302, 303, 307, 308}
 CHUNK = 64 * 1024
+MAX_HEADER_BYTES = 1 << 20  # all header lines together (http.client bounds each and their count)
 
 
 class ProbeFailed(Exception):
@@ -45,6 +48,13 @@ class Answer:
     cut: bool  # the body was longer than the cap; `body` is its beginning
     url: str
     hops: int
+    # (name, value) as the server sent them, in order, repeats included
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value sent for `name`, compared case-insensitively (HTTP names are)."""
+        want = name.lower()
+        return [v for k, v in self.headers if k.lower() == want]
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -156,7 +166,11 @@ def get(url: str, *, timeout: float, max_body: int) -> Answer:
                     break
                 body += chunk
             cut = len(body) >= max_body and bool(resp.read1(1))
-            return Answer(resp.status, bytes(body), cut, url, hop)
+            headers = tuple(resp.getheaders())
+            if sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+                raise ProbeFailed(f"GET {url}: the response headers are larger than "
+                                  f"{MAX_HEADER_BYTES} bytes")
+            return Answer(resp.status, bytes(body), cut, url, hop, headers)
         except TimeoutError:
             say = f", {len(body)} bytes of body received" if body else ""
             raise ProbeFailed(f"GET {url}: no complete answer within the step's timeout of "

@@ -6,8 +6,13 @@ image can use them without knowing how they were recorded (strace, fanotify, or 
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+NUMBERS = re.compile(r"[0-9]+")
+KEPT_CHARS = 64 * 1024  # of a stream's text kept for diffs and regexes (the digest is of all)
 
 
 class Meaning(StrEnum):
@@ -70,9 +75,35 @@ class Access:
                 str(self.meaning))
 
 
+@dataclass(frozen=True)
+class Captured:
+    """One stream a check printed (stdout, stderr, an http body), as far as comparing two
+    runs of it needs: the sha256 of everything the runner kept of it, the sha256 with
+    every run of digits set aside (counters, times and pids differ between runs of one
+    image), and its beginning as text (for a diff and a regex). Kept for passed steps too:
+    an image that exits alike but prints something else is broken silently."""
+
+    text: str  # the first KEPT_CHARS characters, as the step's regexes see it
+    chars: int  # characters in all
+    digest: str
+    masked: str  # the digest with digit runs set aside
+
+    @classmethod
+    def of(cls, text: str) -> Captured:
+        raw = text.encode("utf-8", "surrogatepass")
+        masked = NUMBERS.sub("0", text).encode("utf-8", "surrogatepass")
+        return cls(text[:KEPT_CHARS], len(text), hashlib.sha256(raw).hexdigest(),
+                   hashlib.sha256(masked).hexdigest())
+
+    @property
+    def cut(self) -> bool:
+        return self.chars > len(self.text)
+
+
 @dataclass
 class StepOutcome:
-    """How one step (ready, job run, or a smoke step) went; `output` only on failure."""
+    """How one step (ready, job run, or a smoke step) went; `output` only on failure,
+    `streams` whenever the step ran to completion (exec, command, the job, an http body)."""
 
     label: str
     kind: str
@@ -82,6 +113,7 @@ class StepOutcome:
     message: str = ""
     output: str = ""  # on failure: the tail of its output, the body, or the bytes received
     logs: str = ""  # on failure of a service's step: the main container's last log lines
+    streams: dict[str, Captured] = field(default_factory=dict)  # "stdout", "stderr", "body"
 
 
 @dataclass

@@ -321,7 +321,7 @@ def _bounded(stream: Any, limit: int) -> bytes | None:
 # -- the stages --------------------------------------------------------------------------
 
 
-def _spec(setup: _Setup, run: _Run, argv: list[str], stdin: str | None) -> ContainerSpec:
+def _spec(setup: _Setup, run: _Run, argv: list[str], stdin: bytes | None) -> ContainerSpec:
     r = run.profile.run
     strace = run.mode is Mode.STRACE
     return ContainerSpec(

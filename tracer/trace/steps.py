@@ -46,7 +46,7 @@ from tracer.trace.docker_runner import (
     feed,
     stream_client,
 )
-from tracer.trace.result import StepOutcome
+from tracer.trace.result import Captured, StepOutcome
 
 OUTPUT_LINES = 20  # lines of output kept in a failed step's outcome
 SHOWN_BYTES = 200  # bytes of a tcp answer quoted in a message
@@ -111,7 +111,9 @@ def check_output(
 ) -> StepOutcome:
     """Judge exit code and output regexes; a failure carries the tail of both streams."""
     out, err = without_tool_lines(out), without_tool_lines(err)
-    evidence = {"exit_code": code, "output": last_lines(_both(out, err)), "logs": logs}
+    streams = {"stdout": Captured.of(out), "stderr": Captured.of(err)}
+    evidence = {"exit_code": code, "output": last_lines(_both(out, err)), "logs": logs,
+                "streams": streams}
     if code != want.exit:
         return _outcome(label, kind, start, False, f"expected exit code {want.exit}, got {code}",
                         **evidence)
@@ -119,7 +121,7 @@ def check_output(
         if pattern and not re.search(pattern, text, re.M):
             return _outcome(label, kind, start, False, f"{stream} does not match {pattern!r}",
                             **evidence)
-    return _outcome(label, kind, start, True, exit_code=code)
+    return _outcome(label, kind, start, True, exit_code=code, streams=streams)
 
 
 def wait_ready(ctx: StepContext, ready: Ready) -> StepOutcome:
@@ -181,15 +183,56 @@ def run_http(label: str, step: HttpStep, budgets: Budgets = DEFAULT,
                         output=first_lines(exc.received.decode("utf-8", "replace")),
                         logs=logs())
     text = answer.body.decode("utf-8", "replace")
+    streams = {"body": Captured.of(text)}
     cut = f" (the body was cut at {cap} bytes: judged on those)" if answer.cut else ""
     if step.status is not None and answer.status != step.status:
         return _outcome(label, "http", start, False,
                         f"expected status {step.status}, got {answer.status}{cut}",
-                        output=first_lines(text), logs=logs())
+                        output=first_lines(text), logs=logs(), streams=streams)
+    problem = header_problem(step.headers, answer)
+    if problem:
+        return _outcome(label, "http", start, False, problem,
+                        output=_header_lines(answer), logs=logs(), streams=streams)
     if step.body and not re.search(step.body, text, re.M):
         return _outcome(label, "http", start, False, f"body does not match {step.body!r}{cut}",
-                        output=first_lines(text), logs=logs())
-    return _outcome(label, "http", start, True, cut.strip(" ()"))
+                        output=first_lines(text), logs=logs(), streams=streams)
+    return _outcome(label, "http", start, True, cut.strip(" ()"), streams=streams)
+
+
+SHOWN_VALUE = 200  # characters of a header value quoted in a message
+
+
+def _shown_value(value: str) -> str:
+    more = f"... ({len(value) - SHOWN_VALUE} more characters)" if len(value) > SHOWN_VALUE \
+        else ""
+    return repr(value[:SHOWN_VALUE]) + more
+
+
+def header_problem(wanted: dict[str, str], answer: http_probe.Answer) -> str:
+    """The first asserted header that is missing or does not match, said with what came
+    back ("" when all hold). Names are case-insensitive; a header sent several times
+    holds when any one of its values matches (Set-Cookie, Vary, Link come in several)."""
+    for name, pattern in wanted.items():
+        values = answer.header_values(name)
+        if not values:
+            sent = ", ".join(dict.fromkeys(k for k, _ in answer.headers)) or "none"
+            return (f"header {name}: not in the response (its headers: "
+                    f"{sent[:SHOWN_CHARS]})")
+        if any(re.search(pattern, v, re.M) for v in values):
+            continue
+        if len(values) == 1:
+            return f"header {name}: {_shown_value(values[0])} does not match {pattern!r}"
+        shown = ", ".join(_shown_value(v) for v in values[:5])
+        more = f" and {len(values) - 5} more" if len(values) > 5 else ""
+        return (f"header {name}: none of its {len(values)} values matches {pattern!r}: "
+                f"{shown}{more}")
+    return ""
+
+
+def _header_lines(answer: http_probe.Answer) -> str:
+    """What came back, as a failed step's evidence: the status and the headers."""
+    lines = [f"HTTP {answer.status}"] + [f"{k}: {v}" for k, v in answer.headers]
+    return first_lines("\n".join(lines), n=OUTPUT_LINES + 10)
 
 
 def _quoted(data: bytes) -> str:
@@ -294,7 +337,7 @@ def run_exec(ctx: StepContext, label: str, step: ExecStep, stem: str) -> StepOut
             sock = stream_client().api.exec_start(exec_id, socket=True)
             box["sock"] = sock
             if step.stdin is not None:
-                feed(sock, step.stdin.encode())
+                feed(sock, step.stdin)
             _exec_stream(sock, out, err)
         except Exception as exc:  # noqa: BLE001 - reported as the step's failure
             box["error"] = exc
