@@ -10,6 +10,7 @@ run that passed, so a nightly run that suddenly keeps 300 more files stands out.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -122,11 +123,16 @@ def output_exists(ref: ImageRef) -> bool:
 
 def _fingerprint(profile_path: Path, profile: Profile) -> dict[str, str]:
     """What a job's result depends on: the input image, the profile with the files it
-    reads (stdin_file), and the tracer version."""
+    reads (stdin_file, keep.evidence and --evidence recordings), and the tracer version."""
     h = hashlib.sha256(profile_path.read_bytes())
     stdins = [profile.run.stdin, *(getattr(s.step, "stdin", None) for s in profile.smoke)]
     for text in stdins:  # stdin_file contents, read at load: a changed input file counts
         h.update(b"\0" + (text or "").encode("utf-8", "surrogateescape"))
+    for recording in profile.keep.evidence:  # a new recording of production is a new job
+        h.update(b"\0" + recording.encode("utf-8", "surrogateescape") + b"\0")
+        with contextlib.suppress(OSError), open(recording, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return {
         "image_digest": image_digest(parse_reference(profile.image)),
         "profile_sha256": h.hexdigest(),

@@ -60,6 +60,12 @@ def _add_granularity(p: argparse.ArgumentParser) -> None:
                    "also the rest of each package it came from")
 
 
+def _add_evidence(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--evidence", action="append", type=Path, default=[], metavar="FILE",
+                   help="a recording written by `tracer record` (repeatable; on top of the "
+                   "profile's keep.evidence): every path production used is kept")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tracer", description="Shrink a container image to the files its "
                      "application really uses,\nand prove it with the same smoke test.",
@@ -91,6 +97,7 @@ def _add_minimize(sub: Any) -> None:
                    "next to it (FILE.keeplist)")
     m.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_granularity(m)
+    _add_evidence(m)
     _add_budget(m)
 
 
@@ -215,6 +222,7 @@ def _add_batch(sub: Any) -> None:
                    help="directory for logs, reports and summaries (default: ./tracer-batch)")
     b.add_argument("--force", action="store_true", help="redo unchanged jobs too")
     _add_granularity(b)
+    _add_evidence(b)
     _add_budget(b)
 
 
@@ -249,10 +257,11 @@ def check_out_dir(path: Path) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> Overrides:
-    from tracer.profile.load import Overrides, parse_budget_flags
+    from tracer.profile.load import Overrides, evidence_flags, parse_budget_flags
 
     return Overrides(budgets=parse_budget_flags(args.budget),
-                     granularity=getattr(args, "granularity", None))
+                     granularity=getattr(args, "granularity", None),
+                     evidence=evidence_flags(getattr(args, "evidence", None)))
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:

@@ -63,6 +63,9 @@ class Report:
     size_file_granularity: int | None = None
     package_granularity: dict[str, Any] | None = None
     package_sizes_text: str = ""  # the same price table for people (not in the JSON)
+    # keep.evidence: per recording, how many of its paths the image has, and those it
+    # lacks (listed, ignored); tracer.analysis.evidence.EvidenceFile
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -121,6 +124,25 @@ def _verified_checks(steps: list[StepSummary]) -> str:
     return checks_phrase(first, len(steps) - (1 if first else 0))
 
 
+def evidence_lines(evidence: list[dict[str, Any]], shown: int = 5) -> list[str]:
+    """keep.evidence in the summary: per recording, what it added and what the image
+    lacks (the first few by name; all of them in the report)."""
+    from tracer.explain.runfiles import escape
+
+    lines = []
+    for e in evidence:
+        lines.append(f"  evidence: {e['file']}: {e['kept']:,} of {e['paths']:,} recorded paths "
+                     f"are in the image (recorded {e['span'][0]} .. {e['span'][1]} on "
+                     f"{e['host']})")
+        missing = e["not_in_image"]
+        if missing:
+            lines.append(f"    {len(missing):,} not in this image, ignored: "
+                         + ", ".join(escape(p) for p in missing[:shown])
+                         + (f" (and {len(missing) - shown:,} more in the report)"
+                            if len(missing) > shown else ""))
+    return lines
+
+
 def summary_table(report: Report) -> str:
     """The before/after table printed at the end of a run: what was written, whether it
     was proven, and what the numbers mean (sizes are not `docker images` sizes)."""
@@ -156,6 +178,7 @@ def summary_table(report: Report) -> str:
         lines.append(f"  verified: NO - {report.failure or 'not verified'}")
     for rule in report.unmatched_keep_paths:
         lines.append(f"  warning: keep.paths {rule!r} matched nothing in the image")
+    lines += evidence_lines(report.evidence)
     if report.recorders:
         lines.append("  recorders: " + ", ".join(report.recorders)
                      + "".join(f" ({note})" for note in report.recorder_notes))

@@ -117,6 +117,8 @@ class KeepSpec:
     binaries: list[str] = field(default_factory=list)  # absolute paths/globs, or names on PATH
     packages: list[str] = field(default_factory=list)
     granularity: str = "file"  # file | package: a kept path pulls in its whole package
+    # recordings made by `tracer record` (paths as given, joined to the profile's directory)
+    evidence: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
