@@ -25,6 +25,7 @@ from tracer.analysis.recording import (
 )
 from tracer.budgets import Budgets
 from tracer.errors import BadInput
+from tracer.trace.recorder import PathTable
 
 SPAN = (1_748_772_000, 1_748_772_300)  # 2025-06-01T10:00:00Z .. 10:05:00Z
 
@@ -74,6 +75,23 @@ def test_written_atomically_and_the_old_file_survives_a_failed_write(tmp_path: P
         write_recording(bad, out)
     assert out.read_text() == "previous recording\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.rec"]  # no temp file left
+
+
+def test_table_bounds_what_a_busy_recorder_keeps() -> None:
+    table = PathTable(max_paths=3, max_bytes=1 << 20)
+    for i in range(5):
+        table.add(f"/f{i}", "open", "/bin/a")
+    table.add("/f0", "open", "/bin/a")  # seen: neither new nor dropped
+    assert sorted(table.uses) == ["/f0", "/f1", "/f2"] and table.dropped == 2
+    many = PathTable(max_paths=10, max_bytes=1 << 20)
+    for i in range(MAX_PROGRAMS + 3):
+        many.add("/etc/ld.so.cache", "open", f"/bin/p{i:02}")
+    use = many.result()["/etc/ld.so.cache"]
+    assert len(use.programs) == MAX_PROGRAMS and use.more == 3
+    small = PathTable(max_paths=1000, max_bytes=200)
+    for i in range(50):
+        small.add(f"/a/rather/long/path/name/{i}", "open", "/bin/a")
+    assert 0 < len(small) < 50 and small.dropped == 50 - len(small)
 
 
 def write(tmp_path: Path, text: str) -> Path:
