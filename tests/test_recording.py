@@ -173,3 +173,44 @@ def test_two_recordings_of_the_same_uses_diff_empty(tmp_path: Path) -> None:
     diff = subprocess.run(["diff", str(a), str(b)], capture_output=True, text=True).stdout
     assert diff.splitlines() == ["6a7", "> /usr/lib/x.so\topen\t/usr/bin/app"]
     assert len(list(lines(recording(uses)))) == 6
+
+
+def test_attach_reads_the_mappings_on_the_containers_filesystem_only() -> None:
+    """What a running container had loaded before the recorder came, from its maps: files
+    of its root filesystem (device 00:2a here), names unescaped as the kernel writes them."""
+    from tracer.trace.recorder import _mapped_files
+
+    maps = b"\n".join([
+        b"5639dd8c1000-5639dd8c3000 r--p 00000000 00:2a 1532417    /usr/bin/sleep",
+        b"7f56-7f57 r-xp 00026000 00:2a 1525935                    /usr/lib/libc.so.6",
+        b"7f58-7f59 r--p 00000000 00:2a 99                         /opt/a\\012b.so (deleted)",
+        b"7f60-7f61 r--p 00000000 fd:01 42                         /data/volume.db",
+        b"7ffd-7ffe rw-p 00000000 00:00 0                          [stack]",
+        b"7f62-7f63 rw-p 00000000 00:00 0 ",
+    ])
+    assert list(_mapped_files(maps, os.makedev(0, 0x2a))) == [
+        "/usr/bin/sleep", "/usr/lib/libc.so.6", "/opt/a\nb.so"]
+
+
+def test_a_new_containers_overlay_is_told_apart_by_its_layers() -> None:
+    """`--image` marks an overlay when its second lower layer is the image's top layer:
+    the container's -init layer sits right on it; an image built on this one does not."""
+    from tracer.trace.mountwatch import is_container_of, overlay_mounts
+
+    root = "/var/lib/docker/overlay2"
+    info = "\n".join([
+        f"52 45 0:40 / {root}/b2a0/merged rw,relatime shared:2 - overlay overlay "
+        f"rw,lowerdir={root}/l/INIT1:{root}/l/TOP:{root}/l/BASE,upperdir={root}/b2a0/diff,"
+        f"workdir={root}/b2a0/work",
+        f"53 45 0:41 / {root}/c3b1/merged rw,relatime shared:3 - overlay overlay "
+        "rw,lowerdir=l/INIT2:l/CHILD:l/TOP:l/BASE,upperdir=x,workdir=y",
+        "54 45 0:42 / /mnt/with\\040space rw - overlay overlay rw,lowerdir=/a\\072b:l/TOP",
+        "36 35 98:0 / / rw,noatime master:1 - ext4 /dev/vda rw",
+    ])
+    mounts = overlay_mounts(info)
+    assert sorted(mounts) == ["/mnt/with space", f"{root}/b2a0/merged", f"{root}/c3b1/merged"]
+    ours = mounts[f"{root}/b2a0/merged"]
+    assert ours.dev == os.makedev(0, 40) and is_container_of(ours, "TOP")
+    assert not is_container_of(mounts[f"{root}/c3b1/merged"], "TOP")  # a child image's
+    assert is_container_of(mounts["/mnt/with space"], "TOP")
+    assert not is_container_of(ours, "BASE")

@@ -27,6 +27,7 @@ from tracer.trace import fanotify
 
 _OVERHEAD = 64  # bytes of bookkeeping counted per recorded path and per program of a path
 _MAPS_BYTES = 8 << 20  # of one process's /proc/PID/maps read at attach
+_FDS = 65536  # descriptors of one process looked at, at attach
 RUNTIME = "/"  # what /proc/PID/exe says for `runc init` (its executable is not in the image)
 DELETED = " (deleted)"
 _EXECUTED = 65536  # pids whose last exec is remembered (then forgotten all at once)
@@ -235,8 +236,11 @@ def _mapped_files(maps: bytes, root_dev: int) -> Iterator[str]:
 
 
 def _open_files(base: str, root_dev: int) -> Iterator[str]:
+    """Regular files on `root_dev` the process has open (at most `_FDS` descriptors are
+    looked at: a process may hold a million)."""
     try:
-        fds = os.listdir(f"{base}/fd")
+        with os.scandir(f"{base}/fd") as entries:
+            fds = [e.name for _, e in zip(range(_FDS), entries, strict=False)]
     except OSError:
         return
     for fd in fds:
