@@ -187,3 +187,23 @@ def test_keep_evidence_and_the_command_line_add_up(tmp_path: Path) -> None:
                                     str(tmp_path / "b.rec")]
     assert Overrides(evidence=flags).argv() == [f"--evidence={tmp_path / 'b.rec'}",
                                                 f"--evidence={tmp_path / 'evidence/a.rec'}"]
+
+
+def test_batch_reruns_a_profile_whose_recording_changed(tmp_path: Path) -> None:
+    """An unchanged profile with a new recording of production is a new job."""
+    from tracer.batch import _fingerprint
+    from tracer.profile.load import load_profile
+
+    (tmp_path / "in.tar").write_bytes(b"an archive's bytes")
+    evidence = tmp_path / "prod.rec"
+    write_recording(rec(), evidence)
+    profile = tmp_path / "p.yaml"
+    profile.write_text(f"version: 1\nname: p\nimage: docker-archive:{tmp_path}/in.tar\n"
+                       "keep:\n  evidence: [prod.rec]\n")
+    before = _fingerprint(profile, load_profile(profile))
+    assert _fingerprint(profile, load_profile(profile)) == before
+    changed = rec()
+    changed.paths = {"/etc/other.conf": PathUse(frozenset({"open"}), ("/usr/bin/app",))}
+    write_recording(changed, evidence)
+    assert _fingerprint(profile, load_profile(profile))["profile_sha256"] != \
+        before["profile_sha256"]
