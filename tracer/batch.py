@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -132,12 +133,34 @@ def profile_digest(profile_path: Path, profile: Profile) -> str:
             h.update(b"-")
         else:
             h.update(b"+" + len(data).to_bytes(8, "big") + data)
+    for recording in profile.keep.evidence:  # a new recording of production is a new job
+        name = os.fsencode(recording)
+        h.update(b"@" + len(name).to_bytes(8, "big") + name)
+        _hash_file(h, recording)
     return h.hexdigest()
+
+
+def _hash_file(h: Any, path: str) -> None:
+    """Add a regular file's size and bytes to `h`; only a marker for anything else (gone,
+    a FIFO that would block, a device): the job itself then refuses it and says why."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        h.update(b"!")
+        return
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            h.update(b"!")
+            return
+        h.update(b"=" + st.st_size.to_bytes(8, "big"))
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
 
 
 def _fingerprint(profile_path: Path, profile: Profile) -> dict[str, str]:
     """What a job's result depends on: the input image, the profile with the files it
-    reads (stdin_file), and the tracer version."""
+    reads (stdin_file, keep.evidence and --evidence recordings), and the tracer version."""
     return {
         "image_digest": image_digest(parse_reference(profile.image)),
         "profile_sha256": profile_digest(profile_path, profile),

@@ -46,6 +46,8 @@ class Budgets:
     output_bytes: int = 1 * MiB  # captured stdout/stderr per step or container (tail kept)
     http_body: int = 4 * MiB  # bytes of one http step's response body (per step: max_body)
     tmpfs_bytes: int = 256 * MiB  # size of each writable tmpfs the profile mounts
+    # -- production evidence ----------------------------------------------------------------
+    recording_bytes: int = 256 * MiB  # one recording written by `tracer record`, or read
 
     def override(self, values: dict[str, Any], where: str) -> Budgets:
         """A copy with `values` (name -> int or size text like `8GiB`) applied.

@@ -61,6 +61,12 @@ def _add_granularity(p: argparse.ArgumentParser) -> None:
                    "packages declare they depend on")
 
 
+def _add_evidence(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--evidence", action="append", type=Path, default=[], metavar="FILE",
+                   help="a recording written by `tracer record` (repeatable; on top of the "
+                   "profile's keep.evidence): every path production used is kept")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tracer", description="Shrink a container image to the files its "
                      "application really uses,\nand prove it with the same smoke test.",
@@ -75,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_diagnose(sub)
     _add_why(sub)
     _add_batch(sub)
+    _add_record(sub)
     return parser
 
 
@@ -92,6 +99,7 @@ def _add_minimize(sub: Any) -> None:
                    "next to it (FILE.keeplist)")
     m.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_granularity(m)
+    _add_evidence(m)
     _add_budget(m)
 
 
@@ -218,14 +226,47 @@ def _add_batch(sub: Any) -> None:
                    help="directory for logs, reports and summaries (default: ./tracer-batch)")
     b.add_argument("--force", action="store_true", help="redo unchanged jobs too")
     _add_granularity(b)
+    _add_evidence(b)
     _add_budget(b)
 
 
+def _add_record(sub: Any) -> None:
+    r = sub.add_parser(
+        "record", help="record what a running container (or every container of an image) "
+        "uses, as evidence for keep.evidence",
+        description="""Attach to a container that is already running (staging, a canary,
+production) and record every file its processes open or execute, with fanotify on the
+container's root mount only: no ptrace, no restart, nothing added to the container. With
+--image REF instead of CONTAINER: every container of that image that runs on this host
+while the recorder runs, short jobs included. Stops after --for DURATION, when the
+container stops, or on Ctrl-C or SIGTERM, and then writes FILE atomically (format:
+docs/recording.md). Merge recordings into a minimization with `keep.evidence: [FILE]` in
+the profile or `tracer minimize PROFILE --evidence FILE`. Needs root on the engine's
+host.""",
+        epilog="exit codes: 0 recorded (FILE written); 2 bad input (no such container or "
+        "image, a bad duration, FILE not writable); 4 cannot record here (not root, no "
+        "fanotify, no engine, the container is not running or not on this host).\n"
+        "example: tracer record api-canary -o evidence/api-canary.rec --for 1h",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("container", nargs="?", metavar="CONTAINER",
+                   help="the running container's name or id")
+    r.add_argument("--image", metavar="REF", help="record every container of this image "
+                   "instead (its running ones, and each one started while recording)")
+    r.add_argument("-o", "--output", dest="file", type=Path, required=True, metavar="FILE",
+                   help="write the recording here (replaced atomically at the end)")
+    r.add_argument("--for", dest="duration", metavar="DURATION",
+                   help="stop after this long (30s, 10m, 2h; default: until the container "
+                   "stops, or Ctrl-C / SIGTERM)")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_budget(r)
+
+
 def _overrides(args: argparse.Namespace) -> Overrides:
-    from tracer.profile.load import Overrides, parse_budget_flags
+    from tracer.profile.load import Overrides, evidence_flags, parse_budget_flags
 
     return Overrides(budgets=parse_budget_flags(args.budget),
-                     granularity=getattr(args, "granularity", None))
+                     granularity=getattr(args, "granularity", None),
+                     evidence=evidence_flags(getattr(args, "evidence", None)))
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
@@ -396,9 +437,38 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_record(args: argparse.Namespace) -> int:
+    from tracer.profile.checker import parse_duration
+    from tracer.progress import Progress
+    from tracer.trace.record import record_container, record_image
+
+    if (args.container is None) == (args.image is None):
+        raise BadInput("name the running CONTAINER to record, or --image REF for every "
+                       "container of an image (one of the two)")
+    duration = None
+    if args.duration is not None:
+        duration = parse_duration(args.duration)
+        if not duration or duration <= 0:
+            raise BadInput(f"--for {args.duration!r}: expected a duration such as 30s, 10m "
+                           "or 2h")
+    progress = Progress(quiet=args.quiet)
+    budgets = _overrides(args).run_budgets
+    record = record_image if args.image is not None else record_container
+    result = record(args.image if args.image is not None else args.container, args.file,
+                    duration=duration, budgets=budgets, say=progress, note=progress.note)
+    rec = result.recording
+    stopped = {"duration": "the duration ended", "container": "the container stopped",
+               "operator": "stopped by the operator"}[result.stopped_by]
+    for note in result.notes:
+        progress.note(f"note: {note}")
+    print(f"{result.output}: {len(rec.paths):,} paths from {rec.where()}, "
+          f"{rec.end - rec.start}s recorded ({stopped})")
+    return 0
+
+
 COMMANDS = {"minimize": _cmd_minimize, "validate": _cmd_validate, "ldd": _cmd_ldd,
             "diagnose": _cmd_diagnose, "why": _cmd_why, "batch": _cmd_batch,
-            "init": _cmd_init, "schema": _cmd_schema}
+            "init": _cmd_init, "schema": _cmd_schema, "record": _cmd_record}
 
 
 def _interrupt(signum: int, frame: object) -> None:

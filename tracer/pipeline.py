@@ -23,9 +23,15 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from tracer import __version__
-from tracer.analysis.evidence import collect_evidence, write_path_index
+from tracer.analysis.evidence import (
+    EvidenceFile,
+    collect_evidence,
+    recorded_roots,
+    write_path_index,
+)
 from tracer.analysis.keeplist import KeepList, Reason, size_of
 from tracer.analysis.policy import IMPLICIT_DLOPENS
+from tracer.analysis.recording import Recording, read_recording
 from tracer.budgets import Budgets
 from tracer.environment import require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
@@ -64,6 +70,7 @@ class Plan:
     profile_hash: str | None
     # no host path in it: the same input and profile give the same image anywhere
     comment: str
+    recordings: list[Recording] = field(default_factory=list)  # keep.evidence, read
 
 
 @dataclass
@@ -73,6 +80,7 @@ class Analysis:
     keeplist: KeepList
     closure: Closure
     packages: PackageGranularity | None = None  # with granularity: package or deps
+    evidence: list[EvidenceFile] = field(default_factory=list)  # what each recording added
 
 
 @dataclass
@@ -104,8 +112,12 @@ def plan_run(profile: Profile, output: str | None) -> Plan:
     transport(out_ref).check_output(out_ref)
     digest = (hashlib.sha256(profile.source.read_bytes()).hexdigest()
               if profile.source else None)
-    return Plan(profile, in_ref, out_ref, budgets_of(profile), profile.keep.granularity,
-                digest, f"tracer {__version__}: minimized with profile {profile.name}")
+    budgets = budgets_of(profile)
+    # read now: a bad recording is bad input before minutes of tracing, not after
+    recordings = [read_recording(Path(f), budgets) for f in profile.keep.evidence]
+    return Plan(profile, in_ref, out_ref, budgets, profile.keep.granularity,
+                digest, f"tracer {__version__}: minimized with profile {profile.name}",
+                recordings)
 
 
 # ---------------------------------------------------------------- the original image
@@ -243,10 +255,12 @@ def fail_on_original(image: ImageRef, trace: SmokeResult) -> SmokeFailedOnOrigin
 
 
 def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult,
-                   budgets: Budgets) -> tuple[Closure, dict[str, str]]:
-    """ELF closure of entrypoint/cmd, exec'd programs and keep.binaries, and which closure
-    roots came from which keep.binaries entry (globs and bare names expanded in the image;
-    an entry that matches nothing is bad input naming it)."""
+                   budgets: Budgets, recorded: list[str] | None = None
+                   ) -> tuple[Closure, dict[str, str]]:
+    """ELF closure of entrypoint/cmd, exec'd programs, the programs and shared objects
+    recordings saw (`recorded`) and keep.binaries, and which closure roots came from which
+    keep.binaries entry (globs and bare names expanded in the image; an entry that matches
+    nothing is bad input naming it)."""
     config = prepared.config
     env = config.environment(profile.run.env)
     roots: list[str] = []
@@ -254,6 +268,7 @@ def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult,
     if argv:
         roots.append(argv[0])
     roots += [p for p in trace.execs if p]
+    roots += recorded or []
     cwd = profile.run.workdir or config.workdir or "/"  # where the container starts
     binaries = expand_binaries(prepared.root, profile.keep.binaries, env.get("PATH"), cwd=cwd)
     binaries.require_all()
@@ -268,16 +283,19 @@ def analyse(plan: Plan, prepared: Prepared, trace: SmokeResult) -> Analysis:
     """The keep-list: every kind of evidence, then (package and deps granularity) whole
     units, and (deps) what they declare they depend on."""
     profile = plan.profile
-    closure, binaries = static_closure(profile, prepared, trace, plan.budgets)
-    builder = collect_evidence(profile, prepared, trace, closure, binaries, plan.budgets)
+    recorded = recorded_roots(plan.recordings, prepared.root)
+    closure, binaries = static_closure(profile, prepared, trace, plan.budgets, recorded)
+    evidence: list[EvidenceFile] = []
+    builder = collect_evidence(profile, prepared, trace, closure, binaries, plan.budgets,
+                               plan.recordings, evidence)
     file_level = builder.build()
     if plan.granularity == "file":
-        return Analysis(file_level, closure)
+        return Analysis(file_level, closure, evidence=evidence)
     packages = package_granularity(
         builder, file_level, prepared.root, prepared.flat.entries,
         env=prepared.config.environment(profile.run.env), budgets=plan.budgets,
         deps=plan.granularity == "deps")
-    return Analysis(packages.keeplist, closure, packages)
+    return Analysis(packages.keeplist, closure, packages, evidence)
 
 
 def biggest(flat: FlatImage, kept: dict[str, list[Reason]], n: int = 10
@@ -312,6 +330,7 @@ def _report_analysis(report: Report, flat: FlatImage, analysis: Analysis) -> Non
     report.files_after = sum(1 for p in kept if (e := flat.entries.get(p)) is not None
                              and e.kind != "dir")
     report.biggest_files, report.biggest_dirs = biggest(flat, kept)
+    report.evidence = [e.to_json() for e in analysis.evidence]
     if analysis.packages is not None:
         report.granularity = analysis.packages.granularity
         report.size_file_granularity = analysis.packages.sizes.file_total

@@ -75,6 +75,9 @@ class Report:
     # where every run of the original printed alike (tracer.explain.outputs): a failure
     output_changes: list[dict[str, Any]] = field(default_factory=list)
     output_not_compared: list[str] = field(default_factory=list)  # outputs that vary
+    # keep.evidence: per recording, how many of its paths the image has, and those it
+    # lacks (listed, ignored); tracer.analysis.evidence.EvidenceFile
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -157,6 +160,23 @@ def _overridden_excludes(overridden: dict[str, dict], shown: int = 3) -> list[st
     return lines
 
 
+def evidence_lines(evidence: list[dict[str, Any]], shown: int = 5) -> list[str]:
+    """keep.evidence in the summary: per recording, what it added and what the image
+    lacks (the first few by name; all of them in the report)."""
+    lines = []
+    for e in evidence:
+        lines.append(f"  evidence: {e['file']}: {e['kept']:,} of {e['paths']:,} recorded paths "
+                     f"are in the image (recorded {e['span'][0]} .. {e['span'][1]} on "
+                     f"{e['host']})")
+        missing = e["not_in_image"]
+        if missing:
+            lines.append(f"    {len(missing):,} not in this image, ignored: "
+                         + ", ".join(escape(p) for p in missing[:shown])
+                         + (f" (and {len(missing) - shown:,} more in the report)"
+                            if len(missing) > shown else ""))
+    return lines
+
+
 def summary_table(report: Report) -> str:
     """The before/after table printed at the end of a run: what was written, whether it
     was proven, and what the numbers mean (sizes are not `docker images` sizes)."""
@@ -195,6 +215,7 @@ def summary_table(report: Report) -> str:
     for rule in report.unmatched_keep_paths:
         lines.append(f"  warning: keep.paths {rule!r} matched nothing in the image")
     lines += _overridden_excludes(report.excluded_but_kept)
+    lines += evidence_lines(report.evidence)
     if report.recorders:
         lines.append("  recorders: " + ", ".join(report.recorders)
                      + "".join(f" ({note})" for note in report.recorder_notes))

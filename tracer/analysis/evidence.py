@@ -12,11 +12,13 @@ image path a recorded use needs; the keep-list and the diagnosis both ask it.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tracer.analysis.keeplist import KeepList, KeepListBuilder, Reason
 from tracer.analysis.packages import package_files
+from tracer.analysis.recording import PathUse, Recording, timestamp
 from tracer.budgets import DEFAULT, Budgets
 from tracer.explain.runfiles import write_path_index
 from tracer.rootfs import RootFS, SymlinkLoop
@@ -28,8 +30,8 @@ if TYPE_CHECKING:
     from tracer.image.prepare import Prepared
     from tracer.profile.model import Profile
 
-__all__ = ["RUNTIME_DIRS", "build_keeplist", "collect_evidence", "needed_path", "who",
-           "write_path_index"]
+__all__ = ["RUNTIME_DIRS", "EvidenceFile", "add_recordings", "build_keeplist",
+           "collect_evidence", "needed_path", "recorded_roots", "who", "write_path_index"]
 
 # Directories programs expect to exist and to be writable as the image made them (sticky
 # 1777 /tmp): kept whenever the original image has them, symlinks as symlinks.
@@ -99,6 +101,112 @@ def _binary_roots(binaries: Mapping[str, str], root: RootFS, path_env: str) -> d
     return out
 
 
+# -- production evidence: recordings made by `tracer record` -------------------------------
+
+EVIDENCE = "evidence"  # the keep-list's reason kind for a path a recording saw
+_PYC_TAG = ".pyc"
+
+
+@dataclass
+class EvidenceFile:
+    """What one recording added: for the report, the console and `tracer why`."""
+
+    file: str
+    host: str
+    span: tuple[str, str]
+    containers: list[str]
+    paths: int  # paths the recording names
+    kept: int = 0  # of them, paths of this image (kept unless an exclude rule says no)
+    not_in_image: list[str] = field(default_factory=list)  # listed, and ignored
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "host": self.host, "span": list(self.span),
+                "containers": self.containers, "paths": self.paths, "kept": self.kept,
+                "not_in_image": self.not_in_image}
+
+
+def _programs(use: PathUse) -> str:
+    """`/usr/bin/app`, `/usr/bin/a and /bin/sh (and 3 more)`, `an unidentified process`."""
+    names = [p for p in use.programs if p]
+    if not names:
+        return UNIDENTIFIED
+    more = max(len(names) - 2, 0) + use.more
+    if more:
+        return " and ".join(names[:2]) + f" (and {more} more)"
+    return " and ".join(names + ([UNIDENTIFIED] if "" in use.programs else []))
+
+
+def recorded_reason(rec: Recording, use: PathUse, how: str = "") -> Reason:
+    """`seen in production: PROGRAM, recorded DATE from CONTAINER on HOST (FILE)`; `how`
+    goes after the program (`read X.pyc, whose source Python checks first`)."""
+    source = f" ({rec.source.name})" if rec.source is not None else ""
+    return Reason(EVIDENCE, f"seen in production: {_programs(use)}{how}, recorded "
+                  f"{rec.date} from {rec.where()}{source}")
+
+
+def python_source(path: str) -> str | None:
+    """`DIR/NAME.py` for a recorded `DIR/__pycache__/NAME.TAG.pyc`: Python uses a cached
+    module only after it stat()s the source beside it (to compare times), and a stat
+    makes no fanotify event, so the recording shows the .pyc alone."""
+    directory, name = posixpath.split(path)
+    if not name.endswith(_PYC_TAG) or posixpath.basename(directory) != "__pycache__":
+        return None
+    module = name[:-len(_PYC_TAG)].split(".", 1)[0]
+    return posixpath.join(posixpath.dirname(directory), module + ".py")
+
+
+def add_recordings(builder: KeepListBuilder, recordings: Sequence[Recording],
+                   root: RootFS) -> list[EvidenceFile]:
+    """Every path of every recording that the image has, kept with its reason (its
+    symlinks and parents follow in `build()`, exclude applies as to traced paths); what
+    the image lacks (files the app made at run time, another version's files) is listed
+    per recording and otherwise ignored."""
+    out = []
+    for rec in recordings:
+        summary = EvidenceFile(
+            file=str(rec.source) if rec.source is not None else "", host=rec.host,
+            span=(timestamp(rec.start), timestamp(rec.end)),
+            containers=sorted(c.name or c.id for c in rec.containers), paths=len(rec.paths))
+        for path in sorted(rec.paths):
+            if path == "/":
+                continue
+            if not exists_in(root, path):
+                summary.not_in_image.append(path)
+                continue
+            use = rec.paths[path]
+            builder.add(path, recorded_reason(rec, use))
+            summary.kept += 1
+            source = python_source(path)
+            if source is not None and exists_in(root, source):
+                how = f" read {posixpath.basename(path)}, whose source Python checks first"
+                builder.add(source, recorded_reason(rec, use, how))
+        out.append(summary)
+    return out
+
+
+def recorded_roots(recordings: Sequence[Recording], root: RootFS) -> list[str]:
+    """Recorded programs and shared objects for the ELF closure: fanotify names files
+    with their links resolved (`libsqlite3.so.0.8.6`), and the closure keeps the names
+    the loader looks for (`libsqlite3.so.0`), and whatever a recorded program needs."""
+    from tracer.static.elf import ELF_MAGIC
+
+    out: dict[str, None] = {}
+    for rec in recordings:
+        for path, use in rec.paths.items():
+            name = posixpath.basename(path)
+            if path in out or not ("exec" in use.kinds or ".so" in name):
+                continue
+            try:
+                if not root.is_file(path):
+                    continue
+                with root.open(path) as f:
+                    if f.read(len(ELF_MAGIC)) == ELF_MAGIC:
+                        out[path] = None
+            except (OSError, SymlinkLoop):
+                continue
+    return list(out)
+
+
 def build_keeplist(profile: Profile, prepared: Prepared, trace: SmokeResult,
                    closure: Closure, binaries: Mapping[str, str] | None = None,
                    budgets: Budgets = DEFAULT) -> KeepList:
@@ -109,14 +217,17 @@ def build_keeplist(profile: Profile, prepared: Prepared, trace: SmokeResult,
 
 def collect_evidence(profile: Profile, prepared: Prepared, trace: SmokeResult,
                      closure: Closure, binaries: Mapping[str, str] | None = None,
-                     budgets: Budgets = DEFAULT) -> KeepListBuilder:
+                     budgets: Budgets = DEFAULT,
+                     recordings: Sequence[Recording] = (),
+                     evidence_files: list[EvidenceFile] | None = None) -> KeepListBuilder:
     """Every kind of evidence added to a keep-list builder, with a reason for each path;
     the caller builds it, or first widens it to whole packages (package granularity).
 
     `binaries` maps the closure roots that came from the profile's keep.binaries (after
     glob expansion) to the rule that named them; their reason is `keep.binaries: RULE`.
     Default: each keep.binaries entry names itself. `budgets` bound the package
-    database keep.packages reads (package_db_bytes).
+    database keep.packages reads (package_db_bytes). `recordings` (keep.evidence) add
+    what production used; what each added is appended to `evidence_files`.
     """
     flat, root, cfg = prepared.flat, prepared.root, prepared.config
     env = cfg.environment(profile.run.env)
@@ -127,6 +238,8 @@ def collect_evidence(profile: Profile, prepared: Prepared, trace: SmokeResult,
     # roots that are also what runs (entrypoint, exec'd programs) keep their `elf` reason
     argv = cfg.command(profile.run.entrypoint, profile.run.cmd)
     ran = set(_binary_roots({r: r for r in [*argv[:1], *trace.execs]}, root, path_env))
+    # a recorded program or library as a root of the closure: its evidence says why
+    recorded = {path for rec in recordings for path in rec.paths}
     builder = KeepListBuilder(flat.entries, root, profile.keep.paths, profile.exclude,
                               hardlink_group=flat.hardlink_group)
     for path, needs in closure.files.items():
@@ -137,6 +250,8 @@ def collect_evidence(profile: Profile, prepared: Prepared, trace: SmokeResult,
                 builder.add(path, Reason("keep.binaries", from_profile[start]))
                 if start not in ran:
                     continue
+            if need.kind == "root" and start in recorded and start not in ran:
+                continue
             elf.append(need)
         for need in elf[:3]:
             builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind))
@@ -144,6 +259,9 @@ def collect_evidence(profile: Profile, prepared: Prepared, trace: SmokeResult,
         needed = needed_path(access, root)
         if needed is not None and needed[0] != "/":
             builder.add(needed[0], traced_reason(access, needed[1]))
+    added = add_recordings(builder, recordings, root)
+    if evidence_files is not None:
+        evidence_files.extend(added)
     builder.add_keep_paths()
     for package, paths in package_files(root, profile.keep.packages, budgets).items():
         for path in paths:

@@ -53,6 +53,7 @@ class WhyAnswer:
     program: str | None = None  # the bare program name asked for, when one was
     search_path: str | None = None  # the PATH it was looked up on
     executable: bool = False  # an executable file in the image (from the path index)
+    recorded_by: list[str] = field(default_factory=list)  # recordings that saw it, not kept
 
     def format_text(self) -> str:
         """The answer for people: names are shown escaped (tracer.explain.runfiles), so a name with
@@ -87,6 +88,11 @@ class WhyAnswer:
                     f"profile's exclude rule {self.excluded_by!r} removed it; "
                     + (_interpreter_advice(self.path) or "add it to keep.paths to keep it "
                        "anyway (keep.paths wins over exclude)"))
+        if self.in_image is False and self.recorded_by:
+            return (f"{path} is NOT kept: it is not in the original image at all, although "
+                    f"production used it (recorded in {', '.join(self.recorded_by)}): a file "
+                    "the application made at run time, or one of another version of the "
+                    "image; recorded paths the image lacks are ignored")
         if self.in_image is False:
             return f"{path} is NOT kept: it is not in the original image at all"
         if self.in_image:
@@ -209,7 +215,20 @@ def why(source: Path, path: str) -> WhyAnswer:
         answer.excluded_by = entry.get("rule")
         answer.reasons = [str(r) for r in entry.get("reasons", [])]
         answer.in_image = True
+    else:
+        answer.recorded_by = _recorded_by(report, path)
+        if answer.recorded_by and index is None:
+            answer.in_image = False  # the run found it missing from the image
     return answer
+
+
+def _recorded_by(report: dict, path: str) -> list[str]:
+    """The recordings (keep.evidence) that saw `path` although the image lacks it."""
+    out = []
+    for e in report.get("evidence") or []:
+        if isinstance(e, dict) and path in (e.get("not_in_image") or []):
+            out.append(str(e.get("file") or "a recording"))
+    return out
 
 
 def _which(index: PathIndex | None, kept: dict[str, list[str]], name: str,

@@ -22,7 +22,8 @@ from tracer.profile.sections import parse_profile
 
 @dataclass(frozen=True)
 class Overrides:
-    """What the command line says over the profile: `--budget NAME=VALUE`, `--granularity`.
+    """What the command line says over the profile: `--budget NAME=VALUE`, `--granularity`,
+    `--evidence FILE`.
 
     Applied to the loaded Profile (`apply_overrides`), so the pipeline reads only
     `profile.budgets` and `profile.keep.granularity`; `argv()` passes the same overrides
@@ -31,6 +32,7 @@ class Overrides:
 
     budgets: dict[str, int] = field(default_factory=dict)
     granularity: str | None = None
+    evidence: tuple[str, ...] = ()  # --evidence FILE (absolute): on top of keep.evidence
 
     @property
     def run_budgets(self) -> Budgets:
@@ -41,6 +43,7 @@ class Overrides:
         out = [f"--budget={name}={value}" for name, value in sorted(self.budgets.items())]
         if self.granularity is not None:
             out.append(f"--granularity={self.granularity}")
+        out += [f"--evidence={path}" for path in self.evidence]
         return out
 
 
@@ -67,9 +70,34 @@ def apply_overrides(profile: Profile, overrides: Overrides) -> Profile:
     changes: dict[str, Any] = {}
     if overrides.budgets:
         changes["budgets"] = {**profile.budgets, **overrides.budgets}
+    keep = profile.keep
     if overrides.granularity is not None:
-        changes["keep"] = replace(profile.keep, granularity=overrides.granularity)
+        keep = replace(keep, granularity=overrides.granularity)
+    if overrides.evidence:
+        keep = replace(keep, evidence=list(dict.fromkeys([*keep.evidence,
+                                                          *overrides.evidence])))
+    if keep is not profile.keep:
+        changes["keep"] = keep
     return replace(profile, **changes) if changes else profile
+
+
+def evidence_flags(items: list[Path] | None) -> tuple[str, ...]:
+    """`--evidence FILE` items as absolute paths (a batch's jobs run elsewhere); a file
+    that is not there or not a regular file is bad input now, naming it."""
+    import stat
+
+    out = []
+    for item in items or []:
+        try:
+            regular = stat.S_ISREG(item.stat().st_mode)
+        except OSError as exc:
+            raise BadInput(f"--evidence {item}: cannot read it: {exc.strerror or exc}") \
+                from None
+        if not regular:
+            raise BadInput(f"--evidence {item}: not a regular file; a recording is a file "
+                           "written by `tracer record`")
+        out.append(str(item.absolute()))
+    return tuple(out)
 
 
 def budgets_of(profile: Profile) -> Budgets:

@@ -121,6 +121,8 @@ class KeepSpec:
     binaries: list[str] = field(default_factory=list)  # absolute paths/globs, or names on PATH
     packages: list[str] = field(default_factory=list)
     granularity: str = "file"  # file | package | deps: the safety dial (docs/profile.md)
+    # recordings made by `tracer record` (paths as given, joined to the profile's directory)
+    evidence: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ STEP_KINDS = ("http", "tcp", "exec", "command", "sleep")
 ARGV_STEP_KEYS = ("exit", "stdout", "stderr", "timeout", "stdin", "stdin_file")
 HTTP_KEYS = ("url", "status", "body", "timeout", "max_body", "headers")
 TCP_KEYS = ("port", "host", "send", "expect", "timeout")
-KEEP_KEYS = ("paths", "binaries", "packages", "granularity")
+KEEP_KEYS = ("paths", "binaries", "packages", "granularity", "evidence")
 GRANULARITIES = ("file", "package", "deps")
 # The profile file is measured before it is parsed, so its own `budgets:` cannot raise
 # the budget that bounds it; only `--budget profile_bytes=N` can.
@@ -283,7 +283,35 @@ def _keep(c: Checker, node: yaml.Node) -> KeepSpec:
     if "granularity" in m and (
             v := c.choice(m["granularity"], "keep.granularity", GRANULARITIES)):
         kw["granularity"] = v
+    if "evidence" in m:
+        kw["evidence"] = [f for i, node in enumerate(c.seq(m["evidence"], "keep.evidence") or [])
+                          if (f := _evidence_file(c, node, f"keep.evidence[{i}]"))]
     return KeepSpec(**kw)
+
+
+def _evidence_file(c: Checker, node: yaml.Node, field: str) -> str | None:
+    """A recording's file name, relative to the profile's directory: it must be a regular
+    file now (it is read, within its budget, when the minimization starts)."""
+    import stat
+
+    name = c.string(node, field)
+    if name is None:
+        return None
+    if not name:
+        c.error(node, field, "expected a file name, got ''")
+        return None
+    path = c.base / name
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except OSError as exc:
+        c.error(node, field, f"{name!r} (relative to {c.base}): cannot read it: "
+                f"{exc.strerror or exc}")
+        return None
+    if not regular:
+        c.error(node, field, f"{name!r} (relative to {c.base}): not a regular file; a "
+                "recording is a file written by `tracer record`")
+        return None
+    return str(path)
 
 
 def _budgets(c: Checker, node: yaml.Node) -> dict[str, int]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import select
 import struct
@@ -46,7 +47,9 @@ FAN_NONBLOCK = 0x00000002
 FAN_CLASS_NOTIF = 0x00000000
 FAN_UNLIMITED_QUEUE = 0x00000010
 FAN_MARK_ADD = 0x00000001
+FAN_MARK_REMOVE = 0x00000002
 FAN_MARK_MOUNT = 0x00000010
+FAN_MARK_FILESYSTEM = 0x00000100
 FAN_OPEN = 0x00000020
 FAN_OPEN_EXEC = 0x00001000
 FAN_Q_OVERFLOW = 0x00004000
@@ -124,9 +127,9 @@ class FanotifyRecorder:
     _thread: threading.Thread | None = None
     _wake: tuple[int, int] | None = None  # a pipe: stop() wakes the loop at once
 
-    def start(self, container_pid: int) -> None:
-        """Open the group and mark the first container; raises OSError with the reason if
-        the kernel refuses."""
+    def start(self, container_pid: int | None) -> None:
+        """Open the group and mark the first container (None: none yet, `add` or
+        `add_filesystem` follow); raises OSError with the reason if the kernel refuses."""
         libc = _libc()
         fd = libc.fanotify_init(
             FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE,
@@ -137,7 +140,8 @@ class FanotifyRecorder:
             raise OSError(err, f"fanotify_init: {os.strerror(err)}")
         self._fd = fd
         try:
-            self.add(container_pid)
+            if container_pid is not None:
+                self.add(container_pid)
         except OSError:
             os.close(fd)
             self._fd = -1
@@ -159,6 +163,31 @@ class FanotifyRecorder:
             err = ctypes.get_errno()
             raise OSError(err, f"fanotify_mark {root}: {os.strerror(err)}")
         self._namespaces.add(namespace)
+
+    def add_filesystem(self, mountpoint: str, dev: int, *, remove: bool = False) -> None:
+        """Mark (or unmark) the whole filesystem mounted at `mountpoint`, a host path whose
+        mount has device number `dev`: for a container's overlay, every mount of it, the
+        container's own root mount too, as soon as the engine has mounted it and before
+        any process of the container runs. Events through the host's mount name host paths
+        (`MOUNTPOINT/...`); the caller tells them apart (tracer.trace.record).
+
+        A short job's overlay may be unmounted before it is marked: the path then names
+        the directory under it, on the host's own filesystem, and marking that would
+        record every open on the host. So the directory is opened first and marked
+        through that descriptor only if it is still the mount of `dev` (FileNotFoundError
+        otherwise); the descriptor also keeps the filesystem from going away meanwhile."""
+        flags = (FAN_MARK_REMOVE if remove else FAN_MARK_ADD) | FAN_MARK_FILESYSTEM
+        fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if os.fstat(fd).st_dev != dev:
+                raise FileNotFoundError(errno.ENOENT, f"{mountpoint} is no longer mounted")
+            rc = _libc().fanotify_mark(self._fd, flags, FAN_OPEN | FAN_OPEN_EXEC | FAN_ONDIR,
+                                       fd, None)
+        finally:
+            os.close(fd)
+        if rc < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"fanotify_mark {mountpoint}: {os.strerror(err)}")
 
     def stop(self) -> None:
         """Drain what is queued, stop the thread and close the fd; safe to call twice."""
@@ -214,17 +243,21 @@ class FanotifyRecorder:
             if fd == FAN_NOFD or fd < 0:
                 continue
             try:
-                path = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
+                self._event(fd, pid, bool(mask & FAN_OPEN_EXEC), now)
             finally:
                 os.close(fd)
-            if not self._ours(pid):
-                self.foreign += 1
-                continue
-            is_exec = bool(mask & FAN_OPEN_EXEC)
-            program, cmdline = self._program(pid)
-            self._keep(FanEvent(path, pid, is_exec, now, program, cmdline))
+
+    def _event(self, fd: int, pid: int, is_exec: bool, now: float) -> None:
+        """One event whose file is open as `fd` (closed by the caller)."""
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return
+        if not self._ours(pid):
+            self.foreign += 1
+            return
+        program, cmdline = self._program(pid)
+        self._keep(FanEvent(path, pid, is_exec, now, program, cmdline))
 
     def _keep(self, ev: FanEvent) -> None:
         """Keep `ev` unless an earlier event of this step said the same, or the bounds

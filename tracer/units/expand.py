@@ -49,9 +49,9 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
 LOCALE_RULE = "/usr/share/locale/<lang>/** for languages not in use"
 
 # Which reason of a kept path is the best explanation of why its unit is pulled in.
-REASON_RANK = {"traced": 0, "elf": 1, "keep.binaries": 2, "keep.paths": 3, "config": 4,
-               "keep.packages": 5, "symlink": 6, "hardlink": 7, "package": 8, "deps": 8,
-               "alternatives": 8, "l10n": 8, "parent": 9}
+REASON_RANK = {"traced": 0, "evidence": 1, "elf": 1, "keep.binaries": 2, "keep.paths": 3,
+               "config": 4, "keep.packages": 5, "symlink": 6, "hardlink": 7, "package": 8,
+               "deps": 8, "alternatives": 8, "l10n": 8, "parent": 9}
 VERBS = {"open": "opened", "openat": "opened", "openat2": "opened", "creat": "opened",
          "fanotify:open": "opened", "execve": "executed", "execveat": "executed",
          "fanotify:exec": "executed", "uselib": "loaded", "readlink": "read as a link",
@@ -93,6 +93,8 @@ def describe(path: str, kind: str, detail: str) -> str:
         return f"{path} was used ({detail})"
     if kind == "elf":
         return f"{path} is needed by {detail}"
+    if kind == "evidence":  # `seen in production: PROGRAM, recorded DATE from ... (FILE)`
+        return f"{path} was {detail}"
     if kind in ("keep.paths", "keep.binaries", "keep.packages"):
         return f"{path} is kept by {kind} {detail!r}"
     if kind in ("config", "symlink", "hardlink", "parent"):
