@@ -37,7 +37,7 @@ class Budgets:
     index_bytes: int = 512 * MiB  # bytes of all paths of one flattened image (index memory)
     path_walk: int = 20_000_000  # components image symlinks add to lookups (per image root)
     json_bytes: int = 4 * MiB  # one manifest, index or config document
-    package_db_bytes: int = 256 * MiB  # package databases read for one image (dpkg, apk, ...)
+    package_db_bytes: int = 256 * MiB  # package databases read (dpkg, ...) + the paths they name
     # -- analysis -------------------------------------------------------------------------
     resolver_work: int = 2_000_000  # units of static ELF resolver work (lookups, probes)
     profile_bytes: int = 1 * MiB  # one profile file
