@@ -152,16 +152,19 @@ class LayerStream:
 
     def estimated_size(self) -> int:
         """What the whole uncompressed layer will probably come to (for "needed about N MB"
-        when the disk fills up while it is spooled): gzip's trailer says it (modulo 4 GiB,
-        and it is only a hint), else the compression ratio so far; never more than the
-        budgets would let it reach."""
+        when the disk fills up while it is spooled): gzip's trailer says it (modulo 4 GiB:
+        the smallest size it allows that is not below what was already handed out; it is
+        only a hint), else the compression ratio so far; never more than the budgets would
+        let it reach."""
         done, raw = self.uncompressed, self._raw.count
         guess = done
         if self.compression == "gzip" and self._stored and self._stored >= 18:
             start = self._blob.offset if isinstance(self._blob, Region) else 0
             try:
                 trailer = os.pread(self._blob.fileno(), 4, start + self._stored - 4)
-                guess = max(guess, int.from_bytes(trailer, "little"))
+                isize = int.from_bytes(trailer, "little")
+                wraps = max(0, -(-(done - isize) // (1 << 32)))  # ceil, at least 0
+                guess = isize + wraps * (1 << 32)
             except (OSError, AttributeError, ValueError):
                 pass
         elif raw and self._stored and raw < self._stored:
