@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -28,11 +29,13 @@ from xml.sax.saxutils import escape, quoteattr
 import psutil
 
 from tracer import __version__
+from tracer.budgets import DEFAULT
 from tracer.errors import BadInput, TracerError
 from tracer.explain.runfiles import keeplist_paths
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.transports import transport
-from tracer.profile.load import Overrides, load_profile
+from tracer.operatorfiles import kind_of, read_json, read_regular
+from tracer.profile.load import Overrides, budgets_of, load_profile
 from tracer.profile.model import Profile
 from tracer.report import human_size
 
@@ -75,7 +78,10 @@ def find_profiles(args: list[str]) -> list[Path]:
         p = Path(arg)
         if p.is_dir():
             candidates = sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml"))
-        elif p.is_file():
+            for q in candidates:  # a stray FIFO would block its job's read forever
+                _check_regular(q)
+        elif p.exists():
+            _check_regular(p)
             candidates = [p]
         else:
             raise BadInput(f"{arg}: no such profile file or directory")
@@ -86,6 +92,16 @@ def find_profiles(args: list[str]) -> list[Path]:
     if not found:
         raise BadInput("no profiles found in: " + " ".join(args))
     return found
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse (exit 2) a profile name that is not a regular file, saying what it is."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read the profile file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise BadInput(f"{path}: the profile file is {kind_of(mode)}, not a regular file")
 
 
 def check_unique_names(paths: list[Path], overrides: Overrides | None = None) -> None:
@@ -123,7 +139,8 @@ def output_exists(ref: ImageRef) -> bool:
 def _fingerprint(profile_path: Path, profile: Profile) -> dict[str, str]:
     """What a job's result depends on: the input image, the profile with the files it
     reads (stdin_file), and the tracer version."""
-    h = hashlib.sha256(profile_path.read_bytes())
+    h = hashlib.sha256(read_regular(profile_path, "profile file", budget="profile_bytes",
+                                    limit=budgets_of(profile).profile_bytes))
     stdins = [profile.run.stdin, *(getattr(s.step, "stdin", None) for s in profile.smoke)]
     for text in stdins:  # stdin_file contents, read at load: a changed input file counts
         h.update(b"\0" + (text or "").encode("utf-8", "surrogateescape"))
@@ -334,10 +351,16 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """A JSON object tracer wrote under --out (a job's state or report); None when it is
+    missing, not a regular file (never followed if a link), too big or not JSON."""
+    if not os.path.lexists(path):
         return None
+    try:
+        doc = read_json(path, "file", limit=DEFAULT.index_bytes, budget="index_bytes",
+                        follow=False)
+    except BadInput:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _failure(report: dict[str, Any] | None, code: int) -> str:
