@@ -113,11 +113,14 @@ class LayerStream:
         self._stored = stored_size(raw)
         self._budgets = budgets
         self._image_left = budgets.image_bytes - image_used
+        # what the blob may expand to: by decompression, and by the holes of sparse files
+        self._expansion_limit = max(budgets.expansion * (self._stored or 0),
+                                    budgets.expansion_floor)
         self._layer_limit: int | None = None
         if compression != "none":
-            floor = budgets.expansion_floor
-            self._layer_limit = max(budgets.expansion * (self._stored or 0), floor)
+            self._layer_limit = self._expansion_limit
         self._limit = min(self._image_left, self._layer_limit or self._image_left)
+        self.holes = 0  # bytes the holes of sparse members add (no stream carries them)
         self._raw = HashingReader(raw)
         self._blob_digest = blob_digest
         self._blob_size = blob_size
@@ -141,7 +144,7 @@ class LayerStream:
     def read(self, n: int = -1) -> bytes:
         out = self._tar or self._raw
         data = out.read(n)
-        if out.count > self._limit:
+        if out.count + self.holes > self._limit:
             self._over_budget()
         return data
 
@@ -149,6 +152,29 @@ class LayerStream:
     def uncompressed(self) -> int:
         """Bytes of the layer's tar handed out so far."""
         return (self._tar or self._raw).count
+
+    @property
+    def expanded(self) -> int:
+        """What the layer came to so far: its tar's bytes and its sparse files' holes."""
+        return self.uncompressed + self.holes
+
+    def add_holes(self, n: int, name: str) -> None:
+        """Count the `n` bytes of holes of the sparse member `name`: they are part of what
+        the layer expands to (an image, a keep-list's sizes and an output hold them), so
+        the expansion budget covers them, compressed layer or not; a 10 KB tar naming a
+        1 TB sparse file is a bomb like any other."""
+        self.holes += n
+        if self.expanded <= min(self._image_left, self._expansion_limit):
+            return
+        if self._image_left <= self._expansion_limit:
+            self._over_budget()
+        blob = f"its {self._stored:,}-byte blob" if self._stored is not None else "its blob"
+        budget = "expansion" if self._expansion_limit > self._budgets.expansion_floor \
+            else "expansion_floor"
+        raise BudgetExceeded(
+            budget, getattr(self._budgets, budget),
+            f"{self.where}: with the holes of sparse file {name[:200]!r} it expands to more "
+            f"than {human(self._expansion_limit)} from {blob} (a sparse-file bomb?)")
 
     def estimated_size(self) -> int:
         """What the whole uncompressed layer will probably come to (for "needed about N MB"
