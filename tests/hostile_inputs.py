@@ -11,7 +11,7 @@ import hashlib
 import json
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,3 +109,39 @@ def oci_layout_of(root: Path, layers: list[tuple[Iterator[bytes], str]],
              "annotations": {"org.opencontainers.image.ref.name": tag}}
     (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [mdesc]}))
     return root
+
+
+def gzipped_docker_archive(path: Path, layer_pieces: Callable[[], Iterator[bytes]]) -> Path:
+    """`docker save | gzip` of an image with one uncompressed layer, written streaming.
+
+    `layer_pieces()` yields the layer's tar; it is called twice (its diff_id first, then
+    its bytes), so a 1 GiB layer is never held in memory.
+    """
+    tar_hash, size = hashlib.sha256(), 0
+    for piece in layer_pieces():
+        tar_hash.update(piece)
+        size += len(piece)
+    diff_id = "sha256:" + tar_hash.hexdigest()
+    config = json.loads(json.dumps(BASE_CONFIG))
+    config["rootfs"] = {"type": "layers", "diff_ids": [diff_id]}
+    cfg = json.dumps(config).encode()
+    cfg_name = hashlib.sha256(cfg).hexdigest() + ".json"
+    layer_name = diff_id[7:] + "/layer.tar"
+    manifest = json.dumps([{"Config": cfg_name, "RepoTags": ["hand/gzipped:1"],
+                            "Layers": [layer_name]}]).encode()
+    gz = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(path, "wb") as f:
+        def member(name: str, size: int, pieces: Iterable[bytes]) -> None:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode = size, 0o644
+            f.write(gz.compress(ti.tobuf(format=tarfile.USTAR_FORMAT)))
+            for piece in pieces:
+                f.write(gz.compress(piece))
+            f.write(gz.compress(bytes((-size) % 512)))
+
+        member(layer_name, size, layer_pieces())
+        member(cfg_name, len(cfg), [cfg])
+        member("manifest.json", len(manifest), [manifest])
+        f.write(gz.compress(bytes(1024)))
+        f.write(gz.flush())
+    return path

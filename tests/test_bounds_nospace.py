@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hostile_inputs import MiB, oci_layout_of, one_file_tar
+from hostile_inputs import MiB, gzipped_docker_archive, oci_layout_of, one_file_tar
 from image_builders import M, docker_archive, flat_from_layers, layer, run_tracer
 from prereq import missing
 
@@ -95,3 +95,36 @@ def test_disk_full_while_writing_a_layer_is_exit_4(tmp_path: Path, small_disk) -
             pytest.raises(EnvironmentProblem, match=rf"no space left in {disk} \(needed "
                           r"about 1 MB\)"):
         write_layer(flat, closed_paths(flat, flat.entries), out)  # type: ignore[arg-type]
+
+
+def test_gzipped_archive_bomb_stops_at_the_expansion_budget(tmp_path: Path, small_disk) -> None:
+    """`docker save | gzip` of a 1 GiB layer of zeros is a 1 MB file. Its outer gzip is
+    bounded like a layer's: refused (exit 2, naming `expansion`) after about 100 times the
+    file's size, not inflated whole into TMPDIR (a 256 MiB disk used to fill: exit 4)."""
+    gz = gzipped_docker_archive(tmp_path / "bomb.tar.gz",
+                                lambda: one_file_tar("big", 1 << 30, bytes(MiB)))
+    assert gz.stat().st_size < 2 * MiB
+    disk = small_disk("256m")
+    done = run_tracer(["ldd", f"docker-archive:{gz}", "/big"],
+                      env={"TMPDIR": str(disk), "TRACER_WORKDIR": str(disk)}, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "gzip-compressed archive" in done.stderr and "--budget expansion=" in done.stderr
+    assert done.seconds < 30, f"{done.seconds:.0f}s"
+    assert done.max_rss_mb < 200, f"{done.max_rss_mb:.0f} MiB"
+    assert os.listdir(disk) == []
+
+
+def test_disk_full_while_gunzipping_an_archive_names_its_real_size(tmp_path: Path,
+                                                                   small_disk) -> None:
+    """The estimate comes from gzip's trailer: a 30 MiB archive needs about 30 MB, not four
+    times its compressed size (which is what the message used to say)."""
+    noise = os.urandom(MiB)  # deflate's window is 32 KiB: repeating it does not compress
+    gz = gzipped_docker_archive(tmp_path / "app.tar.gz",
+                                lambda: one_file_tar("big", 30 * MiB, noise))
+    disk = small_disk("8m")
+    done = run_tracer(["ldd", f"docker-archive:{gz}", "/big"],
+                      env={"TMPDIR": str(disk), "TRACER_WORKDIR": str(disk)}, timeout=120)
+    assert done.returncode == 4, done.stderr
+    assert f"no space left in {disk}/" in done.stderr
+    assert 30 <= _needed_mb(done.stderr) <= 32, done.stderr
+    assert os.listdir(disk) == []

@@ -36,8 +36,9 @@ def _chain_members() -> list[M]:
 
 def test_a_package_list_naming_thousands_of_paths_through_the_chain(tmp_path: Path):
     # `tracer init` reads the image's dpkg database to suggest companion programs: every
-    # path a .list file names is looked up in the image (no engine needed for this input)
-    listed = "".join(f"/l0/x{i}\n" for i in range(NEEDED)).encode()
+    # path a .list file names is looked up in the image (no engine needed for this input).
+    # Each in its own directory: the files of one directory share one lookup of it.
+    listed = "".join(f"/l0/x{i}/f\n" for i in range(NEEDED)).encode()
     archive = docker_archive(tmp_path / "hostile.tar", [layer(
         *_chain_members(), M("bin", kind="dir", mode=0o755),
         M("bin/app", data=b"#!/bin/app\n", mode=0o755),

@@ -18,6 +18,7 @@ from image_builders import M, flat_from_layers, layer
 from prereq import missing
 
 from tracer.budgets import DEFAULT
+from tracer.rootfs import RootFS
 from tracer.units import UnitIndex
 from tracer.units.dpkg import parse_status, read_status
 from tracer.units.node import read_dependencies
@@ -98,9 +99,8 @@ Depends: sed
 """
 
 
-def test_status_keeps_relations_essential_and_folded_lines() -> None:
-    reader = DbReader.__new__(DbReader)
-    reader.warnings, reader.more_warnings = [], 0
+def test_status_keeps_relations_essential_and_folded_lines(tmp_path: Path) -> None:
+    reader = DbReader(RootFS(Path(tmp_path)), DEFAULT)
     entries = {e.name: e for e in parse_status(STATUS.decode(), reader)}
     php, sed = entries["php8.2-cli"], entries["sed"]
     assert php.depends == ("libedit2 (>= 2.11), media-types | mime-support, "

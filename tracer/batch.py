@@ -29,11 +29,13 @@ from xml.sax.saxutils import escape, quoteattr
 import psutil
 
 from tracer import __version__
+from tracer.budgets import DEFAULT
 from tracer.errors import BadInput, TracerError
 from tracer.explain.runfiles import keeplist_paths
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.transports import transport
-from tracer.profile.load import Overrides, load_profile
+from tracer.operatorfiles import kind_of, open_regular, read_json, read_regular
+from tracer.profile.load import Overrides, budgets_of, load_profile
 from tracer.profile.model import Profile
 from tracer.report import human_size, writable_dir
 
@@ -76,7 +78,10 @@ def find_profiles(args: list[str]) -> list[Path]:
         p = Path(arg)
         if p.is_dir():
             candidates = sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml"))
-        elif p.is_file():
+            for q in candidates:  # a stray FIFO would block its job's read forever
+                _check_regular(q)
+        elif p.exists():
+            _check_regular(p)
             candidates = [p]
         else:
             raise BadInput(f"{arg}: no such profile file or directory")
@@ -87,6 +92,16 @@ def find_profiles(args: list[str]) -> list[Path]:
     if not found:
         raise BadInput("no profiles found in: " + " ".join(args))
     return found
+
+
+def _check_regular(path: Path) -> None:
+    """Refuse (exit 2) a profile name that is not a regular file, saying what it is."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read the profile file: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise BadInput(f"{path}: the profile file is {kind_of(mode)}, not a regular file")
 
 
 def check_unique_names(paths: list[Path], overrides: Overrides | None = None) -> None:
@@ -126,7 +141,8 @@ def profile_digest(profile_path: Path, profile: Profile) -> str:
     bytes are read at load, so a changed input file (a new test document) is a new job.
     Each input is framed by its length, so no two different sets of inputs (any bytes,
     NULs included) hash alike, and "none" differs from "empty"."""
-    h = hashlib.sha256(profile_path.read_bytes())
+    h = hashlib.sha256(read_regular(profile_path, "profile file", budget="profile_bytes",
+                                    limit=budgets_of(profile).profile_bytes))
     stdins = [profile.run.stdin, *(getattr(s.step, "stdin", None) for s in profile.smoke)]
     for data in stdins:
         if data is None:
@@ -144,16 +160,12 @@ def _hash_file(h: Any, path: str) -> None:
     """Add a regular file's size and bytes to `h`; only a marker for anything else (gone,
     a FIFO that would block, a device): the job itself then refuses it and says why."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        fd = open_regular(path, "recording")
+    except BadInput:
         h.update(b"!")
         return
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            h.update(b"!")
-            return
-        h.update(b"=" + st.st_size.to_bytes(8, "big"))
+        h.update(b"=" + os.fstat(fd).st_size.to_bytes(8, "big"))
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
 
@@ -368,10 +380,16 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """A JSON object tracer wrote under --out (a job's state or report); None when it is
+    missing, not a regular file (never followed if a link), too big or not JSON."""
+    if not os.path.lexists(path):
         return None
+    try:
+        doc = read_json(path, "file", limit=DEFAULT.index_bytes, budget="index_bytes",
+                        follow=False)
+    except BadInput:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _failure(report: dict[str, Any] | None, code: int) -> str:

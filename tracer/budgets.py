@@ -37,7 +37,7 @@ class Budgets:
     index_bytes: int = 512 * MiB  # bytes of all paths of one flattened image (index memory)
     path_walk: int = 20_000_000  # components image symlinks add to lookups (per image root)
     json_bytes: int = 4 * MiB  # one manifest, index or config document
-    package_db_bytes: int = 256 * MiB  # package databases read for one image (dpkg, apk, ...)
+    package_db_bytes: int = 256 * MiB  # package databases read (dpkg, ...) + the paths they name
     # -- analysis -------------------------------------------------------------------------
     resolver_work: int = 2_000_000  # units of static ELF resolver work (lookups, probes)
     profile_bytes: int = 1 * MiB  # one profile file
@@ -63,8 +63,10 @@ class Budgets:
                                f"{', '.join(sorted(known))})")
             number = parse_size(value)
             if number is None or number < 1:
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                limit = f" (at most {MAX_VALUE:,})" if too_large(value) else ""
                 raise BadInput(f"{where}: budget {name}: expected a positive number or size "
-                               f"like 512MiB, got {value!r}")
+                               f"like 512MiB{limit}, got {shown}")
             changes[name] = number
         return replace(self, **changes)
 
@@ -79,21 +81,38 @@ DEFAULT = Budgets()
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*$", re.I)
 _UNIT = {"k": KiB, "m": MiB, "g": GiB, "t": 1 << 40}
+# The largest budget (and size) value: what a signed 64-bit size holds, far above any disk.
+# Python would parse 4,000 digits into an int (and raise ValueError at 4,301): bigger is
+# refused as a bad value before int() sees it.
+MAX_VALUE = (1 << 63) - 1
+_MAX_DIGITS = len(str(MAX_VALUE))
 
 
 def parse_size(value: object) -> int | None:
-    """An int, or text `N`, `NKiB`/`NK`, `NMiB`/`NM`, `NGiB`/`NG` (binary units); None if bad."""
+    """An int, or text `N`, `NKiB`/`NK`, `NMiB`/`NM`, `NGiB`/`NG` (binary units); None if bad,
+    and None above MAX_VALUE."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if not isinstance(value, str):
+        return value if value <= MAX_VALUE else None
+    if not isinstance(value, str) or len(value) > 100:
         return None
     m = _SIZE.match(value)
-    if not m:
+    if not m or len(m.group(1).lstrip("0")) > _MAX_DIGITS:
         return None
     unit = (m.group(2) or "").lower()[:1]
-    return int(m.group(1)) * (_UNIT[unit] if unit else 1)
+    number = int(m.group(1)) * (_UNIT[unit] if unit else 1)
+    return number if number <= MAX_VALUE else None
+
+
+def too_large(value: object) -> bool:
+    """Whether `value` is written as a size but is over MAX_VALUE (for the message)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value > MAX_VALUE
+    return isinstance(value, str) and _SIZE.match(value) is not None \
+        and parse_size(value) is None
 
 
 def human(n: int) -> str:

@@ -209,6 +209,7 @@ def _add_why(sub: Any) -> None:
                    help="a path in the image, as the keep-list writes it or as the real "
                    "name; a bare program name is looked up on the image's PATH")
     w.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_budget(w)
 
 
 def _add_batch(sub: Any) -> None:
@@ -358,7 +359,7 @@ def _cmd_why(args: argparse.Namespace) -> int:
     if args.source.suffix in (".yaml", ".yml"):
         raise BadInput(f"{args.source} looks like a profile; `tracer why` reads what `tracer "
                        "minimize PROFILE --report FILE.json` left: FILE.json or FILE.keeplist")
-    answer = why(args.source, args.path)
+    answer = why(args.source, args.path, _overrides(args).run_budgets)
     print(json.dumps(asdict(answer), indent=2) if args.json else answer.format_text())
     return 0
 

@@ -43,6 +43,7 @@ from tracer.image.prepare import Prepared, prepare
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.sink import publish, write_image
 from tracer.image.transports import transport
+from tracer.operatorfiles import read_regular
 from tracer.profile.document import read_profile_text
 from tracer.profile.load import budgets_of
 from tracer.profile.model import Profile
@@ -110,9 +111,10 @@ def plan_run(profile: Profile, output: str | None) -> Plan:
     # an output that cannot be written is bad input now, not after the trace and the
     # verification (the engine's outputs need only a name here: no engine is asked)
     transport(out_ref).check_output(out_ref)
-    digest = (hashlib.sha256(profile.source.read_bytes()).hexdigest()
-              if profile.source else None)
     budgets = budgets_of(profile)
+    digest = (hashlib.sha256(read_regular(profile.source, "profile file", budget="profile_bytes",
+                                          limit=budgets.profile_bytes)).hexdigest()
+              if profile.source else None)
     # read now: a bad recording is bad input before minutes of tracing, not after
     recordings = [read_recording(Path(f), budgets) for f in profile.keep.evidence]
     return Plan(profile, in_ref, out_ref, budgets, profile.keep.granularity,

@@ -30,7 +30,6 @@ import contextlib
 import os
 import posixpath
 import re
-import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ from pathlib import Path
 from tracer.budgets import DEFAULT, Budgets, human
 from tracer.errors import BadInput
 from tracer.explain.runfiles import escape, unescape
+from tracer.operatorfiles import open_regular
 
 MAGIC = "#tracer-recording"
 VERSION = 1
@@ -159,15 +159,9 @@ def max_line(budgets: Budgets) -> int:
 
 def read_recording(path: Path, budgets: Budgets = DEFAULT) -> Recording:
     """Read and validate one recording; BadInput naming the file and line otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read the recording: {exc.strerror or exc}") from None
+    fd = open_regular(path, "recording (a file written by `tracer record`)")
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise BadInput(f"{path}: not a regular file; a recording is a file written by "
-                           "`tracer record`")
         if st.st_size > budgets.recording_bytes:
             raise BadInput(f"{path}: {st.st_size:,} bytes, over the recording_bytes budget "
                            f"of {human(budgets.recording_bytes)}; raise it with --budget "

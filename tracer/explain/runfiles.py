@@ -29,8 +29,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from tracer.budgets import DEFAULT, BudgetExceeded
 from tracer.errors import BadInput
 from tracer.image.model import Entry, FlatImage
+from tracer.operatorfiles import open_regular, read_regular
 
 _NAMED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _UNNAMED = {"t": b"\t", "n": b"\n", "r": b"\r", "\\": b"\\"}
@@ -94,12 +96,17 @@ def parse_keeplist_line(line: str) -> tuple[str, list[str]]:
     return unescape(name), [unescape(r) for r in reasons.split(REASON_SEPARATOR) if r]
 
 
-def read_keeplist(path: Path) -> dict[str, list[str]]:
-    """Every kept path (the real name, unescaped) with its reasons; BadInput if unreadable."""
+def read_keeplist(path: Path, limit: int = DEFAULT.index_bytes, *,
+                  follow: bool = True) -> dict[str, list[str]]:
+    """Every kept path (the real name, unescaped) with its reasons; BadInput if unreadable.
+
+    At most `limit` bytes (index_bytes: a keep-list names at most every path of the
+    image); a FIFO or device is refused by tracer.operatorfiles, saying what it is, and
+    so is a symbolic link with `follow=False`.
+    """
+    data = read_regular(path, "keep-list", limit=limit, budget="index_bytes", follow=follow)
     try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read the keep-list: {exc}") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadInput(f"{path}: not a keep-list (not UTF-8 text: {exc.reason})") from None
     kept: dict[str, list[str]] = {}
@@ -116,11 +123,12 @@ def read_keeplist(path: Path) -> dict[str, list[str]]:
 
 def keeplist_paths(path: Path) -> set[str]:
     """The kept paths of a keep-list file as its lines write them (escaped), for diffs
-    shown to people and written to JSON; empty when the file is missing or unreadable."""
-    if not path.exists():
+    shown to people and written to JSON; empty when the file is missing or unreadable.
+    For the files tracer wrote itself (`tracer batch --out`): a link is not followed."""
+    if not os.path.lexists(path):
         return set()
     try:
-        return {escape(p) for p in read_keeplist(path)}
+        return {escape(p) for p in read_keeplist(path, follow=False)}
     except BadInput:
         return set()
 
@@ -168,16 +176,24 @@ def write_path_index(flat: FlatImage, path: Path, path_env: str | None = None) -
     os.replace(tmp, path)
 
 
-def read_path_index(path: Path) -> PathIndex | None:
+def read_path_index(path: Path, limit: int = DEFAULT.index_bytes) -> PathIndex | None:
     """The index a run wrote next to its report; None if there is none; BadInput if it is
-    not one. Also reads the unescaped three-column files of earlier versions."""
+    not one. Also reads the unescaped three-column files of earlier versions. The file
+    and its decompressed text are each at most `limit` bytes (index_bytes)."""
     if not path.exists():
         return None
+    fd = open_regular(path, "path index")
     try:
-        with gzip.open(path, "rb") as f:
-            text = f.read().decode("utf-8", "surrogateescape")
+        with os.fdopen(fd, "rb") as raw, gzip.GzipFile(fileobj=raw) as f:
+            if os.fstat(fd).st_size > limit:
+                raise BudgetExceeded("index_bytes", limit, f"{path}: the path index")
+            data = f.read(limit + 1)
     except (OSError, EOFError, zlib.error) as exc:  # zlib.error: corrupt compressed data
         raise BadInput(f"{path}: not a readable path index: {exc}") from None
+    if len(data) > limit:  # a gzip bomb: its text would be kept whole
+        raise BudgetExceeded("index_bytes", limit, f"{path}: the path index decompresses to "
+                             f"more than {limit:,} bytes")
+    text = data.decode("utf-8", "surrogateescape")
     lines = text.split("\n")
     escaped = bool(lines) and lines[0] == INDEX_HEADER
     entries: dict[str, Entry] = {}

@@ -11,15 +11,16 @@ hand. A bare program name (`memcflush`) is looked up on the image's PATH, the wa
 from __future__ import annotations
 
 import contextlib
-import json
 import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tracer.analysis.keeplist import ROOT_REASON
+from tracer.budgets import DEFAULT, Budgets
 from tracer.errors import BadInput
 from tracer.explain.runfiles import PathIndex, escape, read_keeplist, read_path_index, unescape
+from tracer.operatorfiles import read_json
 from tracer.rootfs import SymlinkLoop
 from tracer.static import which
 from tracer.static.script import DEFAULT_PATH
@@ -138,11 +139,8 @@ def _sibling(path: Path, suffix: str) -> Path:
     return path.with_name(path.stem + suffix)
 
 
-def _read_report(path: Path) -> dict:
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise BadInput(f"{path}: not a readable tracer report: {exc}") from None
+def _read_report(path: Path, budgets: Budgets) -> dict:
+    report = read_json(path, "tracer report", limit=budgets.index_bytes, budget="index_bytes")
     if not isinstance(report, dict):
         raise BadInput(f"{path}: not a tracer report (not a JSON object)")
     return report
@@ -158,23 +156,25 @@ def _is_executable(index: PathIndex | None, path: str) -> bool:
     return False
 
 
-def why(source: Path, path: str) -> WhyAnswer:
+def why(source: Path, path: str, budgets: Budgets = DEFAULT) -> WhyAnswer:
     """Answer for `path` (an in-image path, or a bare program name looked up on the
     image's PATH) from a report (.json) or a keep-list file. A path may also be given as
-    the keep-list writes it (escaped)."""
+    the keep-list writes it (escaped). Each file read is at most `budgets.index_bytes`
+    and must be a regular file (tracer.operatorfiles)."""
     report: dict = {}
     if source.suffix == ".json":
-        report = _read_report(source)
+        report = _read_report(source, budgets)
         keeplist_path = _sibling(source, ".keeplist")
     else:
         keeplist_path = source
         if _sibling(source, ".json").exists():
-            report = _read_report(_sibling(source, ".json"))
-    kept = read_keeplist(keeplist_path)
+            report = _read_report(_sibling(source, ".json"), budgets)
+    kept = read_keeplist(keeplist_path, budgets.index_bytes)
     kept.setdefault("/", [f"{ROOT_REASON.kind}: {ROOT_REASON.detail}"])
     excluded = report.get("excluded_paths")
     excluded = excluded if isinstance(excluded, dict) else {}
-    index = read_path_index(keeplist_path.with_name(keeplist_path.stem + ".paths.gz"))
+    index = read_path_index(keeplist_path.with_name(keeplist_path.stem + ".paths.gz"),
+                            budgets.index_bytes)
 
     program = None
     search_path = None

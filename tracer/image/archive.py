@@ -17,9 +17,7 @@ same bytes.
 
 from __future__ import annotations
 
-import errno
 import filecmp
-import gzip
 import hashlib
 import os
 import posixpath
@@ -32,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from tracer.budgets import Budgets
-from tracer.errors import BadInput, ImageFormatError
+from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError, no_space
 from tracer.image import documents as doc
-from tracer.image.diskio import disk_full, new_file
+from tracer.image.diskio import NO_SPACE, disk_full, new_file
 from tracer.image.inputfiles import open_input_file
 from tracer.image.output import (
     OneLayer,
@@ -46,7 +44,7 @@ from tracer.image.output import (
 )
 from tracer.image.reference import ImageRef
 from tracer.image.source import FileTransport, ImageSource
-from tracer.image.streams import Layer, Region, sniff_compression
+from tracer.image.streams import Layer, LayerStream, Region, sniff_compression
 
 _HEX_JSON = re.compile(r"^([0-9a-f]{64})\.json$")
 _BLOB = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
@@ -130,22 +128,36 @@ def _list_members(path: str, where: str, budgets: Budgets) -> _Members:
 
 def _gunzip(src_fd: int, where: str, workdir: Path, budgets: Budgets) -> Path:
     """Decompress a gzipped archive into the work dir (a tar cannot be indexed in place
-    while compressed), bounded by the image_bytes budget."""
+    while compressed).
+
+    The outer gzip is a compressed blob like any layer, so the same LayerStream bounds it:
+    at most `expansion` times the file's size (or expansion_floor) and image_bytes; a 1 MB
+    `docker save | gzip` that inflates to 1 GiB is refused after about 100 MB, not spooled
+    whole into TMPDIR. A full disk names the size the archive will really have (gzip's
+    trailer; never more than the budgets allow), not four times the compressed size.
+    """
     plain = workdir / f"archive-{uuid.uuid4().hex[:12]}.tar"
-    written = 0
-    with disk_full(workdir, os.fstat(src_fd).st_size * 4), new_file(plain) as dst:
-        try:
-            with open(f"/proc/self/fd/{src_fd}", "rb") as raw, gzip.open(raw) as src:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    budgets.check("image_bytes", written, f"{where}: decompressed archive")
-                    dst.write(chunk)
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise ImageFormatError(f"{where}: corrupt gzip: {exc}") from None
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise ImageFormatError(f"{where}: corrupt gzip: {exc}") from None
+    outer = f"{where} (gzip-compressed archive)"
+    raw = open(f"/proc/self/fd/{src_fd}", "rb")  # noqa: SIM115 - closed by the stream
+    stream = LayerStream(raw, outer, compression="gzip", blob_digest=None, blob_size=None,
+                         diff_id=None, budgets=budgets)
+    try:
+        with new_file(plain) as dst:
+            while True:
+                try:
+                    chunk = stream.read(1 << 20)
+                except (OSError, EOFError, zlib.error) as exc:
+                    raise ImageFormatError(f"{where}: corrupt gzip: {exc}") from None
+                if not chunk:
+                    break
+                dst.write(chunk)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise no_space(workdir, stream.estimated_size()) from None
+        raise EnvironmentProblem(f"{where}: cannot write the decompressed archive to "
+                                 f"{plain}: {exc.strerror or exc}") from None
+    finally:
+        stream.close()
     return plain
 
 

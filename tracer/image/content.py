@@ -3,7 +3,8 @@
 Flattening records where each regular file's bytes lie (a blob on disk, an offset, a size)
 instead of writing every file out: creating thousands of small host files was most of the
 cost of reading an image. A reader here is confined to its member's byte range, so a file
-of the image can never read its neighbours' bytes, whatever offset it seeks to.
+of the image can never read its neighbours' bytes, whatever offset it seeks to (a sparse
+member's segments, its holes read as zeros).
 
 The data is opened again by name long after it was checked (digests verified while the
 image was read), so a name is never trusted on its own: a blob is opened without following
@@ -15,6 +16,7 @@ size its tar header gave. Anything else is an OSError naming the file.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import io
 import os
@@ -33,6 +35,8 @@ class ContentRef:
 
     `identity` is (st_dev, st_ino) of `blob` when its bytes were checked; with `root` set,
     `blob` is instead a path relative to that directory (a layer directory), offset 0.
+    `sparse` (a sparse tar member): the file's data segments (offset in the file, length),
+    whose bytes lie one after another from `offset` of `blob`; the rest reads as zeros.
     """
 
     blob: str
@@ -40,6 +44,7 @@ class ContentRef:
     size: int
     identity: tuple[int, int] | None = None
     root: str | None = None
+    sparse: tuple[tuple[int, int], ...] | None = None
 
 
 def open_checked(ref: ContentRef) -> int:
@@ -94,6 +99,15 @@ class _Window(io.RawIOBase):
         self._base = ref.offset
         self._size = ref.size
         self._pos = 0
+        # a sparse file: where each segment starts in the file, and its bytes in the blob
+        self._starts: list[int] = []
+        self._segments: list[tuple[int, int, int]] = []  # (file offset, length, blob offset)
+        stored = ref.offset
+        for offset, length in ref.sparse or ():
+            self._starts.append(offset)
+            self._segments.append((offset, length, stored))
+            stored += length
+        self._sparse = ref.sparse is not None
 
     def readable(self) -> bool:
         return True
@@ -105,10 +119,32 @@ class _Window(io.RawIOBase):
         n = min(len(buf), self._size - self._pos)
         if n <= 0:
             return 0
+        if self._sparse:
+            return self._read_sparse(buf, n)
         data = os.pread(self._fd, n, self._base + self._pos)
         buf[:len(data)] = data
         self._pos += len(data)
         return len(data)
+
+    def _read_sparse(self, buf: bytearray | memoryview, n: int) -> int:
+        """Up to `n` bytes at the position: a segment's bytes from the blob, or a hole's
+        zeros up to the next segment."""
+        i = bisect.bisect_right(self._starts, self._pos) - 1
+        if i >= 0:
+            offset, length, stored = self._segments[i]
+            if self._pos < offset + length:
+                n = min(n, offset + length - self._pos)
+                data = os.pread(self._fd, n, stored + self._pos - offset)
+                if not data:
+                    raise OSError(errno.EIO, "the layer data ends inside a sparse file")
+                buf[:len(data)] = data
+                self._pos += len(data)
+                return len(data)
+        if i + 1 < len(self._starts):
+            n = min(n, self._starts[i + 1] - self._pos)
+        buf[:n] = bytes(n)
+        self._pos += n
+        return n
 
     def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
         if whence == io.SEEK_SET:

@@ -46,6 +46,7 @@ memory stay linear in the input; what the budgets refuse is a BudgetExceeded nam
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import gc
 import os
@@ -345,7 +346,8 @@ class _Applier:
         inode.born = self.layer
         if m.kind == "file":
             # in place, the file's name in its layer is only known at the end (`entries`)
-            inode.content = ContentRef(self.blob, self.base + reader.data_offset, m.size) \
+            inode.content = ContentRef(self.blob, self.base + reader.data_offset, m.size,
+                                       sparse=m.sparse) \
                 if self.layer_dir is None else ContentRef("", 0, m.size, root=self.layer_dir)
             d = self._add(real_parent, base, inode, m.name)
             if self.extract:
@@ -610,8 +612,9 @@ def _apply_layer(applier: _Applier, layer: Layer, dest: Path, budgets: Budgets,
             spool = _Spool(stream, path, layer.where)
             applier.blob, applier.base = str(path), 0
             tar_in = spool  # type: ignore[assignment]
-        _apply_members(applier, TarReader(tar_in, layer.where, budgets.path_length),  # type: ignore[arg-type]
-                       layer.where, budgets)
+        reader = TarReader(tar_in, layer.where, budgets.path_length,  # type: ignore[arg-type]
+                           on_holes=stream.add_holes)
+        _apply_members(applier, reader, layer.where, budgets)
         stream.finish()
         if spool is not None:
             spool.close()
@@ -623,7 +626,7 @@ def _apply_layer(applier: _Applier, layer: Layer, dest: Path, budgets: Budgets,
             stream.close()
         raise
     stream.close()
-    return stream.uncompressed
+    return stream.expanded
 
 
 def _apply_source(applier: _Applier, source: ImageSource, dest: Path, tree: Path | None,
@@ -679,7 +682,7 @@ def flatten(source: ImageSource, dest: Path,
             if exc.errno in DISK_FULL:
                 raise no_space(dest) from None
             raise
-        content = {p: ContentRef(kept[r.blob][0], r.offset, r.size, kept[r.blob][1])
+        content = {p: dataclasses.replace(r, blob=kept[r.blob][0], identity=kept[r.blob][1])
                    for p, r in content.items()}
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
@@ -735,9 +738,9 @@ def flatten_in_place(layers: Sequence[LayerDir], dest: Path, *, config: dict,
             if progress:
                 progress(f"indexing {layer.where}")
             stream = layer.open_headers(budgets, used)
+            reader = TarReader(stream, layer.where, budgets.path_length)  # type: ignore[arg-type]
             try:
-                _apply_members(applier, TarReader(stream, layer.where, budgets.path_length),  # type: ignore[arg-type]
-                               layer.where, budgets)
+                _apply_members(applier, reader, layer.where, budgets)
                 stream.finish()
             finally:
                 stream.close()

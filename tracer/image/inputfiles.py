@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from pathlib import Path
 
 from tracer.errors import BadInput, ImageFormatError
+from tracer.operatorfiles import check_regular, open_regular
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -42,14 +42,7 @@ def open_root(path: Path, what: str) -> int:
 
 def open_input_file(path: Path, what: str) -> int:
     """A descriptor of the input file the operator named, checked to be a regular file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise BadInput(f"{what}: no such file") from None
-    except (IsADirectoryError, PermissionError) as exc:
-        raise BadInput(f"{what}: cannot open: {exc.strerror}") from None
-    _require_regular(fd, what, BadInput)
-    return fd
+    return open_regular(path, "file", label=what)
 
 
 def open_beneath(root_fd: int, relpath: str, where: str) -> int:
@@ -94,13 +87,7 @@ def read_all(fd: int, size: int) -> bytes:
 
 
 def _require_regular(fd: int, what: str, error: type[Exception]) -> None:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise error(f"{what}: not a regular file")
-    # O_NONBLOCK only served the open (a FIFO cannot block it); reads of a regular file
-    # ignore it, but clear it so nothing downstream is surprised.
-    os.set_blocking(fd, True)
+    check_regular(fd, "file", what, error)
 
 
 def _refusal(exc: OSError, relpath: str, where: str, what: str) -> ImageFormatError:

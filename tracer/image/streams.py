@@ -113,11 +113,14 @@ class LayerStream:
         self._stored = stored_size(raw)
         self._budgets = budgets
         self._image_left = budgets.image_bytes - image_used
+        # what the blob may expand to: by decompression, and by the holes of sparse files
+        self._expansion_limit = max(budgets.expansion * (self._stored or 0),
+                                    budgets.expansion_floor)
         self._layer_limit: int | None = None
         if compression != "none":
-            floor = budgets.expansion_floor
-            self._layer_limit = max(budgets.expansion * (self._stored or 0), floor)
+            self._layer_limit = self._expansion_limit
         self._limit = min(self._image_left, self._layer_limit or self._image_left)
+        self.holes = 0  # bytes the holes of sparse members add (no stream carries them)
         self._raw = HashingReader(raw)
         self._blob_digest = blob_digest
         self._blob_size = blob_size
@@ -141,7 +144,7 @@ class LayerStream:
     def read(self, n: int = -1) -> bytes:
         out = self._tar or self._raw
         data = out.read(n)
-        if out.count > self._limit:
+        if out.count + self.holes > self._limit:
             self._over_budget()
         return data
 
@@ -150,18 +153,44 @@ class LayerStream:
         """Bytes of the layer's tar handed out so far."""
         return (self._tar or self._raw).count
 
+    @property
+    def expanded(self) -> int:
+        """What the layer came to so far: its tar's bytes and its sparse files' holes."""
+        return self.uncompressed + self.holes
+
+    def add_holes(self, n: int, name: str) -> None:
+        """Count the `n` bytes of holes of the sparse member `name`: they are part of what
+        the layer expands to (an image, a keep-list's sizes and an output hold them), so
+        the expansion budget covers them, compressed layer or not; a 10 KB tar naming a
+        1 TB sparse file is a bomb like any other."""
+        self.holes += n
+        if self.expanded <= min(self._image_left, self._expansion_limit):
+            return
+        if self._image_left <= self._expansion_limit:
+            self._over_budget()
+        blob = f"its {self._stored:,}-byte blob" if self._stored is not None else "its blob"
+        budget = "expansion" if self._expansion_limit > self._budgets.expansion_floor \
+            else "expansion_floor"
+        raise BudgetExceeded(
+            budget, getattr(self._budgets, budget),
+            f"{self.where}: with the holes of sparse file {name[:200]!r} it expands to more "
+            f"than {human(self._expansion_limit)} from {blob} (a sparse-file bomb?)")
+
     def estimated_size(self) -> int:
         """What the whole uncompressed layer will probably come to (for "needed about N MB"
-        when the disk fills up while it is spooled): gzip's trailer says it (modulo 4 GiB,
-        and it is only a hint), else the compression ratio so far; never more than the
-        budgets would let it reach."""
+        when the disk fills up while it is spooled): gzip's trailer says it (modulo 4 GiB:
+        the smallest size it allows that is not below what was already handed out; it is
+        only a hint), else the compression ratio so far; never more than the budgets would
+        let it reach."""
         done, raw = self.uncompressed, self._raw.count
         guess = done
         if self.compression == "gzip" and self._stored and self._stored >= 18:
             start = self._blob.offset if isinstance(self._blob, Region) else 0
             try:
                 trailer = os.pread(self._blob.fileno(), 4, start + self._stored - 4)
-                guess = max(guess, int.from_bytes(trailer, "little"))
+                isize = int.from_bytes(trailer, "little")
+                wraps = max(0, -(-(done - isize) // (1 << 32)))  # ceil, at least 0
+                guess = isize + wraps * (1 << 32)
             except (OSError, AttributeError, ValueError):
                 pass
         elif raw and self._stored and raw < self._stored:

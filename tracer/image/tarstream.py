@@ -6,6 +6,16 @@ without an error, and binary `security.capability` xattrs would be mangled. This
 parses headers with tarfile's own block decoder but owns the control flow: every problem is
 an ImageFormatError naming the layer and the member, data is copied in bounded chunks, and
 PAX values stay bytes.
+
+Sparse files are read as Docker reads them (Go's archive/tar), as regular files of their
+real size whose holes read as zeros: PAX 1.0 (what GNU tar `--sparse --format=posix`
+writes: the map of data segments at the start of the member's data, the real name in
+GNU.sparse.name and a made-up one in the header), PAX 0.1 (the map in GNU.sparse.map) and
+PAX 0.0 (offset/numbytes records). A map is checked the way Go checks it (segments in
+order, not overlapping, inside the file, their lengths adding up to the data stored),
+and what the holes add is reported (`holes`, `on_holes`) so that the layer's expansion
+budget covers them. The old GNU form (type `S`, plain `tar --sparse`) is refused, naming
+the path: Docker's reader refuses it too ("unhandled tar header type 83").
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import math
 import os
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -26,6 +37,7 @@ MAX_MTIME = 1e13  # seconds; far beyond any real timestamp, keeps int() and tar 
 BLOCK = 512
 CHUNK = 1 << 20
 MAX_SPECIAL = 1 << 20  # PAX / GNU long-name payloads; Go's archive/tar uses the same cap
+# (and a sparse map: its bytes at the start of a PAX 1.0 member's data, or GNU.sparse.map)
 _ZERO = bytes(BLOCK)
 KIND_OF_TYPE = {
     tarfile.REGTYPE: "file",
@@ -63,6 +75,9 @@ class Member:
     devmajor: int = 0
     devminor: int = 0
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    # a sparse file: its data segments (offset, length) in the file of `size` bytes; the
+    # segments' bytes follow one another in the stream; None for a plain file
+    sparse: tuple[tuple[int, int], ...] | None = None
 
 
 @dataclass
@@ -134,6 +149,7 @@ def parse_header(buf: bytes) -> RawHeader:
 def parse_pax(data: bytes, where: str) -> dict[str, bytes]:
     """Parse PAX extended header records (`LEN KEY=VALUE\\n`), keeping values as bytes."""
     out: dict[str, bytes] = {}
+    sparse: list[bytes] = []  # PAX 0.0 sparse records, offset and numbytes alternating
     pos = 0
     while pos < len(data):
         if data[pos] == 0:
@@ -149,24 +165,64 @@ def parse_pax(data: bytes, where: str) -> dict[str, bytes]:
         if not eq:
             raise ImageFormatError(f"{where}: malformed PAX header record at byte {pos}")
         k = key.decode("utf-8", "surrogateescape")
-        if value:
+        if k in ("GNU.sparse.offset", "GNU.sparse.numbytes"):
+            if (k == "GNU.sparse.offset") != (len(sparse) % 2 == 0):
+                raise ImageFormatError(f"{where}: sparse map records out of order at byte "
+                                       f"{pos}")
+            sparse.append(value)
+        elif value:
             out[k] = value
         else:
             out.pop(k, None)
         pos += length
+    if sparse:  # as Go's archive/tar does: one map, as PAX 0.1 writes it
+        out["GNU.sparse.map"] = b",".join(sparse)
+    return out
+
+
+def _sparse_kind(pax: dict[str, bytes], type_: bytes) -> str | None:
+    """The sparse format of a member: "1.0" (map in the data), "0.x" (map in the PAX
+    header: 0.1's GNU.sparse.map, or 0.0's offset/numbytes records, which parse_pax joins
+    into one), "GNU" (type S), "unknown"; None if not sparse."""
+    if type_ == tarfile.GNUTYPE_SPARSE:
+        return "GNU"
+    if not pax or not any(k.startswith("GNU.sparse.") for k in pax):
+        return None
+    major, minor = pax.get("GNU.sparse.major"), pax.get("GNU.sparse.minor")
+    if major == b"1" and minor == b"0":
+        return "1.0"
+    if "GNU.sparse.map" in pax and major in (None, b"0"):
+        return "0.x"
+    return "unknown"
+
+
+def _numbers(text: bytes, sep: bytes | None, where: str) -> list[int]:
+    """Decimal numbers separated by `sep` (None: one number): each at most 20 digits."""
+    out = []
+    for word in text.split(sep) if sep is not None else [text]:
+        if not word.isdigit() or len(word) > 20:
+            raise ImageFormatError(f"{where}: malformed sparse map (not a number: "
+                                   f"{word[:40]!r})")
+        out.append(int(word))
     return out
 
 
 class TarReader:
     """Iterate members of one layer stream; call `copy_data` or nothing before `next`."""
 
-    def __init__(self, stream: BinaryIO, where: str, max_path: int = MAX_PATH) -> None:
+    def __init__(self, stream: BinaryIO, where: str, max_path: int = MAX_PATH,
+                 on_holes: Callable[[int, str], None] | None = None) -> None:
         self._f = stream
         self._where = where
         self._max_path = max_path
         self._remaining = 0
+        self._stored = 0  # bytes of data the current member has in the stream
         self._pad = 0
         self._current: Member | None = None
+        # bytes the holes of sparse members add to the layer, and who is told (the
+        # layer's stream, which holds them to its expansion budget) as each is read
+        self.holes = 0
+        self._on_holes = on_holes
         self.last_name = "(start of layer)"
         # Bytes consumed from the stream so far, and where the current member's data starts:
         # flatten records that offset instead of copying the data out.
@@ -219,8 +275,7 @@ class TarReader:
             self._pad = 0
 
     def _truncated(self) -> None:
-        m = self._current
-        size = m.size if m else 0
+        size = self._stored
         raise ImageFormatError(
             f"{self._at()}: declares {size} bytes of data but the stream ends after "
             f"{size - self._remaining} (truncated layer or a size that lies)")
@@ -276,6 +331,9 @@ class TarReader:
             return pax[key].decode("utf-8", "surrogateescape") if key in pax else default
 
         name = text("path", long_name if long_name is not None else ti.name)
+        sparse_kind = _sparse_kind(pax, ti.type)
+        if sparse_kind is not None and "GNU.sparse.name" in pax:
+            name = text("GNU.sparse.name", name)  # the header's name is made up
         self.last_name = name[:200]
         link = text("linkpath", long_link if long_link is not None else ti.linkname)
         for what, value in (("name", name), ("link target", link)):
@@ -285,9 +343,18 @@ class TarReader:
                 raise BudgetExceeded("path_length", self._max_path,
                                      f"{self._where}: member {name[:80]!r}...: {what} is "
                                      f"{utf8_len(value)} bytes long")
+        if sparse_kind == "GNU":
+            raise ImageFormatError(f"{self._at()}: a sparse file in the old GNU format (tar "
+                                   "type S), which Docker refuses too; write the layer with "
+                                   "--format=posix (PAX sparse files are read)")
+        if sparse_kind == "unknown":
+            raise ImageFormatError(f"{self._at()}: a sparse file in a format tracer does not "
+                                   "know (PAX GNU.sparse.* keys without a map)")
         kind = KIND_OF_TYPE.get(ti.type)
-        if kind is None or (pax and any(k.startswith("GNU.sparse") for k in pax)):
+        if kind is None:
             raise ImageFormatError(f"{self._at()}: unsupported tar member type {ti.type!r}")
+        if sparse_kind is not None and kind != "file":
+            raise ImageFormatError(f"{self._at()}: sparse file headers on a {kind}")
         try:
             size = int(pax["size"]) if "size" in pax else ti.size
             uid = int(pax["uid"]) if "uid" in pax else ti.uid
@@ -318,15 +385,115 @@ class TarReader:
             xattrs=xattrs,
         )
         self._current = m
-        self.data_offset = self.offset
         # Only regular files carry data: header-only types ignore their size (as Go and
         # tarfile do), so a lying size on a symlink cannot swallow the next members.
-        self._remaining = m.size
+        self._stored = m.size
         self._pad = (-m.size) % BLOCK
+        if sparse_kind is not None:
+            self._sparse(m, pax, sparse_kind)
+        self._remaining = self._stored
+        self.data_offset = self.offset
         return m
 
+    def _sparse(self, m: Member, pax: dict[str, bytes], version: str) -> None:
+        """Make `m` the sparse file its headers describe: its size the real size, its
+        segments from the map (read from the data for 1.0, which consumes whole blocks)."""
+        key = "GNU.sparse.realsize" if version == "1.0" else "GNU.sparse.size"
+        try:
+            real = int(pax[key])
+        except (KeyError, ValueError):
+            raise ImageFormatError(f"{self._at()}: sparse file without a valid {key}") from None
+        if real < 0 or real > 1 << 62:
+            raise ImageFormatError(f"{self._at()}: sparse file of {real} bytes")
+        stored = self._stored
+        if getattr(self._f, "skip", None) is not None:
+            # headers only (a layer the engine unpacked, its tar-split records): the file
+            # on disk is whole, and the record that stands for its data stands for all of
+            # it (the map, which 1.0 keeps in the data, is not recorded); the stream counts
+            # those bytes, holes included, as it passes over them
+            m.size = self._stored = real
+            return
+        if version == "1.0":
+            numbers, used = self._read_sparse_map(stored)
+            self._stored = stored - used  # the padding after the data stays as it was
+            pairs = numbers[1:]
+        else:
+            pairs = _numbers(pax["GNU.sparse.map"], b",", self._at())
+        if len(pairs) % 2:
+            raise ImageFormatError(f"{self._at()}: malformed sparse map (an offset without "
+                                   "its length)")
+        segments: list[tuple[int, int]] = []
+        end = 0
+        for offset, length in zip(pairs[0::2], pairs[1::2], strict=True):
+            if offset < end or offset + length > real:
+                raise ImageFormatError(f"{self._at()}: sparse map segments overlap, are out "
+                                       f"of order or end past the file's {real} bytes")
+            end = offset + length
+            if length:
+                segments.append((offset, length))
+        data = sum(length for _, length in segments)
+        if data != self._stored:
+            raise ImageFormatError(f"{self._at()}: the sparse map names {data} bytes of data, "
+                                   f"the member holds {self._stored}")
+        m.size, m.sparse = real, tuple(segments)
+        self._report_holes(real - data, m.name)
+
+    def _report_holes(self, n: int, name: str) -> None:
+        self.holes += n
+        if self._on_holes is not None and n:
+            self._on_holes(n, name)
+
+    def _read_sparse_map(self, stored: int) -> tuple[list[int], int]:
+        """The numbers of a PAX 1.0 sparse map (count, then offset and length pairs, each
+        a decimal line) and the bytes of whole blocks it took from the member's data."""
+        numbers: list[int] = []
+        want = 1
+        used = 0
+        text = b""
+        pos = 0
+        while len(numbers) < want:
+            nl = text.find(b"\n", pos)
+            if nl >= 0:
+                numbers += _numbers(text[pos:nl], None, self._at())
+                pos = nl + 1
+                if len(numbers) == 1:
+                    want = 1 + 2 * numbers[0]
+                    if want > MAX_SPECIAL:
+                        raise ImageFormatError(f"{self._at()}: sparse map of {numbers[0]} "
+                                               "segments")
+                continue
+            if used + BLOCK > min(stored, MAX_SPECIAL):
+                raise ImageFormatError(f"{self._at()}: the sparse map does not end within "
+                                       f"the member's data (or {MAX_SPECIAL} bytes)")
+            block = self._read(BLOCK)
+            if len(block) < BLOCK:
+                raise ImageFormatError(f"{self._at()}: stream ends inside a sparse map")
+            used += BLOCK
+            text = text[pos:] + block
+            pos = 0
+        return numbers, used
+
     def copy_data(self, fd: int) -> None:
-        """Write the current member's data to `fd` in bounded chunks."""
+        """Write the current member's data to `fd` in bounded chunks (a sparse file's
+        segments at their offsets, its holes left as holes, its size the real size)."""
+        m = self._current
+        if m is not None and m.sparse is not None:
+            for offset, length in m.sparse:
+                done = 0
+                while done < length:
+                    n = min(CHUNK, length - done)
+                    chunk = self._read(n)
+                    if len(chunk) != n:
+                        self._remaining -= len(chunk)
+                        self._truncated()
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.pwrite(fd, view, offset + done + n - len(view))
+                        view = view[written:]
+                    done += n
+                    self._remaining -= n
+            os.ftruncate(fd, m.size)
+            return
         if self._remaining > 0 and self._remaining + self._pad <= CHUNK:
             # small member: data and its padding in one read (the common case)
             want = self._remaining + self._pad

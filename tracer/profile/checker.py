@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,9 @@ from typing import Any
 import yaml
 from yaml.constructor import SafeConstructor
 
-from tracer.budgets import Budgets, human, parse_size
+from tracer.budgets import MAX_VALUE, BudgetExceeded, Budgets, human, parse_size, too_large
+from tracer.errors import BadInput
+from tracer.operatorfiles import read_regular
 
 DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -118,8 +119,11 @@ class Checker:
         number = parse_size(value) if value is not None else None
         if number is None or number < 1:
             if isinstance(node, yaml.ScalarNode):
+                shown = repr(node.value) if len(node.value) <= 60 else repr(node.value[:50]) + \
+                    f"... ({len(node.value):,} characters)"
+                limit = f" (at most {MAX_VALUE:,})" if too_large(value) else ""
                 self.error(node, field, f"expected a positive number or a size like 512KiB, "
-                           f"64MiB, 2GiB, got {node.value!r}")
+                           f"64MiB, 2GiB{limit}, got {shown}")
             return None
         return number
 
@@ -285,26 +289,17 @@ class Checker:
 
 def read_stdin_file(path: Path, limit: int) -> tuple[bytes | None, str | None]:
     """(its bytes, None) or (None, why not). A regular file only: a FIFO or device would
-    block or never end; at most `limit` bytes (the profile_bytes budget: it is part of the
-    profile). Any bytes: production feeds documents and images (a .docx, a PNG), which are
-    no text, and the runner hands them to the program as they are."""
+    block or never end (tracer.operatorfiles); at most `limit` bytes (the profile_bytes
+    budget: it is part of the profile). Any bytes: production feeds documents and images
+    (a .docx, a PNG), which are no text, and the runner hands them to the program as they
+    are."""
     try:
-        st = path.stat()
-    except OSError as exc:
-        return None, f"cannot read it: {exc.strerror or exc}"
-    if not stat.S_ISREG(st.st_mode):
-        return None, "not a regular file"
-    if st.st_size > limit:
-        return None, (f"{st.st_size:,} bytes, over the profile_bytes budget of {human(limit)}; "
-                      f"raise it with --budget profile_bytes=N")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        return None, f"cannot read it: {exc.strerror or exc}"
-    if len(data) > limit:
-        return None, f"over the profile_bytes budget of {human(limit)}"
-    return data, None
+        return read_regular(path, "file", limit=limit, budget="profile_bytes", label=""), None
+    except BudgetExceeded:
+        return None, (f"over the profile_bytes budget of {human(limit)}; raise it with "
+                      "--budget profile_bytes=N")
+    except BadInput as exc:
+        return None, str(exc)
 
 
 def did_you_mean(word: str, choices: tuple[str, ...]) -> str:

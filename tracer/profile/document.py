@@ -11,14 +11,13 @@ objects, because only nodes remember their line.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import yaml
 
-from tracer.budgets import human
+from tracer.budgets import BudgetExceeded, human
 from tracer.errors import BadInput
+from tracer.operatorfiles import read_regular
 
 MAX_DEPTH = 64  # a profile nests about 5 levels; 50,000 `[` must not reach the recursion limit
 MAX_ALIAS_NODES = 100_000  # nodes that aliases may add when expanded (billion laughs)
@@ -111,25 +110,15 @@ def read_profile_text(path: Path, limit: int) -> str:
     """The file's text, refused before reading more than `limit` bytes (profile_bytes).
 
     A 50 MB profile cost 416 s and 7.6 GB to validate; the refusal comes from the size
-    alone, and a FIFO or device that never ends is cut at `limit` + 1 bytes.
+    alone. A FIFO, device or directory is refused at once, saying what it is (a stray
+    FIFO named x.yaml used to block `tracer batch` forever): tracer.operatorfiles.
     """
-    over = (f"{path}: the profile is larger than the profile_bytes budget of {human(limit)}; "
-            f"if this file is trusted, raise it with --budget profile_bytes=N (a profile "
-            f"cannot raise it itself)")
     try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise BadInput(f"{path}: is a directory, not a profile file")
-        if stat.S_ISREG(st.st_mode) and st.st_size > limit:
-            raise BadInput(over)
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such profile file") from None
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read the profile: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise BadInput(over)
+        data = read_regular(path, "profile file", limit=limit, budget="profile_bytes")
+    except BudgetExceeded:
+        raise BadInput(f"{path}: the profile is larger than the profile_bytes budget of "
+                       f"{human(limit)}; if this file is trusted, raise it with --budget "
+                       "profile_bytes=N (a profile cannot raise it itself)") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

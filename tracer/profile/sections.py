@@ -110,6 +110,7 @@ def _run(c: Checker, node: yaml.Node) -> RunSpec:
         kw["network"] = v
     if "tmpfs" in m:
         kw["tmpfs"] = c.string_list(m["tmpfs"], "run.tmpfs", c.abs_path) or []
+        _tmpfs_targets(c, m["tmpfs"], kw["tmpfs"])
     if "mode" in m and (v := c.choice(m["mode"], "run.mode", ("service", "job"))):
         kw["mode"] = v
     if "ready" in m:
@@ -134,6 +135,35 @@ def _run(c: Checker, node: yaml.Node) -> RunSpec:
         c.error(m.get("ready"), "run.ready.tcp",
                 "a tcp check needs network: host (the port is probed on 127.0.0.1)")
     return run
+
+
+def _tmpfs_targets(c: Checker, node: yaml.Node, paths: list[str]) -> None:
+    """Refuse a tmpfs where the container cannot have one or where tracer's recorder lives.
+
+    Over `/` (the engine refuses the container: exit 4 after the image was read), `/proc`
+    or `/dev` (the runtime cannot start it), or tracer's own read-only mounts (the strace
+    bundle, the trace FIFOs: the run validated, then recorded nothing and verification
+    failed with no hint). Checked on the normalized path: `/tmp/..` is `/`.
+    """
+    from tracer.rootfs import normalize
+    from tracer.trace.bundle import BUNDLE_MOUNT, OUTPUT_MOUNT
+
+    if not isinstance(node, yaml.SequenceNode) or len(node.value) != len(paths):
+        return  # not a valid list: already reported
+    for i, (item, path) in enumerate(zip(node.value, paths, strict=True)):
+        target = normalize(path)
+        under = next((m for m in (BUNDLE_MOUNT, OUTPUT_MOUNT, "/proc")
+                      if target == m or target.startswith(m + "/")), None)
+        if target == "/":
+            why = "the container's root directory cannot be a tmpfs"
+        elif target == "/dev" or under == "/proc":
+            why = f"the container runtime mounts {under or target} itself (it would not start)"
+        elif under is not None:
+            why = (f"tracer mounts its recorder at {under} (a tmpfs there would hide it and "
+                   "the traced run would record nothing)")
+        else:
+            continue
+        c.error(item, f"run.tmpfs[{i}]", f"{path!r}: {why}")
 
 
 def _argv_step(c: Checker, node: yaml.Node, extra: dict[str, yaml.Node], field: str,

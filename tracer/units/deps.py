@@ -51,7 +51,7 @@ from tracer.units.node import MARK, read_dependencies
 from tracer.units.python import SITE_DIRS, dist_name, normalize_name, read_requirements
 from tracer.units.reader import DbReader
 from tracer.units.relations import Relation, parse_provides, parse_relations, satisfies
-from tracer.units.ruby import GEMSPEC, gem_name, read_runtime_dependencies
+from tracer.units.ruby import gem_name, read_runtime_dependencies
 
 SCRIPT_HEAD = 128  # bytes read of a file to see whether it is a #! script
 
@@ -198,7 +198,7 @@ class DependencyGraph:
         if self._gems is None:
             self._gems = {}
             for path, keys in self.index.owners.items():
-                found = gem_name(path) if GEMSPEC.match(path) and keys else None
+                found = gem_name(path) if keys else None
                 if found is not None:
                     home, name = found
                     self._gems.setdefault(name, []).append((home, self.index.units[keys[0]]))

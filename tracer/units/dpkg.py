@@ -14,10 +14,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tracer.units.model import Unit
-from tracer.units.reader import DbReader
+from tracer.units.reader import DbReader, chunks, lines
 
 INFO = "/var/lib/dpkg/info"
 STATUS = "/var/lib/dpkg/status"
@@ -48,12 +49,13 @@ def parse_status(text: str, reader: DbReader) -> list[StatusEntry]:
     """Stanzas of the status file; malformed stanzas are skipped with one warning."""
     entries: list[StatusEntry] = []
     bad = 0
-    for stanza in text.split("\n\n"):
+    for stanza in chunks(text, "\n\n"):
         fields: dict[str, str] = {}
+        folded: dict[str, list[str]] = {}  # relation fields' continuation lines
         last = ""
-        for line in stanza.splitlines():
+        for line in lines(stanza):
             if line and line[0] in " \t" and last in RELATION_FIELDS:
-                fields[last] += " " + line.strip()
+                folded.setdefault(last, []).append(line.strip())
                 continue
             if not line or line[0] in " \t" or ":" not in line:
                 continue  # continuation lines (descriptions, conffiles) and garbage
@@ -70,6 +72,9 @@ def parse_status(text: str, reader: DbReader) -> list[StatusEntry]:
         if not name or len(status) != 3:
             bad += 1
             continue
+        reader.count(1, STATUS)
+        for key, more in folded.items():
+            fields[key] = " ".join([fields[key], *more])
         depends = ", ".join(v for k in ("pre-depends", "depends") if (v := fields.get(k)))
         entries.append(StatusEntry(name, fields.get("architecture") or None,
                                    fields.get("version") or None, status[2],
@@ -87,22 +92,28 @@ def read_status(reader: DbReader) -> list[StatusEntry] | None:
 
 
 def parse_diversions(text: str, reader: DbReader) -> list[tuple[str, str, str]]:
-    lines = text.splitlines()
-    if len(lines) % 3:
-        reader.warn(f"{DIVERSIONS}: {len(lines)} lines is not a whole number of "
-                    "(path, diverted-to, package) triples; the incomplete one is ignored")
     out = []
-    for i in range(0, len(lines) - 2, 3):
-        source, target, package = lines[i], lines[i + 1], lines[i + 2]
+    triple: list[str] = []
+    number = 0
+    for number, line in enumerate(lines(text), 1):
+        triple.append(line)
+        if len(triple) < 3:
+            continue
+        source, target, package = triple
+        triple = []
+        reader.count(1, DIVERSIONS)
         if source.startswith("/") and target.startswith("/") and package:
             out.append((source, target, package))
         else:
-            reader.warn(f"{DIVERSIONS}: malformed triple at line {i + 1}; ignored")
+            reader.warn(f"{DIVERSIONS}: malformed triple at line {number - 2}; ignored")
+    if triple:
+        reader.warn(f"{DIVERSIONS}: {number} lines is not a whole number of "
+                    "(path, diverted-to, package) triples; the incomplete one is ignored")
     return out
 
 
-def _list_paths(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("/") and line != "/."]
+def _list_paths(text: str) -> Iterator[str]:
+    return (line for line in lines(text) if line.startswith("/") and line != "/.")
 
 
 def read_dpkg(reader: DbReader) -> list[Unit]:
@@ -117,9 +128,12 @@ def read_dpkg(reader: DbReader) -> list[Unit]:
     if status is None:
         reader.warn(f"{STATUS} is missing or unreadable: every .list file counts as an "
                     "installed package, versions unknown")
-    by_name: dict[str, list[StatusEntry]] = {}
+    # the first entry with files on disk, by name and by (name, architecture)
+    present: dict[tuple[str, str | None], StatusEntry] = {}
     for entry in status or ():
-        by_name.setdefault(entry.name, []).append(entry)
+        if entry.state in PRESENT:
+            present.setdefault((entry.name, None), entry)
+            present.setdefault((entry.name, entry.arch), entry)
 
     raw: dict[str, tuple[str, str | None, str | None, list[str]]] = {}  # list file -> unit
     skipped = 0
@@ -130,19 +144,18 @@ def read_dpkg(reader: DbReader) -> list[Unit]:
             continue
         version: str | None = None
         if status is not None:
-            candidates = by_name.get(name, [])
-            if arch:
-                candidates = [e for e in candidates if e.arch == arch]
-            present = [e for e in candidates if e.state in PRESENT]
-            if not present:
+            found = present.get((name, arch or None))
+            if found is None:
                 skipped += 1
                 continue
-            version = present[0].version
+            version = found.version
         text = reader.text(f"{INFO}/{filename}")
         if text is None:
             continue
-        paths = _list_paths(text)
-        reader.count(len(paths), f"{INFO}/{filename}")
+        paths = []
+        for path in _list_paths(text):
+            reader.count(1, f"{INFO}/{filename}")
+            paths.append(path)
         raw[filename] = (name, arch or None, version, paths)
     if skipped:
         reader.warn(f"{INFO}: {skipped} .list file(s) of packages dpkg's status does not "
@@ -159,7 +172,7 @@ def read_dpkg(reader: DbReader) -> list[Unit]:
             hit = diverted.get(path)
             if hit is not None and hit[1] != name:
                 path = hit[0]  # dpkg put this package's copy at the diverted-to name
-            canonical = reader.canonical(path)
+            canonical = reader.canonical(path, f"{INFO}/{filename}")
             if canonical is not None and canonical != "/":
                 owned.append(canonical)
         units.append(Unit("dpkg", name, version, f"{INFO}/{filename}",

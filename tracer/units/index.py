@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tracer.budgets import DEFAULT, Budgets
-from tracer.rootfs import RootFS, SymlinkLoop, normalize
+from tracer.rootfs import RootFS, normalize
 from tracer.units.apk import read_apk
 from tracer.units.dpkg import read_dpkg
 from tracer.units.model import PRIORITY, Unit
@@ -22,7 +22,7 @@ from tracer.units.node import read_node
 from tracer.units.perl import read_perl
 from tracer.units.php import read_composer
 from tracer.units.python import read_distributions, read_stdlib
-from tracer.units.reader import DbReader, walk
+from tracer.units.reader import DbReader, canonical_path, walk
 from tracer.units.ruby import read_gems
 
 
@@ -69,18 +69,17 @@ class UnitIndex:
                 keys = owners.setdefault(path, [])
                 if not keys or keys[-1] != unit.key:
                     keys.append(unit.key)
+        def rank(key: str) -> tuple[int, str]:
+            return PRIORITY.get(index.units[key].kind, 9), key
+
         for path, keys in owners.items():
-            keys.sort(key=lambda k: (PRIORITY.get(index.units[k].kind, 9), k))
-            index.owners[path] = tuple(keys)
+            index.owners[path] = (keys[0],) if len(keys) == 1 else tuple(sorted(keys, key=rank))
         index.warnings = reader.all_warnings()
         return index
 
     def canonical(self, path: str) -> str:
         """`path` as the index stores it: parents resolved in the image, last not followed."""
-        try:
-            return self.root.resolve(normalize(path), follow_last=False).path
-        except SymlinkLoop:
-            return normalize(path)
+        return canonical_path(self.root, path)
 
     def units_of(self, path: str) -> list[Unit]:
         """Every unit that lists `path`, the primary one first (system packages win)."""

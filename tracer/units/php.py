@@ -6,6 +6,9 @@ else it lives at vendor/NAME. The package's directory is the unit. PEAR's regist
 (`.registry/*.reg`, PHP-serialized) is not read: PEAR is rare in images and its
 packages are usually Debian php-* packages that dpkg already owns; PECL extensions are
 single .so files that the ELF closure and the trace already keep.
+
+A path finds the package directory it is in by one walk down a trie of those directories
+(innermost wins), not by looking up each of its ancestors as a string.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 
 from tracer.rootfs import normalize
 from tracer.units.model import Unit
-from tracer.units.reader import DbReader
+from tracer.units.reader import DbReader, DirTrie, components
 
 INSTALLED = "/vendor/composer/installed.json"
 
@@ -42,17 +45,21 @@ def read_composer(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
             rel = pkg.get("install-path")
             directory = (normalize(posixpath.join(composer_dir, rel)) if isinstance(rel, str)
                          else normalize(f"{vendor}/{name}"))
-            canonical = reader.canonical(directory)
+            canonical = reader.own(directory, manifest)
             if canonical is not None and canonical != "/":
                 wanted.setdefault(canonical, (name, version, manifest))
+    directories: DirTrie[str] = DirTrie()
+    for directory in wanted:
+        directories.setdefault(directory, directory)
     members: dict[str, list[str]] = {}
     for path in paths:
-        parent = path
-        while parent.count("/") > 1:
-            if parent in wanted:
-                members.setdefault(parent, []).append(path)
-                break
-            parent = parent.rpartition("/")[0]
+        # the innermost package directory holding the path (or the path itself), below /X
+        found = None
+        for depth, directory in directories.ancestors(components(path), self_too=True):
+            if depth >= 2:
+                found = directory
+        if found is not None:
+            members.setdefault(found, []).append(path)
     units: list[Unit] = []
     names: set[str] = set()
     for directory, (name, version, manifest) in sorted(wanted.items()):

@@ -11,6 +11,10 @@
   (`csv.py` with its `__pycache__/csv.*.pyc`) is one, each `lib-dynload/` extension is
   one. Codec lookups, lazy imports and plugins stay within one such package, which is
   what makes it the right size. site-packages/dist-packages below it are not stdlib.
+
+Both readers are one pass over the image's paths: a path finds its stdlib directory by a
+walk down a trie of them (not by looking up each of its ancestors, which costs the square
+of a deep path's length), and a manifest's entries are read and charged one at a time.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import csv
 import posixpath
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from tracer.rootfs import normalize
 from tracer.units.model import Unit
-from tracer.units.reader import DbReader
+from tracer.units.reader import DbReader, DirTrie, components, lines
 
 STDLIB_DIR = re.compile(r"^(.*/lib(?:64)?/python(\d+\.\d+)t?)/os\.py$")
+OS_PY = "/os.py"
 SITE_DIRS = ("site-packages", "dist-packages")
 
 
@@ -37,19 +42,27 @@ def dist_name(dirname: str, suffix: str) -> tuple[str, str | None]:
     return name or stem, version
 
 
-def _record_paths(text: str, base: str, where: str, reader: DbReader) -> list[str]:
-    out: list[str] = []
+def _record_paths(text: str, base: str, where: str, reader: DbReader) -> Iterator[str]:
+    """The paths a RECORD lists, absolute, one at a time (relative ones are below `base`)."""
     try:
-        for row in csv.reader(text.splitlines()):
+        for row in csv.reader(lines(text)):
             if row and row[0]:
-                out.append(row[0])
+                p = row[0]
+                yield p if p.startswith("/") else normalize(posixpath.join(base, p))
     except csv.Error as exc:
         reader.warn(f"{where}: not a valid RECORD ({exc}); read up to the error")
-    return [p if p.startswith("/") else normalize(posixpath.join(base, p)) for p in out]
+
+
+def _installed_files(text: str, directory: str) -> Iterator[str]:
+    """The paths an egg-info's installed-files.txt lists, absolute, one at a time."""
+    for line in lines(text):
+        if line.strip():
+            yield line if line.startswith("/") else normalize(posixpath.join(directory, line))
 
 
 def read_distributions(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
     units: list[Unit] = []
+    names: set[str] = set()
     for path in paths:
         directory, _, filename = path.rpartition("/")
         dirname = directory.rpartition("/")[2]
@@ -63,37 +76,39 @@ def read_distributions(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
             text = reader.text(path)
             if text is None:
                 continue
-            listed = [line if line.startswith("/") else normalize(posixpath.join(directory, line))
-                      for line in text.splitlines() if line.strip()]
+            listed = _installed_files(text, directory)
             name, version = dist_name(dirname, ".egg-info")
         else:
             continue
-        reader.count(len(listed), path)
-        owned = {c for p in [*listed, directory, path] if (c := reader.canonical(p)) is not None}
+        owned = {c for p in listed if (c := reader.own(p, path)) is not None}
+        owned.update(c for p in (directory, path) if (c := reader.canonical(p, path)) is not None)
         owned.discard("/")
         # two installs of one name (a venv and the system) are two units
-        key_name = name if not any(u.name == name for u in units) else f"{name} ({directory})"
+        key_name = name if name not in names else f"{name} ({directory})"
+        names.add(key_name)
         units.append(Unit("python-dist", key_name, version, path, tuple(sorted(owned))))
     return units
 
 
 def read_stdlib(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
-    roots = {m.group(1): m.group(2) for p in paths if (m := STDLIB_DIR.match(p))}
+    roots: DirTrie[tuple[str, str]] = DirTrie()  # stdlib directory -> (it, its version)
+    for p in paths:
+        if p.endswith(OS_PY) and (m := STDLIB_DIR.match(p)):
+            roots.setdefault(m.group(1), (m.group(1), m.group(2)))
     if not roots:
         return []
-    members: dict[str, list[str]] = {}
+    members: dict[str, tuple[str, str, list[str]]] = {}  # unit -> (base, version, paths)
     for path in paths:
-        # the stdlib directory this path is under, if any (a few ancestors to check)
-        parent = path
-        base = None
-        while "/" in parent.strip("/"):
-            parent = parent.rpartition("/")[0]
-            if parent in roots:
-                base = parent
-                break
-        if base is None:
+        names = components(path)
+        # the innermost stdlib directory this path is under, if any
+        found = None
+        for depth, root in roots.ancestors(names):
+            if depth:
+                found = depth, root
+        if found is None:
             continue
-        comps = path[len(base) + 1:].split("/")
+        depth, (base, version) = found
+        comps = names[depth:]
         first = comps[0]
         if first in SITE_DIRS:
             continue
@@ -108,14 +123,11 @@ def read_stdlib(reader: DbReader, paths: Sequence[str]) -> list[Unit]:
             unit = f"{base}/{first}" if is_dir else f"{base}/{first.split('.', 1)[0]}"
         else:
             unit = f"{base}/{first}"
-        members.setdefault(unit, []).append(path)
-    reader.count(sum(len(v) for v in members.values()), "python stdlib directories")
-    units = []
-    for name, owned in sorted(members.items()):
-        base = next(b for b in roots if name.startswith(b + "/"))
-        units.append(Unit("python-stdlib", name, roots[base], f"{base} (stdlib directory layout)",
-                          tuple(sorted(owned))))
-    return units
+        reader.count(1, "python stdlib directories")
+        members.setdefault(unit, (base, version, []))[2].append(path)
+    return [Unit("python-stdlib", name, version, f"{base} (stdlib directory layout)",
+                 tuple(sorted(owned)))
+            for name, (base, version, owned) in sorted(members.items())]
 
 
 # -- declared requirements (granularity deps) ---------------------------------------------

@@ -7,6 +7,13 @@ records share the entries budget; crossing either is bad input (exit 2) naming t
 Malformed content is only a warning: the index then knows less (the affected paths stay at
 file granularity) but the run goes on, because a broken database is the image's problem
 and the file-level keep-list is still correct.
+
+The work is linear in what is read, too: text is split lazily (`lines`, `chunks`), so a
+database of a hundred million one-byte records trips the entries budget instead of first
+becoming a hundred million strings; the paths a database names are charged to the byte
+budget as tracer derives them (a RECORD line `x` below a 4,000-byte directory is a
+4,000-byte path); a path is matched against directories of interest (gem homes, stdlib
+roots) by one walk down a `DirTrie`, never by trying every directory or every ancestor.
 """
 
 from __future__ import annotations
@@ -14,11 +21,86 @@ from __future__ import annotations
 import json
 import stat
 from collections.abc import Iterator
+from typing import Any, Generic, TypeVar
 
 from tracer.budgets import BudgetExceeded, Budgets
 from tracer.rootfs import RootFS, SymlinkLoop, normalize
 
 MAX_WARNINGS = 50  # more are counted, not listed: a garbage image must not flood the report
+
+V = TypeVar("V")
+
+
+def chunks(text: str, sep: str, end: int | None = None) -> Iterator[str]:
+    """`text[:end].split(sep)`, one piece at a time: memory for one piece, not all of them."""
+    end = len(text) if end is None else end
+    start = 0
+    while True:
+        cut = text.find(sep, start, end)
+        if cut < 0:
+            yield text[start:end]
+            return
+        yield text[start:cut]
+        start = cut + len(sep)
+
+
+def lines(text: str) -> Iterator[str]:
+    """The lines of `text` one at a time, as `text.split("\\n")` minus a last empty one.
+
+    Only \\n separates: these formats are written one record per \\n line, and a file
+    name may hold a \\r (str.splitlines would split there).
+    """
+    if text:
+        yield from chunks(text, "\n", len(text) - 1 if text.endswith("\n") else len(text))
+
+
+def components(path: str) -> list[str]:
+    """The names of an absolute path: `/a/b` -> [a, b], `/` -> []."""
+    return [c for c in path.split("/") if c]
+
+
+class DirTrie(Generic[V]):
+    """Directories with a value each; which of them hold a path, in one walk down its names.
+
+    Asking "which of these 5,000 gem homes is this path under" by trying each home, or
+    each of a 2,000-component path's ancestors as a string, costs homes x paths or the
+    square of the path's length; the walk costs the path's length.
+    """
+
+    _VALUE = ""  # the key of a node's value: no component of a path is empty
+
+    def __init__(self) -> None:
+        self._root: dict[str, Any] = {}
+        self._size = 0
+
+    def setdefault(self, directory: str, value: V) -> V:
+        """The value of `directory`, set to `value` first if it has none."""
+        node = self._root
+        for name in components(directory):
+            node = node.setdefault(name, {})
+        if self._VALUE not in node:
+            node[self._VALUE] = value
+            self._size += 1
+        return node[self._VALUE]
+
+    def __len__(self) -> int:
+        return self._size
+
+    def ancestors(self, names: list[str], *, self_too: bool = False) -> Iterator[tuple[int, V]]:
+        """(length, value) of each directory holding the path `names`, outermost first.
+
+        `length` is how many of `names` the directory has; with `self_too` the path itself
+        counts when it is one of the directories.
+        """
+        node = self._root
+        last = len(names) if self_too else len(names) - 1
+        for depth in range(last + 1):
+            if depth:
+                node = node.get(names[depth - 1])
+                if node is None:
+                    return
+            if self._VALUE in node:
+                yield depth, node[self._VALUE]
 
 
 class DbReader:
@@ -97,12 +179,14 @@ class DbReader:
             return None
 
     # -- paths --------------------------------------------------------------------------
-    def canonical(self, path: str) -> str | None:
+    def canonical(self, path: str, where: str = "a package database") -> str | None:
         """The image's own name for `path`: parents resolved in the image, last not followed.
 
         This is what makes a .list entry `/lib/x86_64-linux-gnu/libc.so.6` and an image
         entry `/usr/lib/x86_64-linux-gnu/libc.so.6` (merged /usr) the same path, both
-        ways. None for paths over the path_length budget (a warning names them).
+        ways. None for paths over the path_length budget (a warning names them). The
+        result's bytes count against package_db_bytes (`where` names the database): the
+        memory paths take is bounded however short the records that named them.
         """
         if "\0" in path:
             self.warn("a package database names a path with a NUL byte; ignored")
@@ -111,10 +195,35 @@ class DbReader:
             self.warn(f"a package database names a path longer than {self.budgets.path_length}"
                       " bytes; ignored")
             return None
-        try:
-            return self.root.resolve(normalize(path), follow_last=False).path
-        except SymlinkLoop:
-            return normalize(path)
+        result = canonical_path(self.root, path)
+        self.used += len(result)
+        if self.used > self.limit:
+            raise BudgetExceeded("package_db_bytes", self.limit,
+                                 f"package databases of the image (the paths named in {where})")
+        return result
+
+    def own(self, path: str, where: str) -> str | None:
+        """canonical(path) for one record of `where`, counted against the entries budget."""
+        self.count(1, where)
+        return self.canonical(path, where)
+
+
+def canonical_path(root: RootFS, path: str) -> str:
+    """`path` with its parent directories resolved in the image, the last name not followed.
+
+    The parent is resolved (and cached by the root) once for all the files a database lists
+    in it, so a .list naming 10,000 files of one 2,000-deep directory walks it once, and
+    the root's caches hold directories, not every listed file.
+    """
+    path = normalize(path)
+    if path == "/":
+        return path
+    parent, _, name = path.rpartition("/")
+    try:
+        directory = root.resolve(parent or "/").path
+    except SymlinkLoop:
+        return path
+    return ("" if directory == "/" else directory) + "/" + name
 
 
 def walk(root: RootFS, budgets: Budgets) -> Iterator[str]:
