@@ -367,3 +367,31 @@ def test_tracer_ldd_on_an_image_with_hostile_files_exits_0_listing_them(
     assert any(e.startswith("/app/bad: corrupt ELF file") for e in out["errors"])
     assert any(e.startswith("/etc/ld.so.cache:") for e in out["errors"])
     assert f"/{LIBDIR}/libc.so.6" in {f["path"] for f in out["files"]}
+
+
+def test_tracer_ldd_applies_the_path_walk_budget_of_its_command_line(
+        tmp_path: Path, real_elf: bytes) -> None:
+    """`--budget path_walk=N` bounds the lookups of `tracer ldd` itself: a link whose
+    target walks 601 components is refused under 500 and resolved under the default (the
+    image's RootFS used to be made without the limit, which then stayed the default)."""
+    far = "/".join(["d", ".."] * 300 + ["good"])
+    img = tmp_path / "img.tar"
+    docker_archive(img, [layer(
+        M("app/", "dir", mode=0o755), M("app/d/", "dir", mode=0o755),
+        M("app/good", data=real_elf, mode=0o755),
+        M("app/far", "symlink", linkname=far),
+    )])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+    def ldd(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tracer", "ldd", f"docker-archive:{img}",
+                               "/app/far", "--json", *extra], capture_output=True, text=True,
+                              env=env, check=False, timeout=300)
+
+    done = ldd("--budget", "path_walk=500")
+    assert done.returncode == 2, done.stderr
+    assert "looking up '/app/far'" in done.stderr
+    assert "over the path_walk budget of 500" in done.stderr
+    done = ldd()
+    assert done.returncode == 0, done.stderr
+    assert "/app/good" in {f["path"] for f in json.loads(done.stdout)["files"]}
