@@ -168,12 +168,26 @@ def sysroot(tmp_path_factory: pytest.TempPathFactory, gcc: str) -> Path:
     cc(gcc, PROG.format(fn="h"), root / "app/hwcaps", f"-L{root}/opt/h", "-lh",
        "-Wl,-rpath,/opt/h")
 
+    # preloads: libpre1 in a default directory, libpre2 (needing libpredep next to it)
+    # named by path, libpre3 only where /app/rpath's RPATH points
+    _plib(gcc, root / TRIPLET_DIR / "libpre1.so", 51)
+    _plib(gcc, root / "opt/pre/libpredep.so", 52)
+    cc(gcc, "int f52(void);\nint f53(void) { return f52(); }\n", root / "opt/pre/libpre2.so",
+       "-shared", "-fPIC", f"-L{root}/opt/pre", "-lpredep", "-Wl,--enable-new-dtags",
+       "-Wl,-rpath,$ORIGIN")
+    _plib(gcc, root / "opt/a/libpre3.so", 54)
+    cc(gcc, "int main(void) { return 0; }\n", root / "app/static", "-static")
+
     # scripts
     script = root / "app/run.sh"
     script.write_text("#!/usr/bin/env -S origin --flag\necho hi\n")
     script.chmod(0o755)
     (root / "app/data.txt").write_text("plain data\n")
     return root
+
+
+def _plib(gcc: str, path: Path, body: int) -> None:
+    cc(gcc, LIB.format(name=f"f{body}", body=body), path, "-shared", "-fPIC")
 
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
@@ -329,6 +343,80 @@ def test_json_lists_every_file_with_reasons(sysroot: Path) -> None:
     assert entry["reasons"] == [{"kind": "needed", "chain": ["/app/rpath", "liba.so", "libb.so"]}]
     assert data["errors"] == [] and data["missing"] == []
 
+
+
+# -- preloads: LD_PRELOAD and /etc/ld.so.preload --------------------------------------------
+
+PRE1, PRE2 = f"/{TRIPLET_DIR}/libpre1.so", "/opt/pre/libpre2.so"
+PREDEP, PRE3 = "/opt/pre/libpredep.so", "/opt/a/libpre3.so"
+
+
+def test_ld_preload_is_split_at_spaces_and_colons_only(sysroot: Path) -> None:
+    """rtld.c splits LD_PRELOAD at ' ' and ':'; a preload is searched for the main program
+    (libpre3 only through /app/rpath's RPATH), its own DT_NEEDED follow; a name not found
+    is ignored (the program starts), reported as an error, never as missing."""
+    fs = RootFS(sysroot)
+    env = {"LD_PRELOAD": f"libpre1.so:{PRE2}  libpre3.so::libnone.so"}
+    c = Resolver(fs, env).closure(["/app/rpath"])
+    assert {PRE1, PRE2, PREDEP, PRE3} <= loaded(c)
+    assert c.files[PRE2][0].chain == ("/app/rpath", "LD_PRELOAD", PRE2)
+    assert c.files[PREDEP][0].chain == ("/app/rpath", "LD_PRELOAD", PRE2, "libpredep.so")
+    assert c.missing == []
+    assert c.errors == ["LD_PRELOAD: libnone.so cannot be preloaded: not found (the loader "
+                        "ignores it)"]
+    agrees(sysroot, "/app/rpath", c, env)
+    # a tab or a newline does not separate: one name, which names no file
+    for sep in ("\t", "\n"):
+        env = {"LD_PRELOAD": f"libpre1.so{sep}libpre3.so"}
+        c = Resolver(fs, env).closure(["/app/rpath"])
+        assert not {PRE1, PRE3} & set(c.files)
+        assert c.missing == [] and len(c.errors) == 1
+        agrees(sysroot, "/app/rpath", c, env)
+    # a static program has no loader: nothing is preloaded
+    c = Resolver(fs, {"LD_PRELOAD": "libpre1.so"}).closure(["/app/static"])
+    assert set(c.files) == {"/app/static"} and c.errors == []
+
+
+def test_ld_so_preload_file_as_rtld_reads_it(sysroot: Path, tmp_path: Path) -> None:
+    """Names separated by spaces, tabs, newlines and colons, `#` comments, the last name
+    without a newline; then LD_PRELOAD's names come first."""
+    root = tmp_path / "img"
+    shutil.copytree(sysroot, root, symlinks=True)
+    (root / "etc/ld.so.preload").write_text(f"libpre1.so\t{PRE2}:libnone.so # libpre3.so\n"
+                                            "libpre3.so")
+    c = Resolver(RootFS(root)).closure(["/app/rpath"])
+    assert {PRE1, PRE2, PREDEP, PRE3} <= loaded(c)
+    assert c.files[PRE3][0].chain == ("/app/rpath", "/etc/ld.so.preload", "libpre3.so")
+    assert c.missing == []
+    assert c.errors == ["/etc/ld.so.preload: libnone.so cannot be preloaded: not found (the "
+                        "loader ignores it)"]
+    agrees(root, "/app/rpath", c)
+    # only a commented-out name: nothing preloaded
+    (root / "etc/ld.so.preload").write_text("# libpre1.so\n\n")
+    c = Resolver(RootFS(root)).closure(["/app/rpath"])
+    assert PRE1 not in c.files and c.errors == []
+    agrees(root, "/app/rpath", c)
+
+
+def test_ld_so_preload_comment_quirk_of_rtld(sysroot: Path, tmp_path: Path) -> None:
+    """After a comment, rtld.c looks for the next `#` only in the first (file size - end
+    of that comment) bytes, and blanks at most that many: a `#` past them is part of a
+    name (`#libpre3.so`, which exists here), and a comment may end early (its last
+    letter, `o`, is a name)."""
+    root = tmp_path / "img"
+    shutil.copytree(sysroot, root, symlinks=True)
+    (root / "opt/a/#libpre3.so").symlink_to("libpre3.so")
+    (root / "etc/ld.so.preload").write_text("# a long comment line, longer than the rest\n"
+                                            "#libpre3.so\n")
+    c = Resolver(RootFS(root)).closure(["/app/rpath"])
+    assert PRE3 in loaded(c) and "/opt/a/#libpre3.so" in c.files
+    agrees(root, "/app/rpath", c)
+    (root / "etc/ld.so.preload").write_text("#c\nlibpre1.so #libpre3.so\n")
+    c = Resolver(RootFS(root)).closure(["/app/rpath"])
+    assert PRE1 in loaded(c) and PRE3 not in loaded(c)
+    assert c.errors == ["/etc/ld.so.preload: o cannot be preloaded: not found (the loader "
+                        "ignores it)"]
+    agrees(root, "/app/rpath", c)
 
 
 # -- $ORIGIN is the directory of the right object --------------------------------------------

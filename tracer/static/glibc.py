@@ -19,6 +19,10 @@ with its glibc-hwcaps (and legacy hwcap) subdirectories first; a file of another
 or machine is skipped. `$ORIGIN`, `$LIB` and `$PLATFORM` are expanded in each element of a
 path list and in DT_NEEDED names; `$ORIGIN` is the directory of the object whose list it
 is (of the executable for LD_LIBRARY_PATH), as that object was found.
+
+Before the executable's DT_NEEDED, ld.so maps the preloads (LD_PRELOAD, then
+/etc/ld.so.preload), each looked up as if the executable needed it; one it cannot find
+is reported and ignored: the program starts all the same.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ DST = re.compile(r"\$(\{(ORIGIN|LIB|PLATFORM)\}|(ORIGIN|LIB|PLATFORM)(?![A-Za-z0
 LD_SO_CACHE = "/etc/ld.so.cache"
 LD_SO_PRELOAD = "/etc/ld.so.preload"
 MAX_CACHE_BYTES = 64 << 20  # real caches are well under 1 MiB
-MAX_PRELOAD_BYTES = 1 << 16
+MAX_PRELOAD_BYTES = 1 << 20  # real files name a library or two
+SECURE_PATH_LIMIT = 4096  # rtld.c: a longer LD_PRELOAD element is skipped
+PRELOAD_FILE_SEPARATORS = b" \t\n:"
 
 
 class GlibcLoader:
@@ -54,6 +60,7 @@ class GlibcLoader:
         self._cache_read = False
         self._conf: tuple[str, ...] | None = None
         self._preload_file: list[str] | None = None
+        self._preload_error: str | None = None
 
     # -- the search order -----------------------------------------------------------------
     def find(self, name: str, req: Loaded, c: Closure) -> Found | None:
@@ -125,21 +132,27 @@ class GlibcLoader:
         return (self._fixed_list(("glibc:default", abi), dirs, abi),)
 
     # -- what else ld.so reads --------------------------------------------------------------
-    def preloads(self) -> list[str]:
-        """LD_PRELOAD, then /etc/ld.so.preload (whitespace or `:` separated)."""
-        names: list[str] = []
-        if self.env_preload:
-            names += self.env_preload.replace(":", " ").split()
+    def preloads(self, c: Closure) -> list[tuple[str, str]]:
+        """(name, where it came from): LD_PRELOAD, then /etc/ld.so.preload, as rtld.c
+        reads them (see split_ld_preload and parse_ld_so_preload)."""
+        names = [(n, "LD_PRELOAD") for n in split_ld_preload(self.env_preload or "")]
         if self._preload_file is None:
             self._preload_file = []
             if self.root.is_file(LD_SO_PRELOAD):
                 try:
                     with self.root.open(LD_SO_PRELOAD) as fh:
-                        text = fh.read(MAX_PRELOAD_BYTES).decode("utf-8", "replace")
-                    self._preload_file = text.replace(":", " ").split()
-                except (OSError, SymlinkLoop):
-                    pass
-        return names + self._preload_file
+                        data = fh.read(MAX_PRELOAD_BYTES + 1)
+                    if len(data) > MAX_PRELOAD_BYTES:
+                        self._preload_error = (f"{LD_SO_PRELOAD}: larger than "
+                                               f"{MAX_PRELOAD_BYTES >> 20} MiB; not read")
+                    else:
+                        self._preload_file = parse_ld_so_preload(data)
+                        self.search.work.spend(1 + len(self._preload_file))
+                except (OSError, SymlinkLoop) as exc:
+                    self._preload_error = f"{LD_SO_PRELOAD}: cannot read: {exc}"
+        if self._preload_error:
+            c.error(self._preload_error)
+        return names + [(n, LD_SO_PRELOAD) for n in self._preload_file]
 
     def needed_name(self, name: str, obj: Loaded) -> str:
         """A DT_NEEDED name as ld.so looks it up: with its DSTs expanded."""
@@ -265,3 +278,63 @@ class GlibcLoader:
             self.search.work.spend(1 + len(self._conf))
         return self._conf
 
+
+
+def split_ld_preload(value: str) -> list[str]:
+    """LD_PRELOAD as rtld.c's handle_preload_list splits it: at each space and colon only
+    (a tab or newline stays part of a name, which then names no file); empty elements and
+    elements of SECURE_PATH_LIMIT bytes or more are skipped.
+
+    (For an AT_SECURE program, a setuid one run by another user, glibc also skips names
+    with a slash; they are kept here all the same: keeping one more file is harmless.)
+    """
+    return [n for n in re.split("[ :]", value)
+            if n and len(n.encode("utf-8", "surrogateescape")) < SECURE_PATH_LIMIT]
+
+
+def parse_ld_so_preload(data: bytes) -> list[str]:
+    """The names in /etc/ld.so.preload, exactly as glibc 2.36's rtld.c reads the file.
+
+    Names are separated by spaces, tabs, newlines or colons, and `#` starts a comment up
+    to the end of its line, with rtld.c's quirk kept: its comment loop never advances its
+    start pointer while it shrinks the length left, so after a comment it only looks for
+    the next `#` in the first (file size - end of that comment) bytes. A later `#` is then
+    part of a name: "# note\n#libx.so\n" preloads a file called `#libx.so`, and
+    "#a\nlibx.so #b\n" preloads libx.so and `b` (checked against the real loader by
+    tests/test_static_gcc.py). A NUL byte ends the names before it except for the last
+    name, which rtld.c copies on its own.
+    """
+    if not data:
+        return []  # rtld.c: an empty file is not mapped
+    buf = bytearray(data)
+    # Eliminate comments (rtld.c): every '#' before `at` has been blanked, so searching on
+    # from `at` finds what memchr from the file's start finds, in linear time.
+    rest, at = len(buf), 0
+    while rest > 0:
+        comment = buf.find(b"#", at, rest)
+        if comment < 0:
+            break
+        rest -= comment
+        while True:
+            buf[comment] = 0x20
+            rest -= 1
+            if rest <= 0:
+                break
+            comment += 1
+            if buf[comment] == 0x0A:
+                break
+        at = comment
+    names: list[bytes] = []
+    last: bytes | None = None  # rtld.c's "problem": a name not followed by a separator
+    if buf[-1] in PRELOAD_FILE_SEPARATORS:
+        head = bytes(buf[:-1])
+    else:
+        start = len(buf)
+        while start > 0 and buf[start - 1] not in PRELOAD_FILE_SEPARATORS:
+            start -= 1
+        last = bytes(buf[start:])
+        head = bytes(buf[:start - 1]) if start > 0 else b""
+    names += re.split(rb"[ \t\n:]", head.split(b"\0", 1)[0])
+    if last is not None:
+        names.append(last.split(b"\0", 1)[0])
+    return [n.decode("utf-8", "surrogateescape") for n in names if n]

@@ -137,8 +137,12 @@ class Resolver:
             proc.add_interp(info.interp, chain)
         if not (info.needed or info.interp):
             return  # static executable, or a library without dependencies
-        for name in proc.loader.preloads():
-            proc.load(name, main)
+        for name, where in proc.loader.preloads(c):
+            # the loader maps preloads for the main program (its RPATH applies) and, when
+            # one is not found, says so and starts the program all the same
+            if not proc.load(name, main, optional=True, via=where):
+                c.error(f"{where}: {name} cannot be preloaded: not found (the loader "
+                        "ignores it)")
         proc.run()
 
 
@@ -195,25 +199,28 @@ class _Process:
                     self.load(name, obj, optional=True)
             i += 1
 
-    def load(self, name: str, requester: Loaded, optional: bool = False) -> None:
-        """Map `name` for `requester` unless an object answers to it already."""
+    def load(self, name: str, requester: Loaded, optional: bool = False,
+             via: str | None = None) -> bool:
+        """Map `name` for `requester` unless an object answers to it already; whether it
+        is mapped. A name not found is missing unless `optional`. `via` (a preload's
+        source) goes into the chain between the requester and the name."""
         self.r.work.spend(1)
         if self.musl and MuslLoader.builtin(name):
-            return  # musl's ld.so is libc, libpthread, libm... itself
+            return True  # musl's ld.so is libc, libpthread, libm... itself
         want = self.loader.needed_name(name, requester)
         if want in self.by_name or name in self.by_name:
-            return
+            return True
         found = self.loader.find(want, requester, self.c)
-        chain = requester.chain + (name,)
+        chain = requester.chain + ((via,) if via else ()) + (name,)
         if found is None:
             if not optional:
                 self.c.miss(name, requester.chain)
-            return
+            return False
         self._record(found, chain)
         existing = self.by_real.get(found.resolved.path)
         if existing is not None:
             self._name(existing, want)
-            return
+            return True
         self.r.work.spend(len(chain))
         self._add(Loaded(found.path, found.resolved.path, found.info, requester,
                          {want, found.path}, chain))
@@ -224,6 +231,7 @@ class _Process:
             if isinstance(alt_info, ElfInfo) and alt.path not in self.by_real:
                 self._add(Loaded(alt_path, alt.path, alt_info, requester, set(),
                                  chain + (alt_path,)), answers=False)
+        return True
 
     def _record(self, found: Found, chain: tuple[str, ...]) -> None:
         """Keep the file found, the links crossed to it, and its hwcaps alternates."""
