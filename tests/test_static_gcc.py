@@ -4,6 +4,12 @@ The image is a temporary merged-/usr root holding the host's own glibc loader an
 (Debian x86_64), plus programs and libraries built here. Each case asserts the expected
 answer explicitly, and, when we are root, that the real loader run in a chroot of that
 root (`ld.so --list`) agrees.
+
+The image may run on any x86-64 CPU, and this host's is only one of them: the resolver
+keeps what the loader maps on any CPU (glibc-hwcaps levels, legacy hwcap directories,
+each `$PLATFORM`). So "agrees" means, on whatever CPU the test runs: what the loader maps
+here, and in configurations that stand for other CPUs (fewer glibc-hwcaps levels, no
+legacy hwcap bits), is kept; anything else kept is marked as mapped on some CPUs only.
 """
 
 from __future__ import annotations
@@ -29,8 +35,19 @@ def loaded(c: Closure) -> set[str]:
     return {p for p, needs in c.files.items() if any(n.kind in ("needed", "interp") for n in needs)}
 
 
-def real_loader(root: Path, exe: str, env: dict[str, str] | None = None) -> tuple[set, set]:
-    """(mapped files, names not found) as the image's loader reports them, via chroot."""
+# ld.so configurations standing for other CPUs than this host's: no glibc-hwcaps level
+# and no legacy hwcap bit (a baseline x86-64), or only x86-64-v2
+OTHER_CPUS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "this CPU": ((), {}),
+    "baseline": (("--glibc-hwcaps-mask", ""), {"GLIBC_TUNABLES": "glibc.cpu.hwcap_mask=0"}),
+    "x86-64-v2": (("--glibc-hwcaps-mask", "x86-64-v2"), {}),
+}
+
+
+def real_loader(root: Path, exe: str, env: dict[str, str] | None = None,
+                args: tuple[str, ...] = ()) -> tuple[set, set]:
+    """(mapped files, names not found) as the image's loader reports them, via chroot;
+    `args`: ld.so options (e.g. --glibc-hwcaps-mask)."""
     if os.geteuid() != 0:
         prereq_missing("comparing with the real loader needs chroot (root)")
     # ldd's own method: LD_TRACE_LOADED_OBJECTS makes the loader list instead of run, and
@@ -41,7 +58,7 @@ def real_loader(root: Path, exe: str, env: dict[str, str] | None = None) -> tupl
         os.chdir("/")
 
     out = subprocess.run(
-        ["/lib64/ld-linux-x86-64.so.2", exe], capture_output=True, text=True,
+        ["/lib64/ld-linux-x86-64.so.2", *args, exe], capture_output=True, text=True,
         preexec_fn=enter, env={"LD_TRACE_LOADED_OBJECTS": "1", **(env or {})}, check=False,
     )
     fs = RootFS(root)
@@ -58,10 +75,20 @@ def real_loader(root: Path, exe: str, env: dict[str, str] | None = None) -> tupl
     return found, missing
 
 
+def found_on_some_cpu(c: Closure, name: str) -> bool:
+    """Whether the closure maps `name` on some CPUs (the loader here may miss it)."""
+    return any(n.cpu and n.chain[-1:] == (name,) for ns in c.files.values() for n in ns)
+
+
 def agrees(root: Path, exe: str, c: Closure, env: dict[str, str] | None = None) -> None:
-    found, missing = real_loader(root, exe, env)
-    assert loaded(c) == found
-    assert {m.name for m in c.missing} == missing
+    """The comparison that holds on any CPU (module docstring)."""
+    got, got_missing = loaded(c), {m.name for m in c.missing}
+    for cpu, (args, tunables) in OTHER_CPUS.items():
+        found, missing = real_loader(root, exe, {**(env or {}), **tunables}, args)
+        assert found <= got, cpu
+        assert {p for p in got - found if not c.cpu_only(p)} == set(), cpu
+        assert got_missing <= missing, cpu
+        assert {n for n in missing - got_missing if not found_on_some_cpu(c, n)} == set(), cpu
 
 
 def cc(gcc: str, src: str, out: Path, *flags: str) -> None:
@@ -119,7 +146,9 @@ def sysroot(tmp_path_factory: pytest.TempPathFactory, gcc: str) -> Path:
     cc(gcc, PROG.format(fn="l"), root / "app/dstlib", f"-L{root}/opt/lib/x86_64-linux-gnu",
        "-ll", "-Wl,--disable-new-dtags", "-Wl,-rpath,/opt/$LIB")
 
-    cc(gcc, LIB.format(name="pl", body=4), root / "opt/p/x86_64/libpl.so", "-shared", "-fPIC")
+    for platform in ("x86_64", "haswell", "xeon_phi"):  # AMD, Intel with AVX2, Xeon Phi
+        cc(gcc, LIB.format(name="pl", body=4), root / f"opt/p/{platform}/libpl.so", "-shared",
+           "-fPIC")
     cc(gcc, PROG.format(fn="pl"), root / "app/dstplat", f"-L{root}/opt/p/x86_64", "-lpl",
        "-Wl,-rpath,/opt/p/${PLATFORM}")
 
@@ -221,7 +250,10 @@ def test_origin_and_lib_tokens(sysroot: Path) -> None:
     assert "/opt/lib/x86_64-linux-gnu/libl.so" in loaded(c)  # Debian: $LIB = lib/TRIPLET
     agrees(sysroot, "/app/dstlib", c)
     c = r.closure(["/app/dstplat"])
-    assert "/opt/p/x86_64/libpl.so" in loaded(c)
+    plat = {"/opt/p/x86_64/libpl.so", "/opt/p/haswell/libpl.so", "/opt/p/xeon_phi/libpl.so"}
+    assert plat <= loaded(c) and c.missing == []  # every value $PLATFORM takes on x86-64
+    assert all(c.cpu_only(p) for p in plat)
+    assert not any(c.cpu_only(p) for p in (LIBC, LDSO))
     agrees(sysroot, "/app/dstplat", c)
 
 
@@ -290,10 +322,12 @@ def test_ld_so_conf_include_glob_then_cache_including_a_stale_one(
 
 def test_glibc_hwcaps_variant_is_preferred_and_baseline_kept(sysroot: Path) -> None:
     c = Resolver(RootFS(sysroot)).closure(["/app/hwcaps"])
-    assert {"/opt/h/glibc-hwcaps/x86-64-v2/libh.so", "/opt/h/libh.so"} <= loaded(c)
+    v2, base = "/opt/h/glibc-hwcaps/x86-64-v2/libh.so", "/opt/h/libh.so"
+    assert {v2, base} <= loaded(c)
+    assert c.files[v2][0].chain == ("/app/hwcaps", "libh.so")  # the first pick
     assert "/opt/h/libhx.so" in loaded(c)  # a variant's own dependencies are kept too
-    found, _ = real_loader(sysroot, "/app/hwcaps")
-    assert found <= loaded(c)  # the variant this CPU picks is among those kept
+    assert all(c.cpu_only(p) for p in (v2, base, "/opt/h/libhx.so"))
+    agrees(sysroot, "/app/hwcaps", c)  # the variant any CPU picks is among those kept
 
 
 def test_interp_and_its_symlinks_are_kept(sysroot: Path) -> None:
@@ -340,7 +374,8 @@ def test_json_lists_every_file_with_reasons(sysroot: Path) -> None:
     paths = [f["path"] for f in data["files"]]
     assert paths == sorted(c.files)
     entry = next(f for f in data["files"] if f["path"] == "/opt/a/libb.so")
-    assert entry["reasons"] == [{"kind": "needed", "chain": ["/app/rpath", "liba.so", "libb.so"]}]
+    assert entry["reasons"] == [{"kind": "needed", "chain": ["/app/rpath", "liba.so", "libb.so"],
+                                 "cpu": False}]
     assert data["errors"] == [] and data["missing"] == []
 
 
@@ -508,6 +543,91 @@ def test_origin_in_the_same_runpath_text_of_two_libraries(originroot: Path) -> N
     assert {"/opt/o1/sub/libs1.so", "/opt/o2/sub/libs2.so"} <= loaded(c)
     assert c.missing == []
     agrees(originroot, "/app/twice", c)
+
+
+# -- every CPU: legacy hwcap directories, variants only, other CPUs' lookups --------------
+
+LEGACY_OK = ("tls/haswell/avx512_1/x86_64", "tls", "haswell", "x86_64/x86_64", "avx512_1")
+LEGACY_NOT = ("x86_64/tls", "glibc-hwcaps/z13", "i686", "avx512_1/haswell")
+
+
+@pytest.fixture(scope="module")
+def cpuroot(sysroot: Path, tmp_path_factory: pytest.TempPathFactory, gcc: str) -> Path:
+    """Libraries that different x86-64 CPUs find in different places."""
+    root = tmp_path_factory.mktemp("cpu") / "img"
+    shutil.copytree(sysroot, root, symlinks=True)
+    # legacy hwcap subdirectories glibc <= 2.36 searches on some x86-64 CPU (an AMD: tls,
+    # x86_64/x86_64; an Intel with AVX-512: tls/haswell/avx512_1/x86_64 ...), and names in
+    # an order or of an architecture it never searches
+    _lib(gcc, root / "opt/lg/libq.so", 60)
+    for sub in LEGACY_OK + LEGACY_NOT:
+        (root / "opt/lg" / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / "opt/lg/libq.so", root / "opt/lg" / sub / "libq.so")
+    cc(gcc, PROG.format(fn="f60"), root / "app/legacy", f"-L{root}/opt/lg", "-lq",
+       "-Wl,-rpath,/opt/lg")
+    # variants only in the first RPATH directory: a CPU without them goes on to the second
+    _lib(gcc, root / "opt/lv2/libv.so", 61)
+    for sub in ("glibc-hwcaps/x86-64-v4", "haswell"):
+        (root / "opt/lv" / sub).mkdir(parents=True)
+        shutil.copy2(root / "opt/lv2/libv.so", root / "opt/lv" / sub / "libv.so")
+    (root / "opt/lv/glibc-hwcaps/x86-64-v3").mkdir()
+    _lib(gcc, root / "opt/lv/glibc-hwcaps/x86-64-v3/libonly.so", 62)
+    cc(gcc, "int f61(void); int f62(void);\nint main(void) { return f61() + f62(); }\n",
+       root / "app/goon", f"-L{root}/opt/lv2", "-lv", f"-L{root}/opt/lv/glibc-hwcaps/x86-64-v3",
+       "-lonly", "-Wl,--disable-new-dtags", "-Wl,-rpath,/opt/lv:/opt/lv2")
+    # libwa's x86-64-v2 build needs libwb from its own RUNPATH; libwc needs libwb too and
+    # finds it, where that build is not mapped, through the program's RPATH in /opt/wb
+    _lib(gcc, root / "opt/w/v2deps/libwb.so", 63)
+    (root / "opt/wb").mkdir()
+    shutil.copy2(root / "opt/w/v2deps/libwb.so", root / "opt/wb/libwb.so")
+    _lib(gcc, root / "opt/w/libwa.so", 64)
+    cc(gcc, "int f63(void);\nint f64(void) { return f63(); }\n",
+       root / "opt/w/glibc-hwcaps/x86-64-v2/libwa.so", "-shared", "-fPIC",
+       f"-L{root}/opt/w/v2deps", "-lwb", "-Wl,--enable-new-dtags", "-Wl,-rpath,/opt/w/v2deps")
+    cc(gcc, "int f63(void);\nint f65(void) { return f63(); }\n", root / "opt/w/libwc.so",
+       "-shared", "-fPIC", f"-L{root}/opt/wb", "-lwb")
+    cc(gcc, "int f64(void); int f65(void);\nint main(void) { return f64() + f65(); }\n",
+       root / "app/worlds", f"-L{root}/opt/w", "-lwa", "-lwc", f"-Wl,-rpath-link,{root}/opt/wb",
+       "-Wl,--disable-new-dtags", "-Wl,-rpath,/opt/w:/opt/wb")
+    return root
+
+
+def test_legacy_hwcap_directories_of_every_x86_64_cpu(cpuroot: Path) -> None:
+    c = Resolver(RootFS(cpuroot)).closure(["/app/legacy"])
+    kept = {f"/opt/lg/{sub}/libq.so" for sub in LEGACY_OK} | {"/opt/lg/libq.so"}
+    assert kept <= loaded(c) and all(c.cpu_only(p) for p in kept)
+    assert not {f"/opt/lg/{sub}/libq.so" for sub in LEGACY_NOT} & set(c.files)
+    # the first in glibc's order (its power set counts down, tls most significant)
+    assert c.files["/opt/lg/tls/haswell/avx512_1/x86_64/libq.so"][0].chain == (
+        "/app/legacy", "libq.so")
+    assert c.missing == [] and c.errors == []
+    agrees(cpuroot, "/app/legacy", c)
+
+
+def test_a_variant_only_hit_does_not_end_the_search(cpuroot: Path) -> None:
+    """A CPU without x86-64-v4 (and not a Haswell) finds libv in the next RPATH directory;
+    libonly exists only for x86-64-v3: kept, not missing (on an older CPU the program
+    cannot start, whatever is kept)."""
+    c = Resolver(RootFS(cpuroot)).closure(["/app/goon"])
+    libv = {"/opt/lv/glibc-hwcaps/x86-64-v4/libv.so", "/opt/lv/haswell/libv.so",
+            "/opt/lv2/libv.so"}
+    only = "/opt/lv/glibc-hwcaps/x86-64-v3/libonly.so"
+    assert libv | {only} <= loaded(c)
+    assert all(c.cpu_only(p) for p in libv | {only})
+    assert c.missing == [] and c.errors == []
+    agrees(cpuroot, "/app/goon", c)
+
+
+def test_a_name_another_cpu_finds_elsewhere_is_looked_up_again(cpuroot: Path) -> None:
+    """Where libwa's x86-64-v2 build is mapped, libwb comes from its RUNPATH and answers
+    libwc's libwb.so too; elsewhere libwc's lookup finds /opt/wb/libwb.so. Both are kept,
+    each as mapped on some CPUs only."""
+    c = Resolver(RootFS(cpuroot)).closure(["/app/worlds"])
+    wb = {"/opt/w/v2deps/libwb.so", "/opt/wb/libwb.so"}
+    assert wb <= loaded(c) and all(c.cpu_only(p) for p in wb)
+    assert not c.cpu_only("/opt/w/libwc.so")
+    assert c.missing == [] and c.errors == []
+    agrees(cpuroot, "/app/worlds", c)
 
 
 # -- ld.so.cache: glibc-hwcaps entries, DF_1_NODEFLIB ---------------------------------------

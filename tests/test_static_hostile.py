@@ -143,6 +143,39 @@ def test_budget_bounds_the_work_of_one_resolver_over_all_its_closures(hostile: P
         resolver.closure(["/app/hostile"])  # memoized, so cheaper: never free (N names)
 
 
+VARIANT_LINKS = ("tls", "x86_64", "haswell", "xeon_phi", "avx512_1", "glibc-hwcaps",
+                 "x86-64-v2", "x86-64-v3", "x86-64-v4")
+
+
+def test_every_cpu_variant_in_every_rpath_directory_costs_linear_work(
+        tmp_path: Path, gcc: str) -> None:
+    """500 RPATH directories, each with every name a CPU variant may take linked to `.`:
+    every glibc-hwcaps and legacy subdirectory of any x86-64 CPU (35 per directory)
+    exists everywhere, and all are the directory itself."""
+    root = tmp_path / "root"
+    base_root(root)
+    n = 500
+    dirs = [f"/rp/d{i:03d}" for i in range(n)]
+    for d in dirs:
+        (root / d.lstrip("/")).mkdir(parents=True)
+        for name in VARIANT_LINKS:
+            os.symlink(".", root / d.lstrip("/") / name)
+    src = tmp_path / "x.c"
+    src.write_text("int x(void) { return 0; }\n")
+    last = root / dirs[-1].lstrip("/")
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(last / "libx.so"), str(src)], check=True)
+    src.write_text("int x(void);\nint main(void) { return x(); }\n")
+    (root / "app").mkdir()
+    subprocess.run([gcc, "-o", str(root / "app/p"), str(src), f"-L{last}", "-lx",
+                    "-Wl,--disable-new-dtags", "-Wl,-rpath," + ":".join(dirs)], check=True)
+    fs = CountingRootFS(root)
+    resolver = Resolver(fs)
+    c = resolver.closure(["/app/p"])
+    assert c.missing == [] and c.errors == []
+    assert f"{dirs[-1]}/libx.so" in c.files
+    assert resolver.work.used < 150 * n and fs.ops < 150 * n  # ~100 subpaths per directory
+
+
 # -- ELF files written byte by byte ---------------------------------------------------------
 
 def write_elf(*, needed: list[int] | None = None, strtab: bytes = b"\0libx.so\0",

@@ -100,8 +100,9 @@ class MuslLoader:
         return [(n, "LD_PRELOAD") for n in MUSL_PRELOAD_SEPARATORS.split(self.env_preload or "")
                 if n]
 
-    def needed_name(self, name: str, obj: Loaded) -> str:
-        return name
+    def needed_names(self, name: str, obj: Loaded) -> tuple[str, ...]:
+        """musl expands nothing in a DT_NEEDED name."""
+        return (name,)
 
     @staticmethod
     def builtin(name: str) -> bool:
