@@ -294,9 +294,10 @@ class GlibcLoader:
         for e in sorted(usable, key=order):
             hit = self.search.open_path(e.path, req.info.abi_key, c)
             if hit is not None:
-                hits.append(replace(hit, certain=e.hwcaps is None))
                 if e.hwcaps is None:
+                    hits.append(hit)  # certain: open_path's answer is a certain one
                     break
+                hits.append(replace(hit, certain=False))
         return merge(hits)
 
     def _conf_dirs(self) -> tuple[str, ...]:

@@ -190,7 +190,7 @@ class DirSearch:
         self._listed: set[str] = set()
         self._where: dict[str, list[str]] = {}  # name -> real directories holding it
         self._watched = frozenset(watched)
-        self._holds: dict[str, set[str]] = {}  # real directory -> watched names in it
+        self._holds: dict[str, frozenset[str]] = {}  # real directory -> watched names in it
 
     # -- ELF files ------------------------------------------------------------------------
     def parse(self, real: str) -> ElfInfo | CorruptElf:
@@ -309,8 +309,9 @@ class DirSearch:
         self.work.spend(1 + len(names))
         for name in names:
             self._where.setdefault(name, []).append(real)
-            if name in self._watched:
-                self._holds.setdefault(real, set()).add(name)
+        held = self._watched.intersection(names)
+        if held:
+            self._holds[real] = held
 
     # -- lookups --------------------------------------------------------------------------
     def find(self, lst: SearchList, name: str, key_abi: tuple[int, bool, str], c: Closure,
@@ -353,8 +354,8 @@ class DirSearch:
                 return STOP
         if not hits:
             return None
-        first = hits[0]
-        return replace(merge(hits) or first, certain=certain)
+        found = merge(hits) or hits[0]  # each hit is a certain Found: say if this one is
+        return found if certain else replace(found, certain=False)
 
     def open_path(self, path: str, key_abi: tuple[int, bool, str], c: Closure,
                   first_file_wins: bool = False) -> Found | None:
