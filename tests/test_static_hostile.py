@@ -278,6 +278,26 @@ def test_interp_length_bounds_are_the_kernels(tmp_path: Path) -> None:
                 parse_bytes(tmp_path, write_elf(interp=interp))
 
 
+def test_a_dynamic_section_without_end_reads_a_bounded_amount(tmp_path: Path) -> None:
+    """200,000 dynamic entries before DT_NULL (3 MiB; a crafted file may hold gigabytes):
+    a reader that reads PT_DYNAMIC whole, or up to DT_NULL as pyelftools' DynamicSegment
+    does, holds it all; here at most 1 MiB of entries is read, in chunks, then refused."""
+    blob = write_elf(needed=[], extra=[(21, i) for i in range(200_000)])  # DT_DEBUG
+    assert len(blob) > 3 << 20
+    (tmp_path / "f.so").write_bytes(blob)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptElf, match="more than 65536 dynamic entries"):
+            parse_elf(RootFS(tmp_path), "/f.so")
+        _size, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    # 65,000 entries are within the bound
+    assert parse_bytes(tmp_path, write_elf(needed=[1], extra=[(21, 0)] * 65_000)).needed == (
+        "libx.so",)
+
+
 def test_many_names_into_one_endless_string_read_a_bounded_amount(tmp_path: Path) -> None:
     """2,000 DT_NEEDED entries all pointing at 512 KiB without a NUL: read naively, 1 GB."""
     data = write_elf(needed=[0] * 2000, strtab=b"A" * (512 << 10) + b"\0")
