@@ -254,6 +254,13 @@ def test_origin_and_lib_tokens(sysroot: Path) -> None:
     assert plat <= loaded(c) and c.missing == []  # every value $PLATFORM takes on x86-64
     assert all(c.cpu_only(p) for p in plat)
     assert not any(c.cpu_only(p) for p in (LIBC, LDSO))
+    # what `tracer ldd` shows: the text marks them, the JSON says it per reason
+    lines = {line.split()[0]: line for line in format_text(c).splitlines() if line}
+    assert all(lines[p].endswith("(on some CPUs)") for p in plat)
+    assert not lines[LIBC].endswith("(on some CPUs)")
+    reasons = {f["path"]: f["reasons"] for f in to_json(c)["files"]}
+    assert [r["cpu"] for r in reasons["/opt/p/haswell/libpl.so"]] == [True]
+    assert [r["cpu"] for r in reasons[LIBC]] == [False]
     agrees(sysroot, "/app/dstplat", c)
 
 
