@@ -51,9 +51,12 @@ POWER32_PLATFORMS = ("ppc405", "ppc440", "ppc464", "ppc476", "ppc601", "ppc603",
 LEGACY_TLS = "tls"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Abi:
-    """Loader constants for one ABI, and every CPU-dependent value (module docstring)."""
+    """Loader constants for one ABI, and every CPU-dependent value (module docstring).
+
+    Compared and hashed by identity: the resolver makes one per kind of ELF file and uses
+    it in the keys of every list it memoizes, looked up at each name."""
 
     triplet: str | None  # Debian multiarch triplet
     libdir: str  # upstream glibc's "lib" / "lib64" / "libx32"

@@ -35,6 +35,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import lru_cache
 
 from tracer.rootfs import SymlinkLoop
 from tracer.static.abi import Abi, abi_for, default_dirs, lib_token
@@ -210,7 +211,10 @@ class GlibcLoader:
 
     # -- path lists ---------------------------------------------------------------------
     @staticmethod
+    @lru_cache(maxsize=64)
     def _variants(abi: Abi) -> Variants:
+        """The subdirectories of every CPU of `abi`: one object per Abi, as DirSearch
+        memoizes what exists per (directory, Variants)."""
         return Variants(tuple(f"glibc-hwcaps/{h}" for h in abi.hwcaps), abi.legacy_slots())
 
     def _own_list(self, obj: Loaded, spec: str | None) -> SearchList | None:
