@@ -11,6 +11,7 @@ ELFFile (its PT_INTERP and PT_DYNAMIC segments) says.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -177,3 +178,23 @@ def test_a_struct_that_does_not_compile_is_parsed_by_pyelftools() -> None:
     assert not rec.compiled
     assert list(rec.rows(b"\x05\x00\x07", ("a",))) == [(5,)]
     assert rec.read(b"\x05\x00\x07") == {"a": 5, "b": {"x": 7}}
+
+
+def test_names_come_from_the_loaders_string_table_not_the_section_headers(
+        elves: list[Path], tmp_path: Path) -> None:
+    """ld.so finds DT_NEEDED's strings through DT_STRTAB in a PT_LOAD; pyelftools'
+    DynamicSegment through the .dynamic section's sh_link, which ld.so never reads. A file
+    whose .dynstr header points elsewhere makes ELFFile name other libraries: the reader
+    must still give the loader's."""
+    data = bytearray(elves[0].read_bytes())
+    elf = ELFFile(io.BytesIO(bytes(data)))
+    dynstr = next(i for i in range(elf.num_sections())
+                  if elf.get_section(i).name == ".dynstr")
+    other = elf.get_section(elf["e_shstrndx"])["sh_offset"]
+    header = elf["e_shoff"] + dynstr * elf["e_shentsize"]
+    data[header + 24:header + 32] = other.to_bytes(8, "little")  # sh_offset
+    f = tmp_path / "p"
+    f.write_bytes(bytes(data))
+    assert elftools_facts(f)[5] != ("libc.so.6",)  # what pyelftools' ELFFile says
+    info = read(f)
+    assert isinstance(info, ElfInfo) and info.needed == ("libc.so.6",)
