@@ -90,3 +90,46 @@ def test_host_resolver_never_picks_foreign_libraries(tmp_path: Path, gcc: str) -
     c = Resolver(RootFS(root)).closure(["/usr/bin/hostprog"])
     assert "/usr/lib/aarch64-linux-gnu/libcross.so" not in c.files
     assert {m.name for m in c.missing} >= {"libcross.so", "libc.so.6"}
+
+
+CPU_VARIANTS = {
+    # arch: (subdirectories of the libdir some CPU searches, ones no CPU of it searches,
+    #        $PLATFORM values given a directory, whether $PLATFORM has one value only)
+    "aarch64": (("tls/aarch64/atomics", "atomics", "tls"),
+                ("glibc-hwcaps/x86-64-v3", "x86_64", "atomics/aarch64"), ("aarch64",), True),
+    "s390x": (("glibc-hwcaps/z16", "glibc-hwcaps/z13", "z15/vxe2/vx", "tls/z900/zarch", "tls"),
+              ("glibc-hwcaps/x86-64-v3", "vx/vxe2", "haswell", "z13/z15"), ("z13", "z16"),
+              False),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(CPU_VARIANTS))
+def test_foreign_arch_keeps_what_any_of_its_cpus_maps(tmp_path: Path, gcc: str,
+                                                      arch: str) -> None:
+    """The hwcaps and legacy subdirectories and $PLATFORM values of the ELF's machine,
+    never the host's: every CPU of that machine is kept for, nothing of another one."""
+    cc, _libc, triplet, *_ = ARCHES[arch]
+    searched, never, platforms, single = CPU_VARIANTS[arch]
+    root = build_sysroot(tmp_path, arch, gcc)
+    libdir = root / "usr/lib" / triplet
+    for sub in searched + never:
+        (libdir / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(libdir / "libcross.so", libdir / sub / "libcross.so")
+    src = tmp_path / "plat.c"
+    src.write_text("int plat(void) { return 2; }\n")
+    for platform in platforms:
+        (root / "opt/p" / platform).mkdir(parents=True)
+        _compile([cc, "-shared", "-fPIC", "-o", str(root / "opt/p" / platform / "libplat.so"),
+                  str(src)])
+    src.write_text("int plat(void);\nint main(void) { return plat(); }\n")
+    _compile([cc, "-o", str(root / "usr/bin/plat"), str(src), f"-L{root}/opt/p/{platforms[0]}",
+              "-lplat", "-Wl,-rpath,/opt/p/$PLATFORM"])
+    c = Resolver(RootFS(root)).closure(["/usr/bin/prog", "/usr/bin/plat"])
+    lib = f"/usr/lib/{triplet}"
+    kept = {f"{lib}/{sub}/libcross.so" for sub in searched} | {f"{lib}/libcross.so"}
+    assert kept <= set(c.files) and all(c.cpu_only(p) for p in kept)
+    assert not {f"{lib}/{sub}/libcross.so" for sub in never} & set(c.files)
+    plat = {f"/opt/p/{p}/libplat.so" for p in platforms}
+    assert plat <= set(c.files)
+    assert all(c.cpu_only(p) is not single for p in plat)  # one value: every CPU's
+    assert c.missing == [] and c.errors == []

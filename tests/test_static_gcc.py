@@ -4,6 +4,12 @@ The image is a temporary merged-/usr root holding the host's own glibc loader an
 (Debian x86_64), plus programs and libraries built here. Each case asserts the expected
 answer explicitly, and, when we are root, that the real loader run in a chroot of that
 root (`ld.so --list`) agrees.
+
+The image may run on any x86-64 CPU, and this host's is only one of them: the resolver
+keeps what the loader maps on any CPU (glibc-hwcaps levels, legacy hwcap directories,
+each `$PLATFORM`). So "agrees" means, on whatever CPU the test runs: what the loader maps
+here, and in configurations that stand for other CPUs (fewer glibc-hwcaps levels, no
+legacy hwcap bits), is kept; anything else kept is marked as mapped on some CPUs only.
 """
 
 from __future__ import annotations
@@ -29,8 +35,19 @@ def loaded(c: Closure) -> set[str]:
     return {p for p, needs in c.files.items() if any(n.kind in ("needed", "interp") for n in needs)}
 
 
-def real_loader(root: Path, exe: str, env: dict[str, str] | None = None) -> tuple[set, set]:
-    """(mapped files, names not found) as the image's loader reports them, via chroot."""
+# ld.so configurations standing for other CPUs than this host's: no glibc-hwcaps level
+# and no legacy hwcap bit (a baseline x86-64), or only x86-64-v2
+OTHER_CPUS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "this CPU": ((), {}),
+    "baseline": (("--glibc-hwcaps-mask", ""), {"GLIBC_TUNABLES": "glibc.cpu.hwcap_mask=0"}),
+    "x86-64-v2": (("--glibc-hwcaps-mask", "x86-64-v2"), {}),
+}
+
+
+def real_loader(root: Path, exe: str, env: dict[str, str] | None = None,
+                args: tuple[str, ...] = ()) -> tuple[set, set]:
+    """(mapped files, names not found) as the image's loader reports them, via chroot;
+    `args`: ld.so options (e.g. --glibc-hwcaps-mask)."""
     if os.geteuid() != 0:
         prereq_missing("comparing with the real loader needs chroot (root)")
     # ldd's own method: LD_TRACE_LOADED_OBJECTS makes the loader list instead of run, and
@@ -41,7 +58,7 @@ def real_loader(root: Path, exe: str, env: dict[str, str] | None = None) -> tupl
         os.chdir("/")
 
     out = subprocess.run(
-        ["/lib64/ld-linux-x86-64.so.2", exe], capture_output=True, text=True,
+        ["/lib64/ld-linux-x86-64.so.2", *args, exe], capture_output=True, text=True,
         preexec_fn=enter, env={"LD_TRACE_LOADED_OBJECTS": "1", **(env or {})}, check=False,
     )
     fs = RootFS(root)
@@ -58,10 +75,20 @@ def real_loader(root: Path, exe: str, env: dict[str, str] | None = None) -> tupl
     return found, missing
 
 
+def found_on_some_cpu(c: Closure, name: str) -> bool:
+    """Whether the closure maps `name` on some CPUs (the loader here may miss it)."""
+    return any(n.cpu and n.chain[-1:] == (name,) for ns in c.files.values() for n in ns)
+
+
 def agrees(root: Path, exe: str, c: Closure, env: dict[str, str] | None = None) -> None:
-    found, missing = real_loader(root, exe, env)
-    assert loaded(c) == found
-    assert {m.name for m in c.missing} == missing
+    """The comparison that holds on any CPU (module docstring)."""
+    got, got_missing = loaded(c), {m.name for m in c.missing}
+    for cpu, (args, tunables) in OTHER_CPUS.items():
+        found, missing = real_loader(root, exe, {**(env or {}), **tunables}, args)
+        assert found <= got, cpu
+        assert {p for p in got - found if not c.cpu_only(p)} == set(), cpu
+        assert got_missing <= missing, cpu
+        assert {n for n in missing - got_missing if not found_on_some_cpu(c, n)} == set(), cpu
 
 
 def cc(gcc: str, src: str, out: Path, *flags: str) -> None:
@@ -119,7 +146,9 @@ def sysroot(tmp_path_factory: pytest.TempPathFactory, gcc: str) -> Path:
     cc(gcc, PROG.format(fn="l"), root / "app/dstlib", f"-L{root}/opt/lib/x86_64-linux-gnu",
        "-ll", "-Wl,--disable-new-dtags", "-Wl,-rpath,/opt/$LIB")
 
-    cc(gcc, LIB.format(name="pl", body=4), root / "opt/p/x86_64/libpl.so", "-shared", "-fPIC")
+    for platform in ("x86_64", "haswell", "xeon_phi"):  # AMD, Intel with AVX2, Xeon Phi
+        cc(gcc, LIB.format(name="pl", body=4), root / f"opt/p/{platform}/libpl.so", "-shared",
+           "-fPIC")
     cc(gcc, PROG.format(fn="pl"), root / "app/dstplat", f"-L{root}/opt/p/x86_64", "-lpl",
        "-Wl,-rpath,/opt/p/${PLATFORM}")
 
@@ -168,12 +197,26 @@ def sysroot(tmp_path_factory: pytest.TempPathFactory, gcc: str) -> Path:
     cc(gcc, PROG.format(fn="h"), root / "app/hwcaps", f"-L{root}/opt/h", "-lh",
        "-Wl,-rpath,/opt/h")
 
+    # preloads: libpre1 in a default directory, libpre2 (needing libpredep next to it)
+    # named by path, libpre3 only where /app/rpath's RPATH points
+    _plib(gcc, root / TRIPLET_DIR / "libpre1.so", 51)
+    _plib(gcc, root / "opt/pre/libpredep.so", 52)
+    cc(gcc, "int f52(void);\nint f53(void) { return f52(); }\n", root / "opt/pre/libpre2.so",
+       "-shared", "-fPIC", f"-L{root}/opt/pre", "-lpredep", "-Wl,--enable-new-dtags",
+       "-Wl,-rpath,$ORIGIN")
+    _plib(gcc, root / "opt/a/libpre3.so", 54)
+    cc(gcc, "int main(void) { return 0; }\n", root / "app/static", "-static")
+
     # scripts
     script = root / "app/run.sh"
     script.write_text("#!/usr/bin/env -S origin --flag\necho hi\n")
     script.chmod(0o755)
     (root / "app/data.txt").write_text("plain data\n")
     return root
+
+
+def _plib(gcc: str, path: Path, body: int) -> None:
+    cc(gcc, LIB.format(name=f"f{body}", body=body), path, "-shared", "-fPIC")
 
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
@@ -207,7 +250,17 @@ def test_origin_and_lib_tokens(sysroot: Path) -> None:
     assert "/opt/lib/x86_64-linux-gnu/libl.so" in loaded(c)  # Debian: $LIB = lib/TRIPLET
     agrees(sysroot, "/app/dstlib", c)
     c = r.closure(["/app/dstplat"])
-    assert "/opt/p/x86_64/libpl.so" in loaded(c)
+    plat = {"/opt/p/x86_64/libpl.so", "/opt/p/haswell/libpl.so", "/opt/p/xeon_phi/libpl.so"}
+    assert plat <= loaded(c) and c.missing == []  # every value $PLATFORM takes on x86-64
+    assert all(c.cpu_only(p) for p in plat)
+    assert not any(c.cpu_only(p) for p in (LIBC, LDSO))
+    # what `tracer ldd` shows: the text marks them, the JSON says it per reason
+    lines = {line.split()[0]: line for line in format_text(c).splitlines() if line}
+    assert all(lines[p].endswith("(on some CPUs)") for p in plat)
+    assert not lines[LIBC].endswith("(on some CPUs)")
+    reasons = {f["path"]: f["reasons"] for f in to_json(c)["files"]}
+    assert [r["cpu"] for r in reasons["/opt/p/haswell/libpl.so"]] == [True]
+    assert [r["cpu"] for r in reasons[LIBC]] == [False]
     agrees(sysroot, "/app/dstplat", c)
 
 
@@ -276,10 +329,12 @@ def test_ld_so_conf_include_glob_then_cache_including_a_stale_one(
 
 def test_glibc_hwcaps_variant_is_preferred_and_baseline_kept(sysroot: Path) -> None:
     c = Resolver(RootFS(sysroot)).closure(["/app/hwcaps"])
-    assert {"/opt/h/glibc-hwcaps/x86-64-v2/libh.so", "/opt/h/libh.so"} <= loaded(c)
+    v2, base = "/opt/h/glibc-hwcaps/x86-64-v2/libh.so", "/opt/h/libh.so"
+    assert {v2, base} <= loaded(c)
+    assert c.files[v2][0].chain == ("/app/hwcaps", "libh.so")  # the first pick
     assert "/opt/h/libhx.so" in loaded(c)  # a variant's own dependencies are kept too
-    found, _ = real_loader(sysroot, "/app/hwcaps")
-    assert found <= loaded(c)  # the variant this CPU picks is among those kept
+    assert all(c.cpu_only(p) for p in (v2, base, "/opt/h/libhx.so"))
+    agrees(sysroot, "/app/hwcaps", c)  # the variant any CPU picks is among those kept
 
 
 def test_interp_and_its_symlinks_are_kept(sysroot: Path) -> None:
@@ -326,9 +381,84 @@ def test_json_lists_every_file_with_reasons(sysroot: Path) -> None:
     paths = [f["path"] for f in data["files"]]
     assert paths == sorted(c.files)
     entry = next(f for f in data["files"] if f["path"] == "/opt/a/libb.so")
-    assert entry["reasons"] == [{"kind": "needed", "chain": ["/app/rpath", "liba.so", "libb.so"]}]
+    assert entry["reasons"] == [{"kind": "needed", "chain": ["/app/rpath", "liba.so", "libb.so"],
+                                 "cpu": False}]
     assert data["errors"] == [] and data["missing"] == []
 
+
+
+# -- preloads: LD_PRELOAD and /etc/ld.so.preload --------------------------------------------
+
+PRE1, PRE2 = f"/{TRIPLET_DIR}/libpre1.so", "/opt/pre/libpre2.so"
+PREDEP, PRE3 = "/opt/pre/libpredep.so", "/opt/a/libpre3.so"
+
+
+def test_ld_preload_is_split_at_spaces_and_colons_only(sysroot: Path) -> None:
+    """rtld.c splits LD_PRELOAD at ' ' and ':'; a preload is searched for the main program
+    (libpre3 only through /app/rpath's RPATH), its own DT_NEEDED follow; a name not found
+    is ignored (the program starts), reported as an error, never as missing."""
+    fs = RootFS(sysroot)
+    env = {"LD_PRELOAD": f"libpre1.so:{PRE2}  libpre3.so::libnone.so"}
+    c = Resolver(fs, env).closure(["/app/rpath"])
+    assert {PRE1, PRE2, PREDEP, PRE3} <= loaded(c)
+    assert c.files[PRE2][0].chain == ("/app/rpath", "LD_PRELOAD", PRE2)
+    assert c.files[PREDEP][0].chain == ("/app/rpath", "LD_PRELOAD", PRE2, "libpredep.so")
+    assert c.missing == []
+    assert c.errors == ["LD_PRELOAD: libnone.so cannot be preloaded: not found (the loader "
+                        "ignores it)"]
+    agrees(sysroot, "/app/rpath", c, env)
+    # a tab or a newline does not separate: one name, which names no file
+    for sep in ("\t", "\n"):
+        env = {"LD_PRELOAD": f"libpre1.so{sep}libpre3.so"}
+        c = Resolver(fs, env).closure(["/app/rpath"])
+        assert not {PRE1, PRE3} & set(c.files)
+        assert c.missing == [] and len(c.errors) == 1
+        agrees(sysroot, "/app/rpath", c, env)
+    # a static program has no loader: nothing is preloaded
+    c = Resolver(fs, {"LD_PRELOAD": "libpre1.so"}).closure(["/app/static"])
+    assert set(c.files) == {"/app/static"} and c.errors == []
+
+
+def test_ld_so_preload_file_as_rtld_reads_it(sysroot: Path, tmp_path: Path) -> None:
+    """Names separated by spaces, tabs, newlines and colons, `#` comments, the last name
+    without a newline; then LD_PRELOAD's names come first."""
+    root = tmp_path / "img"
+    shutil.copytree(sysroot, root, symlinks=True)
+    (root / "etc/ld.so.preload").write_text(f"libpre1.so\t{PRE2}:libnone.so # libpre3.so\n"
+                                            "libpre3.so")
+    c = Resolver(RootFS(root)).closure(["/app/rpath"])
+    assert {PRE1, PRE2, PREDEP, PRE3} <= loaded(c)
+    assert c.files[PRE3][0].chain == ("/app/rpath", "/etc/ld.so.preload", "libpre3.so")
+    assert c.missing == []
+    assert c.errors == ["/etc/ld.so.preload: libnone.so cannot be preloaded: not found (the "
+                        "loader ignores it)"]
+    agrees(root, "/app/rpath", c)
+    # only a commented-out name: nothing preloaded
+    (root / "etc/ld.so.preload").write_text("# libpre1.so\n\n")
+    c = Resolver(RootFS(root)).closure(["/app/rpath"])
+    assert PRE1 not in c.files and c.errors == []
+    agrees(root, "/app/rpath", c)
+
+
+def test_ld_so_preload_comment_quirk_of_rtld(sysroot: Path, tmp_path: Path) -> None:
+    """After a comment, rtld.c looks for the next `#` only in the first (file size - end
+    of that comment) bytes, and blanks at most that many: a `#` past them is part of a
+    name (`#libpre3.so`, which exists here), and a comment may end early (its last
+    letter, `o`, is a name)."""
+    root = tmp_path / "img"
+    shutil.copytree(sysroot, root, symlinks=True)
+    (root / "opt/a/#libpre3.so").symlink_to("libpre3.so")
+    (root / "etc/ld.so.preload").write_text("# a long comment line, longer than the rest\n"
+                                            "#libpre3.so\n")
+    c = Resolver(RootFS(root)).closure(["/app/rpath"])
+    assert PRE3 in loaded(c) and "/opt/a/#libpre3.so" in c.files
+    agrees(root, "/app/rpath", c)
+    (root / "etc/ld.so.preload").write_text("#c\nlibpre1.so #libpre3.so\n")
+    c = Resolver(RootFS(root)).closure(["/app/rpath"])
+    assert PRE1 in loaded(c) and PRE3 not in loaded(c)
+    assert c.errors == ["/etc/ld.so.preload: o cannot be preloaded: not found (the loader "
+                        "ignores it)"]
+    agrees(root, "/app/rpath", c)
 
 
 # -- $ORIGIN is the directory of the right object --------------------------------------------
@@ -422,6 +552,91 @@ def test_origin_in_the_same_runpath_text_of_two_libraries(originroot: Path) -> N
     agrees(originroot, "/app/twice", c)
 
 
+# -- every CPU: legacy hwcap directories, variants only, other CPUs' lookups --------------
+
+LEGACY_OK = ("tls/haswell/avx512_1/x86_64", "tls", "haswell", "x86_64/x86_64", "avx512_1")
+LEGACY_NOT = ("x86_64/tls", "glibc-hwcaps/z13", "i686", "avx512_1/haswell")
+
+
+@pytest.fixture(scope="module")
+def cpuroot(sysroot: Path, tmp_path_factory: pytest.TempPathFactory, gcc: str) -> Path:
+    """Libraries that different x86-64 CPUs find in different places."""
+    root = tmp_path_factory.mktemp("cpu") / "img"
+    shutil.copytree(sysroot, root, symlinks=True)
+    # legacy hwcap subdirectories glibc <= 2.36 searches on some x86-64 CPU (an AMD: tls,
+    # x86_64/x86_64; an Intel with AVX-512: tls/haswell/avx512_1/x86_64 ...), and names in
+    # an order or of an architecture it never searches
+    _lib(gcc, root / "opt/lg/libq.so", 60)
+    for sub in LEGACY_OK + LEGACY_NOT:
+        (root / "opt/lg" / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / "opt/lg/libq.so", root / "opt/lg" / sub / "libq.so")
+    cc(gcc, PROG.format(fn="f60"), root / "app/legacy", f"-L{root}/opt/lg", "-lq",
+       "-Wl,-rpath,/opt/lg")
+    # variants only in the first RPATH directory: a CPU without them goes on to the second
+    _lib(gcc, root / "opt/lv2/libv.so", 61)
+    for sub in ("glibc-hwcaps/x86-64-v4", "haswell"):
+        (root / "opt/lv" / sub).mkdir(parents=True)
+        shutil.copy2(root / "opt/lv2/libv.so", root / "opt/lv" / sub / "libv.so")
+    (root / "opt/lv/glibc-hwcaps/x86-64-v3").mkdir()
+    _lib(gcc, root / "opt/lv/glibc-hwcaps/x86-64-v3/libonly.so", 62)
+    cc(gcc, "int f61(void); int f62(void);\nint main(void) { return f61() + f62(); }\n",
+       root / "app/goon", f"-L{root}/opt/lv2", "-lv", f"-L{root}/opt/lv/glibc-hwcaps/x86-64-v3",
+       "-lonly", "-Wl,--disable-new-dtags", "-Wl,-rpath,/opt/lv:/opt/lv2")
+    # libwa's x86-64-v2 build needs libwb from its own RUNPATH; libwc needs libwb too and
+    # finds it, where that build is not mapped, through the program's RPATH in /opt/wb
+    _lib(gcc, root / "opt/w/v2deps/libwb.so", 63)
+    (root / "opt/wb").mkdir()
+    shutil.copy2(root / "opt/w/v2deps/libwb.so", root / "opt/wb/libwb.so")
+    _lib(gcc, root / "opt/w/libwa.so", 64)
+    cc(gcc, "int f63(void);\nint f64(void) { return f63(); }\n",
+       root / "opt/w/glibc-hwcaps/x86-64-v2/libwa.so", "-shared", "-fPIC",
+       f"-L{root}/opt/w/v2deps", "-lwb", "-Wl,--enable-new-dtags", "-Wl,-rpath,/opt/w/v2deps")
+    cc(gcc, "int f63(void);\nint f65(void) { return f63(); }\n", root / "opt/w/libwc.so",
+       "-shared", "-fPIC", f"-L{root}/opt/wb", "-lwb")
+    cc(gcc, "int f64(void); int f65(void);\nint main(void) { return f64() + f65(); }\n",
+       root / "app/worlds", f"-L{root}/opt/w", "-lwa", "-lwc", f"-Wl,-rpath-link,{root}/opt/wb",
+       "-Wl,--disable-new-dtags", "-Wl,-rpath,/opt/w:/opt/wb")
+    return root
+
+
+def test_legacy_hwcap_directories_of_every_x86_64_cpu(cpuroot: Path) -> None:
+    c = Resolver(RootFS(cpuroot)).closure(["/app/legacy"])
+    kept = {f"/opt/lg/{sub}/libq.so" for sub in LEGACY_OK} | {"/opt/lg/libq.so"}
+    assert kept <= loaded(c) and all(c.cpu_only(p) for p in kept)
+    assert not {f"/opt/lg/{sub}/libq.so" for sub in LEGACY_NOT} & set(c.files)
+    # the first in glibc's order (its power set counts down, tls most significant)
+    assert c.files["/opt/lg/tls/haswell/avx512_1/x86_64/libq.so"][0].chain == (
+        "/app/legacy", "libq.so")
+    assert c.missing == [] and c.errors == []
+    agrees(cpuroot, "/app/legacy", c)
+
+
+def test_a_variant_only_hit_does_not_end_the_search(cpuroot: Path) -> None:
+    """A CPU without x86-64-v4 (and not a Haswell) finds libv in the next RPATH directory;
+    libonly exists only for x86-64-v3: kept, not missing (on an older CPU the program
+    cannot start, whatever is kept)."""
+    c = Resolver(RootFS(cpuroot)).closure(["/app/goon"])
+    libv = {"/opt/lv/glibc-hwcaps/x86-64-v4/libv.so", "/opt/lv/haswell/libv.so",
+            "/opt/lv2/libv.so"}
+    only = "/opt/lv/glibc-hwcaps/x86-64-v3/libonly.so"
+    assert libv | {only} <= loaded(c)
+    assert all(c.cpu_only(p) for p in libv | {only})
+    assert c.missing == [] and c.errors == []
+    agrees(cpuroot, "/app/goon", c)
+
+
+def test_a_name_another_cpu_finds_elsewhere_is_looked_up_again(cpuroot: Path) -> None:
+    """Where libwa's x86-64-v2 build is mapped, libwb comes from its RUNPATH and answers
+    libwc's libwb.so too; elsewhere libwc's lookup finds /opt/wb/libwb.so. Both are kept,
+    each as mapped on some CPUs only."""
+    c = Resolver(RootFS(cpuroot)).closure(["/app/worlds"])
+    wb = {"/opt/w/v2deps/libwb.so", "/opt/wb/libwb.so"}
+    assert wb <= loaded(c) and all(c.cpu_only(p) for p in wb)
+    assert not c.cpu_only("/opt/w/libwc.so")
+    assert c.missing == [] and c.errors == []
+    agrees(cpuroot, "/app/worlds", c)
+
+
 # -- ld.so.cache: glibc-hwcaps entries, DF_1_NODEFLIB ---------------------------------------
 
 @pytest.fixture(scope="module")
@@ -468,10 +683,12 @@ def test_cache_hwcaps_entries_best_first_every_variant_kept(cacheroot: Path) -> 
     assert [n.chain for n in c.files[v3]] == [("/app/viacache", "libhc.so.1")]
     assert all(n.chain[-1] in (v2, base) for n in c.files[v2] + c.files[base])
     assert c.missing == [] and c.errors == []
-    found, missing = real_loader(cacheroot, "/app/viacache")
-    assert found <= loaded(c) and missing == set()
-    if v3 in found:  # this CPU is x86-64-v3 or better: the real loader picked ours
-        assert found & {base, v2, v3} == {v3}
+    assert all(c.cpu_only(p) for p in (base, v2, v3, "/opt/c/libv3dep.so"))
+    agrees(cacheroot, "/app/viacache", c)  # v3, v2 or the plain one: each CPU's is kept
+    # the real loader, told it may use x86-64-v2 only, maps the v2 entry of the cache
+    found, _ = real_loader(cacheroot, "/app/viacache", args=("--glibc-hwcaps-mask",
+                                                            "x86-64-v2"))
+    assert found & {base, v2, v3} <= {v2, base}
 
 
 def test_nodeflib_skips_default_dirs_in_the_cache_not_the_cache(cacheroot: Path) -> None:

@@ -143,6 +143,39 @@ def test_budget_bounds_the_work_of_one_resolver_over_all_its_closures(hostile: P
         resolver.closure(["/app/hostile"])  # memoized, so cheaper: never free (N names)
 
 
+VARIANT_LINKS = ("tls", "x86_64", "haswell", "xeon_phi", "avx512_1", "glibc-hwcaps",
+                 "x86-64-v2", "x86-64-v3", "x86-64-v4")
+
+
+def test_every_cpu_variant_in_every_rpath_directory_costs_linear_work(
+        tmp_path: Path, gcc: str) -> None:
+    """500 RPATH directories, each with every name a CPU variant may take linked to `.`:
+    every glibc-hwcaps and legacy subdirectory of any x86-64 CPU (35 per directory)
+    exists everywhere, and all are the directory itself."""
+    root = tmp_path / "root"
+    base_root(root)
+    n = 500
+    dirs = [f"/rp/d{i:03d}" for i in range(n)]
+    for d in dirs:
+        (root / d.lstrip("/")).mkdir(parents=True)
+        for name in VARIANT_LINKS:
+            os.symlink(".", root / d.lstrip("/") / name)
+    src = tmp_path / "x.c"
+    src.write_text("int x(void) { return 0; }\n")
+    last = root / dirs[-1].lstrip("/")
+    subprocess.run([gcc, "-shared", "-fPIC", "-o", str(last / "libx.so"), str(src)], check=True)
+    src.write_text("int x(void);\nint main(void) { return x(); }\n")
+    (root / "app").mkdir()
+    subprocess.run([gcc, "-o", str(root / "app/p"), str(src), f"-L{last}", "-lx",
+                    "-Wl,--disable-new-dtags", "-Wl,-rpath," + ":".join(dirs)], check=True)
+    fs = CountingRootFS(root)
+    resolver = Resolver(fs)
+    c = resolver.closure(["/app/p"])
+    assert c.missing == [] and c.errors == []
+    assert f"{dirs[-1]}/libx.so" in c.files
+    assert resolver.work.used < 150 * n and fs.ops < 150 * n  # ~100 subpaths per directory
+
+
 # -- ELF files written byte by byte ---------------------------------------------------------
 
 def write_elf(*, needed: list[int] | None = None, strtab: bytes = b"\0libx.so\0",
@@ -245,6 +278,26 @@ def test_interp_length_bounds_are_the_kernels(tmp_path: Path) -> None:
                 parse_bytes(tmp_path, write_elf(interp=interp))
 
 
+def test_a_dynamic_section_without_end_reads_a_bounded_amount(tmp_path: Path) -> None:
+    """200,000 dynamic entries before DT_NULL (3 MiB; a crafted file may hold gigabytes):
+    a reader that reads PT_DYNAMIC whole, or up to DT_NULL as pyelftools' DynamicSegment
+    does, holds it all; here at most 1 MiB of entries is read, in chunks, then refused."""
+    blob = write_elf(needed=[], extra=[(21, i) for i in range(200_000)])  # DT_DEBUG
+    assert len(blob) > 3 << 20
+    (tmp_path / "f.so").write_bytes(blob)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptElf, match="more than 65536 dynamic entries"):
+            parse_elf(RootFS(tmp_path), "/f.so")
+        _size, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    # 65,000 entries are within the bound
+    assert parse_bytes(tmp_path, write_elf(needed=[1], extra=[(21, 0)] * 65_000)).needed == (
+        "libx.so",)
+
+
 def test_many_names_into_one_endless_string_read_a_bounded_amount(tmp_path: Path) -> None:
     """2,000 DT_NEEDED entries all pointing at 512 KiB without a NUL: read naively, 1 GB."""
     data = write_elf(needed=[0] * 2000, strtab=b"A" * (512 << 10) + b"\0")
@@ -269,12 +322,18 @@ def real_elf(tmp_path_factory: pytest.TempPathFactory, gcc: str) -> bytes:
 
 
 def _only_corrupt_or_info(tmp: Path, data: bytes) -> None:
+    """Parsing ends in CorruptElf naming the file (anything else raised fails the test),
+    or in facts within the loader's and the reader's bounds."""
     try:
         info = parse_bytes(tmp, data, "p")
     except CorruptElf as exc:
         assert str(exc).startswith("/p: ")
         return
-    assert isinstance(info, ElfInfo)
+    assert info.elfclass in (32, 64) and info.machine.startswith("EM_")
+    assert info.interp is None or len(info.interp.encode("utf-8", "surrogateescape")) < 4096
+    strings = [*info.needed, info.rpath or "", info.runpath or "", info.soname or ""]
+    assert sum(len(t.encode("utf-8", "surrogateescape")) + 1 for t in strings) <= 1 << 20
+    assert not any("\0" in t for t in strings)
 
 
 def test_every_truncation_of_a_real_program_is_corrupt_or_parses(
@@ -301,19 +360,18 @@ def _write(tmp: Path, name: str, data: bytes) -> Path:
     return tmp
 
 
-def test_patched_program_headers(tmp_path: Path, real_elf: bytes) -> None:
-    cases = {
-        "phnum": (56, "<H", 0xFFFF, "program headers"),
-        "phentsize": (54, "<H", 40, "program header size 40"),
-        "phoff": (32, "<Q", 1 << 62, "outside the file"),
-        "class": (4, "<B", 7, "class 7"),
-    }
-    for what, (off, fmt, value, fragment) in cases.items():
-        data = bytearray(real_elf)
-        struct.pack_into(fmt, data, off, value)
-        with pytest.raises(CorruptElf, match=fragment):
-            parse_bytes(tmp_path, bytes(data), "p")
-        assert what
+@pytest.mark.parametrize("off, fmt, value, fragment", [
+    pytest.param(56, "<H", 0xFFFF, "65535 program headers", id="phnum"),  # PN_XNUM too
+    pytest.param(54, "<H", 40, "program header size 40, expected 56", id="phentsize"),
+    pytest.param(32, "<Q", 1 << 62, "program headers .* outside the file", id="phoff"),
+    pytest.param(4, "<B", 7, "class 7", id="class"),
+])
+def test_patched_program_headers(tmp_path: Path, real_elf: bytes, off: int, fmt: str,
+                                 value: int, fragment: str) -> None:
+    data = bytearray(real_elf)
+    struct.pack_into(fmt, data, off, value)
+    with pytest.raises(CorruptElf, match=fragment):
+        parse_bytes(tmp_path, bytes(data), "p")
 
 
 # -- the resolver records corrupt files, the CLI exits 0 with the error listed --------------
@@ -367,3 +425,31 @@ def test_tracer_ldd_on_an_image_with_hostile_files_exits_0_listing_them(
     assert any(e.startswith("/app/bad: corrupt ELF file") for e in out["errors"])
     assert any(e.startswith("/etc/ld.so.cache:") for e in out["errors"])
     assert f"/{LIBDIR}/libc.so.6" in {f["path"] for f in out["files"]}
+
+
+def test_tracer_ldd_applies_the_path_walk_budget_of_its_command_line(
+        tmp_path: Path, real_elf: bytes) -> None:
+    """`--budget path_walk=N` bounds the lookups of `tracer ldd` itself: a link whose
+    target walks 601 components is refused under 500 and resolved under the default (the
+    image's RootFS used to be made without the limit, which then stayed the default)."""
+    far = "/".join(["d", ".."] * 300 + ["good"])
+    img = tmp_path / "img.tar"
+    docker_archive(img, [layer(
+        M("app/", "dir", mode=0o755), M("app/d/", "dir", mode=0o755),
+        M("app/good", data=real_elf, mode=0o755),
+        M("app/far", "symlink", linkname=far),
+    )])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+    def ldd(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tracer", "ldd", f"docker-archive:{img}",
+                               "/app/far", "--json", *extra], capture_output=True, text=True,
+                              env=env, check=False, timeout=300)
+
+    done = ldd("--budget", "path_walk=500")
+    assert done.returncode == 2, done.stderr
+    assert "looking up '/app/far'" in done.stderr
+    assert "over the path_walk budget of 500" in done.stderr
+    done = ldd()
+    assert done.returncode == 0, done.stderr
+    assert "/app/good" in {f["path"] for f in json.loads(done.stdout)["files"]}

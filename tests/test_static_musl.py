@@ -146,3 +146,18 @@ def test_musl_path_file_is_found_next_to_the_loader(muslroot: Path, tmp_path: Pa
     assert "/opt/notinpath/libn.so" in c.files
     found, err = musl_list(root, "/app/usrprog", loader="/usr/lib/ld-musl-x86_64.so.1")
     assert "/opt/notinpath/libn.so" in found and err == ""
+
+
+def test_musl_ld_preload_is_split_at_whitespace_and_colons(muslroot: Path) -> None:
+    """musl's load_preload splits at isspace() and ':' (glibc only at ' ' and ':'); a name
+    it cannot load is ignored, never missing."""
+    env = {"LD_PRELOAD": "/opt/notinpath/libn.so\t/opt/r/libr.so:libnone.so"}
+    c = Resolver(RootFS(muslroot), env).closure(["/app/prog"])
+    mapped = {p for p, ns in c.files.items() if any(n.kind in ("needed", "interp") for n in ns)}
+    assert mapped == {"/usr/lib/x86_64-linux-musl/libc.so", "/opt/m/libm1.so", "/opt/r/libr.so",
+                      "/opt/notinpath/libn.so"}
+    assert c.missing == []
+    assert c.errors == ["LD_PRELOAD: libnone.so cannot be preloaded: not found (the loader "
+                        "ignores it)"]
+    found, _ = musl_list(muslroot, "/app/prog", env)
+    assert found == mapped

@@ -13,7 +13,9 @@ from tracer.workdir import workdir
 def ldd(image: str, paths: list[str], budgets: Budgets = DEFAULT) -> Closure:
     """ELF closure of `paths` (default: entrypoint + cmd's program) inside `image`.
 
-    `budgets` (the command line's --budget) bound reading the image and resolving.
+    `budgets` (the command line's --budget) bound reading the image and resolving;
+    path_walk is handed to the image's RootFS here, explicitly: FlatImage.rootfs() makes
+    its one RootFS on the first call, and a call without the limit would fix the default.
     """
     ref = parse_reference(image)
     with workdir() as work:
@@ -21,4 +23,5 @@ def ldd(image: str, paths: list[str], budgets: Budgets = DEFAULT) -> Closure:
         config = ImageConfig.from_image_json(flat.config, str(ref))
         roots = list(paths) or config.command(None, None)[:1]
         env = config.environment()
-        return Resolver(flat.rootfs(), env=env, budgets=budgets).closure(roots)
+        root = flat.rootfs(budgets.path_walk)
+        return Resolver(root, env=env, budgets=budgets).closure(roots)

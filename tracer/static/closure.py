@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Need:
-    """Why one in-image path is kept: its kind and the chain of requesters leading to it."""
+    """Why one in-image path is kept: its kind and the chain of requesters leading to it.
+
+    `cpu`: the loader maps it on some CPUs only (a glibc-hwcaps, legacy hwcap or
+    `$PLATFORM` variant, what is used instead of one, or what such a file needs). The image
+    may run on any CPU of its architecture, so these are kept all the same."""
 
     path: str
     kind: str  # "root" | "interp" | "needed" | "symlink" | "shebang"
     chain: tuple[str, ...]
+    cpu: bool = False
 
 
 @dataclass
@@ -38,6 +43,10 @@ class Closure:
     _missed: set[tuple[str, tuple[str, ...]]] = field(default_factory=set, repr=False,
                                                       compare=False)
     _erred: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def cpu_only(self, path: str) -> bool:
+        """Whether `path` is kept only because the loader maps it on some CPUs."""
+        return all(n.cpu for n in self.files.get(path, ()))
 
     def add(self, need: Need) -> None:
         if need not in self._seen:

@@ -38,6 +38,7 @@ from tracer.static.search import (
 BUILTIN = re.compile(r"^lib(c|pthread|rt|m|dl|util|xnet)\.")
 ORIGIN = re.compile(r"\$(ORIGIN|\{ORIGIN\})")
 SYSTEM_PATH = "/lib:/usr/local/lib:/usr/lib"
+MUSL_PRELOAD_SEPARATORS = re.compile("[ \t\n\v\f\r:]")
 MAX_PATH_FILE_BYTES = 1 << 20
 
 
@@ -93,12 +94,15 @@ class MuslLoader:
             hit = self.search.memo[key] = self._list(self._read_path_file(interp))
         return (hit,)  # type: ignore[return-value]
 
-    def preloads(self) -> list[str]:
-        """LD_PRELOAD (whitespace or `:` separated); musl reads no preload file."""
-        return self.env_preload.replace(":", " ").split() if self.env_preload else []
+    def preloads(self, c: Closure) -> list[tuple[str, str]]:
+        """(name, "LD_PRELOAD"): musl's load_preload splits it at C isspace() characters
+        and colons; musl reads no preload file."""
+        return [(n, "LD_PRELOAD") for n in MUSL_PRELOAD_SEPARATORS.split(self.env_preload or "")
+                if n]
 
-    def needed_name(self, name: str, obj: Loaded) -> str:
-        return name
+    def needed_names(self, name: str, obj: Loaded) -> tuple[str, ...]:
+        """musl expands nothing in a DT_NEEDED name."""
+        return (name,)
 
     @staticmethod
     def builtin(name: str) -> bool:

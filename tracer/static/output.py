@@ -15,13 +15,15 @@ def _chain(need: Need) -> str:
 
 
 def format_text(closure: Closure) -> str:
-    """One line per kept path (first reason shown, others counted), then missing, errors."""
+    """One line per kept path (first reason shown, others counted, "on some CPUs" when
+    every reason holds on some CPUs only), then missing, errors."""
     lines: list[str] = []
     for path in sorted(closure.files):
         needs = closure.files[path]
         first = needs[0]
         more = f" (+{len(needs) - 1} more)" if len(needs) > 1 else ""
-        lines.append(f"{path}  [{first.kind}]  {_chain(first)}{more}")
+        cpu = "  (on some CPUs)" if closure.cpu_only(path) else ""
+        lines.append(f"{path}  [{first.kind}]  {_chain(first)}{more}{cpu}")
     if closure.missing:
         lines.append("")
         lines.append(f"unresolved ({len(closure.missing)}):")
@@ -36,12 +38,14 @@ def format_text(closure: Closure) -> str:
 
 
 def to_json(closure: Closure) -> dict:
-    """A JSON-serializable dict: files (path, reasons), missing, errors."""
+    """A JSON-serializable dict: files (path, reasons), missing, errors. A reason's
+    `cpu` is true when it holds on some CPUs only (closure.Need)."""
     return {
         "files": [
             {
                 "path": path,
-                "reasons": [{"kind": n.kind, "chain": list(n.chain)} for n in closure.files[path]],
+                "reasons": [{"kind": n.kind, "chain": list(n.chain), "cpu": n.cpu}
+                            for n in closure.files[path]],
             }
             for path in sorted(closure.files)
         ],

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tracer.budgets import DEFAULT, Budgets
 from tracer.rootfs import Resolved, RootFS, SymlinkLoop
+from tracer.static.abi import VARIANT_NAMES
 from tracer.static.closure import Closure, Missing, Need
 from tracer.static.elf import ELF_MAGIC, CorruptElf, ElfInfo
 from tracer.static.glibc import GlibcLoader
@@ -53,7 +54,7 @@ class Resolver:
         self.path_env = env.get("PATH", DEFAULT_PATH)
         self.dlopens: Mapping[str, Sequence[str]] = dlopens or {}
         self.work = Work(budgets)
-        self.search = DirSearch(root, cwd, self.work)
+        self.search = DirSearch(root, cwd, self.work, watched=VARIANT_NAMES)
         self.glibc = GlibcLoader(self.search, env)
         self.musl = MuslLoader(self.search, env)
 
@@ -137,8 +138,12 @@ class Resolver:
             proc.add_interp(info.interp, chain)
         if not (info.needed or info.interp):
             return  # static executable, or a library without dependencies
-        for name in proc.loader.preloads():
-            proc.load(name, main)
+        for name, where in proc.loader.preloads(c):
+            # the loader maps preloads for the main program (its RPATH applies) and, when
+            # one is not found, says so and starts the program all the same
+            if not proc.load(name, main, optional=True, via=where):
+                c.error(f"{where}: {name} cannot be preloaded: not found (the loader "
+                        "ignores it)")
         proc.run()
 
 
@@ -195,42 +200,71 @@ class _Process:
                     self.load(name, obj, optional=True)
             i += 1
 
-    def load(self, name: str, requester: Loaded, optional: bool = False) -> None:
-        """Map `name` for `requester` unless an object answers to it already."""
+    def load(self, name: str, requester: Loaded, optional: bool = False,
+             via: str | None = None) -> bool:
+        """Map `name` for `requester` unless an object answers to it already; whether it
+        is mapped (on some CPU at least). A name not found is missing unless `optional`.
+        `via` (a preload's source) goes into the chain between the requester and the name.
+
+        The process simulated is the one of the loader's first pick at each lookup; what
+        other CPUs map instead is followed too (`cpu` objects), without answering names
+        for objects every CPU maps: a name first answered by such an object is looked up
+        again for a requester every CPU maps (on the other CPUs, that lookup happens).
+        """
         self.r.work.spend(1)
         if self.musl and MuslLoader.builtin(name):
-            return  # musl's ld.so is libc, libpthread, libm... itself
-        want = self.loader.needed_name(name, requester)
-        if want in self.by_name or name in self.by_name:
-            return
-        found = self.loader.find(want, requester, self.c)
-        chain = requester.chain + (name,)
-        if found is None:
-            if not optional:
-                self.c.miss(name, requester.chain)
-            return
-        self._record(found, chain)
+            return True  # musl's ld.so is libc, libpthread, libm... itself
+        chain = requester.chain + ((via,) if via else ()) + (name,)
+        wants = self.loader.needed_names(name, requester)
+        mapped = False
+        for want in wants:  # one per $PLATFORM value: each the name on some CPUs only
+            existing = self.by_name.get(want) or self.by_name.get(name)
+            if existing is not None:
+                mapped = True
+                if requester.cpu or not existing.cpu:
+                    continue
+            found = self.loader.find(want, requester, self.c)
+            if found is None:
+                continue
+            mapped = True
+            # on some CPUs only: a $PLATFORM name, a variant, or another file than the
+            # one that answers the name where the object answering it is mapped
+            cpu = (requester.cpu or len(wants) > 1 or found.cpu_dependent
+                   or (existing is not None and existing.real != found.resolved.path))
+            self._map(found, want, requester, chain, cpu, answers=existing is None)
+        if not mapped and not optional:
+            self.c.miss(name, requester.chain)
+        return mapped
+
+    def _map(self, found: Found, want: str, requester: Loaded, chain: tuple[str, ...],
+             cpu: bool, answers: bool) -> None:
+        """Record `found` (and its alternates) and add what is not loaded yet."""
+        self._record(found, chain, cpu)
         existing = self.by_real.get(found.resolved.path)
         if existing is not None:
-            self._name(existing, want)
-            return
-        self.r.work.spend(len(chain))
-        self._add(Loaded(found.path, found.resolved.path, found.info, requester,
-                         {want, found.path}, chain))
+            if answers:
+                self._name(existing, want)
+            if not cpu:
+                existing.cpu = False  # mapped on every CPU after all
+        else:
+            self.r.work.spend(len(chain))
+            self._add(Loaded(found.path, found.resolved.path, found.info, requester,
+                             {want, found.path} if answers else set(), chain, cpu=cpu),
+                      answers=answers)
         for alt_path, alt in found.alternates:
-            # another CPU would load this variant instead: follow its DT_NEEDED too, but it
-            # answers no name lookups (no names), so the simulated process is unchanged
+            # another CPU maps this one instead: follow its DT_NEEDED too, but it answers
+            # no name lookups, so the simulated process stays the one of the first pick
             alt_info = self.r.search.parse(alt.path)
             if isinstance(alt_info, ElfInfo) and alt.path not in self.by_real:
                 self._add(Loaded(alt_path, alt.path, alt_info, requester, set(),
-                                 chain + (alt_path,)), answers=False)
+                                 chain + (alt_path,), cpu=True), answers=False)
 
-    def _record(self, found: Found, chain: tuple[str, ...]) -> None:
-        """Keep the file found, the links crossed to it, and its hwcaps alternates."""
+    def _record(self, found: Found, chain: tuple[str, ...], cpu: bool) -> None:
+        """Keep the file found, the links crossed to it, and its alternates."""
         for link in found.resolved.links:
-            self.c.add(Need(link, "symlink", chain))
-        self.c.add(Need(found.resolved.path, "needed", chain))
+            self.c.add(Need(link, "symlink", chain, cpu))
+        self.c.add(Need(found.resolved.path, "needed", chain, cpu))
         for alt_path, alt in found.alternates:
             for link in alt.links:
-                self.c.add(Need(link, "symlink", chain + (alt_path,)))
-            self.c.add(Need(alt.path, "needed", chain + (alt_path,)))
+                self.c.add(Need(link, "symlink", chain + (alt_path,), True))
+            self.c.add(Need(alt.path, "needed", chain + (alt_path,), True))
