@@ -73,24 +73,24 @@ def test_index_of_flattened_fixture_images(fixture_image, tmp_path: Path) -> Non
     utf8 = index.units_of(f"{enc}/utf_8.py")
     assert [(u.kind, u.name, u.arch) for u in utf8] == [
         ("dpkg", "libpython3.11-minimal", "amd64"), ("python-stdlib", enc, None)]
-    assert f"{enc}/iso8859_15.py" in index.files_of(utf8[0])
-    assert f"{enc}/iso8859_15.py" in index.files_of(utf8[1])
+    assert f"{enc}/iso8859_15.py" in utf8[0].paths
+    assert f"{enc}/iso8859_15.py" in utf8[1].paths
     assert index.unit_of("/usr/lib/python3.11/csv.py").kind == "dpkg"
     assert index.unit_of("/lib/x86_64-linux-gnu/libc.so.6").name == "libc6"
     assert index.unit_of("/usr/share/zoneinfo/America/New_York").name == "tzdata"
     site = "/usr/local/lib/python3.11/dist-packages"
     fmt = index.unit_of(f"{site}/reportfmt/textout.py")
     assert (fmt.kind, fmt.name, fmt.version) == ("python-dist", "reportfmt", "1.0")
-    assert set(index.files_of(fmt)) >= {f"{site}/reportfmt/csvout.py",
+    assert set(fmt.paths) >= {f"{site}/reportfmt/csvout.py",
                                         f"{site}/reportfmt-1.0.dist-info/RECORD"}
     pyapp = flatten_ref(f"docker-daemon:{fixture_image('pyapp')}", tmp_path / "pyapp")
     pyindex = UnitIndex.build(pyapp.rootfs(), paths=pyapp.entries)
     decoder = pyindex.units_of("/usr/lib/python3.11/json/decoder.py")
     assert [u.kind for u in decoder] == ["dpkg", "python-stdlib"]
-    assert "/usr/lib/python3.11/json/encoder.py" in pyindex.files_of(decoder[1])
+    assert "/usr/lib/python3.11/json/encoder.py" in decoder[1].paths
     # every dpkg-listed file of the python3.11 packages is in the image under its name
     for unit in index.find("libpython3.11-stdlib") + index.find("python3.11-minimal"):
-        for path in index.files_of(unit):
+        for path in unit.paths:
             assert path.startswith("/usr/share/doc") or path in flat.entries, path
 
 

@@ -116,7 +116,7 @@ def test_dpkg_merged_usr_names_find_the_package_both_ways() -> None:
         unit = index.unit_of(name)
         assert unit is not None and unit.name == "libc6", name
         assert unit.arch == "amd64" and unit.source.endswith("/info/libc6:amd64.list")
-    files = index.files_of(index.unit_of("/usr/lib/x86_64-linux-gnu/libc.so.6"))
+    files = index.unit_of("/usr/lib/x86_64-linux-gnu/libc.so.6").paths
     # stored in the image's own names: merged /usr, never the .list's /lib name
     assert "/usr/lib/x86_64-linux-gnu/libc.so.6" in files
     assert not any(p.startswith("/lib/") for p in files)
@@ -161,12 +161,12 @@ def test_dpkg_diversions_multiarch_and_not_installed(build) -> None:
     # tool's /usr/bin/tool was diverted to tool.real; the diverting shim owns /usr/bin/tool
     assert index.unit_of("/usr/bin/tool.real").name == "tool"
     assert index.unit_of("/usr/bin/tool").name == "shim"
-    assert "/usr/bin/tool" not in index.files_of("dpkg:tool")
+    assert "/usr/bin/tool" not in index.units["dpkg:tool"].paths
     assert index.unit_of("/usr/bin/other").version == "1.0"
     m64 = index.unit_of("/lib/x86_64-linux-gnu/libm.so")
     m32 = index.unit_of("/usr/lib/i386-linux-gnu/libm.so")
     assert (m64.key, m32.key) == ("dpkg:libm:amd64", "dpkg:libm:i386")
-    assert index.files_of(m64) == ("/usr/lib/x86_64-linux-gnu/libm.so",)
+    assert m64.paths == ("/usr/lib/x86_64-linux-gnu/libm.so",)
     assert index.unit_of("/etc/gone.conf") is None  # config-files: not installed
     assert index.find("libm", "dpkg") == [m64, m32] or index.find("libm", "dpkg") == [m32, m64]
 
@@ -201,7 +201,7 @@ def test_apk_installed_database(build) -> None:
     assert index.warnings == []
     musl = index.unit_of("/lib/libc.musl-x86_64.so.1")
     assert (musl.kind, musl.name, musl.version) == ("apk", "musl", "1.2.4-r2")
-    assert set(index.files_of(musl)) == {"/lib", "/lib/ld-musl-x86_64.so.1",
+    assert set(musl.paths) == {"/lib", "/lib/ld-musl-x86_64.so.1",
                                          "/lib/libc.musl-x86_64.so.1"}
     assert index.unit_of("/etc/securetty").name == "busybox"
     assert musl.label == "package musl"
@@ -235,24 +235,24 @@ def test_python_distributions_and_stdlib_packages(build) -> None:
     assert index.warnings == []
     req = index.unit_of(f"{SITE}/requests/api.py")
     assert (req.kind, req.name, req.version) == ("python-dist", "requests", "2.31.0")
-    assert "/usr/local/bin/req" in index.files_of(req)  # ../../../bin relative to the site
+    assert "/usr/local/bin/req" in req.paths  # ../../../bin relative to the site
     assert req.label == "python distribution requests 2.31.0"
     old = index.unit_of(f"{SITE}/oldpkg/__init__.py")
     assert (old.name, old.version) == ("oldpkg", "0.9")
-    assert f"{SITE}/oldpkg-0.9-py3.11.egg-info/PKG-INFO" in index.files_of(old)
+    assert f"{SITE}/oldpkg-0.9-py3.11.egg-info/PKG-INFO" in old.paths
     # the stdlib: a package directory is one unit, a top-level module another
     enc = index.unit_of("/usr/local/lib/python3.11/encodings/utf_8.py")
     assert enc.kind == "python-stdlib" and enc.version == "3.11"
     assert enc.name == "/usr/local/lib/python3.11/encodings"
-    assert "/usr/local/lib/python3.11/encodings/iso8859_15.py" in index.files_of(enc)
-    assert "/usr/local/lib/python3.11/encodings" in index.files_of(enc)
+    assert "/usr/local/lib/python3.11/encodings/iso8859_15.py" in enc.paths
+    assert "/usr/local/lib/python3.11/encodings" in enc.paths
     csv_mod = index.unit_of("/usr/local/lib/python3.11/csv.py")
-    assert set(index.files_of(csv_mod)) == {
+    assert set(csv_mod.paths) == {
         "/usr/local/lib/python3.11/csv.py",
         "/usr/local/lib/python3.11/__pycache__/csv.cpython-311.pyc"}
     dyn = index.unit_of("/usr/local/lib/python3.11/lib-dynload/"
                         "_csv.cpython-311-x86_64-linux-gnu.so")
-    assert dyn is not None and len(index.files_of(dyn)) == 1
+    assert dyn is not None and len(dyn.paths) == 1
     # site-packages below the stdlib directory is not stdlib
     assert all(u.kind != "python-stdlib" for u in index.units_of(f"{SITE}/requests/api.py"))
 
@@ -292,7 +292,7 @@ def test_node_packages_are_the_directories_npm_installs_into(build) -> None:
     express = index.unit_of(f"{nm}/express/lib/router/index.js")
     assert (express.kind, express.name, express.version) == ("node", "express", "4.18.2")
     assert index.unit_of(f"{nm}/express/lib/esm/package.json") == express
-    assert f"{nm}/express/node_modules/debug/src/index.js" not in index.files_of(express)
+    assert f"{nm}/express/node_modules/debug/src/index.js" not in express.paths
     assert index.unit_of(f"{nm}/express/node_modules/debug/src/index.js").name == "debug"
     assert index.unit_of(f"{nm}/@babel/core/lib/index.js").name == "@babel/core"
     assert index.unit_of(f"{nm}/.bin/tool") is None
@@ -330,14 +330,14 @@ def test_gems_perl_packlists_and_composer(build) -> None:
     index = UnitIndex.build(root)
     rack = index.unit_of(f"{home}/gems/rack-3.0.8/lib/rack/x.rb")
     assert (rack.kind, rack.name, rack.version) == ("gem", "rack", "3.0.8")
-    assert f"{home}/specifications/rack-3.0.8.gemspec" in index.files_of(rack)
+    assert f"{home}/specifications/rack-3.0.8.gemspec" in rack.paths
     noko = index.unit_of(f"{home}/extensions/x86_64-linux/3.2.0/nokogiri-1.15.4-x86_64-linux/"
                          "gem.build_complete")
     assert (noko.name, noko.version) == ("nokogiri", "1.15.4-x86_64-linux")
     assert index.unit_of(f"{home}/specifications/default/json-2.6.3.gemspec") is None
     xs = index.unit_of("/usr/local/bin/json_xs")
     assert (xs.kind, xs.name) == ("perl", "JSON::XS")
-    assert len(index.files_of(xs)) == 4  # three listed paths and the .packlist itself
+    assert len(xs.paths) == 4  # three listed paths and the .packlist itself
     mono = index.unit_of("/srv/app/vendor/monolog/monolog/src/Logger.php")
     assert (mono.kind, mono.name, mono.version) == ("composer", "monolog/monolog", "3.5.0")
     assert index.unit_of("/srv/app/vendor/psr/log/src/LoggerInterface.php").name == "psr/log"
@@ -360,7 +360,7 @@ def test_garbage_databases_never_crash(build, where: str) -> None:
     tree["/app/node_modules/x/index.js"] = b""
     index = UnitIndex.build(build(tree))
     for unit in index.units.values():
-        assert all(p.startswith("/") for p in index.files_of(unit))
+        assert all(p.startswith("/") for p in unit.paths)
 
 
 def test_hostile_entries_are_skipped_with_warnings(build) -> None:
@@ -371,7 +371,7 @@ def test_hostile_entries_are_skipped_with_warnings(build) -> None:
     tree["/app/node_modules/deep/index.js"] = b""
     tree["/srv/vendor/composer/installed.json"] = b'{"packages": {"not": "a list"}}'
     index = UnitIndex.build(build(tree))
-    assert index.files_of("dpkg:tool") == ("/usr/bin/other",)
+    assert index.units["dpkg:tool"].paths == ("/usr/bin/other",)
     assert index.unit_of("/app/node_modules/deep/index.js").name == "deep"
     text = "\n".join(index.warnings)
     for words in ("NUL byte", "longer than 4096", "not valid JSON", "no package list"):
@@ -402,7 +402,7 @@ def test_database_paths_stay_inside_the_image(tmp_path: Path) -> None:
     })
     index = UnitIndex.build(root)
     for unit in index.units.values():
-        for path in index.files_of(unit):
+        for path in unit.paths:
             assert not path.startswith("/..") and not path.startswith(str(tmp_path) + "/root")
     assert index.unit_of(str(outside)).name in ("evil", "evil2")  # an in-image name only
 

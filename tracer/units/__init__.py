@@ -2,8 +2,8 @@
 
 `UnitIndex.build(root)` reads the image's package databases (dpkg, apk, Python
 distributions and stdlib layout, Node packages, gems, Perl .packlists, Composer) and
-answers `unit_of(path)` / `files_of(unit)`; `expand()` turns a file-level keep-list into
-the units it pulls in; `widen()` adds those to a keep-list builder with their
+answers `unit_of(path)` (a unit lists its own `paths`); `expand()` turns a file-level
+keep-list into the units it pulls in; `widen()` adds those to a keep-list builder with their
 alternatives links, the message catalogs of the languages in use and the ELF closure
 over them; `deepen()` adds what their declared dependencies reach (`DependencyGraph`,
 `walk`); `unit_sizes()` is the price per unit and position; `package_granularity()` does

@@ -77,24 +77,16 @@ class UnitIndex:
         index.warnings = reader.all_warnings()
         return index
 
-    def canonical(self, path: str) -> str:
-        """`path` as the index stores it: parents resolved in the image, last not followed."""
-        return canonical_path(self.root, path)
-
     def units_of(self, path: str) -> list[Unit]:
         """Every unit that lists `path`, the primary one first (system packages win)."""
-        keys = self.owners.get(self.canonical(path)) or self.owners.get(normalize(path), ())
+        keys = (self.owners.get(canonical_path(self.root, path))
+                or self.owners.get(normalize(path), ()))
         return [self.units[k] for k in keys]
 
     def unit_of(self, path: str) -> Unit | None:
         """The unit `path` belongs to (the primary owner), None when no unit lists it."""
         owners = self.units_of(path)
         return owners[0] if owners else None
-
-    def files_of(self, unit: Unit | str) -> tuple[str, ...]:
-        """The canonical paths `unit` (or its key) owns, as its database lists them."""
-        key = unit if isinstance(unit, str) else unit.key
-        return self.units[key].paths
 
     def find(self, name: str, kind: str | None = None) -> list[Unit]:
         """Units called `name` (any architecture), e.g. `find("libc6", "dpkg")`."""

@@ -5,7 +5,7 @@ may use in part today and in another part tomorrow: a Debian or Alpine package, 
 distribution, a directory-level stdlib package, a Node package, a gem, a Perl module with
 its .packlist, a Composer package. The package granularity keeps every unit a kept file
 belongs to, so it needs to know which unit owns a path (`UnitIndex.unit_of`) and what else
-that unit owns (`UnitIndex.files_of`).
+that unit owns (`Unit.paths`).
 """
 
 from __future__ import annotations
