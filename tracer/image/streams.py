@@ -1,6 +1,7 @@
 """Byte streams for layer blobs: a window into an archive file, digest-checking readers and
-transparent decompression. Every layer byte passes through exactly one chunked pipeline, so
-digests are verified while the layer is applied, never by a second pass.
+transparent decompression (gzip here, zstd through the reference command: zstd.py). Every
+layer byte passes through exactly one chunked pipeline, so digests are verified while the
+layer is applied, never by a second pass.
 
 The pipeline is also where decompression is bounded: a few kilobytes of gzip or zstd can
 inflate to the size of the disk, so every layer stream counts what it hands out against
@@ -19,6 +20,7 @@ from typing import BinaryIO
 
 from tracer.budgets import DEFAULT, BudgetExceeded, Budgets, human
 from tracer.errors import ImageFormatError
+from tracer.image.zstd import ZstdReader
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -126,12 +128,7 @@ class LayerStream:
         if compression == "gzip":
             inner = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[arg-type]
         elif compression == "zstd":
-            try:
-                import zstandard  # optional: only when installed
-            except ImportError as exc:
-                raise ImageFormatError(f"{where}: zstd-compressed layer, but the 'zstandard' "
-                                       "package is not installed") from exc
-            inner = zstandard.ZstdDecompressor().stream_reader(self._raw)
+            inner = ZstdReader(self._raw, where)  # type: ignore[assignment]
         else:
             inner = self._raw
         self._inner = inner
