@@ -24,6 +24,7 @@ from test_bounds_engine_streams import IMAGE_ID, stalling_engine  # noqa: F401 -
 
 from tracer.engine import SOCKET_TIMEOUT_HOOK, Engine, connect, connected
 from tracer.errors import EnvironmentProblem
+from tracer.image.daemon import EngineImages
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -119,6 +120,8 @@ def test_each_thread_gets_its_own_client(docker_client) -> None:
     other = in_new_thread(connect)
     assert other is not main and other.sdk is not main.sdk and other.api is not main.api
     assert connected()
+    images = EngineImages()
+    assert in_new_thread(lambda: images.engine) is not images.engine
 
     answers: list[object] = []
 
