@@ -21,7 +21,11 @@ overlayfs, and that decides the cases the spec leaves open:
   mtime 0 and no xattrs, in every reader (it is never written to an output either);
 - a symlink's mode is 0777 whatever its header says (Linux has no mode for symlinks);
 - of a hardlink group, the smallest path is the file and the others link to it: a rule
-  that needs no tar order, so the in-place reader (overlay.py) gives the same index.
+  that needs no tar order, so the in-place reader (overlay.py) gives the same index;
+- a hardlink header sets the shared inode's owner, mode, mtime and xattrs; setting the
+  owner drops the inode's `security.capability` (the kernel's chown rule), so a file's
+  capability survives a later link header only if that header carries it as well (the
+  writer, layerwrite.py, puts an inode's xattrs on each of its names' headers).
 
 Flattening reads one thing: an `Image` (interface.py), whatever transport opened it, so
 every reader gives its index by the same rules under the same budgets. It only indexes:
@@ -69,6 +73,7 @@ _HOST_KINDS = ("file", "dir", "symlink")
 _MAX_SYMLINK_HOPS = 40
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+CAPABILITY = "security.capability"
 
 
 class _Inode:
@@ -400,8 +405,13 @@ class _Applier:
         if self.extract and node.kind in _HOST_KINDS:
             os.link(self.host(path_of(t)), self.host(path_of(d)), follow_symlinks=False)
         # Docker applies a link header's owner and xattrs to the shared inode, and its mode
-        # and mtime too unless the inode is a symlink.
+        # and mtime too unless the inode is a symlink. Its owner by lchown, which makes the
+        # kernel drop the inode's file capability (chown(2) does on anything but a
+        # directory, even to the same owner), before the header's own xattrs are set: a
+        # capability survives a link header only if the header carries it too. Other
+        # xattrs stay. (Every engine's applier does the same: containerd's, Podman's.)
         node.uid, node.gid = m.uid, m.gid
+        node.xattrs.pop(CAPABILITY, None)
         node.xattrs.update(m.xattrs)
         if node.kind != "symlink":
             node.mode, node.mtime = m.mode, m.mtime
