@@ -49,7 +49,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tracer.budgets import DEFAULT  # noqa: E402
+from tracer.engine import connect  # noqa: E402
 from tracer.image import flatten, open_image, parse_reference, write_image  # noqa: E402
+from tracer.image.daemon import choose_reader, inspect, open_saved  # noqa: E402
+from tracer.image.overlay import in_place_image  # noqa: E402
 
 DOCKERFILE = """\
 FROM tracer-fixture/base:bookworm
@@ -86,7 +90,11 @@ def bench_flatten(args: argparse.Namespace) -> int:
             if res.returncode:
                 print(res.stdout, res.stderr, file=sys.stderr)
                 return 1
-        with open_image(parse_reference(tag), work / "src") as src:
+        engine = connect()
+        image = inspect(engine, tag)
+        assert image is not None, tag
+        # `docker save`d once: the layers as tars, for tracer and GNU tar alike
+        with open_saved(engine, parse_reference(tag), image, work / "src", DEFAULT) as src:
             # GNU tar gets the same layer bytes as plain files (not timed).
             layer_files = []
             for layer in src.layers:
@@ -181,28 +189,27 @@ def _images(args: argparse.Namespace) -> list[str]:
 
 
 def bench_readers(args: argparse.Namespace) -> int:
-    from tracer.budgets import DEFAULT
-    from tracer.engine import connect
-    from tracer.image.daemon import InPlaceBackend, SaveBackend, choose_backend, inspect
-
     engine = connect()
     print(f"{'image':42} {'paths':>7} {'MB':>6} {'in place':>9} {'docker save':>12} {'ratio':>6}")
     for name in _images(args):
         ref = parse_reference(name)
         image = inspect(engine, name)
         assert image is not None, name
-        backend, reason = choose_backend(engine, image, DEFAULT)
-        if not isinstance(backend, InPlaceBackend):
+        storage, reason = choose_reader(engine, image, DEFAULT)
+        if storage is None:
             print(f"{name}: in place is not possible here: {reason}")
             return 1
         times: dict[str, list[float]] = {"in place": [], "save": []}
         flat = None
         for _ in range(args.repeat):
-            for how, reader in (("in place", backend), ("save", SaveBackend())):
+            for how in ("in place", "save"):
                 work = Path(tempfile.mkdtemp(prefix="tracer-bench-", dir=args.workdir))
                 try:
                     t0 = time.perf_counter()
-                    flat = reader.read(engine, ref, image, work, DEFAULT, None)
+                    opened = in_place_image(ref, storage) if how == "in place" else \
+                        open_saved(engine, ref, image, work / "source", DEFAULT)
+                    with opened as src:
+                        flat = flatten(src, work / "root")
                     times[how].append(time.perf_counter() - t0)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
@@ -215,7 +222,7 @@ def bench_readers(args: argparse.Namespace) -> int:
 
 def _load_file(archive: Path) -> None:
     """The old way: `docker load` of an archive tracer wrote first."""
-    from tracer.engine import connect, transfer_timeout
+    from tracer.engine import transfer_timeout
 
     engine = connect(transfer_timeout())
     with open(archive, "rb") as f:
@@ -225,7 +232,7 @@ def _load_file(archive: Path) -> None:
 
 def bench_write(args: argparse.Namespace) -> int:
     from tracer.image.archive import write_archive_file
-    from tracer.image.daemon import DaemonTransport, EngineImages, inspect
+    from tracer.image.daemon import DaemonTransport, EngineImages
     from tracer.image.sink import one_layer
 
     print(f"{'image':42} {'layer MB':>8} {'before: write + load':>21} {'now: streamed':>14} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -50,17 +51,14 @@ class Blob:
 
 def write_blob(path: Path, pieces: Iterator[bytes], compression: str) -> Blob:
     """Compress `pieces` (an uncompressed tar stream) into `path`, hashing both sides."""
+    if compression == "zstd":
+        return _write_zstd_blob(path, pieces)
     tar_hash = hashlib.sha256()
     blob_hash = hashlib.sha256()
     size = 0
     if compression == "gzip":
         gz = zlib.compressobj(6, zlib.DEFLATED, 31)
         compress, flush = gz.compress, gz.flush
-    elif compression == "zstd":
-        import zstandard
-
-        zs = zstandard.ZstdCompressor(level=3).compressobj()
-        compress, flush = zs.compress, zs.flush
     else:
         compress, flush = bytes, bytes
     with open(path, "wb") as f:
@@ -76,6 +74,26 @@ def write_blob(path: Path, pieces: Iterator[bytes], compression: str) -> Blob:
         put(flush())
     return Blob(path, "sha256:" + blob_hash.hexdigest(), size, "sha256:" + tar_hash.hexdigest(),
                 compression)
+
+
+def _write_zstd_blob(path: Path, pieces: Iterator[bytes]) -> Blob:
+    """`pieces` through the reference `zstd` command into `path` (streamed: its stdout is
+    the file), then the blob hashed from disk."""
+    tar_hash = hashlib.sha256()
+    with open(path, "wb") as out:
+        proc = subprocess.Popen(["zstd", "-q", "-c", "-3"], stdin=subprocess.PIPE, stdout=out)
+        assert proc.stdin is not None
+        for piece in pieces:
+            tar_hash.update(piece)
+            proc.stdin.write(piece)
+        proc.stdin.close()
+        assert proc.wait() == 0
+    blob_hash = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            blob_hash.update(chunk)
+    return Blob(path, "sha256:" + blob_hash.hexdigest(), path.stat().st_size,
+                "sha256:" + tar_hash.hexdigest(), "zstd")
 
 
 def oci_layout_of(root: Path, layers: list[tuple[Iterator[bytes], str]],

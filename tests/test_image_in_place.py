@@ -5,15 +5,11 @@ fallback to `docker save` wherever in-place reading cannot be trusted."""
 
 from __future__ import annotations
 
-import base64
 import gzip
-import hashlib
-import io
 import json
 import os
 import stat
 import subprocess
-import tarfile
 import uuid
 from pathlib import Path
 
@@ -29,48 +25,41 @@ from image_builders import (
     layer,
     set_size,
 )
+from overlay_storage import (
+    CAP,
+    LOWER,
+    UPPER,
+    assert_same_index,
+    index_in_place,
+    make_storage,
+    read_in_place,
+    storage_config,
+    unpack_layer,
+)
 from prereq import missing
 
 from tracer.budgets import DEFAULT, BudgetExceeded, Budgets
 from tracer.engine import connect
 from tracer.errors import ImageFormatError
-from tracer.image.daemon import InPlaceBackend, SaveBackend, choose_backend, inspect
+from tracer.image.daemon import choose_reader, inspect, open_saved
+from tracer.image.flatten import flatten
 from tracer.image.model import FlatImage
-from tracer.image.overlay import NotReadable, index_in_place, locate
+from tracer.image.overlay import NotReadable, locate
 from tracer.image.reference import parse_reference
 
 
-def _sha(flat: FlatImage, path: str) -> str:
-    h = hashlib.sha256()
-    with flat.open_content(path) as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def assert_same_index(in_place: FlatImage, saved: FlatImage) -> None:
-    """Entry for entry, every field; the same hardlink groups; the same bytes."""
-    assert list(in_place.entries) == list(saved.entries)
-    differences = [(p, in_place.entries[p], e) for p, e in saved.entries.items()
-                   if in_place.entries[p] != e]
-    assert differences == []
-    assert {p: in_place.hardlink_group(p) for p in in_place.entries} == \
-        {p: saved.hardlink_group(p) for p in saved.entries}
-    files = [p for p, e in saved.entries.items() if e.kind == "file"]
-    assert files and all(_sha(in_place, p) == _sha(saved, p) for p in files)
-    assert in_place.config == saved.config and in_place.source_digest == saved.source_digest
-
-
-def _both(name: str, tmp_path: Path) -> tuple[FlatImage, FlatImage]:
+def _both(name: str, tmp_path: Path, budgets: Budgets = DEFAULT
+          ) -> tuple[FlatImage, FlatImage]:
     ref = parse_reference(name)
     engine = connect()
     image = inspect(engine, str(ref.repo_tag))
     assert image is not None
-    backend, reason = choose_backend(engine, image, DEFAULT)
-    if not isinstance(backend, InPlaceBackend):
+    storage, reason = choose_reader(engine, image, budgets)
+    if storage is None:
         missing(f"in-place reading is not possible here: {reason}")
-    in_place = backend.read(engine, ref, image, tmp_path / "in-place", DEFAULT, None)
-    saved = SaveBackend().read(engine, ref, image, tmp_path / "saved", DEFAULT, None)
+    in_place = index_in_place(ref, storage, tmp_path / "in-place", budgets)
+    with open_saved(engine, ref, image, tmp_path / "source", budgets) as saved_image:
+        saved = flatten(saved_image, tmp_path / "saved", budgets=budgets)
     return in_place, saved
 
 
@@ -151,80 +140,29 @@ def test_fallback_to_docker_save_says_why(fixture_image, monkeypatch) -> None:
     image = inspect(engine, ref)
     assert image is not None
     monkeypatch.setenv("TRACER_IMAGE_READER", "save")
-    backend, reason = choose_backend(engine, image, DEFAULT)
-    assert isinstance(backend, SaveBackend) and "TRACER_IMAGE_READER=save" in reason
+    storage, reason = choose_reader(engine, image, DEFAULT)
+    assert storage is None and "TRACER_IMAGE_READER=save" in reason
     monkeypatch.setenv("TRACER_IMAGE_READER", "auto")
     monkeypatch.setenv("DOCKER_HOST", "tcp://192.0.2.1:2376")  # never contacted
-    backend, reason = choose_backend(engine, image, DEFAULT)
-    assert isinstance(backend, SaveBackend) and "is not local" in reason
+    storage, reason = choose_reader(engine, image, DEFAULT)
+    assert storage is None and "is not local" in reason
 
 
 # ---------------------------------------------------------------- hand-made storage
-
-
-def tar_split(tar: bytes) -> bytes:
-    """The tar-split record of `tar`, as the engine's layer store writes it (gzipped JSON
-    lines: raw bytes as type 2, each member's data as a type 1 entry of its size)."""
-    lines = []
-    pos = 0
-    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as tf:
-        for ti in tf:
-            lines.append({"type": 2, "payload": base64.b64encode(
-                tar[pos:ti.offset_data]).decode()})
-            entry: dict = {"type": 1, "name": ti.name}
-            if ti.size:  # the header's claim, also for a type without data
-                entry["size"] = ti.size
-            lines.append(entry)
-            pos = ti.offset_data + (ti.size if ti.isreg() else 0)
-    lines.append({"type": 2, "payload": base64.b64encode(tar[pos:]).decode()})
-    for i, line in enumerate(lines):
-        line["position"] = i
-    return gzip.compress(b"".join(json.dumps(x).encode() + b"\n" for x in lines))
-
-
-def _storage(tmp_path: Path, config: bytes, layers: list[bytes]) -> tuple[str, dict, str]:
-    """A hand-made engine storage directory: image db, layer db and layer dirs."""
-    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-    root = tmp_path / "docker"
-    imagedb = root / "image" / "overlay2" / "imagedb" / "content" / "sha256"
-    imagedb.mkdir(parents=True)
-    (imagedb / image_id[7:]).write_bytes(config)
-    dirs = []
-    chain = ""
-    for i, data in enumerate(layers):
-        diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
-        chain = diff_id if i == 0 else \
-            "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
-        layerdb = root / "image" / "overlay2" / "layerdb" / "sha256" / chain[7:]
-        layerdb.mkdir(parents=True)
-        (layerdb / "cache-id").write_text(f"cache{i}")
-        (layerdb / "tar-split.json.gz").write_bytes(tar_split(data))
-        (root / "overlay2" / f"cache{i}" / "diff").mkdir(parents=True)
-        dirs.append(str(root / "overlay2" / f"cache{i}" / "diff"))
-    data = {"UpperDir": dirs[-1]}
-    if len(dirs) > 1:
-        data["LowerDir"] = ":".join(reversed(dirs[:-1]))
-    return image_id, data, str(root)
-
-
-def _config(layers: list[bytes]) -> bytes:
-    diff_ids = ["sha256:" + hashlib.sha256(x).hexdigest() for x in layers]
-    return json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                       "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
 
 
 def test_storage_is_checked_before_it_is_trusted(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         missing("in-place reading is for root only")
     layers = [layer(M("a", data=b"1")), layer(M("b", data=b"2"))]
-    image_id, data, root = _storage(tmp_path, _config(layers), layers)
+    image_id, data, root = make_storage(tmp_path, storage_config(layers), layers)
     located = locate(image_id, "overlay2", data, root, DEFAULT)
     assert [str(p) for p in located.layer_dirs] == [data["LowerDir"], data["UpperDir"]]
     with pytest.raises(NotReadable, match="'overlayfs' driver"):
         locate(image_id, "overlayfs", data, root, DEFAULT)  # the containerd image store
     other = "sha256:" + "f" * 64
     imagedb = Path(root) / "image" / "overlay2" / "imagedb" / "content" / "sha256"
-    (imagedb / other[7:]).write_bytes(_config(layers))  # not the config of `other`
+    (imagedb / other[7:]).write_bytes(storage_config(layers))  # not the config of `other`
     with pytest.raises(NotReadable, match="does not hash to"):
         locate(other, "overlay2", data, root, DEFAULT)
     with pytest.raises(NotReadable, match="image database is not visible here"):
@@ -238,50 +176,6 @@ def test_storage_is_checked_before_it_is_trusted(tmp_path: Path) -> None:
         locate(image_id, "overlay2", data, root, DEFAULT)
 
 
-CAP = b"\x01\x00\x00\x02\x00\x20\x00\x00" + bytes(12)
-LOWER = [M("a", "dir", mode=0o750, uid=3, gid=4, mtime=1_600_000_010),
-         M("a/x", data=b"x", mtime=1_600_000_011.25),
-         M("a/y", data=b"yy", mode=0o4755, mtime=1_600_000_012),
-         M("b", "dir", mtime=1_600_000_013), M("b/old", data=b"old"),
-         M("c", data=b"c was a file"), M("d", "dir"), M("d/g", data=b"g"),
-         M("h1", data=b"shared", uid=5, mtime=1_600_000_014),
-         M("h2", "hardlink", linkname="h1", uid=5, mtime=1_600_000_014),
-         M("ping", data=b"p", mode=0o755, xattrs={"security.capability": CAP}),
-         M("fifo", "fifo", mode=0o600), M("null", "char", mode=0o666, devmajor=1, devminor=3),
-         M("s", "symlink", linkname="a/y", mode=0o644), M("big", data=bytes(70_000))]
-UPPER = [M("a", "dir", mode=0o750, uid=3, gid=4, mtime=1_600_000_020), M("a/.wh.x"),
-         M("b/.wh..wh..opq"), M("b/new", data=b"new"),
-         M("c", "dir", mode=0o700, mtime=1_600_000_022), M("c/inner", data=b"i"),
-         M("d", data=b"d is a file now"), M("user", data=b"u", xattrs={"user.k": b"v"}),
-         M("e/implied/f", data=b"f"), M("n" * 120, data=b"long name"),
-         M("k2", data=b"K"), M("k1", "hardlink", linkname="k2"), M("k2", data=b"new k2")]
-
-
-def _unpack(members: list[M], diff: Path) -> None:
-    """The files of a layer directory, where the engine unpacks them (the index says the
-    rest: owners, modes, devices are not read from here)."""
-    diff.mkdir(parents=True, exist_ok=True)
-    for m in members:
-        path = diff / m.name
-        if m.kind == "file":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.unlink(missing_ok=True)
-            path.write_bytes(m.data)
-        elif m.kind == "hardlink":
-            os.link(diff / m.linkname, path)
-
-
-def _in_place(tmp_path: Path, layers: list[list[M]], budgets: Budgets = DEFAULT
-              ) -> FlatImage:
-    tars = [layer(*ms) for ms in layers]
-    image_id, data, root = _storage(tmp_path, _config(tars), tars)
-    located = locate(image_id, "overlay2", data, root, budgets)
-    for ms, diff in zip(layers, located.layer_dirs, strict=True):
-        _unpack(ms, diff)
-    return index_in_place(parse_reference("docker-daemon:hand/made:1"), located,
-                          tmp_path / "idx", budgets)
-
-
 def test_in_place_index_of_hand_made_storage_is_the_tar_readers(tmp_path: Path) -> None:
     """Whiteouts, opaque directories, a file becoming a directory and back, hardlinks (one
     whose first name is replaced later in its layer), setuid, devices, FIFOs, capabilities
@@ -289,7 +183,7 @@ def test_in_place_index_of_hand_made_storage_is_the_tar_readers(tmp_path: Path) 
     records as from the tars, and the bytes from the layer directories."""
     if os.geteuid() != 0:
         missing("in-place reading is for root only")
-    in_place = _in_place(tmp_path / "storage", [LOWER, UPPER])
+    in_place = read_in_place(tmp_path / "storage", [LOWER, UPPER])
     saved = flat_from_layers(tmp_path, layer(*LOWER), layer(*UPPER))
     assert in_place.source_digest != saved.source_digest  # hand-made config: not compared
     in_place.source_digest, in_place.config = saved.source_digest, saved.config
@@ -313,7 +207,7 @@ def test_malformed_tar_split_records_are_refused(tmp_path: Path, records: list[d
     if os.geteuid() != 0:
         missing("in-place reading is for root only")
     tars = [layer(M("f", data=b"data"))]
-    image_id, data, root = _storage(tmp_path, _config(tars), tars)
+    image_id, data, root = make_storage(tmp_path, storage_config(tars), tars)
     next(Path(root).rglob("tar-split.json.gz")).write_bytes(
         gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in records)))
     located = locate(image_id, "overlay2", data, root, DEFAULT)
@@ -331,9 +225,9 @@ def test_a_size_on_a_member_without_data_is_ignored_as_the_tar_readers_do(
         missing("in-place reading is for root only")
     members = [M("s", "symlink", linkname="f"), M("f", data=b"after the link")]
     tar = set_size(layer(*members), "s", 100)
-    image_id, data, root = _storage(tmp_path / "storage", _config([tar]), [tar])
+    image_id, data, root = make_storage(tmp_path / "storage", storage_config([tar]), [tar])
     located = locate(image_id, "overlay2", data, root, DEFAULT)
-    _unpack(members, located.layer_dirs[0])
+    unpack_layer(members, located.layer_dirs[0])
     in_place = index_in_place(parse_reference("docker-daemon:hand/made:1"), located,
                               tmp_path / "idx", DEFAULT)
     archive = docker_archive(tmp_path / "in.tar", [tar])
@@ -348,7 +242,7 @@ def test_tar_split_that_does_not_match_its_headers_is_refused(tmp_path: Path) ->
     if os.geteuid() != 0:
         missing("in-place reading is for root only")
     tar = layer(M("f", data=b"data"))
-    image_id, data, root = _storage(tmp_path, _config([tar]), [tar])
+    image_id, data, root = make_storage(tmp_path, storage_config([tar]), [tar])
     split = next(Path(root).rglob("tar-split.json.gz"))
     lines = gzip.decompress(split.read_bytes()).replace(b'"size": 4', b'"size": 5')
     split.write_bytes(gzip.compress(lines))
@@ -363,7 +257,7 @@ def test_in_place_reading_counts_the_layers_bytes_against_the_budget(tmp_path: P
     if os.geteuid() != 0:
         missing("in-place reading is for root only")
     with pytest.raises(BudgetExceeded, match="image_bytes"):
-        _in_place(tmp_path, [[M("big", data=bytes(200_000))]], Budgets(image_bytes=100_000))
+        read_in_place(tmp_path, [[M("big", data=bytes(200_000))]], Budgets(image_bytes=100_000))
 
 
 def test_in_place_bytes_are_read_below_the_layer_directory_only(tmp_path: Path) -> None:
@@ -371,7 +265,7 @@ def test_in_place_bytes_are_read_below_the_layer_directory_only(tmp_path: Path) 
     to the host, a file of another size. Neither is read."""
     if os.geteuid() != 0:
         missing("in-place reading is for root only")
-    flat = _in_place(tmp_path, [[M("d", "dir"), M("d/f", data=b"secret?"),
+    flat = read_in_place(tmp_path, [[M("d", "dir"), M("d/f", data=b"secret?"),
                                  M("g", data=b"gg")]])
     ref = flat.content_ref("/d/f")
     assert ref.root is not None and ref.blob == "d/f"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import tarfile
 import uuid
 from pathlib import Path
@@ -95,6 +97,52 @@ def test_source_date_epoch_is_honoured(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     with pytest.raises(BadInput, match="SOURCE_DATE_EPOCH='yesterday'"):
         _write(tmp_path / "c", f"oci:{tmp_path}/c-layout:v1")
+
+
+_WRITE_IN_ZONE = """
+import json, sys
+from tracer.image import parse_reference, read_image, write_image
+archive, work, out, keep = sys.argv[1:]
+flat, _ = read_image(parse_reference(f"docker-archive:{archive}"), work + "/read")
+w = write_image(flat, json.loads(keep), parse_reference(out), workdir=work + "/w",
+                comment="tracer test")
+cfg = json.loads(open(f"{out.split(':')[1]}/blobs/sha256/{w.image_id[7:]}").read()) \
+    if out.startswith("oci:") else None
+print(json.dumps({"digest": w.digest, "created": cfg and cfg.get("created"),
+                  "history": cfg and cfg["history"][-1].get("created")}))
+"""
+ZONES = ["UTC", "Pacific/Chatham", "America/St_Johns"]  # +12:45/+13:45, -03:30/-02:30
+
+
+@pytest.mark.parametrize("epoch", [None, "1700000000"])
+def test_the_digest_does_not_depend_on_the_hosts_time_zone(tmp_path: Path,
+                                                            epoch: str | None) -> None:
+    """Every timestamp tracer writes (`created`, the history entry, tar mtimes, fractional
+    ones included) is the same instant spelled the same way in any zone: one converted as
+    local time would move the digest by the zone's offset."""
+    for zone in ZONES:
+        assert Path("/usr/share/zoneinfo", zone).is_file(), f"tzdata lacks {zone}"
+    archive = _input(tmp_path / "input")
+    results = {}
+    for kind in ("oci", "docker-archive"):
+        for zone in ZONES:
+            base = tmp_path / f"{kind}-{zone.replace('/', '-')}"
+            base.mkdir()
+            out = f"oci:{base}/layout:v1" if kind == "oci" else f"docker-archive:{base}/o.tar"
+            env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+                   "PATH": "/usr/bin:/bin", "TZ": zone}
+            if epoch is not None:
+                env["SOURCE_DATE_EPOCH"] = epoch
+            done = subprocess.run([sys.executable, "-c", _WRITE_IN_ZONE, str(archive),
+                                   str(base), out, json.dumps([*KEEP, "/etc/b"])],
+                                  capture_output=True, text=True, env=env, timeout=120)
+            assert done.returncode == 0, done.stderr
+            results[(kind, zone)] = json.loads(done.stdout)
+    for kind in ("oci", "docker-archive"):
+        assert len({json.dumps(results[(kind, z)]) for z in ZONES}) == 1, results
+    created = "2023-11-14T22:13:20Z" if epoch else CREATED
+    assert results[("oci", "Pacific/Chatham")]["created"] == created
+    assert results[("oci", "Pacific/Chatham")]["history"] == created
 
 
 def test_layer_headers_carry_no_host_dependent_fields(tmp_path: Path) -> None:

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import pytest
 from image_builders import docker_archive, engine_tree, flatten_ref, run_tracer
+from overlay_storage import index_in_place
 from prereq import missing
 
 from tracer.budgets import DEFAULT, Budgets
 from tracer.engine import connect
 from tracer.errors import ImageFormatError
 from tracer.image import FlatImage, flatten, open_image, parse_reference
-from tracer.image.daemon import InPlaceBackend, choose_backend, inspect
+from tracer.image.daemon import choose_reader, inspect
 
 MiB = 1 << 20
 FORMATS = {  # GNU tar options for each sparse format it writes
@@ -211,11 +212,11 @@ def test_the_engine_and_every_reader_agree_on_sparse_layers(docker_client, tmp_p
         engine = connect()
         image = inspect(engine, tag)
         assert image is not None
-        backend, reason = choose_backend(engine, image, DEFAULT)
-        if not isinstance(backend, InPlaceBackend):
+        storage, reason = choose_reader(engine, image, DEFAULT)
+        if storage is None:
             missing(f"in-place reading is not possible here: {reason}")
-        in_place = backend.read(engine, parse_reference(tag), image, tmp_path / "in-place",
-                                DEFAULT, None)
+        in_place = index_in_place(parse_reference(tag), storage, tmp_path / "in-place",
+                                  DEFAULT)
         tree = engine_tree(tag)
         read_in_place = {p: _read(in_place, p) for p in files}  # while the layers exist
     finally:

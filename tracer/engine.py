@@ -13,16 +13,23 @@ everywhere at once:
   connection, timeout, an error status, an answer that is not JSON) is an environment
   problem, exit 4, with what tracer was trying to do. Only "no such image" keeps its own
   meaning, because the caller knows whether that is bad input;
-- one client per process (and per timeout), pinged once: not a new connection and a ping
-  per question.
+- one client per thread (and per timeout): not a new connection and a ping per question.
+  docker-py's client is a requests Session, which is not documented as safe to share
+  between threads; the image is read in a thread while the main one runs the traced
+  container, and smoke steps exec and follow logs from threads, so each thread that asks
+  gets its own client. The first one pings the engine and learns its API version; later
+  ones reuse that version and cost no request to make.
+
+The SDK is imported only here, and only when a client is made (`tracer ldd` of an archive
+never pays for it); `NotInEngine` lets callers say "no such image" without importing it.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -65,8 +72,14 @@ def transfer_timeout() -> float:
     return _env_seconds(TRANSFER_TIMEOUT_ENV, default)
 
 
+class NotInEngine(Exception):
+    """The engine has no object by that name (an image, a container): a verdict the caller
+    turns into bad input or an environment problem, from what it expected (Engine.lookup)."""
+
+
 class Engine:
-    """A connected engine: the SDK's high-level client (`sdk`) and low-level one (`api`)."""
+    """A connected engine: the SDK's high-level client (`sdk`) and low-level one (`api`).
+    Used by the thread that got it from `connect()` only."""
 
     def __init__(self, sdk: Any, timeout: float | None) -> None:
         self.sdk = sdk
@@ -83,6 +96,18 @@ class Engine:
         """
         with engine_errors(what, self.timeout):
             yield
+
+    @contextmanager
+    def lookup(self, what: str) -> Iterator[None]:
+        """`errors`, with the engine's "no such object" raised as NotInEngine."""
+        import docker
+
+        try:
+            with engine_errors(what, self.timeout):
+                yield
+        except docker.errors.NotFound as exc:
+            raise NotInEngine(f"the Docker engine has no such object while trying to "
+                              f"{what}: {exc.explanation or exc}") from None
 
 
 @contextmanager
@@ -130,33 +155,69 @@ CALL: float | None | _Default = _Default()
 
 
 def connect(timeout: float | None | _Default = CALL) -> Engine:
-    """The process's engine client for this per-call timeout (default `call_timeout()`;
+    """This thread's engine client for this per-call timeout (default `call_timeout()`;
     None: no deadline, only for streams whose caller enforces its own, like a smoke step's
-    exec). Pinged on first use; EnvironmentProblem when no engine answers."""
+    exec). Pinged when made; EnvironmentProblem when no engine answers."""
     if isinstance(timeout, _Default):
         timeout = call_timeout()
-    return _connect(timeout, min(PING_TIMEOUT, call_timeout()))
+    key = (_engine_address(), timeout, min(PING_TIMEOUT, call_timeout()))
+    clients: dict[tuple[str, float | None, float], Engine] | None = \
+        getattr(_local, "clients", None)
+    if clients is None:
+        clients = _local.clients = {}
+    engine = clients.get(key)
+    if engine is None:
+        engine = clients[key] = _new_engine(*key)
+    return engine
 
 
 def connected() -> bool:
-    """Has this process already connected to the engine? (Housekeeping such as sweeping
-    leftovers uses the engine only then: a command that needs no engine never waits for
-    one.)"""
-    return _connect.cache_info().currsize > 0
+    """Has this process already connected to the engine, in any thread? (Housekeeping
+    such as sweeping leftovers uses the engine only then: a command that needs no engine
+    never waits for one.)"""
+    return _made.is_set()
 
 
-@functools.lru_cache(maxsize=8)
-def _connect(timeout: float | None, ping_timeout: float) -> Engine:
+_local = threading.local()  # .clients: this thread's Engine per (address, timeouts)
+_made = threading.Event()
+_api_versions: dict[str, str] = {}  # engine address -> its API version, learnt by a ping
+
+# The SDK's own name for "switch the socket's timeout off for a streamed answer": its
+# stream helpers (_stream_raw_result, _multiplexed_response_stream_helper, ...) call it.
+# A private method, so tests/test_engine_client.py checks the installed SDK still has it
+# and still calls it, and connecting refuses an SDK that does not (pyproject pins the
+# major version this was checked against).
+SOCKET_TIMEOUT_HOOK = "_disable_socket_timeout"
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What a failed connection raises: the SDK's errors (an unreachable socket, an error
+    status, a bad DOCKER_HOST), the HTTP stack's and the socket's. Anything else while
+    connecting is a bug of tracer (exit 70), never "no engine"."""
+    import docker
+    import requests
+    import urllib3
+
+    return (docker.errors.DockerException, requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError, json.JSONDecodeError, OSError)
+
+
+def _new_engine(address: str, timeout: float | None, ping_timeout: float) -> Engine:
     try:
         import docker
     except ImportError as exc:  # pragma: no cover - dependency declared in pyproject
         raise EnvironmentProblem("the docker Python SDK is not installed") from exc
     try:
-        sdk = docker.from_env(timeout=ping_timeout)
-        sdk.ping()
-    except Exception as exc:  # noqa: BLE001 - every failure here means "no usable engine"
+        version = _api_versions.get(address)
+        if version is not None:  # this process reached that engine: no ping, no query
+            sdk = docker.from_env(timeout=ping_timeout, version=version)
+        else:
+            sdk = docker.from_env(timeout=ping_timeout)
+            sdk.ping()
+            _api_versions[address] = sdk.api.api_version
+    except _connection_errors() as exc:
         raise EnvironmentProblem(
-            f"no Docker engine answers at {_engine_address()} ({_why_not(exc)}); start one "
+            f"no Docker engine answers at {address} ({_why_not(exc)}); start one "
             "(scripts/setup does) or point DOCKER_HOST at one") from None
     # the SDK passes this to every request; None means wait forever (see the docstring)
     sdk.api.timeout = timeout
@@ -164,7 +225,13 @@ def _connect(timeout: float | None, ping_timeout: float) -> Engine:
         # The SDK switches the socket's timeout off for its streamed answers (an image
         # save, a container's archive or logs): an engine that went silent mid-stream
         # held tracer forever. With a deadline, a stream too must keep flowing.
-        sdk.api._disable_socket_timeout = lambda _socket: None
+        if not callable(getattr(type(sdk.api), SOCKET_TIMEOUT_HOOK, None)):
+            raise EnvironmentProblem(
+                f"the docker SDK {docker.__version__} has no APIClient.{SOCKET_TIMEOUT_HOOK}"
+                ", which tracer relies on to give streamed answers a deadline; install the "
+                "version pyproject.toml names (docker>=7,<8)")
+        setattr(sdk.api, SOCKET_TIMEOUT_HOOK, lambda _socket: None)
+    _made.set()
     return Engine(sdk, timeout)
 
 

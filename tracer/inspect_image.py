@@ -5,7 +5,7 @@ from __future__ import annotations
 from tracer.budgets import DEFAULT, Budgets
 from tracer.image.config import ImageConfig
 from tracer.image.reference import parse_reference
-from tracer.image.transports import transport
+from tracer.image.transports import read_image
 from tracer.static import Closure, Resolver
 from tracer.workdir import workdir
 
@@ -19,7 +19,7 @@ def ldd(image: str, paths: list[str], budgets: Budgets = DEFAULT) -> Closure:
     """
     ref = parse_reference(image)
     with workdir() as work:
-        flat, _how = transport(ref).read(ref, work, budgets)  # in place where it can
+        flat, _how = read_image(ref, work, budgets)  # in place where it can
         config = ImageConfig.from_image_json(flat.config, str(ref))
         roots = list(paths) or config.command(None, None)[:1]
         env = config.environment()

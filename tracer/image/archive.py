@@ -33,7 +33,7 @@ from tracer.budgets import Budgets
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError, no_space
 from tracer.image import documents as doc
 from tracer.image.diskio import NO_SPACE, disk_full, new_file
-from tracer.image.inputfiles import open_input_file
+from tracer.image.inputfiles import file_identity, open_input_file
 from tracer.image.output import (
     OneLayer,
     WrittenImage,
@@ -309,21 +309,3 @@ class ArchiveTransport(FileTransport):
 
     def identity(self, ref: ImageRef) -> str:
         return file_identity(Path(ref.path or ""))
-
-
-def file_identity(path: Path) -> str:
-    """sha256 of a file's bytes ("missing" when it cannot be read): a cheap identity of
-    an input for `tracer batch`."""
-    h = hashlib.sha256()
-    try:
-        fd = open_input_file(path, str(path))
-    except (BadInput, OSError):
-        return "missing"
-    try:
-        pos = 0
-        while chunk := os.pread(fd, 1 << 20, pos):
-            h.update(chunk)
-            pos += len(chunk)
-    finally:
-        os.close(fd)
-    return "sha256:" + h.hexdigest()

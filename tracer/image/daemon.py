@@ -1,16 +1,17 @@
 """The docker-daemon transport: images in the local Docker engine, read and written.
 
-Every engine call goes through `tracer.engine.connect()`: one client, a deadline per call,
-failures mapped to exit 4. Answers are checked before use: an engine that sends JSON of
-the wrong shape is an environment problem too, not a crash.
+Every engine call goes through `tracer.engine.connect()`: one client per thread, a
+deadline per call, failures mapped to exit 4. Answers are checked before use: an engine
+that sends JSON of the wrong shape is an environment problem too, not a crash. An engine
+that speaks Docker's API (Podman's compatible socket, issue 25) is this same transport
+over another client; where its answers differ, tracer.engine hides it.
 
-Reading goes through a pluggable backend (`ReadBackend`): the engine's overlay2 layer
-directories and its tar-split records of the layers' headers, indexed in place
-(`InPlaceBackend`, overlay.py) when tracer runs as root next to a local engine using that
-driver, else `docker save` into the work dir and the docker-archive reader
-(`SaveBackend`). Both apply the same headers by the same rules (flatten.py), so both give
-the same index. `choose_backend` is the one place that decides, and says why. An
-ImageSource (config + layer streams) always comes from `docker save`.
+Opening an engine image gives one of two `Image`s (interface.py): its overlay2 layer
+directories and the tar-split records of the layers' headers, read in place
+(`overlay.InPlaceImage`) when tracer runs as root next to a local engine using that
+driver, else a `docker save` into the work dir read as a docker-archive (`open_saved`).
+`choose_reader` is the one place that decides, and says why. The flattener reads both
+the same way, by the same rules and under the same budgets, so both give the same index.
 
 Writing is go-containerregistry's `daemon.Write`, without the temp file: the one-layer
 image is streamed into the engine's load as a docker-archive made while it is sent
@@ -33,22 +34,22 @@ import sys
 import tarfile
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 from tracer.budgets import Budgets
-from tracer.engine import Engine, connect, transfer_timeout
+from tracer.engine import Engine, NotInEngine, connect, transfer_timeout
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
 from tracer.image.archive import read_archive, tar_member_header
 from tracer.image.diskio import disk_full, new_file
 from tracer.image.documents import DIGEST_RE
+from tracer.image.interface import Image
 from tracer.image.layerwrite import HashingWriter
-from tracer.image.model import FlatImage
 from tracer.image.output import OneLayer, WrittenImage, json_bytes, tar_member
-from tracer.image.overlay import NotReadable, OverlayImage, index_in_place, locate
+from tracer.image.overlay import NotReadable, OverlayStorage, in_place_image, locate
 from tracer.image.reference import ImageRef
 from tracer.image.source import ImageSource
+from tracer.workdir import TEMP_REPOSITORY, temp_tag
 
 _CHUNK = 1 << 20
 
@@ -71,13 +72,11 @@ def _malformed(what: str, detail: str) -> EnvironmentProblem:
 
 def inspect(engine: Engine, name: str) -> EngineImage | None:
     """The engine's view of image `name` (a tag or an id); None when it has none."""
-    import docker
-
     what = f"inspect image {name}"
     try:
-        with engine.errors(what):
+        with engine.lookup(what):
             attrs = engine.api.inspect_image(name)
-    except docker.errors.NotFound:
+    except NotInEngine:
         return None
     if not isinstance(attrs, dict):
         raise _malformed(what, "not an object")
@@ -102,82 +101,61 @@ def inspect(engine: Engine, name: str) -> EngineImage | None:
 # ---------------------------------------------------------------- reading
 
 
-class ReadBackend(Protocol):
-    """One way to read an engine image into a flattened index."""
-
-    name: str
-
-    def read(self, engine: Engine, ref: ImageRef, image: EngineImage, work: Path,
-             budgets: Budgets, progress: Callable[[str], None] | None) -> FlatImage: ...
-
-
-class SaveBackend:
-    """`docker save` of the image into the work dir, then read as a docker-archive. Works
-    with any engine, local or remote, whatever its storage."""
-
-    name = "docker save"
-
-    def open(self, engine: Engine, ref: ImageRef, image: EngineImage, workdir: Path,
-             budgets: Budgets) -> ImageSource:
-        budgets.check("image_bytes", image.size, f"{ref}: the engine says it is "
-                      f"{image.size} bytes")
-        tmp = workdir / f"saved-{image.id[7:19]}-{uuid.uuid4().hex[:8]}.tar"
-        transfer = connect(transfer_timeout())
-        try:
-            # the save streams for as long as the image is big: a deadline on silence only
-            with disk_full(workdir, image.size), new_file(tmp) as f, \
-                    transfer.errors(f"save image {ref}"):
-                for chunk in transfer.api.get_image(image.id, chunk_size=_CHUNK):
-                    f.write(chunk)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        source = read_archive(ImageRef("docker-archive", str(tmp), None, None), tmp, str(ref),
-                              workdir, budgets, cleanup=[tmp])
-        source.ref = ref
-        if source.digest != image.id:
-            source.close()
-            raise ImageFormatError(f"{ref}: saved config hashes to {source.digest}, the "
-                                   f"engine says {image.id}")
-        return source
-
-    def read(self, engine: Engine, ref: ImageRef, image: EngineImage, work: Path,
-             budgets: Budgets, progress: Callable[[str], None] | None) -> FlatImage:
-        from tracer.image.flatten import flatten
-
-        (work / "source").mkdir(parents=True, exist_ok=True)
-        with self.open(engine, ref, image, work / "source", budgets) as source:
-            return flatten(source, work / "root", progress=progress)
+# Members `docker save` adds to the archive around the layers (per layer a directory, its
+# VERSION, json and layer.tar before Docker 25; blobs and index files after): the engine's
+# packaging, not paths of the image. The `entries` budget bounds the image's paths; the
+# archive listing gets this much more, so an image the in-place reader accepts is never
+# refused by `docker save` for the packaging alone.
+_SAVE_MEMBERS_PER_LAYER = 4
+_SAVE_MEMBERS_EXTRA = 16
 
 
-class InPlaceBackend:
-    """The engine's own overlay2 layer directories, indexed where they are (overlay.py)."""
-
-    name = "in place (overlay2)"
-
-    def __init__(self, located: OverlayImage) -> None:
-        self.located = located
-
-    def read(self, engine: Engine, ref: ImageRef, image: EngineImage, work: Path,
-             budgets: Budgets, progress: Callable[[str], None] | None) -> FlatImage:
-        return index_in_place(ref, self.located, work / "root", budgets, progress)
+def open_saved(engine: Engine, ref: ImageRef, image: EngineImage, workdir: Path,
+               budgets: Budgets, why: str = "") -> ImageSource:
+    """The image `docker save`d into `workdir` and opened as a docker-archive (the temp
+    archive is removed when the image is closed). Works with any engine, local or remote,
+    whatever its storage."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = workdir / f"saved-{image.id[7:19]}-{uuid.uuid4().hex[:8]}.tar"
+    transfer = connect(transfer_timeout())
+    try:
+        # the save streams for as long as the image is big: a deadline on silence only
+        with disk_full(workdir, image.size), new_file(tmp) as f, \
+                transfer.errors(f"save image {ref}"):
+            for chunk in transfer.api.get_image(image.id, chunk_size=_CHUNK):
+                f.write(chunk)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    outer = replace(budgets, entries=budgets.entries + _SAVE_MEMBERS_PER_LAYER
+                    * budgets.layers + _SAVE_MEMBERS_EXTRA)
+    source = read_archive(ImageRef("docker-archive", str(tmp), None, None), tmp, str(ref),
+                          workdir, outer, cleanup=[tmp])
+    source.ref = ref
+    source.reader = f"docker save ({why})" if why else "docker save"
+    if source.digest != image.id:
+        source.close()
+        raise ImageFormatError(f"{ref}: saved config hashes to {source.digest}, the "
+                               f"engine says {image.id}")
+    return source
 
 
 READER_ENV = "TRACER_IMAGE_READER"  # auto (default) | save: how engine images are read
 
 
-def choose_backend(engine: Engine, image: EngineImage, budgets: Budgets
-                   ) -> tuple[ReadBackend, str]:
-    """The backend that reads `image`, and why (said in the run's log): in place when the
-    engine's storage is here and checks out, else `docker save`, naming the reason."""
+def choose_reader(engine: Engine, image: EngineImage, budgets: Budgets
+                  ) -> tuple[OverlayStorage | None, str]:
+    """Where to read `image` from, and why (said in the run's log): its storage, to read
+    in place, when the engine's storage is here and checks out; else None and the reason
+    `docker save` is used instead."""
     wanted = os.environ.get(READER_ENV, "auto").strip() or "auto"
     if wanted not in ("auto", "save"):
         raise BadInput(f"{READER_ENV}={wanted!r}: expected auto or save")
     if wanted == "save":
-        return SaveBackend(), f"docker save ({READER_ENV}=save)"
+        return None, f"{READER_ENV}=save"
     host = os.environ.get("DOCKER_HOST", "")
     if host and not host.startswith("unix://"):
-        return SaveBackend(), f"docker save (the engine at {host} is not local)"
+        return None, f"the engine at {host} is not local"
     with engine.errors("describe itself (docker info)"):
         info = engine.api.info()
     if not isinstance(info, dict):
@@ -186,16 +164,31 @@ def choose_backend(engine: Engine, image: EngineImage, budgets: Budgets
     remapped = [o for o in options if isinstance(o, str)
                 and ("name=userns" in o or "name=rootless" in o)]
     if remapped:
-        return SaveBackend(), (f"docker save (the engine runs with {remapped[0]}: its "
-                               "storage holds shifted owners)")
+        return None, f"the engine runs with {remapped[0]}: its storage holds shifted owners"
     root_dir = info.get("DockerRootDir")
     if not isinstance(root_dir, str) or not root_dir.startswith("/"):
-        return SaveBackend(), "docker save (the engine names no storage directory)"
+        return None, "the engine names no storage directory"
     try:
-        located = locate(image.id, image.driver, image.driver_data, root_dir, budgets)
+        storage = locate(image.id, image.driver, image.driver_data, root_dir, budgets)
     except NotReadable as exc:
-        return SaveBackend(), f"docker save ({exc})"
-    return InPlaceBackend(located), "the in-place reader (the engine's overlay2 layer directories)"
+        return None, str(exc)
+    return storage, "its overlay2 layer directories are readable here"
+
+
+def open_engine_image(engine: Engine, ref: ImageRef, workdir: Path, budgets: Budgets
+                      ) -> Image:
+    """The engine image `ref` as an Image: in place when `choose_reader` allows, else
+    saved. Both readers are held to the same budgets (the flattener applies them all);
+    the engine's own size claim is checked here, before either reads a byte."""
+    image = inspect(engine, str(ref.repo_tag))
+    if image is None:
+        raise BadInput(f"image {ref} is not in the Docker engine")
+    budgets.check("image_bytes", image.size, f"{ref}: the engine says it is "
+                  f"{image.size} bytes")
+    storage, why = choose_reader(engine, image, budgets)
+    if storage is not None:
+        return in_place_image(ref, storage)
+    return open_saved(engine, ref, image, workdir, budgets, why)
 
 
 # ---------------------------------------------------------------- the transport
@@ -213,21 +206,8 @@ class DaemonTransport:
 
     name = "docker-daemon"
 
-    def open(self, ref: ImageRef, workdir: Path, budgets: Budgets) -> ImageSource:
-        engine = connect()
-        image = inspect(engine, str(ref.repo_tag))
-        if image is None:
-            raise BadInput(f"image {ref} is not in the Docker engine")
-        return SaveBackend().open(engine, ref, image, workdir, budgets)
-
-    def read(self, ref: ImageRef, work: Path, budgets: Budgets,
-             progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
-        engine = connect()
-        image = inspect(engine, str(ref.repo_tag))
-        if image is None:
-            raise BadInput(f"image {ref} is not in the Docker engine")
-        backend, reason = choose_backend(engine, image, budgets)
-        return backend.read(engine, ref, image, work, budgets, progress), reason
+    def open(self, ref: ImageRef, workdir: Path, budgets: Budgets) -> Image:
+        return open_engine_image(connect(), ref, workdir, budgets)
 
     def check_output(self, ref: ImageRef) -> str:
         if not ref.repo_tag:
@@ -294,14 +274,12 @@ def _tag(engine: Engine, written: WrittenImage, ref: ImageRef, image: OneLayer
     """Point `ref` at the image the engine already has. Another run may remove it between
     the check and the tag (its temp tag was the last name of an identical image): then it
     is loaded after all."""
-    import docker
-
     repo, tag = _split_repo_tag(str(ref.repo_tag))
     try:
-        with engine.errors(f"tag {written.image_id} as {ref.repo_tag}"):
+        with engine.lookup(f"tag {written.image_id} as {ref.repo_tag}"):
             engine.api.tag(written.image_id, repo, tag, force=True)
         return written
-    except docker.errors.NotFound:
+    except NotInEngine:
         return _load(image, ref, written.image_id)
 
 
@@ -411,15 +389,13 @@ def _remove_if_untagged(engine: Engine, image_id: str) -> None:
     """Remove an image the output tag named before, when nothing names it any more, so
     nightly runs do not pile up dangling images. In use (a container, a child image):
     it stays."""
-    import docker
-
     image = inspect(engine, image_id)
     if image is None or image.tags:
         return
     try:
-        with engine.errors(f"remove the previous output {image_id}"):
+        with engine.lookup(f"remove the previous output {image_id}"):
             engine.api.remove_image(image_id)
-    except (docker.errors.NotFound, EnvironmentProblem) as exc:
+    except (NotInEngine, EnvironmentProblem) as exc:
         _warn(f"left the previous output image {image_id[:19]} in the engine: {exc}")
 
 
@@ -429,17 +405,21 @@ def _warn(message: str) -> None:
 
 class EngineImages:
     """Temporary images this run put into the engine; their tags are removed at the end
-    (an image then named by nothing is removed with its tag)."""
+    (an image then named by nothing is removed with its tag). Usable from any thread:
+    every call goes through that thread's own engine client."""
 
     def __init__(self, warn: Callable[[str], None] = _warn) -> None:
-        self.engine = connect()
+        connect()  # no engine: said now, before any work
         self.tags: list[str] = []
         self._warn = warn
 
+    @property
+    def engine(self) -> Engine:
+        """The calling thread's engine client."""
+        return connect()
+
     def temp_ref(self, name: str, purpose: str) -> ImageRef:
         """A new, unique engine reference for a temporary image of profile `name`."""
-        from tracer.workdir import TEMP_REPOSITORY, temp_tag
-
         # the tag names this process, so a later run removes it if this one is killed
         tag = temp_tag(purpose)
         # profile names allow `app-` or `a..b`, which are no valid repository names
@@ -458,13 +438,12 @@ class EngineImages:
     def cleanup(self) -> None:
         """Remove every temp tag; a failure is reported, never raised over the run's
         own outcome."""
-        import docker
-
+        engine = self.engine
         for tag in self.tags:
             try:
-                with self.engine.errors(f"remove the temporary image {tag}"):
-                    self.engine.api.remove_image(tag, force=True, noprune=False)
-            except docker.errors.NotFound:
+                with engine.lookup(f"remove the temporary image {tag}"):
+                    engine.api.remove_image(tag, force=True, noprune=False)
+            except NotInEngine:
                 pass
             except EnvironmentProblem as exc:
                 self._warn(str(exc))

@@ -21,13 +21,21 @@ overlayfs, and that decides the cases the spec leaves open:
   mtime 0 and no xattrs, in every reader (it is never written to an output either);
 - a symlink's mode is 0777 whatever its header says (Linux has no mode for symlinks);
 - of a hardlink group, the smallest path is the file and the others link to it: a rule
-  that needs no tar order, so the in-place reader (overlay.py) gives the same index.
+  that needs no tar order, so the in-place reader (overlay.py) gives the same index;
+- a hardlink header sets the shared inode's owner, mode, mtime and xattrs; setting the
+  owner drops the inode's `security.capability` (the kernel's chown rule), so a file's
+  capability survives a later link header only if that header carries it as well (the
+  writer, layerwrite.py, puts an inode's xattrs on each of its names' headers).
 
-Flattening only indexes: for every regular file it records where its bytes lie instead of
-writing the file out (creating thousands of small files was most of the cost of reading an
-image). An uncompressed layer already on disk (a docker-archive's `layer.tar`, an OCI blob)
-is pointed into in place; a compressed one is decompressed once, sequentially, into a spool
-file in the flatten directory. Digests are still verified as every layer is read.
+Flattening reads one thing: an `Image` (interface.py), whatever transport opened it, so
+every reader gives its index by the same rules under the same budgets. It only indexes:
+for every regular file it records where its bytes lie instead of writing the file out
+(creating thousands of small files was most of the cost of reading an image). Where that is
+comes from the layer stream's placement: an uncompressed layer already on disk (a
+docker-archive's `layer.tar`, an OCI blob) is pointed into in place (`InFile`); a layer the
+engine holds unpacked (overlay.py) serves its tar's headers only and each file's bytes stay
+in its layer directory (`InDirectory`); a compressed one is decompressed once, sequentially,
+into a spool file in the flatten directory. Digests are verified as every layer is read.
 
 `extract=True` also builds a host tree (for tools and tests that need one). That tree is
 built only from directories this code made: every parent of a created name is a directory
@@ -51,24 +59,22 @@ import errno
 import gc
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
 
 from tracer.budgets import DEFAULT, BudgetExceeded, Budgets, human
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError, TracerError, no_space
 from tracer.image.content import ContentRef
+from tracer.image.interface import Image, InDirectory, InFile, Layer, TarStream
 from tracer.image.model import Entry, FlatImage
 from tracer.image.paths import link_target_path, member_path
-from tracer.image.reference import ImageRef
-from tracer.image.source import ImageSource
-from tracer.image.streams import Layer, LayerStream
 from tracer.image.tarstream import Member, TarReader, utf8_len
 
 _HOST_KINDS = ("file", "dir", "symlink")
 _MAX_SYMLINK_HOPS = 40
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+CAPABILITY = "security.capability"
 
 
 class _Inode:
@@ -401,8 +407,13 @@ class _Applier:
         if self.extract and node.kind in _HOST_KINDS:
             os.link(self.host(path_of(t)), self.host(path_of(d)), follow_symlinks=False)
         # Docker applies a link header's owner and xattrs to the shared inode, and its mode
-        # and mtime too unless the inode is a symlink.
+        # and mtime too unless the inode is a symlink. Its owner by lchown, which makes the
+        # kernel drop the inode's file capability (chown(2) does on anything but a
+        # directory, even to the same owner), before the header's own xattrs are set: a
+        # capability survives a link header only if the header carries it too. Other
+        # xattrs stay. (Every engine's applier does the same: containerd's, Podman's.)
         node.uid, node.gid = m.uid, m.gid
+        node.xattrs.pop(CAPABILITY, None)
         node.xattrs.update(m.xattrs)
         if node.kind != "symlink":
             node.mode, node.mtime = m.mode, m.mtime
@@ -549,7 +560,7 @@ class _Spool:
     layer's estimated size as what was needed.
     """
 
-    def __init__(self, stream: LayerStream, path: Path, where: str) -> None:
+    def __init__(self, stream: TarStream, path: Path, where: str) -> None:
         self._stream = stream
         self._path = path
         self._where = where
@@ -600,18 +611,25 @@ def _apply_members(applier: _Applier, reader: TarReader, where: str, budgets: Bu
 
 def _apply_layer(applier: _Applier, layer: Layer, dest: Path, budgets: Budgets,
                  image_used: int) -> int:
-    """Apply one layer; return how many bytes it decompressed to."""
+    """Apply one layer; return how many bytes its tar came to."""
     stream = layer.open(budgets, image_used)
     spool: _Spool | None = None
     try:
-        if stream.compression == "none" and layer.location is not None:
-            applier.blob, applier.base = layer.location
-            tar_in = stream
+        placement = stream.placement
+        applier.layer_dir = None
+        tar_in: TarStream | _Spool = stream
+        if isinstance(placement, InFile):
+            applier.blob, applier.base = placement.path, placement.base
+        elif isinstance(placement, InDirectory):
+            if applier.extract:
+                raise BadInput(f"{layer.where}: extracting a host tree needs the layer as a "
+                               "tar stream, not the engine's layer directory")
+            applier.layer_dir = placement.root
         else:
             path = dest / f"layer-{layer.index}.tar"
             spool = _Spool(stream, path, layer.where)
             applier.blob, applier.base = str(path), 0
-            tar_in = spool  # type: ignore[assignment]
+            tar_in = spool
         reader = TarReader(tar_in, layer.where, budgets.path_length,  # type: ignore[arg-type]
                            on_holes=stream.add_holes)
         _apply_members(applier, reader, layer.where, budgets)
@@ -629,11 +647,11 @@ def _apply_layer(applier: _Applier, layer: Layer, dest: Path, budgets: Budgets,
     return stream.expanded
 
 
-def _apply_source(applier: _Applier, source: ImageSource, dest: Path, tree: Path | None,
-                  budgets: Budgets, progress: Callable[[str], None] | None
-                  ) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]], dict[str, ContentRef]]:
+def _apply_image(applier: _Applier, image: Image, dest: Path, tree: Path | None,
+                 budgets: Budgets, progress: Callable[[str], None] | None
+                 ) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]], dict[str, ContentRef]]:
     used = 0
-    for layer in source.layers:
+    for layer in image.layers:
         applier.start_layer(layer.index, layer.where)
         if progress:
             progress(f"applying {layer.where}")
@@ -644,13 +662,13 @@ def _apply_source(applier: _Applier, source: ImageSource, dest: Path, tree: Path
     return applier.entries(paths)
 
 
-def flatten(source: ImageSource, dest: Path,
+def flatten(image: Image, dest: Path,
             progress: Callable[[str], None] | None = None, *,
             extract: bool = False, budgets: Budgets = DEFAULT) -> FlatImage:
-    """Index every layer of `source`, in the new directory `dest`, without extracting files.
+    """Index every layer of `image`, in the new directory `dest`, without extracting files.
 
     `dest` holds what the result reads from: spooled decompressed layers and a hardlink to
-    the source's saved archive (the source deletes its own temp files on close); with
+    the image's saved archive (the image deletes its own temp files on close); with
     `extract`, also the host tree at `dest/rootfs`. On any error `dest` is removed and the
     error re-raised; `dest` must not exist or be empty (it is never merged into). Whatever
     the image would cost beyond `budgets` is refused with BudgetExceeded (exit 2); a full
@@ -659,7 +677,7 @@ def flatten(source: ImageSource, dest: Path,
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or dest.is_symlink() or any(dest.iterdir())):
         raise BadInput(f"flatten destination {dest} exists and is not an empty directory")
-    budgets.check("layers", len(source.layers), f"{source.ref}: {len(source.layers):,} layers")
+    budgets.check("layers", len(image.layers), f"{image.ref}: {len(image.layers):,} layers")
     try:
         dest.mkdir(parents=True, exist_ok=True)
         os.chmod(dest, 0o700)
@@ -674,80 +692,21 @@ def flatten(source: ImageSource, dest: Path,
     applier = _Applier(tree, budgets)
     try:
         with _no_gc():
-            entries, groups, content = _apply_source(applier, source, dest, tree, budgets,
-                                                     progress)
+            entries, groups, content = _apply_image(applier, image, dest, tree, budgets,
+                                                    progress)
         try:
-            kept = {b: source.keep_file(b, dest) for b in {r.blob for r in content.values()}}
+            kept = {b: image.keep_file(b, dest)
+                    for b in {r.blob for r in content.values() if r.root is None}}
         except OSError as exc:
             if exc.errno in DISK_FULL:
                 raise no_space(dest) from None
             raise
-        content = {p: dataclasses.replace(r, blob=kept[r.blob][0], identity=kept[r.blob][1])
+        content = {p: r if r.root is not None else  # sparse maps and all kept
+                   dataclasses.replace(r, blob=kept[r.blob][0], identity=kept[r.blob][1])
                    for p, r in content.items()}
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    return FlatImage(entries=entries, root=tree, config=source.config,
-                     source_digest=source.digest, source_ref=source.ref, _groups=groups,
+    return FlatImage(entries=entries, root=tree, config=image.config,
+                     source_digest=image.digest, source_ref=image.ref, _groups=groups,
                      _content=content, workdir=dest)
-
-
-class HeaderStream(Protocol):
-    """A layer's tar without its files' bytes: `read` serves headers, `skip` passes over
-    the data of the member just read (see tarstream.TarReader)."""
-
-    def read(self, n: int = -1) -> bytes: ...
-
-    def skip(self, n: int) -> None: ...
-
-    def finish(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    @property
-    def uncompressed(self) -> int: ...
-
-
-class LayerDir(Protocol):
-    """A layer the engine unpacked: its tar's headers and the directory holding its files."""
-
-    index: int
-    where: str
-    directory: str
-
-    def open_headers(self, budgets: Budgets, image_used: int) -> HeaderStream: ...
-
-
-def flatten_in_place(layers: Sequence[LayerDir], dest: Path, *, config: dict,
-                     digest: str, ref: ImageRef | None, budgets: Budgets = DEFAULT,
-                     progress: Callable[[str], None] | None = None) -> FlatImage:
-    """The FlatImage of layers the engine holds unpacked, applied by the same rules as
-    `flatten` from the same tar headers: only where a file's bytes are differs (the file
-    of that name in its layer's directory, read when needed). `dest` (new) stays empty."""
-    budgets.check("layers", len(layers), f"{ref}: {len(layers):,} layers")
-    dest = Path(dest)
-    dest.mkdir(parents=True)
-    os.chmod(dest, 0o700)
-    applier = _Applier(None, budgets)
-    used = 0
-    with contextlib.ExitStack() as failed, _no_gc():
-        failed.callback(shutil.rmtree, dest, ignore_errors=True)
-        for layer in layers:
-            applier.start_layer(layer.index, layer.where)
-            applier.layer_dir = layer.directory
-            if progress:
-                progress(f"indexing {layer.where}")
-            stream = layer.open_headers(budgets, used)
-            reader = TarReader(stream, layer.where, budgets.path_length)  # type: ignore[arg-type]
-            try:
-                _apply_members(applier, reader, layer.where, budgets)
-                stream.finish()
-            finally:
-                stream.close()
-            used += stream.uncompressed
-        entries, groups, content = applier.entries(applier.paths())
-        failed.pop_all()
-    return FlatImage(entries=entries, root=None, config=config, source_digest=digest,
-                     source_ref=ref, _groups=groups, _content=content,
-                     workdir=dest.resolve())
-

@@ -18,6 +18,7 @@ read by the checked path: an input read in place must not be changed while it is
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from pathlib import Path
 
@@ -97,3 +98,21 @@ def _refusal(exc: OSError, relpath: str, where: str, what: str) -> ImageFormatEr
         return ImageFormatError(f"{where}: {relpath}: a symlink or not a {what}; links in "
                                 "an image input are never followed")
     return ImageFormatError(f"{where}: {relpath}: cannot open: {exc.strerror}")
+
+
+def file_identity(path: Path) -> str:
+    """sha256 of a file's bytes ("missing" when it cannot be read): a cheap identity of
+    an input for `tracer batch`."""
+    h = hashlib.sha256()
+    try:
+        fd = open_input_file(path, str(path))
+    except (BadInput, OSError):
+        return "missing"
+    try:
+        pos = 0
+        while chunk := os.pread(fd, 1 << 20, pos):
+            h.update(chunk)
+            pos += len(chunk)
+    finally:
+        os.close(fd)
+    return "sha256:" + h.hexdigest()

@@ -3,7 +3,9 @@
 Member names are relative without `./` and directories end in `/`, as Docker's own layers
 are; owners, modes (setuid included), mtimes, xattrs and hardlinks come from the index, the
 bytes straight from the source's layer data (`FlatImage.open_content`). Headers are PAX so
-long names and binary `security.capability` values survive.
+long names and binary `security.capability` values survive. A hardlink's header carries
+its inode's xattrs too: an engine applying it chowns the shared inode, which drops a file
+capability the header does not set again (see flatten.py).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from tracer.budgets import DEFAULT, Budgets
 from tracer.errors import BadInput, ImageFormatError
 from tracer.image import documents as doc
 from tracer.image.diskio import disk_full, new_file
-from tracer.image.inputfiles import open_beneath, open_root, read_all
+from tracer.image.inputfiles import file_identity, open_beneath, open_root, read_all
 from tracer.image.output import (
     REF_NAME,
     OciDocuments,
@@ -172,6 +172,7 @@ def read_layout(ref: ImageRef, root: Path, budgets: Budgets) -> ImageSource:
                 media_type=media_type, location=(path, 0)))
         assert isinstance(config, dict)  # image_config checked it
         source.config, source.config_bytes, source.digest = config, cfg_bytes, cfg_digest
+        source.manifest_digest = mdigest
         return source
     except BaseException:
         source.close()
@@ -340,6 +341,4 @@ class LayoutTransport(FileTransport):
         return written
 
     def identity(self, ref: ImageRef) -> str:
-        from tracer.image.archive import file_identity
-
         return file_identity(Path(ref.path or "") / "index.json")

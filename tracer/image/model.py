@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from tracer.image.content import ContentRef, open_ref
 from tracer.image.reference import ImageRef
+from tracer.rootfs import IndexRootFS, RootFS
 
-if TYPE_CHECKING:
-    from tracer.rootfs import RootFS
 
 @dataclass
 class Entry:
@@ -88,8 +87,6 @@ class FlatImage:
         `walk_limit` (Budgets.path_walk, default its default) applies to the first call,
         which makes the one RootFS every later call returns."""
         if self._rootfs is None:
-            from tracer.rootfs import IndexRootFS
-
             self._rootfs = IndexRootFS(self, walk_limit)
         return self._rootfs
 

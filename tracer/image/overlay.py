@@ -1,12 +1,14 @@
-"""Index an engine image in place, from its overlay2 layer directories.
+"""An engine image read in place, from its overlay2 layer directories: an `Image`
+(interface.py) whose layers are directories rather than tars.
 
 `docker save` streams the whole image (5-11 s for a few hundred MB) only for tracer to
 index it; the engine already holds every layer unpacked, one directory per layer, and it
 keeps the headers of each layer's tar: its layer store records every layer it unpacks as
 a tar-split file (`layerdb/sha256/<chain id>/tar-split.json.gz`), the tar's header bytes in
 order with each file's data left out, from which `docker save` puts the very same tar
-back together. As root next to a local engine with the overlay2 driver, this module reads
-those headers and applies them with flatten's own rules (flatten.flatten_in_place): the
+back together. As root next to a local engine with the overlay2 driver, this module
+serves those headers as each layer's tar stream (`TarSplitStream`, placed `InDirectory`)
+and the flattener applies them by the rules and budgets it applies to every image: the
 index is the archive reader's by construction, entry for entry, and a file's bytes are
 read later, when needed, from the file of that path in its layer's directory
 (`GraphDriver.Data` of `docker image inspect`: LowerDir top-first, then UpperDir).
@@ -30,14 +32,14 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 from tracer.budgets import BudgetExceeded, Budgets, human
 from tracer.errors import ImageFormatError
 from tracer.image import documents as doc
-from tracer.image.model import FlatImage
+from tracer.image.interface import InDirectory
 from tracer.image.reference import ImageRef
 
 
@@ -46,18 +48,20 @@ class NotReadable(Exception):
 
 
 @dataclass(frozen=True)
-class OverlayImage:
-    """An engine image's layer directories (bottom first) and its verified config."""
+class OverlayStorage:
+    """Where the engine keeps an image: its layer directories and tar-split files (bottom
+    first), and its config, verified against the image id."""
 
     image_id: str
     config: dict
     config_bytes: bytes
+    diff_ids: list[str]
     layer_dirs: list[Path]
     tar_splits: list[Path]
 
 
 def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: str,
-           budgets: Budgets) -> OverlayImage:
+           budgets: Budgets) -> OverlayStorage:
     """The layer directories of `image_id`, checked against the engine's own databases;
     NotReadable when they cannot be used."""
     if driver != "overlay2":
@@ -107,8 +111,7 @@ def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: st
             raise NotReadable(f"layer {i}: the engine keeps no record of its tar ({split})")
         splits.append(split)
     assert isinstance(config, dict)
-    return OverlayImage(image_id, config, config_bytes, dirs, splits)
-
+    return OverlayStorage(image_id, config, config_bytes, diff_ids, dirs, splits)
 
 
 _MAX_LINE = 4 << 20  # one tar-split record: a header run (PAX records at most 1 MiB) in base64
@@ -128,8 +131,10 @@ class TarSplitStream:
     image_bytes budget as the archive reader counts them.
     """
 
-    def __init__(self, path: Path, where: str, budgets: Budgets, image_used: int) -> None:
+    def __init__(self, path: Path, where: str, budgets: Budgets, image_used: int,
+                 directory: str) -> None:
         self.where = where
+        self.placement = InDirectory(directory)
         self._budgets = budgets
         self._left = budgets.image_bytes - image_used
         try:
@@ -140,6 +145,8 @@ class TarSplitStream:
         self._buf = b""
         self._pos = 0
         self.uncompressed = 0  # bytes of the layer's tar so far, data included
+        self.holes = 0  # bytes of holes of its sparse files so far
+        self._holes_of = ""  # the first sparse file, for the message
 
     def _record(self) -> dict | None:
         if not self._records:
@@ -243,6 +250,38 @@ class TarSplitStream:
                                    f"{'none' if got is None else got}")
         self._count(n)
 
+    @property
+    def expanded(self) -> int:
+        return self.uncompressed + self.holes
+
+    def add_holes(self, n: int, name: str) -> None:
+        """Holes count as the archive reader counts them, where its blob is the layer's
+        uncompressed tar (`docker save`): against expansion x the tar's size (at least
+        expansion_floor) and image_bytes. Checked at `finish`, when the tar's size is
+        known; nothing of them is materialized here meanwhile."""
+        self.holes += n
+        self._holes_of = self._holes_of or name
+
+    def _check_holes(self) -> None:
+        if not self.holes:
+            return
+        b = self._budgets
+        expansion = max(b.expansion * self.uncompressed, b.expansion_floor)
+        if self.expanded > self._left and self._left <= expansion:
+            raise BudgetExceeded("image_bytes", b.image_bytes,
+                                 f"{self.where}: the image's layers hold more than "
+                                 f"{human(b.image_bytes)} together")
+        if self.expanded > expansion:
+            budget = "expansion" if expansion > b.expansion_floor else "expansion_floor"
+            raise BudgetExceeded(
+                budget, getattr(b, budget),
+                f"{self.where}: with the holes of sparse file {self._holes_of[:200]!r} it "
+                f"expands to more than {human(expansion)} from its {self.uncompressed:,}-byte "
+                "tar (a sparse-file bomb?)")
+
+    def estimated_size(self) -> int:
+        return self.uncompressed  # never spooled: its files stay in the layer directory
+
     def finish(self) -> None:
         """What is left after the tar's end blocks may only be padding."""
         rest = self.read(1 << 20)
@@ -250,32 +289,62 @@ class TarSplitStream:
             if rest.strip(b"\0"):
                 raise ImageFormatError(f"{self.where}: data after the end of the tar")
             rest = self.read(1 << 20)
+        self._check_holes()
 
     def close(self) -> None:
         self._gz.close()
 
 
 @dataclass(frozen=True)
-class _LayerDir:
-    """One layer as the engine holds it: its directory and its tar-split file."""
+class DirectoryLayer:
+    """One layer as the engine holds it (interface.Layer): its directory, and its tar
+    (headers only) from the tar-split file. The layer database tied both to the chain of
+    diff_ids `locate` checked; there is no blob, so no blob digest or size."""
 
     index: int
     where: str
     directory: str
     tar_split: Path
+    diff_id: str | None
+    blob_digest: str | None = None
+    blob_size: int | None = None
+    media_type: str | None = None
 
-    def open_headers(self, budgets: Budgets, image_used: int) -> TarSplitStream:
-        return TarSplitStream(self.tar_split, self.where, budgets, image_used)
+    def open(self, budgets: Budgets, image_used: int = 0) -> TarSplitStream:
+        return TarSplitStream(self.tar_split, self.where, budgets, image_used, self.directory)
 
 
-def index_in_place(ref: ImageRef, image: OverlayImage, dest: Path, budgets: Budgets,
-                   progress: Callable[[str], None] | None = None) -> FlatImage:
-    """The FlatImage of `image`, read from its layers' tar-split files and directories.
-    `dest` (new, empty) is the result's work dir; nothing is written into it."""
-    from tracer.image.flatten import flatten_in_place
+@dataclass
+class InPlaceImage:
+    """An engine image read in place (interface.Image): nothing is opened until a layer
+    is, so there is nothing to release; content stays in the engine's layer directories."""
 
-    layers = [_LayerDir(i, f"{ref}: layer {i} (in place: {d})", os.fsdecode(d), split)
-              for i, (d, split) in enumerate(zip(image.layer_dirs, image.tar_splits,
+    ref: ImageRef
+    config: dict
+    config_bytes: bytes
+    digest: str
+    layers: list[DirectoryLayer]
+    reader: str = "the in-place reader (the engine's overlay2 layer directories)"
+    manifest_digest: str | None = field(default=None)
+
+    def __enter__(self) -> InPlaceImage:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def keep_file(self, path: str, dest_dir: Path) -> tuple[str, tuple[int, int]]:
+        raise ValueError(f"{path}: an in-place image places its files in layer directories")
+
+    def close(self) -> None:
+        pass
+
+
+def in_place_image(ref: ImageRef, storage: OverlayStorage) -> InPlaceImage:
+    """The Image of an engine image whose storage `locate` found and checked."""
+    layers = [DirectoryLayer(i, f"{ref}: layer {i} (in place: {d})", os.fsdecode(d), split,
+                             storage.diff_ids[i])
+              for i, (d, split) in enumerate(zip(storage.layer_dirs, storage.tar_splits,
                                                   strict=True))]
-    return flatten_in_place(layers, dest, config=image.config, digest=image.image_id,
-                            ref=ref, budgets=budgets, progress=progress)
+    return InPlaceImage(ref, storage.config, storage.config_bytes, storage.image_id, layers)

@@ -17,7 +17,7 @@ from tracer.image.daemon import EngineImages
 from tracer.image.model import FlatImage
 from tracer.image.reference import ImageRef, parse_reference
 from tracer.image.sink import write_image
-from tracer.image.transports import transport
+from tracer.image.transports import read_image, transport
 from tracer.progress import Progress
 from tracer.rootfs import RootFS
 
@@ -40,7 +40,7 @@ def prepare(image: str, name: str, work: Path, engine: EngineImages, progress: P
     ref = parse_reference(image)
     progress.phase(f"reading {ref}")
     t0 = time.monotonic()
-    flat, how = transport(ref).read(ref, work, budgets, progress)
+    flat, how = read_image(ref, work, budgets, progress)
     seconds["read"] = seconds.get("read", 0.0) + time.monotonic() - t0
     progress.done(f"{len(flat.entries):,} paths, {flat.content_size():,} bytes; read by {how}")
     config = ImageConfig.from_image_json(flat.config, str(ref))

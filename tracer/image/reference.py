@@ -2,6 +2,12 @@
 
 Operators write these in profiles and on the command line; parsing them once, strictly,
 means every later stage can trust `transport`, `path`, `name` and `tag`.
+
+This is the syntax half of a transport (the other half is its module, registered in
+transports.py): a new one, like the registry's `docker://HOST/REPO[:TAG|@sha256:...]`
+(issue 24, which also needs a digest field here), moves its name from
+`_OTHER_TRANSPORTS` to `TRANSPORTS` and gets its case in `parse_reference`,
+`ImageRef.__str__`, `same_place` and `default_output`.
 """
 
 from __future__ import annotations

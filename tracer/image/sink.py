@@ -10,17 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tracer.errors import BadInput
+from tracer.image.daemon import EngineImages
 from tracer.image.layerwrite import closed_paths
 from tracer.image.model import FlatImage
 from tracer.image.output import OneLayer, WrittenImage, output_created, provenance
 from tracer.image.reference import ImageRef
 from tracer.image.transports import transport
-
-if TYPE_CHECKING:
-    from tracer.image.daemon import EngineImages
 
 
 def one_layer(flat: FlatImage, keep: Iterable[str], *, comment: str,

@@ -1,10 +1,9 @@
-"""An opened image: config plus layer handles, the way go-containerregistry's `v1.Image`
-is one interface whatever the image came from.
+"""The `Image` (interface.py) of images whose layers are blob files: a docker-archive, an
+OCI layout, an engine image saved with `docker save`.
 
-Each transport (docker-daemon, docker-archive, oci: see transports.py) turns a reference
-into an ImageSource; flattening and everything after it only ever sees this. The source
-owns what it opened (descriptors of the input's files, temp files in the work dir) and
-releases them on close.
+`ImageSource` is config plus `streams.Layer` handles; it owns what it opened (descriptors
+of the input's files, temp files in the work dir) and releases them on close.
+`FileTransport` is what the transports of image files (docker-archive:, oci:) share.
 """
 
 from __future__ import annotations
@@ -12,24 +11,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from tracer.budgets import DEFAULT, Budgets
+from tracer.budgets import Budgets
 from tracer.image.reference import ImageRef
 from tracer.image.streams import Layer
-
-if TYPE_CHECKING:
-    from tracer.image.model import FlatImage
 
 
 @dataclass
 class ImageSource:
-    """An opened image: its config, its layers bottom-first, and its config digest (the
-    image id). `config` has been validated (documents.image_config)."""
+    """An opened image of blob layers (interface.Image): its config, its layers
+    bottom-first, and its config digest (the image id). `config` has been validated
+    (documents.image_config)."""
 
     ref: ImageRef
     config: dict
@@ -39,6 +34,12 @@ class ImageSource:
     _cleanup: list[Path] = field(default_factory=list, repr=False)
     # descriptors of input files, named by /proc/self/fd/N in `layers`, and their names
     _held: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False)
+    reader: str = ""  # how it is read (default: "the <transport> reader")
+    manifest_digest: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.reader:
+            self.reader = f"the {self.ref.transport} reader"
 
     def __enter__(self) -> ImageSource:
         return self
@@ -104,34 +105,14 @@ class ImageSource:
         self._cleanup.clear()
 
 
-def open_image(ref: ImageRef, workdir: Path, budgets: Budgets = DEFAULT) -> ImageSource:
-    """Open `ref` for reading through its transport (see transports.py); raises BadInput,
-    ImageFormatError (exit 2) or EnvironmentProblem (exit 4)."""
-    from tracer.image.transports import transport
-
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    return transport(ref).open(ref, workdir, budgets)
-
-
 class FileTransport:
-    """What the transports of image files (docker-archive:, oci:) share: they read by
-    opening the file and flattening its layers, and no engine runs them by name."""
+    """What the transports of image files (docker-archive:, oci:) share: no engine runs
+    their images by name, and an image exists when its file does."""
 
     name = ""
 
     def open(self, ref: ImageRef, workdir: Path, budgets: Budgets) -> ImageSource:
         raise NotImplementedError
-
-    def read(self, ref: ImageRef, work: Path, budgets: Budgets,
-             progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
-        """Open `ref` (temp files in `work/source`) and flatten its layers into `work/root`."""
-        from tracer.image.flatten import flatten
-
-        work = Path(work)
-        (work / "source").mkdir(parents=True, exist_ok=True)
-        with self.open(ref, work / "source", budgets) as source:
-            return flatten(source, work / "root", progress=progress), f"the {ref.transport} reader"
 
     def engine_name(self, ref: ImageRef) -> str | None:
         return None

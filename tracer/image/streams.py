@@ -1,11 +1,17 @@
-"""Byte streams for layer blobs: a window into an archive file, digest-checking readers and
-transparent decompression. Every layer byte passes through exactly one chunked pipeline, so
-digests are verified while the layer is applied, never by a second pass.
+"""Layers stored as blobs (the `Layer` of interface.py for archives and layouts): a window
+into an archive file, digest-checking readers and transparent decompression (gzip here,
+zstd through the reference command: zstd.py). Every layer byte passes through exactly one
+chunked pipeline, so digests are verified while the layer is applied, never by a second
+pass.
 
 The pipeline is also where decompression is bounded: a few kilobytes of gzip or zstd can
 inflate to the size of the disk, so every layer stream counts what it hands out against
 the run's Budgets (`expansion` times the blob's size on disk, at least `expansion_floor`;
 `image_bytes` for all layers together) and refuses, naming the layer, the moment it is over.
+
+A transport whose blobs are not files (a registry's HTTP bodies) builds `LayerStream`
+over its own reader: one with a `size` attribute (the bytes it will hand out at most,
+as `Region` has) gets the expansion budget of that size.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from typing import BinaryIO
 
 from tracer.budgets import DEFAULT, BudgetExceeded, Budgets, human
 from tracer.errors import ImageFormatError
+from tracer.image.interface import InFile, Placement
+from tracer.image.tarstream import STREAM_ERRORS
+from tracer.image.zstd import ZstdReader
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -87,9 +96,11 @@ def stored_size(raw: BinaryIO | Region) -> int | None:
 
     Never the manifest's claim: a blob whose descriptor lies about its size would otherwise
     buy itself a larger decompression budget (the claim is checked, but only at the end).
+    A reader that cannot hand out more than its `size` (a window, a capped body) has that.
     """
-    if isinstance(raw, Region):
-        return raw.size
+    size = getattr(raw, "size", None)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
     try:
         return os.fstat(raw.fileno()).st_size
     except (OSError, AttributeError, ValueError):
@@ -102,13 +113,16 @@ class LayerStream:
     and refuses (BudgetExceeded) as soon as it has handed out more than its budgets allow.
 
     `image_used` is what the image's earlier layers decompressed to: the `image_bytes`
-    budget is for all of them together.
+    budget is for all of them together. `placement` is where the tar's bytes lie on disk,
+    when they do uncompressed (interface.InFile), so the flattener can point into them.
     """
 
     def __init__(self, raw: BinaryIO | Region, where: str, *, compression: str,
                  blob_digest: str | None, blob_size: int | None, diff_id: str | None,
-                 budgets: Budgets = DEFAULT, image_used: int = 0) -> None:
+                 budgets: Budgets = DEFAULT, image_used: int = 0,
+                 placement: Placement = None) -> None:
         self.where = where
+        self.placement = placement if compression == "none" else None
         self._blob = raw
         self._stored = stored_size(raw)
         self._budgets = budgets
@@ -129,12 +143,7 @@ class LayerStream:
         if compression == "gzip":
             inner = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[arg-type]
         elif compression == "zstd":
-            try:
-                import zstandard  # optional: only when installed
-            except ImportError as exc:
-                raise ImageFormatError(f"{where}: zstd-compressed layer, but the 'zstandard' "
-                                       "package is not installed") from exc
-            inner = zstandard.ZstdDecompressor().stream_reader(self._raw)
+            inner = ZstdReader(self._raw, where)  # type: ignore[assignment]
         else:
             inner = self._raw
         self._inner = inner
@@ -218,8 +227,6 @@ class LayerStream:
 
     def finish(self) -> None:
         """Drain what the tar reader left (end padding, trailing bytes) and verify digests."""
-        from tracer.image.tarstream import STREAM_ERRORS
-
         try:
             while self.read(_CHUNK):
                 pass
@@ -248,7 +255,8 @@ class LayerStream:
 
 
 class Layer:
-    """Handle on one layer of an image: opens fresh streams, holds what it must hash to."""
+    """A layer stored as a blob (interface.Layer): opens fresh streams of it, and holds
+    what it must hash to."""
 
     def __init__(self, index: int, where: str, opener: Callable[[], BinaryIO | Region], *,
                  diff_id: str | None, blob_digest: str | None = None,
@@ -287,7 +295,8 @@ class Layer:
         try:
             return LayerStream(raw, self.where, compression=sniff_compression(head),
                                blob_digest=self.blob_digest, blob_size=self.blob_size,
-                               diff_id=self.diff_id, budgets=budgets, image_used=image_used)
+                               diff_id=self.diff_id, budgets=budgets, image_used=image_used,
+                               placement=InFile(*self.location) if self.location else None)
         except BaseException:
             raw.close()
             raise

@@ -50,14 +50,9 @@ KIND_OF_TYPE = {
     tarfile.DIRTYPE: "dir",
     tarfile.FIFOTYPE: "fifo",
 }
-# Errors a decompressor raises on a corrupt or truncated stream.
+# Errors a decompressor raises on a corrupt or truncated stream (zstd's child process
+# reports its own as ImageFormatError: see zstd.py).
 STREAM_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, ValueError)
-try:  # zstd layers (optional dependency): its errors derive from Exception only
-    from zstandard import ZstdError
-
-    STREAM_ERRORS += (ZstdError,)
-except ImportError:  # pragma: no cover - zstandard not installed
-    pass
 
 
 @dataclass

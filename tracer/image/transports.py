@@ -1,66 +1,47 @@
-"""The one table of image transports: each reads and writes images of its kind.
+"""The one table of image transports, keyed by skopeo transport name, and the two ways in.
 
-A transport is one module (docker-daemon: daemon.py, docker-archive: archive.py, oci:
-layout.py) behind the small interface below, the way go-containerregistry's `pkg/v1` has
-`daemon/`, `tarball/` and `layout/` behind one `v1.Image`. Adding a format is one module
-and one line here; nothing else branches on the transport.
+A transport is one module behind interface.Transport, the way go-containerregistry's
+`pkg/v1` has `daemon/`, `tarball/`, `layout/` and `remote/` behind one `v1.Image`:
+
+    docker-daemon   daemon.py    the engine's store (in place, else `docker save`)
+    docker-archive  archive.py   a `docker save` tar
+    oci             layout.py    an OCI image layout directory
+
+Adding one (the registry's `docker://`, issue 24) is a module implementing
+interface.Transport, one entry in TRANSPORTS (or `register()` from that module) and its
+reference syntax in reference.py; nothing else branches on the transport. A Podman
+engine (issue 25) needs no entry of its own: it is the docker-daemon transport over the
+engine client tracer.engine hands out.
+
+Reading is `read_image`: the transport opens an Image, the flattener indexes it. No
+transport flattens on its own, so every reader applies the same rules and the same
+budgets (a budget applied by one reader and not its twin is a hole).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
 
-from tracer.budgets import Budgets
+from tracer.budgets import DEFAULT, Budgets
 from tracer.errors import BadInput
 from tracer.image.archive import ArchiveTransport
 from tracer.image.daemon import DaemonTransport
+from tracer.image.flatten import flatten
+from tracer.image.interface import Image, Transport
 from tracer.image.layout import LayoutTransport
 from tracer.image.model import FlatImage
-from tracer.image.output import OneLayer, WrittenImage
 from tracer.image.reference import ImageRef
-from tracer.image.source import ImageSource
-
-
-class Transport(Protocol):
-    """Reading, writing and identifying images of one transport."""
-
-    name: str
-
-    def open(self, ref: ImageRef, workdir: Path, budgets: Budgets) -> ImageSource:
-        """The image at `ref` as config + layers; temp files go to `workdir`."""
-        ...
-
-    def read(self, ref: ImageRef, work: Path, budgets: Budgets,
-             progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
-        """The image at `ref` flattened (work files under `work`), and how it was read."""
-        ...
-
-    def check_output(self, ref: ImageRef) -> Any:
-        """BadInput when `ref` cannot be written (before any work is done)."""
-        ...
-
-    def write(self, image: OneLayer, ref: ImageRef, workdir: Path,
-              expect_id: str | None = None) -> WrittenImage:
-        """Write `image` at `ref` atomically; leave `ref` as it is when it already holds
-        exactly this image (`unchanged`); refuse an image whose id is not `expect_id`."""
-        ...
-
-    def engine_name(self, ref: ImageRef) -> str | None:
-        """The name the Docker engine runs this image by, if it is an engine image."""
-        ...
-
-    def identity(self, ref: ImageRef) -> str:
-        """A cheap identity of the image at `ref` ("missing" when there is none)."""
-        ...
-
-    def exists(self, ref: ImageRef) -> bool:
-        ...
-
 
 TRANSPORTS: dict[str, Transport] = {t.name: t for t in (
     DaemonTransport(), ArchiveTransport(), LayoutTransport())}
+
+
+def register(t: Transport) -> None:
+    """Add a transport under its skopeo name (one name, one transport)."""
+    if t.name in TRANSPORTS and TRANSPORTS[t.name] is not t:
+        raise ValueError(f"transport {t.name!r} is registered already")
+    TRANSPORTS[t.name] = t
 
 
 def transport(ref: ImageRef) -> Transport:
@@ -68,3 +49,21 @@ def transport(ref: ImageRef) -> Transport:
     if found is None:
         raise BadInput(f"unsupported transport {ref.transport!r}")
     return found
+
+
+def open_image(ref: ImageRef, workdir: Path, budgets: Budgets = DEFAULT) -> Image:
+    """Open `ref` through its transport (temp files in `workdir`); raises BadInput,
+    ImageFormatError (exit 2) or EnvironmentProblem (exit 4). Close it when done (it is a
+    context manager)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return transport(ref).open(ref, workdir, budgets)
+
+
+def read_image(ref: ImageRef, work: Path, budgets: Budgets = DEFAULT,
+               progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
+    """`ref` flattened under `budgets` (the image's temp files in `work/source`, the
+    index's in `work/root`), and how it was read (for the run's log)."""
+    work = Path(work)
+    with open_image(ref, work / "source", budgets) as image:
+        return flatten(image, work / "root", progress=progress, budgets=budgets), image.reader

@@ -56,14 +56,14 @@ class Companions:
 def init_profile(image: str, progress: Progress | None = None) -> str:
     """The starting profile for `image` as YAML text (reads and indexes the image; on a
     big image read through `docker save` that takes a while, so it is said on stderr)."""
-    from tracer.image.transports import transport
+    from tracer.image.transports import read_image
     from tracer.workdir import workdir
 
     progress = progress or Progress(quiet=True)
     ref = parse_reference(image)
     with workdir("tracer-init-") as work:
         progress.phase(f"reading {ref}")
-        flat, how = transport(ref).read(ref, work, DEFAULT_BUDGETS, progress)
+        flat, how = read_image(ref, work, DEFAULT_BUDGETS, progress)
         progress.done(f"{len(flat.entries):,} paths; read by {how}")
         config = ImageConfig.from_image_json(flat.config, str(ref))
         root = flat.rootfs()
