@@ -76,3 +76,21 @@ def test_lookups_through_the_chain_stop_at_the_budget_naming_it():
             fs.resolve(f"/l0/x{i}")
     assert err.value.name == "path_walk" and err.value.exit_code == 2
     assert fs.ops < 1_000_000 + 100_000  # the budget, then one lookup's worth at most
+
+
+def test_each_caller_gets_the_path_walk_limit_it_asks_for():
+    """FlatImage.rootfs() cached the RootFS of its first call, limit and all: a later
+    caller's budget (`tracer ldd --budget path_walk=N`) was silently ignored."""
+    entries = {"/": _entry("/")}
+    previous = "/target"
+    entries[previous] = _entry(previous)
+    for i in range(30):  # /hop29 -> /hop28 -> ... -> /hop0 -> /target: 31 steps to walk
+        entries[f"/hop{i}"] = _entry(f"/hop{i}", "symlink", previous)
+        previous = f"/hop{i}"
+    flat = FlatImage(entries=entries, root=None, config={}, source_digest="")
+    assert flat.rootfs().resolve("/hop29").path == "/target"
+    with pytest.raises(BudgetExceeded) as err:
+        flat.rootfs(10).resolve("/hop29")
+    assert err.value.name == "path_walk"
+    assert flat.rootfs(1000).resolve("/hop29").path == "/target"
+    assert flat.rootfs(10) is flat.rootfs(10)  # one RootFS (and its caches) per limit

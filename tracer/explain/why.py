@@ -146,11 +146,11 @@ def _read_report(path: Path, budgets: Budgets) -> dict:
     return report
 
 
-def _is_executable(index: PathIndex | None, path: str) -> bool:
+def _is_executable(index: PathIndex | None, path: str, walk_limit: int) -> bool:
     if index is None:
         return False
     with contextlib.suppress(SymlinkLoop):
-        st = index.image.rootfs().stat(path)
+        st = index.image.rootfs(walk_limit).stat(path)
         return st is not None and (st.st_mode & 0o170000) == 0o100000 and bool(
             st.st_mode & 0o111)
     return False
@@ -182,7 +182,7 @@ def why(source: Path, path: str, budgets: Budgets = DEFAULT) -> WhyAnswer:
         program = path
         search_path = (index.path_env if index is not None and index.path_env is not None
                        else DEFAULT_PATH)
-        found = _which(index, kept, path, search_path)
+        found = _which(index, kept, path, search_path, budgets.path_walk)
         if found is None:
             return WhyAnswer(path=path, kept=False, in_image=False, program=program,
                              search_path=search_path)
@@ -199,9 +199,11 @@ def why(source: Path, path: str, budgets: Budgets = DEFAULT) -> WhyAnswer:
     image_path = path
     if index is not None and path not in kept:
         with contextlib.suppress(SymlinkLoop):  # a loop: answer for the path as given
-            image_path = index.image.rootfs().resolve(path, follow_last=False).path
+            root = index.image.rootfs(budgets.path_walk)
+            image_path = root.resolve(path, follow_last=False).path
     answer = WhyAnswer(path=path, kept=False, image_path=image_path, program=program,
-                       search_path=search_path, executable=_is_executable(index, path))
+                       search_path=search_path,
+                       executable=_is_executable(index, path, budgets.path_walk))
     if index is not None:
         answer.in_image = image_path in index.image.entries
     if image_path in kept:
@@ -232,11 +234,11 @@ def _recorded_by(report: dict, path: str) -> list[str]:
 
 
 def _which(index: PathIndex | None, kept: dict[str, list[str]], name: str,
-           search_path: str) -> str | None:
+           search_path: str, walk_limit: int) -> str | None:
     """The path a bare program name runs as: on the image's PATH in the path index, or,
     without an index, the first PATH directory whose NAME the keep-list holds."""
     if index is not None:
-        return which(index.image.rootfs(), name, search_path)
+        return which(index.image.rootfs(walk_limit), name, search_path)
     for d in search_path.split(":"):
         candidate = posixpath.join(d or "/", name)
         if candidate in kept:

@@ -51,7 +51,7 @@ class FlatImage:
     _groups: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     _content: dict[str, ContentRef] = field(default_factory=dict, repr=False)
     workdir: Path | None = None
-    _rootfs: RootFS | None = field(default=None, repr=False)
+    _rootfs: dict[int | None, RootFS] = field(default_factory=dict, repr=False)
 
     def host_path(self, path: str) -> Path:
         """Where `path` was extracted (files, dirs and symlinks only; never follow it).
@@ -83,12 +83,15 @@ class FlatImage:
         return open_ref(self.content_ref(path))
 
     def rootfs(self, walk_limit: int | None = None) -> RootFS:
-        """The image as a RootFS answered from this index (links interpreted in-image).
-        `walk_limit` (Budgets.path_walk, default its default) applies to the first call,
-        which makes the one RootFS every later call returns."""
-        if self._rootfs is None:
-            self._rootfs = IndexRootFS(self, walk_limit)
-        return self._rootfs
+        """The image as a RootFS answered from this index (links interpreted in-image),
+        with `walk_limit` (Budgets.path_walk; None: its default) on every lookup. One
+        RootFS (and its caches) per limit: a later call with another limit gets that limit,
+        never the one an earlier caller happened to pass (`tracer ldd --budget path_walk`
+        was ignored that way)."""
+        root = self._rootfs.get(walk_limit)
+        if root is None:
+            root = self._rootfs[walk_limit] = IndexRootFS(self, walk_limit)
+        return root
 
     def hardlink_group(self, path: str) -> tuple[str, ...]:
         """Every path sharing `path`'s inode, sorted; `(path,)` when it has no other links."""
