@@ -23,9 +23,10 @@ from tracer.trace.users import RunAs
 
 BUNDLE_MOUNT = "/.tracer"  # read-only: strace, its libs, the loader
 OUTPUT_MOUNT = "/.tracer-out"  # read-only: the FIFOs tracer made (see channels)
-# %file: every call taking a path; the fd calls whose path we need; exec; and the fork
-# family only (not all of %process: wait4/exit_group stops cost time and tell nothing).
-TRACE_SET = "%file,getdents,getdents64,fchdir,bind,connect,clone,clone3,fork,vfork"
+# %file: every call taking a path; the fd calls whose path we need; exec; the fork
+# family only (not all of %process: wait4/exit_group stops cost time and tell nothing);
+# unshare, which can give a thread its own cwd (CLONE_FS).
+TRACE_SET = "%file,getdents,getdents64,fchdir,bind,connect,clone,clone3,fork,vfork,unshare"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracer.budgets import DEFAULT, Budgets
+from tracer.budgets import DEFAULT, Budgets, human
 from tracer.errors import EnvironmentProblem
 from tracer.image.config import ImageConfig
 from tracer.profile.model import CommandStep, ExecStep, Profile
@@ -40,6 +40,7 @@ from tracer.trace.docker_runner import (
     image_config,
 )
 from tracer.trace.parser import MAX_LINE, excluder, parse_trace
+from tracer.trace.proc_state import StateBudget
 from tracer.trace.result import Access, SmokeResult, StepOutcome, dedupe
 from tracer.trace.steps import (
     StepContext,
@@ -494,27 +495,34 @@ def _evidence(setup: _Setup, run: _Run) -> _Evidence:
     """Parse every trace copy (main by timeline, steps by their label), merge fanotify.
 
     What a run records is the app's to choose: a loop over fresh names makes millions of
-    distinct uses in a trace that fits its byte budget. At most `entries` distinct uses
-    (the most paths an image may have) are kept over all streams; the rest is counted
-    and said in the notes, like a trace cut at trace_bytes.
+    distinct uses in a trace that fits its byte budget, and a few bytes of trace (a
+    `chdir` one level deeper, a relative name) can name a path of any length. At most
+    `entries` distinct uses are kept over all streams, no path longer than `path_length`,
+    and everything the traces make tracer hold (paths, processes, command lines) fits
+    `evidence_bytes`; the rest is counted and said in the notes, like a trace cut at
+    trace_bytes.
     """
     r = run.profile.run
     excluded = excluder([*ALWAYS_EXCLUDED, *r.tmpfs])
     cwd = r.workdir or setup.cfg.workdir or "/"
     cap = run.budgets.entries
+    budget = StateBudget(run.budgets.evidence_bytes)
     accesses: list[Access] = []
     execs: list[str] = []
     notes: list[str] = []
-    dropped = long_lines = 0
+    dropped = long_lines = unresolved = refused = 0
     tool = BUNDLE_MOUNT + "/"
     for stem, path in (run.channels.traces() if run.channels else {}).items():
         fixed = run.labels.get(stem, "")
         step_of = run.timeline.step_of if not fixed else (lambda _ts, lab=fixed: lab)
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             parsed = parse_trace(f, step_of=step_of, excluded=excluded, initial_cwd=cwd,
-                                 max_accesses=max(cap - len(accesses), 0))
+                                 max_accesses=max(cap - len(accesses), 0),
+                                 path_limit=run.budgets.path_length, budget=budget)
         dropped += parsed.dropped
         long_lines += parsed.long_lines
+        unresolved += parsed.unresolved
+        refused += parsed.refused
         # the bundle's own helpers (setpriv switching users) are not the app
         accesses.extend(a for a in parsed.accesses if not a.program.startswith(tool))
         execs.extend(parsed.execs)
@@ -522,6 +530,14 @@ def _evidence(setup: _Setup, run: _Run) -> _Evidence:
         notes.append(f"the trace named more than {cap:,} distinct uses of paths (the entries "
                      f"budget); {dropped:,} later ones were not recorded: raise it with "
                      "--budget entries=N")
+    if refused:
+        notes.append(f"what the trace names reached the evidence_bytes budget of "
+                     f"{human(budget.limit or 0)} of tracer's memory; {refused:,} later calls "
+                     "were not recorded: raise it with --budget evidence_bytes=N")
+    if unresolved:
+        notes.append(f"{unresolved:,} uses named a path longer than the path_length budget "
+                     f"({run.budgets.path_length:,}) or relative to a directory the trace "
+                     "does not name; they were not recorded")
     if long_lines:
         notes.append(f"{long_lines:,} trace lines longer than {MAX_LINE >> 20} MiB were "
                      "skipped (strace writes none: something else wrote into its FIFO)")
