@@ -314,7 +314,7 @@ def test_a_missing_entrypoint_is_a_failed_run_not_an_environment_problem(
     assert not r.passed and r.steps[0].label == "run"
     assert r.failure is not None
     if traced:  # strace starts, then cannot exec the program: said in words, not strace's
-        assert r.failure == ("run: expected exit code 0, got 1; /bin/sh could not be executed: "
+        assert r.failure == ("run: expected exit code 0, got 127; /bin/sh could not be executed: "
                              "No such file or directory")
         assert "/.tracer" not in r.steps[0].output
     else:  # the runtime cannot start it

@@ -144,6 +144,7 @@ def test_tool_lines_are_filtered_and_exec_failures_told_in_words():
     assert without_tool_lines(raw) == "app says hi\nlast\n"
     assert exec_failure(raw) == "No such file or directory"
     assert exec_failure("/.tracer/strace: exec: Permission denied\n") == "Permission denied"
+    assert exec_failure("/.tracer/env: '/bin/app': Permission denied\n") == "Permission denied"
     assert exec_failure("app: exec: nothing\n") is None
 
 

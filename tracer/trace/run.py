@@ -29,7 +29,13 @@ from tracer.errors import EnvironmentProblem
 from tracer.image.config import ImageConfig
 from tracer.profile.model import CommandStep, ExecStep, Profile
 from tracer.trace import fanotify
-from tracer.trace.bundle import BUNDLE_MOUNT, OUTPUT_MOUNT, StraceBundle, build_bundle
+from tracer.trace.bundle import (
+    BUNDLE_MOUNT,
+    OUTPUT_MOUNT,
+    StraceBundle,
+    build_bundle,
+    recorder_env,
+)
 from tracer.trace.channels import Gate, TraceChannels
 from tracer.trace.docker_runner import (
     ContainerSpec,
@@ -209,6 +215,9 @@ class _Setup:
     bundle: StraceBundle | None
     run_as: RunAs
     fanotify_reason: str | None  # None: fanotify is used
+    # the app's environment as the engine gives it untraced: the image's Env with the
+    # profile's over it (the bundle gives it back to the app, see `_spec`)
+    app_env: dict[str, str] = field(default_factory=dict)
 
     def binds(self, run: _Run) -> dict[str, tuple[str, bool]]:
         """Read-only mounts: the bundle and the FIFO directory, nothing writable."""
@@ -240,7 +249,8 @@ def _prepare(scratch: Path, run: _Run, cfg: ImageConfig, argv: list[str]) -> _Se
                                      mount=OUTPUT_MOUNT)
         run.gates = {stem: Gate(run.channels, f"go-{stem}") for stem in _stems(run.profile)
                      if stem == MAIN or stem.endswith("-command")}
-        return _Setup(argv, cfg, bundle, RunAs(run.profile.run.user), None)
+        return _Setup(argv, cfg, bundle, RunAs(run.profile.run.user), None,
+                      cfg.environment(run.profile.run.env))
     run_as = _run_as(run, cfg, bundle)
     if run_as.note:
         run.note(run_as.note)
@@ -250,7 +260,7 @@ def _prepare(scratch: Path, run: _Run, cfg: ImageConfig, argv: list[str]) -> _Se
                                  mount=OUTPUT_MOUNT, writer_mode=0o600 if root else 0o666)
     if reason is not None:
         run.note(f"fanotify not used: {reason}")
-    return _Setup(argv, cfg, bundle, run_as, reason)
+    return _Setup(argv, cfg, bundle, run_as, reason, cfg.environment(run.profile.run.env))
 
 
 def _is_root(user: str | None) -> bool:
@@ -330,12 +340,14 @@ def _bounded(stream: Any, limit: int) -> bytes | None:
 
 
 def _spec(setup: _Setup, run: _Run, argv: list[str], stdin: str | None) -> ContainerSpec:
+    """A container of this run. When the bundle starts the app, the container's own
+    environment is the app's emptied (`bundle.recorder_env`): the bundle gives it back."""
     r = run.profile.run
     strace = run.mode is Mode.STRACE
     return ContainerSpec(
         image=run.image,
         argv=argv,
-        env=dict(r.env),
+        env=recorder_env(setup.app_env) if setup.bundle is not None else dict(r.env),
         user=setup.run_as.container_user if strace else r.user,
         workdir=r.workdir,
         network=r.network,
@@ -353,10 +365,13 @@ def _wrap(setup: _Setup, run: _Run, argv: list[str], stem: str) -> list[str]:
     if setup.bundle is None or run.channels is None:
         return argv
     if run.mode is Mode.STRACE:
-        return setup.bundle.command(run.channels.container_path(stem), argv, setup.run_as)
+        return setup.bundle.command(run.channels.container_path(stem), argv, setup.run_as,
+                                    setup.app_env)
     if stem in run.gates:
-        return setup.bundle.waiter(run.gates[stem].container_path, argv)
-    return argv  # an exec step in a fanotify-only run: its container is marked already
+        return setup.bundle.waiter(run.gates[stem].container_path, argv, setup.app_env)
+    # an exec step in a fanotify-only run (its container is marked already): the bundle's
+    # env only gives it its environment back
+    return setup.bundle.restore(setup.app_env, argv)
 
 
 def _release(setup: _Setup, run: _Run, stem: str, container: Any) -> None:
