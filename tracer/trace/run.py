@@ -383,7 +383,11 @@ def _release(setup: _Setup, run: _Run, stem: str, container: Any) -> None:
     if run.mode is Mode.STRACE and run.channels is not None:
         run.channels.open(stem)
     elif stem in run.gates:
-        run.gates[stem].release()
+        gate = run.gates[stem]
+        gate.release()
+        if gate.stuck:
+            run.note(f"something in the container kept the gate of {run.labels.get(stem) or stem}"
+                     " full (only a process running as root there can): it was not started")
 
 
 def _mark(run: _Run, container: Any) -> None:
