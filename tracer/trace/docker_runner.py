@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,14 @@ from tracer.errors import BadInput, EnvironmentProblem
 from tracer.image.config import ImageConfig
 from tracer.profile.model import RunSpec
 from tracer.trace.capture import TailBuffer
+
+LINE_BYTES = 32  # see DockerRunner.tail_lines
+MIN_READ = 2.0  # seconds a read of a container's output gets even past the run's deadline
+
+
+def _close(stream: Any) -> None:
+    with contextlib.suppress(Exception):
+        stream.close()
 
 
 class StartFailed(Exception):
@@ -177,6 +186,12 @@ class DockerRunner:
     def __init__(self, client: Any, *, output_cap: int = 1 << 20) -> None:
         self.client = client
         self.output_cap = output_cap
+        # lines of a container's output the engine is asked for: enough to fill the cap
+        # with lines of LINE_BYTES on average, never all of a log of empty lines
+        self.tail_lines = max(output_cap // LINE_BYTES, 100)
+        # monotonic time by which reading the output of the run's containers ends (the
+        # run sets it from its timeout); each read gets at least MIN_READ seconds
+        self.read_deadline: float | None = None
         self.created: list[str] = []
         self._stdin: dict[str, tuple[Any, bytes]] = {}  # name -> (stdin socket, data) to feed
         self._sockets: list[Any] = []  # every hijacked connection, closed by cleanup()
@@ -276,17 +291,43 @@ class DockerRunner:
     def logs(
         self, container: Any, *, stdout: bool = True, stderr: bool = True, raw: bool = False
     ) -> str:
-        """The tail (output_cap bytes) of the container's output, read as a stream.
+        """The tail of the container's output: its last `tail_lines` lines, of which the
+        last output_cap bytes are kept, read as a stream by `read_deadline`.
 
+        The engine keeps every line an app prints (a job printing empty lines for 20 s
+        leaves millions), and reading them all took minutes; asking for the last lines
+        costs what is kept, whatever came before. A read still going at the deadline is
+        cut (the text says so): the run's timeout bounds reading its output too.
         strace's own lines are removed unless `raw` (the environment-problem check wants
         them; a step's regex and a failure report must not see them)."""
         from tracer.trace.capture import without_tool_lines
 
         tail = TailBuffer(self.output_cap)
+        until = time.monotonic() + MIN_READ
+        if self.read_deadline is not None:
+            until = max(until, self.read_deadline)
+        late = False
         with contextlib.suppress(Exception):  # a vanished container has no more logs
-            tail.feed(self.client.api.logs(container.id, stdout=stdout, stderr=stderr,
-                                           stream=True, follow=False))
+            stream = self.client.api.logs(container.id, stdout=stdout, stderr=stderr,
+                                          stream=True, follow=False, tail=self.tail_lines)
+            # a stalled engine does not end the read either: the stream is closed under it
+            timer = threading.Timer(max(until - time.monotonic(), 0), _close, (stream,))
+            timer.daemon = True
+            timer.start()
+            try:
+                for chunk in stream:
+                    if chunk:
+                        tail.write(chunk)
+                    if time.monotonic() > until:
+                        late = True
+                        break
+            finally:
+                timer.cancel()
+                _close(stream)
+        late = late or time.monotonic() > until
         text = tail.text()
+        if late:
+            text += "\n... (the output was cut: reading it went past the run's timeout)\n"
         return text if raw else without_tool_lines(text)
 
     def watch_logs(self, container: Any, pattern: str | None) -> LogWatch:

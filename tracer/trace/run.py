@@ -63,6 +63,7 @@ ALWAYS_EXCLUDED = (BUNDLE_MOUNT, OUTPUT_MOUNT, "/proc", "/sys", "/dev")
 STOP_LABEL = "stop"
 RUN_LABEL = "org.tracer.smoke"  # on every container a smoke run creates (value: profile name)
 MAIN = "main"  # the main process's trace stream
+OUTPUT_GRACE = 10.0  # seconds past the run's timeout by which reading its output ends
 
 
 class Mode(enum.Enum):
@@ -596,6 +597,9 @@ def _run_smoke_in(setup: _Setup, run: _Run) -> SmokeResult:
     if isinstance(started, StepOutcome):
         return _finish([started], recorders=[], t0=run.t0)
     main = started
+    # reading what the containers printed ends with the run too (a little after its
+    # timeout, so that a run that timed out still shows its last lines)
+    run.runner.read_deadline = time.monotonic() + run.profile.run.timeout + OUTPUT_GRACE
     ctx = StepContext(
         runner=run.runner,
         container=main,
