@@ -21,6 +21,16 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Resources every container of a run may use (None: the default, see
+    tracer.trace.limits): an image under test may fork or allocate without end."""
+
+    pids: int | None = None  # processes and threads at once
+    memory: int | None = None  # bytes (no swap beyond)
+    cpus: float | None = None  # CPUs' worth of time
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """How the container is started, for the traced run and for verification alike."""
 
@@ -39,6 +49,7 @@ class RunSpec:
     timeout: float = 300.0  # hard limit for the whole run, seconds
     stdin: str | None = None  # text fed to the main process (stdin_file already read); None:
     #                           stdin is empty and closed
+    limits: Limits = field(default_factory=Limits)  # of every container, traced or not
 
 
 @dataclass(frozen=True)

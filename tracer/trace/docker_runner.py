@@ -31,9 +31,41 @@ from tracer.errors import BadInput, EnvironmentProblem
 from tracer.image.config import ImageConfig
 from tracer.profile.model import RunSpec
 from tracer.trace.capture import TailBuffer
+from tracer.trace.limits import ContainerLimits
 
 LINE_BYTES = 32  # see DockerRunner.tail_lines
 MIN_READ = 2.0  # seconds a read of a container's output gets even past the run's deadline
+
+
+def _pids_hits(container_id: str, pid: int) -> int:
+    """How many forks the pids cgroup of `pid` refused (its `pids.events` "max" count),
+    when `pid` is the container's on this host (cgroup v1 or v2); 0 if not readable."""
+    if pid <= 0:
+        return 0
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        return 0
+    if container_id not in text:
+        return 0  # not that container's process (a remote engine's pid)
+    for line in text.splitlines():
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if "pids" in controllers.split(","):
+            events = f"/sys/fs/cgroup/pids{path}/pids.events"
+        elif controllers == "" and path:
+            events = f"/sys/fs/cgroup{path}/pids.events"
+        else:
+            continue
+        try:
+            with open(events, encoding="utf-8") as f:
+                for field_line in f.read(4096).splitlines():
+                    key, _, value = field_line.partition(" ")
+                    if key == "max" and value.strip().isdigit():
+                        return int(value)
+        except OSError:
+            continue
+    return 0
 
 
 def _close(stream: Any) -> None:
@@ -65,6 +97,19 @@ class ContainerSpec:
     cap_add: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)  # lets an operator find leftovers
     stdin: str | None = None  # fed to the main process, then closed; None: empty and closed
+    limits: ContainerLimits | None = None  # processes, memory, CPUs (tracer.trace.limits)
+    no_new_privileges: bool = False  # no program of it may gain privilege by exec
+
+
+def _resources(spec: ContainerSpec) -> dict[str, Any]:
+    """The engine's arguments for the spec's limits and privilege rule."""
+    out: dict[str, Any] = {}
+    if spec.limits is not None:
+        out.update(pids_limit=spec.limits.pids, mem_limit=spec.limits.memory,
+                   memswap_limit=spec.limits.memory, nano_cpus=spec.limits.nano_cpus)
+    if spec.no_new_privileges:
+        out["security_opt"] = ["no-new-privileges"]
+    return out
 
 
 def connect() -> Any:
@@ -223,6 +268,7 @@ class DockerRunner:
                 cap_add=spec.cap_add or None,
                 labels=spec.labels,
                 stdin_open=spec.stdin is not None,
+                **_resources(spec),
                 # not "detached" when stdin is fed: only then does the SDK set StdinOnce,
                 # which closes the process's stdin when our attach ends (EOF for the app)
                 detach=spec.stdin is None,
@@ -268,6 +314,26 @@ class DockerRunner:
         state = container.attrs.get("State") or {}
         status = state.get("Status", "")
         return status, (state.get("ExitCode") if status in ("exited", "dead") else None)
+
+    def pressure(self, container: Any, limits: ContainerLimits | None) -> str:
+        """Which of its limits the container ran into, in words ('' if none it can tell):
+        killed for memory (the engine records it), forks refused at its process limit
+        (its cgroup's count, readable from the engine's host while it runs). Call after
+        `status` or `wait`, before the container is killed."""
+        if limits is None:
+            return ""
+        from tracer.budgets import human
+
+        state = container.attrs.get("State") or {}
+        said = []
+        hits = _pids_hits(container.id, int(state.get("Pid") or 0))
+        if hits:
+            said.append(f"it hit its limit of {limits.pids:,} processes {hits:,} times "
+                        "(run.limits.pids)")
+        if state.get("OOMKilled"):
+            said.append(f"it was killed for using its {human(limits.memory)} of memory "
+                        "(run.limits.memory)")
+        return "; ".join(said)
 
     def wait(self, container: Any, timeout: float) -> int | None:
         """Exit code, or None after `timeout` seconds (the container keeps running).

@@ -28,7 +28,7 @@ from tracer.budgets import DEFAULT, Budgets, human
 from tracer.errors import EnvironmentProblem
 from tracer.image.config import ImageConfig
 from tracer.profile.model import CommandStep, ExecStep, Profile
-from tracer.trace import fanotify
+from tracer.trace import fanotify, limits
 from tracer.trace.bundle import (
     BUNDLE_MOUNT,
     OUTPUT_MOUNT,
@@ -45,6 +45,7 @@ from tracer.trace.docker_runner import (
     effective_argv,
     image_config,
 )
+from tracer.trace.limits import ContainerLimits
 from tracer.trace.parser import MAX_LINE, excluder, parse_trace
 from tracer.trace.proc_state import StateBudget
 from tracer.trace.result import Access, SmokeResult, StepOutcome, dedupe
@@ -159,7 +160,8 @@ def run_in_mode(
     spent = budgets_for(profile, budgets)
     run = _Run(profile, image, mode, DockerRunner(client, output_cap=spent.output_bytes),
                spent, progress or (lambda _msg: None), t0,
-               privileged_programs=privileged_programs is not False)
+               privileged_programs=privileged_programs is not False,
+               limits=limits.resolve(profile.run.limits, *limits.host_resources(client)))
     try:
         setup = _prepare(scratch, run, cfg, argv)
         return _run_smoke_in(setup, run)
@@ -183,6 +185,7 @@ class _Run:
     say: Callable[[str], None]
     t0: float
     privileged_programs: bool = True  # the image may have setuid/file-capability programs
+    limits: ContainerLimits | None = None  # of every container (tracer.trace.limits)
     timeline: Timeline = field(default_factory=Timeline)
     notes: list[str] = field(default_factory=list)
     fan: fanotify.FanotifyRecorder | None = None
@@ -358,6 +361,9 @@ def _spec(setup: _Setup, run: _Run, argv: list[str], stdin: str | None) -> Conta
         cap_add=["SYS_PTRACE"] if strace else [],
         labels={RUN_LABEL: run.profile.name, **owner_labels()},
         stdin=stdin,
+        limits=run.limits,
+        no_new_privileges=limits.no_new_privileges(
+            _is_root(r.user or setup.cfg.user or None), run.privileged_programs),
     )
 
 
@@ -458,9 +464,11 @@ def _run_job(run: _Run, container: Any, deadline: float, program: str) -> StepOu
     r = run.profile.run
     start = time.monotonic()
     code = run.runner.wait(container, deadline - time.monotonic())
+    pressure = run.runner.pressure(container, run.limits) if code is None else ""
     if code is None:
         run.runner.kill(container)
     run.runner.status(container)  # still there? (removed by someone else: exit 4)
+    pressure = pressure or run.runner.pressure(container, run.limits)
     out = run.runner.logs(container, stderr=False)
     err = run.runner.logs(container, stdout=False)
     if code is None:
@@ -468,9 +476,11 @@ def _run_job(run: _Run, container: Any, deadline: float, program: str) -> StepOu
 
         both = (out + ("\n" if out and err else "") + err).strip()
         return StepOutcome("run", "job", False, round(time.monotonic() - start, 3), None,
-                           f"did not finish within the run timeout of {r.timeout:g}s",
-                           last_lines(both))
+                           f"did not finish within the run timeout of {r.timeout:g}s"
+                           + (f"; {pressure}" if pressure else ""), last_lines(both))
     outcome = check_output("run", "job", start, code, r, out, err)
+    if pressure and not outcome.passed:
+        outcome.message += f"; {pressure}"
     return explain_exec_failure(run.runner, container, outcome, program)
 
 
@@ -611,6 +621,7 @@ def _run_smoke_in(setup: _Setup, run: _Run) -> SmokeResult:
         exec_user=setup.run_as.container_user if run.mode is Mode.STRACE else None,
         before_step=lambda stem, container: _release(setup, run, stem, container),
         watch=run.watch,
+        limits=run.limits,
     )
     steps = [_first_step(setup, run, ctx)]
     if steps[0].passed:
