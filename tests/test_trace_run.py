@@ -284,6 +284,9 @@ def test_job_in_an_image_without_libc_is_traced_by_the_self_contained_bundle(
     nope = _find(r, "/data/nope", "openat", step="smoke[0].command", ok=False)
     assert nope and nope[0].errno == "ENOENT" and nope[0].program == "/app"
     assert r.execs[0] == "/app"
+    # the exec that starts the app is the app's use, though the bundle's env makes it
+    start = _find(r, "/app", "execve", step="run")
+    assert start and start[0].program == "" and not start[0].path.startswith("/.tracer")
     assert _containers(docker_client, images["static"]) == []
 
 

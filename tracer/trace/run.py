@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from tracer.trace.docker_runner import (
 from tracer.trace.limits import ContainerLimits
 from tracer.trace.parser import MAX_LINE, excluder, parse_trace
 from tracer.trace.proc_state import StateBudget
-from tracer.trace.result import Access, SmokeResult, StepOutcome, dedupe
+from tracer.trace.result import Access, Meaning, SmokeResult, StepOutcome, dedupe
 from tracer.trace.steps import (
     StepContext,
     check_output,
@@ -553,8 +553,7 @@ def _evidence(setup: _Setup, run: _Run) -> _Evidence:
         long_lines += parsed.long_lines
         unresolved += parsed.unresolved
         refused += parsed.refused
-        # the bundle's own helpers (setpriv switching users) are not the app
-        accesses.extend(a for a in parsed.accesses if not a.program.startswith(tool))
+        accesses.extend(_apps_own(parsed.accesses, tool))
         execs.extend(parsed.execs)
     if dropped:
         notes.append(f"the trace named more than {cap:,} distinct uses of paths (the entries "
@@ -583,6 +582,20 @@ def _evidence(setup: _Setup, run: _Run) -> _Evidence:
         accesses.extend(fan_acc)
         execs.extend(a.path for a in fan_acc if a.syscall == "fanotify:exec")
     return _Evidence(dedupe(accesses), list(dict.fromkeys(execs)), notes)
+
+
+def _apps_own(accesses: list[Access], tool: str) -> list[Access]:
+    """The app's uses: not those of the bundle's own programs (setpriv switching users,
+    env giving the app its environment back), except the exec that starts the app (env
+    looks its program up on the app's PATH, as the engine would): that one is the app's,
+    made before any program of it ran."""
+    out = []
+    for a in accesses:
+        if not a.program.startswith(tool):
+            out.append(a)
+        elif a.meaning is Meaning.EXEC and not a.path.startswith(tool):
+            out.append(replace(a, program="", cmdline=()))
+    return out
 
 
 def _recorder_notes(run: _Run) -> list[str]:
