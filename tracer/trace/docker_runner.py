@@ -33,6 +33,8 @@ from tracer.profile.model import RunSpec
 from tracer.trace.capture import TailBuffer
 from tracer.trace.limits import ContainerLimits
 
+RUNNER_LABEL = "org.tracer.runner"  # the DockerRunner that made a container (its id)
+REMOVE_DEADLINE = 120.0  # seconds cleanup keeps removing what the engine has not yet
 LINE_BYTES = 32  # see DockerRunner.tail_lines
 MIN_READ = 2.0  # seconds a read of a container's output gets even past the run's deadline
 
@@ -237,6 +239,9 @@ class DockerRunner:
         # monotonic time by which reading the output of the run's containers ends (the
         # run sets it from its timeout); each read gets at least MIN_READ seconds
         self.read_deadline: float | None = None
+        # on every container it creates: cleanup finds one whose create answer was lost
+        self.runner_id = uuid.uuid4().hex
+        self._remove_errors: dict[str, str] = {}
         self.created: list[str] = []
         self._stdin: dict[str, tuple[Any, bytes]] = {}  # name -> (stdin socket, data) to feed
         self._sockets: list[Any] = []  # every hijacked connection, closed by cleanup()
@@ -266,7 +271,7 @@ class DockerRunner:
                 tmpfs={p: size for p in spec.tmpfs},
                 mounts=mounts,
                 cap_add=spec.cap_add or None,
-                labels=spec.labels,
+                labels={**spec.labels, RUNNER_LABEL: self.runner_id},
                 stdin_open=spec.stdin is not None,
                 **_resources(spec),
                 # not "detached" when stdin is fed: only then does the SDK set StdinOnce,
@@ -453,32 +458,62 @@ class DockerRunner:
             container.kill()
 
     def remove(self, container: Any) -> None:
-        """Remove one container now (by id) and forget it; never raises."""
-        with contextlib.suppress(Exception):
-            self.client.api.remove_container(container.id, force=True, v=True)
-        if container.name in self.created:
+        """Remove one container now (by id) and forget it once it is gone; never raises.
+        One the engine did not remove (busy, slow to kill it) stays for `cleanup`."""
+        if self._remove(container.id) and container.name in self.created:
             self.created.remove(container.name)
 
-    def cleanup(self) -> None:
-        """Remove every container this runner created (by its unique name); never raises,
-        says on stderr what it could not remove."""
+    def _remove(self, ref: str) -> bool:
+        """Ask the engine to remove `ref` (name or id); True once it is gone. The engine
+        may answer late, refuse while it is still killing the container ("could not
+        kill", "removal already in progress") or time out: only its absence counts."""
         import docker
 
+        try:
+            self.client.api.remove_container(ref, force=True, v=True)
+            return True
+        except docker.errors.NotFound:
+            return True  # never created (interrupted before), or gone already
+        except Exception as exc:  # noqa: BLE001 - retried by cleanup, said if it stays
+            self._remove_errors[ref] = str(exc)[:200]
+        try:
+            self.client.api.inspect_container(ref)
+        except docker.errors.NotFound:
+            return True
+        except Exception:  # noqa: BLE001 - cannot tell: tried again
+            pass
+        return False
+
+    def cleanup(self, deadline: float = REMOVE_DEADLINE) -> None:
+        """Remove every container this runner created, and make sure they are gone: by
+        their unique names, again and again while the engine is busy (a loaded host makes
+        it slow to kill and remove), then whatever carries this runner's label (one whose
+        create answer never came). Never raises; says on stderr what it could not remove
+        within `deadline` seconds (the next run removes it)."""
         for sock in self._sockets:
             with contextlib.suppress(Exception):
                 sock.close()
         self._sockets.clear()
         self._stdin.clear()
+        until = time.monotonic() + deadline
+        pause = 0.2
         while self.created:
-            cid = self.created[-1]  # forgotten only once its removal was attempted
-            try:
-                self.client.api.remove_container(cid, force=True, v=True)
-            except docker.errors.NotFound:
-                pass  # never created (interrupted before), or gone already
-            except Exception as exc:  # noqa: BLE001 - said, never raised over the outcome
-                print(f"tracer: warning: could not remove container {cid}: "
-                      f"{str(exc)[:200]} (the next run removes it)", file=sys.stderr)
-            self.created.pop()
+            self.created = [ref for ref in self.created if not self._remove(ref)]
+            if not self.created or time.monotonic() + pause > until:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+        with contextlib.suppress(Exception):
+            late = self.client.api.containers(
+                all=True, filters={"label": f"{RUNNER_LABEL}={self.runner_id}"})
+            for c in late:
+                if not self._remove(c["Id"]):
+                    self.created.append(c["Id"])
+        for ref in self.created:
+            why = self._remove_errors.get(ref, "still there")
+            print(f"tracer: warning: could not remove container {ref}: {why} "
+                  "(the next run removes it)", file=sys.stderr)
+        self.created.clear()
 
 
 def feed(sock: Any, data: bytes) -> threading.Thread:
