@@ -245,9 +245,10 @@ class TraceInterpreter:
             base = Dir(fs.root) if fs.root is not None else UNKNOWN
             return walk(base, name, floor=fs.root or "/", limit=self.limit)
         if dirfd is None or dirfd.startswith("AT_FDCWD"):
-            if dirfd is not None and fd_path(dirfd) is not None:
+            annotated = fd_path(dirfd) if dirfd is not None else None
+            if annotated is not None and annotated != fs.cwd.path:
                 # -y tells us the cwd: trust it over our own bookkeeping
-                told = self._keep_dir(absolute(fd_path(dirfd), self.limit))
+                told = self._keep_dir(absolute(annotated, self.limit))
                 if told is not None and told.known:
                     fs.cwd = told
             base = fs.cwd
