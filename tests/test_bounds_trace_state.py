@@ -220,3 +220,4 @@ def test_a_deep_non_root_job_is_minimized_in_bounded_memory(docker_client, deep_
             subprocess.run(["docker", "rmi", "-f", ref], capture_output=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.max_rss_mb < 400, f"tracer grew to {res.max_rss_mb:.0f} MB"
+    assert res.seconds < 300
