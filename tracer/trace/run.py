@@ -586,14 +586,15 @@ def _evidence(setup: _Setup, run: _Run) -> _Evidence:
 
 def _apps_own(accesses: list[Access], tool: str) -> list[Access]:
     """The app's uses: not those of the bundle's own programs (setpriv switching users,
-    env giving the app its environment back), except the exec that starts the app (env
-    looks its program up on the app's PATH, as the engine would): that one is the app's,
-    made before any program of it ran."""
+    env giving the app its environment back), except the exec that starts the app: that
+    one is the app's, made before any program of it ran. env looks the program up on the
+    app's PATH, as the engine does, but by trying each directory: those misses are the
+    bundle's way of looking, not lookups of the app (the engine's make no trace at all)."""
     out = []
     for a in accesses:
         if not a.program.startswith(tool):
             out.append(a)
-        elif a.meaning is Meaning.EXEC and not a.path.startswith(tool):
+        elif a.meaning is Meaning.EXEC and a.ok and not a.path.startswith(tool):
             out.append(replace(a, program="", cmdline=()))
     return out
 
