@@ -101,7 +101,7 @@ SOCKET_CALLS = {"bind": CREATE, "connect": Meaning.CONNECT}
 FORK_CALLS = {"clone", "clone3", "fork", "vfork"}
 EXEC_CALLS = {"execve", "execveat"}
 OPEN_FLAGS_ARG = {"open": 1, "openat": 2, "openat2": 2}
-_SUN_PATH = re.compile(r'sun_path=("(?:[^"\\]|\\.)*"(?:\.\.\.)?)')
+_SUN_PATH = re.compile(r'sun_path=("[^"\\]*+(?:\\.[^"\\]*+)*+"(?:\.\.\.)?)')
 
 # unshare(CLONE_FS) gives a thread its own root and cwd
 INTERESTING = (frozenset(PATH_CALLS) | frozenset(FD_CALLS) | frozenset(SOCKET_CALLS)
