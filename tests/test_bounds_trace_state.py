@@ -74,7 +74,12 @@ int main(int argc, char **argv) {
 """
 
 _PARSE = r"""
-import json, resource, sys, time
+import json, sys, time
+def peak_kb():
+    # this process's own peak (VmHWM starts afresh at exec; ru_maxrss would carry over
+    # the peak of the pytest process it was forked from)
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
 from tracer.trace.parser import parse_trace
 t0 = time.monotonic()
 with open(sys.argv[1], encoding="utf-8", errors="surrogateescape") as f:
@@ -83,7 +88,7 @@ print(json.dumps({"paths": sorted({a.path for a in parsed.accesses}),
                   "program_of": {a.path: a.program for a in parsed.accesses},
                   "unresolved": parsed.unresolved, "state_bytes": parsed.state_bytes,
                   "seconds": time.monotonic() - t0,
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "maxrss_kb": peak_kb()}))
 """
 
 
