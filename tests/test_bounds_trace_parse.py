@@ -79,3 +79,41 @@ def test_unfinished_calls_hold_at_most_max_pending_characters(monkeypatch):
     resumed = [f"{pid} 1.0 <... openat resumed>, O_RDONLY) = 3\n" for pid in range(1, 200)]
     held = len(list(strace_syntax.iter_syscalls([*lines, *resumed])))
     assert 0 < held <= (64 << 10) // len(arg)
+
+
+_BIG_LINES = r"""
+import json, sys, time
+def peak_kb():
+    # this process's own peak (VmHWM starts afresh at exec; ru_maxrss would carry over
+    # the peak of the pytest process it was forked from)
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
+from tracer.trace.parser import parse_trace
+t0 = time.monotonic()
+with open(sys.argv[1], encoding="utf-8", errors="surrogateescape") as f:
+    parsed = parse_trace(f)
+print(json.dumps({"paths": sorted(a.path for a in parsed.accesses),
+                  "seconds": time.monotonic() - t0,
+                  "maxrss_kb": peak_kb()}))
+"""
+
+
+def test_lines_just_under_the_line_limit_cost_their_size(tmp_path: Path):
+    """A quoted string, a bare argument and brackets nested millions deep, each of 24 MiB:
+    the regex engine kept backtracking state for every character of a string (4 GB for a
+    30 MB one) and the argument split held a list entry per character."""
+    trace = tmp_path / "main.trace"
+    big = 24 << 20
+    with open(trace, "w") as f:
+        f.write(OPEN.format(path="/etc/before"))
+        f.write('7 1.0 openat(AT_FDCWD, "' + "a" * big + '", O_RDONLY) = 3\n')
+        f.write('7 1.0 openat(AT_FDCWD, "' + "\\x61" * (big // 4) + '", O_RDONLY) = 3\n')
+        f.write("7 1.0 openat(AT_FDCWD, " + "b" * big + ", O_RDONLY) = 3\n")
+        f.write("7 1.0 openat(AT_FDCWD, " + "[" * big + ", O_RDONLY) = 3\n")
+        f.write(OPEN.format(path="/etc/after"))
+    done = subprocess.run([sys.executable, "-c", _BIG_LINES, str(trace)], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), check=True)
+    got = json.loads(done.stdout)
+    assert got["paths"] == ["/etc/after", "/etc/before"]  # none longer than a path can be
+    assert got["seconds"] < 30
+    assert got["maxrss_kb"] < 300 * 1024, f"{got['maxrss_kb']} KiB for 100 MiB of lines"

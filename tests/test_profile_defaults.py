@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tracer.budgets import parse_size
 from tracer.profile.checker import parse_duration
 from tracer.profile.sections import parse_profile
 
@@ -44,6 +45,8 @@ def expected(type_line: str, default: str) -> Any:
     literal = m.group(1)
     if "duration" in type_line:
         return parse_duration(literal)
+    if "[size]" in type_line:
+        return parse_size(literal)
     if literal in ("[]", "{}"):
         return [] if literal == "[]" else {}
     if re.fullmatch(r"\d+", literal):
@@ -54,8 +57,31 @@ def expected(type_line: str, default: str) -> Any:
 MINIMAL = {"version": 1, "name": "x", "image": "docker-daemon:x:1"}
 
 
+def yaml_text(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data)
+
+
+def _limit(name: str) -> Any:
+    """run.limits.NAME as a run applies it: the model leaves it None, tracer.trace.limits
+    fills in the default (on a host big enough that no host-derived cap applies)."""
+    from tracer.trace.limits import resolve
+
+    def value(profile: Any) -> Any:
+        return getattr(resolve(profile.run.limits, 1 << 50, 1 << 10), name)
+    return value
+
+
+# keys whose model value is None and whose default a later stage fills in: how to get it
+FILLED_IN = {"run.limits.pids": _limit("pids"), "run.limits.memory": _limit("memory")}
+
+
 def loaded(key: str) -> Any:
-    """The model's value for `key` in a profile that leaves `key` out."""
+    """The model's value for `key` in a profile that leaves `key` out (for FILLED_IN keys:
+    the value the stage that fills it in uses)."""
+    if key in FILLED_IN:
+        return FILLED_IN[key](parse_profile(yaml_text(MINIMAL), "defaults.yaml"))
     import yaml
 
     data: dict[str, Any] = dict(MINIMAL)

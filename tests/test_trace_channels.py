@@ -6,6 +6,7 @@ could try on a shared directory are made directly on the FIFO directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -97,5 +98,25 @@ def test_gate_lets_a_late_waiter_through_and_never_blocks_tracer(tmp_path):
     gate.release()  # no reader yet: must not block
     with open(gate.fifo, "rb") as f:  # the waiter comes later and still reads its line
         assert f.readline() == b"go\n"
+    gate.close()
+    ch.close()
+
+
+def test_a_gate_someone_filled_is_read_out_and_still_opened(tmp_path):
+    """A root app can write into a gate of a later step (a read-only mount does not stop
+    writes into a FIFO) and fill it: the release used to fail on EAGAIN (exit 70)."""
+    ch = TraceChannels(tmp_path, [], cap=100, mount="/m")
+    gate = Gate(ch, "go-smoke-0-command")
+    filler = os.open(gate.fifo, os.O_RDWR | os.O_NONBLOCK)  # as the app holds it, full
+    wrote = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            wrote += os.write(filler, b"x" * 4096)  # no newline: one endless line
+    assert wrote >= 4096
+    gate.release()
+    assert not gate.stuck
+    with open(gate.fifo, "rb") as f:  # the waiter reads a line and goes
+        assert f.readline() in (b"\n", b"go\n")
+    os.close(filler)
     gate.close()
     ch.close()

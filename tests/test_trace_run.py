@@ -12,6 +12,7 @@ import io
 import socket
 import subprocess
 import tarfile
+import uuid
 
 import pytest
 
@@ -73,10 +74,21 @@ int main(int argc, char **argv) {
 
 
 def _containers(client, image: str) -> list:
-    """Containers of our smoke runs from `image` (others work on the same engine)."""
+    """Containers of smoke runs from `image` (the module's own images: its teardown)."""
     return client.containers.list(
         all=True, filters={"ancestor": image, "label": "org.tracer.smoke"}
     )
+
+
+# profile names of this module's runs: unique, so that a check finds only its own run's
+# containers while others use the same engine and images
+SESSION = uuid.uuid4().hex[:8]
+
+
+def _ours(client, profile: Profile) -> list:
+    """Containers of the run of `profile`, by the label every container of it carries."""
+    return client.containers.list(
+        all=True, filters={"label": f"org.tracer.smoke={profile.name}"})
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +140,7 @@ def _free_port() -> int:
 
 def svc_profile(port: int, smoke: list, ready_log: str = "listening on") -> Profile:
     return Profile(
-        name="svc",
+        name=f"svc-{SESSION}",
         image=SVC,
         run=RunSpec(
             env={"PORT": str(port)},
@@ -196,7 +208,7 @@ def test_traced_service_records_every_file_with_its_step_and_cleans_up(
         # the kernel opens the #! interpreter itself: only fanotify sees it
         assert _find(r, "/usr/bin/perl", "fanotify:exec")
         assert not _find(r, "/usr/bin/perl", "execve")
-    assert _containers(docker_client, images["svc"]) == []
+    assert _ours(docker_client, profile) == []
     assert not list(tmp_path.iterdir()), "the work files are removed after the run"
 
 
@@ -206,7 +218,7 @@ def test_untraced_run_passes_and_records_nothing(docker_client, images, tmp_path
     r = run_smoke(profile, images["svc"], traced=False, workdir=tmp_path)
     assert r.passed, r.failure
     assert r.accesses == [] and r.recorders == []
-    assert _containers(docker_client, images["svc"]) == []
+    assert _ours(docker_client, profile) == []
 
 
 def test_failing_step_stops_the_run_and_says_why(docker_client, images, tmp_path):
@@ -225,7 +237,7 @@ def test_failing_step_stops_the_run_and_says_why(docker_client, images, tmp_path
     assert "not found" in r.steps[1].output
     # what was recorded up to the failure is still there, failed lookup included
     assert _find(r, "/srv/www/missing", "openat", ok=False)
-    assert _containers(docker_client, images["svc"]) == []
+    assert _ours(docker_client, profile) == []
 
 
 def test_ready_timeout_fails_with_the_condition_that_never_held(docker_client, images, tmp_path):
@@ -233,13 +245,13 @@ def test_ready_timeout_fails_with_the_condition_that_never_held(docker_client, i
     run = RunSpec(
         env={"PORT": str(port)}, network="host", ready=Ready(log="this never appears", timeout=1.5)
     )
-    profile = Profile(name="svc", image=SVC, run=run)
+    profile = Profile(name=f"svc-{SESSION}", image=SVC, run=run)
     r = run_smoke(profile, images["svc"], traced=False, workdir=tmp_path)
     assert not r.passed
     assert r.failure is not None and r.failure.startswith("ready: not ready after 1.5s")
     assert "this never appears" in r.failure
     assert "listening on" in r.steps[0].output
-    assert _containers(docker_client, images["svc"]) == []
+    assert _ours(docker_client, profile) == []
 
 
 def test_exec_timeout_ends_the_container(docker_client, images, tmp_path):
@@ -247,7 +259,7 @@ def test_exec_timeout_ends_the_container(docker_client, images, tmp_path):
     profile = svc_profile(port, [ExecStep(argv=["sleep", "30"], timeout=1)])
     r = run_smoke(profile, images["svc"], traced=False, workdir=tmp_path)
     assert not r.passed and r.failure == "smoke[0].exec: timed out after 1s"
-    assert _containers(docker_client, images["svc"]) == []
+    assert _ours(docker_client, profile) == []
 
 
 def test_ctrl_c_still_removes_every_container(docker_client, images, tmp_path):
@@ -256,12 +268,12 @@ def test_ctrl_c_still_removes_every_container(docker_client, images, tmp_path):
 
     def interrupt(msg: str) -> None:
         if msg.startswith("smoke[0]"):
-            assert _containers(docker_client, images["svc"]), "the service is running"
+            assert _ours(docker_client, profile), "the service is running"
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_smoke(profile, images["svc"], traced=True, workdir=tmp_path, progress=interrupt)
-    assert _containers(docker_client, images["svc"]) == []
+    assert _ours(docker_client, profile) == []
     assert not list(tmp_path.iterdir()), "bundle and trace files are removed on Ctrl-C too"
 
 
@@ -269,7 +281,7 @@ def test_job_in_an_image_without_libc_is_traced_by_the_self_contained_bundle(
     docker_client, images, tmp_path
 ):
     profile = Profile(
-        name="static",
+        name=f"static-{SESSION}",
         image=STATIC,
         run=RunSpec(mode="job", exit=0, stdout="hello static", timeout=60),
         smoke=[SmokeStep(0, CommandStep(argv=["/app", "/data/nope"], exit=3, stderr="open"))],
@@ -284,12 +296,15 @@ def test_job_in_an_image_without_libc_is_traced_by_the_self_contained_bundle(
     nope = _find(r, "/data/nope", "openat", step="smoke[0].command", ok=False)
     assert nope and nope[0].errno == "ENOENT" and nope[0].program == "/app"
     assert r.execs[0] == "/app"
-    assert _containers(docker_client, images["static"]) == []
+    # the exec that starts the app is the app's use, though the bundle's env makes it
+    start = _find(r, "/app", "execve", step="run")
+    assert start and start[0].program == "" and not start[0].path.startswith("/.tracer")
+    assert _ours(docker_client, profile) == []
 
 
 def test_job_with_the_wrong_exit_code_fails_with_its_output(docker_client, images, tmp_path):
     profile = Profile(
-        name="static",
+        name=f"static-{SESSION}",
         image=STATIC,
         run=RunSpec(mode="job", entrypoint=["/app"], cmd=["/data/nope"], timeout=60),
     )
@@ -309,17 +324,18 @@ def test_an_image_the_engine_does_not_have_is_bad_input(docker_client, tmp_path)
 def test_a_missing_entrypoint_is_a_failed_run_not_an_environment_problem(
     docker_client, images, tmp_path, traced
 ):
-    profile = Profile(name="static", image=STATIC, run=RunSpec(mode="job", cmd=["/bin/sh"]))
+    profile = Profile(name=f"static-{SESSION}", image=STATIC,
+                      run=RunSpec(mode="job", cmd=["/bin/sh"]))
     r = run_smoke(profile, images["static"], traced=traced, workdir=tmp_path)
     assert not r.passed and r.steps[0].label == "run"
     assert r.failure is not None
     if traced:  # strace starts, then cannot exec the program: said in words, not strace's
-        assert r.failure == ("run: expected exit code 0, got 1; /bin/sh could not be executed: "
+        assert r.failure == ("run: expected exit code 0, got 127; /bin/sh could not be executed: "
                              "No such file or directory")
         assert "/.tracer" not in r.steps[0].output
     else:  # the runtime cannot start it
         assert "did not start" in r.failure and "/bin/sh" in r.failure
-    assert _containers(docker_client, images["static"]) == []
+    assert _ours(docker_client, profile) == []
 
 
 def test_stop_lets_the_app_shut_down_and_strace_flush_its_trace(
@@ -335,7 +351,7 @@ def test_stop_lets_the_app_shut_down_and_strace_flush_its_trace(
     script = ('trap "cat /etc/debian_version >/dev/null; exit 0" TERM; sleep 1000 & '
               'until grep -q sleep /proc/$!/cmdline 2>/dev/null; do :; done; echo ready; wait')
     profile = Profile(
-        name="stopper",
+        name=f"stopper-{SESSION}",
         image=base,
         run=RunSpec(entrypoint=["sh", "-c", script], cmd=[], ready=Ready(log="ready", timeout=60)),
         smoke=[SmokeStep(0, SleepStep(0.1))],
@@ -346,4 +362,4 @@ def test_stop_lets_the_app_shut_down_and_strace_flush_its_trace(
     sleeps = _find(r, "/usr/bin/sleep", "execve", step="run")
     assert sleeps and sleeps[0].program == "/usr/bin/sh"  # the exec is made by the shell
     assert not _find(r, "/etc/debian_version", "openat", step="run"), "read only when stopping"
-    assert _containers(docker_client, base) == []
+    assert _ours(docker_client, profile) == []

@@ -144,6 +144,7 @@ def test_tool_lines_are_filtered_and_exec_failures_told_in_words():
     assert without_tool_lines(raw) == "app says hi\nlast\n"
     assert exec_failure(raw) == "No such file or directory"
     assert exec_failure("/.tracer/strace: exec: Permission denied\n") == "Permission denied"
+    assert exec_failure("/.tracer/env: '/bin/app': Permission denied\n") == "Permission denied"
     assert exec_failure("app: exec: nothing\n") is None
 
 
@@ -171,3 +172,21 @@ def test_a_failed_result_tells_its_evidence_once():
     job = StepOutcome("run", "job", False, 1.0, 1, "exit 1", output="boom", logs="boom")
     assert SmokeResult(passed=False, steps=[job]).evidence() == "output of run:\n  | boom"
     assert SmokeResult(passed=True, steps=[ok]).evidence() == ""
+
+
+def test_the_app_start_by_the_bundles_env_is_the_apps_exec_and_its_path_misses_are_not():
+    from tracer.trace.parser import excluder, parse_trace
+    from tracer.trace.run import ALWAYS_EXCLUDED, _apps_own
+
+    lines = [  # strace starts the bundle's env, which looks `app` up on the app's PATH
+        '1 1.0 execve("/.tracer/ld.so", ["/.tracer/ld.so", "/.tracer/env"], 0x1) = 0',
+        '1 1.1 openat(AT_FDCWD, "/.tracer/lib/libc.so.6", O_RDONLY) = 3',
+        '1 1.2 execve("/.tracer/env", ["/.tracer/env", "app"], 0x1) = 0',
+        '1 1.3 execve("/usr/local/bin/app", ["app"], 0x1) = -1 ENOENT (No such file)',
+        '1 1.4 execve("/usr/bin/app", ["app"], 0x1) = 0',
+        '1 1.5 openat(AT_FDCWD, "/etc/app.conf", O_RDONLY) = 3',
+    ]
+    parsed = parse_trace(lines, excluded=excluder(ALWAYS_EXCLUDED))
+    uses = _apps_own(parsed.accesses, "/.tracer/")
+    assert [(a.path, a.ok, a.program) for a in uses] == [
+        ("/usr/bin/app", True, ""), ("/etc/app.conf", True, "/usr/bin/app")]

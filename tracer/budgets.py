@@ -43,6 +43,7 @@ class Budgets:
     profile_bytes: int = 1 * MiB  # one profile file
     # -- the traced run -------------------------------------------------------------------
     trace_bytes: int = 2 * GiB  # strace output of one traced run, and its fanotify text
+    evidence_bytes: int = 512 * MiB  # memory what one run's traces name may take in tracer
     output_bytes: int = 1 * MiB  # captured stdout/stderr per step or container (tail kept)
     http_body: int = 4 * MiB  # bytes of one http step's response body (per step: max_body)
     tmpfs_bytes: int = 256 * MiB  # size of each writable tmpfs the profile mounts

@@ -360,12 +360,15 @@ def _steps(result: SmokeResult) -> list[StepSummary]:
 
 
 def verify(plan: Plan, candidate: ImageRef, work: Path, progress: Progress,
-           seconds: Seconds) -> SmokeResult:
-    """The same smoke test, untraced, on the candidate (killed once judged)."""
+           seconds: Seconds, privileged_programs: bool | None = None) -> SmokeResult:
+    """The same smoke test, untraced, on the candidate (killed once judged).
+    `privileged_programs=False`: the original has no setuid/setgid or file-capability
+    programs, so neither has the candidate (its containers get no-new-privileges)."""
     progress.phase("verifying the minimized image (same smoke test, untraced)")
     t0 = time.monotonic()
     result = run_smoke(plan.profile, str(candidate.repo_tag), traced=False,
-                       workdir=work / "verify", progress=progress, budgets=plan.budgets)
+                       workdir=work / "verify", progress=progress, budgets=plan.budgets,
+                       privileged_programs=privileged_programs)
     seconds.add("verify", t0)
     progress.done("passed" if result.passed else "FAILED")
     return result
@@ -491,7 +494,8 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
             seconds.add("write", t0)
             progress.done()
 
-            verification = verify(plan, candidate, work, progress, seconds)
+            verification = verify(plan, candidate, work, progress, seconds,
+                                  flat.has_privileged_programs())
             report.verification_steps = _steps(verification)
             comparison = None
             if verification.passed:

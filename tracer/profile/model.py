@@ -21,6 +21,16 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Resources every container of a run may use (None: the default, see
+    tracer.trace.limits): an image under test may fork or allocate without end."""
+
+    pids: int | None = None  # processes and threads at once
+    memory: int | None = None  # bytes (no swap beyond)
+    cpus: float | None = None  # CPUs' worth of time
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """How the container is started, for the traced run and for verification alike."""
 
@@ -40,6 +50,7 @@ class RunSpec:
     # bytes fed to the main process (`stdin` as UTF-8, or stdin_file's bytes, read at load);
     # None: stdin is empty and closed
     stdin: bytes | None = None
+    limits: Limits = field(default_factory=Limits)  # of every container, traced or not
 
 
 @dataclass(frozen=True)

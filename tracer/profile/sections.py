@@ -27,6 +27,7 @@ from tracer.profile.model import (
     ExecStep,
     HttpStep,
     KeepSpec,
+    Limits,
     Profile,
     Ready,
     RunSpec,
@@ -43,8 +44,9 @@ HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")  # an HTTP tok
 TOP_KEYS = ("version", "name", "image", "output", "run", "smoke", "keep", "exclude",
             "budgets")
 RUN_KEYS = ("entrypoint", "cmd", "env", "user", "workdir", "network", "tmpfs", "mode",
-            "ready", "exit", "stdout", "stderr", "timeout", "stdin", "stdin_file")
+            "ready", "exit", "stdout", "stderr", "timeout", "stdin", "stdin_file", "limits")
 READY_KEYS = ("log", "tcp", "timeout")
+LIMITS_KEYS = ("pids", "memory", "cpus")
 STEP_KINDS = ("http", "tcp", "exec", "command", "sleep")
 ARGV_STEP_KEYS = ("exit", "stdout", "stderr", "timeout", "stdin", "stdin_file")
 HTTP_KEYS = ("url", "status", "body", "timeout", "max_body", "headers")
@@ -60,6 +62,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "": TOP_KEYS,
     "run": RUN_KEYS,
     "run.ready": READY_KEYS,
+    "run.limits": LIMITS_KEYS,
     "smoke[]": STEP_KINDS + ARGV_STEP_KEYS,
     "smoke[].http": HTTP_KEYS,
     "smoke[].tcp": TCP_KEYS,
@@ -93,6 +96,32 @@ def _ready(c: Checker, node: yaml.Node) -> Ready:
     return Ready(**kw)
 
 
+MIN_MEMORY = 6 << 20  # the engine refuses a smaller memory limit
+MAX_PIDS = 1 << 22  # the kernel's largest pid_max
+
+
+def _limits(c: Checker, node: yaml.Node) -> Limits:
+    m = c.mapping(node, "run.limits", LIMITS_KEYS) or {}
+    kw: dict[str, Any] = {}
+    if "pids" in m:
+        kw["pids"] = c.integer(m["pids"], "run.limits.pids", 8, MAX_PIDS)
+    if "memory" in m and (size := c.size(m["memory"], "run.limits.memory")) is not None:
+        if size < MIN_MEMORY:
+            c.error(m["memory"], "run.limits.memory", f"at least 6MiB, got {size}")
+        else:
+            kw["memory"] = size
+    if "cpus" in m:
+        node = m["cpus"]
+        value = c.scalar(node, "run.limits.cpus")  # says itself what is not a scalar
+        if isinstance(value, int | float) and not isinstance(value, bool) \
+                and 0.01 <= value <= 4096:
+            kw["cpus"] = float(value)
+        elif isinstance(node, yaml.ScalarNode):
+            c.error(node, "run.limits.cpus",
+                    f"expected a number of CPUs from 0.01 to 4096, got {node.value!r}")
+    return Limits(**kw)
+
+
 def _run(c: Checker, node: yaml.Node) -> RunSpec:
     m = c.mapping(node, "run", RUN_KEYS) or {}
     kw: dict[str, Any] = {}
@@ -123,6 +152,8 @@ def _run(c: Checker, node: yaml.Node) -> RunSpec:
     if "timeout" in m and (t := c.duration(m["timeout"], "run.timeout")) is not None:
         kw["timeout"] = t
     kw["stdin"] = c.stdin(m, "run")
+    if "limits" in m:
+        kw["limits"] = _limits(c, m["limits"])
     run = RunSpec(**kw)
     mode = kw.get("mode", "service")
     if mode == "job" and "ready" in m:

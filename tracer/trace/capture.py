@@ -12,7 +12,9 @@ import re
 from collections.abc import Iterable
 
 TOOL_PREFIX = "/.tracer/"  # strace's own messages start with its path in the bundle
-_EXEC_FAILED = re.compile(r"^/\.tracer/\S+: (?:exec: |Can't stat '.*': )(.*)$")
+# strace's words (`exec: REASON`, `Can't stat 'PROGRAM': REASON`) and env's (`'PROGRAM':
+# REASON`): the bundle's env starts the app
+_EXEC_FAILED = re.compile(r"^/\.tracer/\S+: (?:exec: |Can't stat '.*': |'.*': )(.*)$")
 
 
 class TailBuffer:
@@ -74,9 +76,9 @@ def without_tool_lines(text: str) -> str:
 
 
 def exec_failure(raw: str) -> str | None:
-    """Why strace could not start the program (`/.tracer/strace: exec: REASON` or `Can't
-    stat 'PROGRAM': REASON`), if it said so: the app's failure (a missing entrypoint),
-    told in words, not in strace's."""
+    """Why the bundle could not start the program (`/.tracer/strace: exec: REASON`,
+    `Can't stat 'PROGRAM': REASON`, `/.tracer/env: 'PROGRAM': REASON`), if it said so: the
+    app's failure (a missing entrypoint), told in words, not in the bundle's."""
     for line in raw.splitlines():
         m = _EXEC_FAILED.match(line)
         if m:

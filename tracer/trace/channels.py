@@ -157,6 +157,22 @@ class TraceChannels:
         return out
 
 
+GATE_TRIES = 16  # rounds of reading out what someone else keeps writing into a gate
+
+
+def _drain(fd: int, limit: int = 1 << 20) -> None:
+    """Read out (and drop) what a non-blocking FIFO holds, at most `limit` bytes."""
+    got = 0
+    while got < limit:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return
+        if not data:
+            return
+        got += len(data)
+
+
 class Gate:
     """A FIFO the container's waiter reads before it execs the application (fanotify-only
     runs: without strace's blocking open, this is what holds the app until the mark is in
@@ -171,10 +187,18 @@ class Gate:
         st = os.lstat(self.fifo)
         self._ident = (st.st_dev, st.st_ino)
         self._fd = -1
+        self.stuck = False  # release() could not write its line (see there)
 
     def release(self) -> None:
         """Let the waiter go: O_RDWR never blocks on a FIFO, and one short line fits its
-        buffer; the fd stays open until close() so a waiter that comes late still reads it."""
+        buffer; the fd stays open until close() so a waiter that comes late still reads it.
+
+        Nothing else should write into the FIFO, but an app running as root in its
+        container can (it is mounted read-only, which does not stop writes into a FIFO),
+        and fill its buffer: then what it wrote is read out and the line written after a
+        newline (ending any line it left unfinished). If it keeps the buffer full even so,
+        the gate stays shut and `stuck` says so: that app's own step times out; tracer
+        never blocks and never fails on it."""
         if self._fd >= 0:
             return
         fd = os.open(self.fifo, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -182,8 +206,16 @@ class Gate:
         if not stat.S_ISFIFO(st.st_mode) or (st.st_dev, st.st_ino) != self._ident:
             os.close(fd)
             raise OSError(f"{self.fifo} is not the FIFO tracer made")
-        os.write(fd, b"go\n")
         self._fd = fd
+        line = b"go\n"
+        for _ in range(GATE_TRIES):
+            try:
+                os.write(fd, line)
+                return
+            except BlockingIOError:
+                _drain(fd)
+                line = b"\ngo\n"
+        self.stuck = True
 
     def close(self) -> None:
         if self._fd >= 0:

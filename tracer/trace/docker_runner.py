@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,48 @@ from tracer.errors import BadInput, EnvironmentProblem
 from tracer.image.config import ImageConfig
 from tracer.profile.model import RunSpec
 from tracer.trace.capture import TailBuffer
+from tracer.trace.limits import ContainerLimits
+
+RUNNER_LABEL = "org.tracer.runner"  # the DockerRunner that made a container (its id)
+REMOVE_DEADLINE = 120.0  # seconds cleanup keeps removing what the engine has not yet
+LINE_BYTES = 32  # see DockerRunner.tail_lines
+MIN_READ = 2.0  # seconds a read of a container's output gets even past the run's deadline
+
+
+def _pids_hits(container_id: str, pid: int) -> int:
+    """How many forks the pids cgroup of `pid` refused (its `pids.events` "max" count),
+    when `pid` is the container's on this host (cgroup v1 or v2); 0 if not readable."""
+    if pid <= 0:
+        return 0
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 16)
+    except OSError:
+        return 0
+    if container_id not in text:
+        return 0  # not that container's process (a remote engine's pid)
+    for line in text.splitlines():
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if "pids" in controllers.split(","):
+            events = f"/sys/fs/cgroup/pids{path}/pids.events"
+        elif controllers == "" and path:
+            events = f"/sys/fs/cgroup{path}/pids.events"
+        else:
+            continue
+        try:
+            with open(events, encoding="utf-8") as f:
+                for field_line in f.read(4096).splitlines():
+                    key, _, value = field_line.partition(" ")
+                    if key == "max" and value.strip().isdigit():
+                        return int(value)
+        except OSError:
+            continue
+    return 0
+
+
+def _close(stream: Any) -> None:
+    with contextlib.suppress(Exception):
+        stream.close()
 
 
 class StartFailed(Exception):
@@ -56,6 +99,19 @@ class ContainerSpec:
     cap_add: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)  # lets an operator find leftovers
     stdin: bytes | None = None  # fed to the main process, then closed; None: empty and closed
+    limits: ContainerLimits | None = None  # processes, memory, CPUs (tracer.trace.limits)
+    no_new_privileges: bool = False  # no program of it may gain privilege by exec
+
+
+def _resources(spec: ContainerSpec) -> dict[str, Any]:
+    """The engine's arguments for the spec's limits and privilege rule."""
+    out: dict[str, Any] = {}
+    if spec.limits is not None:
+        out.update(pids_limit=spec.limits.pids, mem_limit=spec.limits.memory,
+                   memswap_limit=spec.limits.memory, nano_cpus=spec.limits.nano_cpus)
+    if spec.no_new_privileges:
+        out["security_opt"] = ["no-new-privileges"]
+    return out
 
 
 def connect() -> Any:
@@ -177,6 +233,15 @@ class DockerRunner:
     def __init__(self, client: Any, *, output_cap: int = 1 << 20) -> None:
         self.client = client
         self.output_cap = output_cap
+        # lines of a container's output the engine is asked for: enough to fill the cap
+        # with lines of LINE_BYTES on average, never all of a log of empty lines
+        self.tail_lines = max(output_cap // LINE_BYTES, 100)
+        # monotonic time by which reading the output of the run's containers ends (the
+        # run sets it from its timeout); each read gets at least MIN_READ seconds
+        self.read_deadline: float | None = None
+        # on every container it creates: cleanup finds one whose create answer was lost
+        self.runner_id = uuid.uuid4().hex
+        self._remove_errors: dict[str, str] = {}
         self.created: list[str] = []
         self._stdin: dict[str, tuple[Any, bytes]] = {}  # name -> (stdin socket, data) to feed
         self._sockets: list[Any] = []  # every hijacked connection, closed by cleanup()
@@ -206,8 +271,9 @@ class DockerRunner:
                 tmpfs={p: size for p in spec.tmpfs},
                 mounts=mounts,
                 cap_add=spec.cap_add or None,
-                labels=spec.labels,
+                labels={**spec.labels, RUNNER_LABEL: self.runner_id},
                 stdin_open=spec.stdin is not None,
+                **_resources(spec),
                 # not "detached" when stdin is fed: only then does the SDK set StdinOnce,
                 # which closes the process's stdin when our attach ends (EOF for the app)
                 detach=spec.stdin is None,
@@ -254,6 +320,26 @@ class DockerRunner:
         status = state.get("Status", "")
         return status, (state.get("ExitCode") if status in ("exited", "dead") else None)
 
+    def pressure(self, container: Any, limits: ContainerLimits | None) -> str:
+        """Which of its limits the container ran into, in words ('' if none it can tell):
+        killed for memory (the engine records it), forks refused at its process limit
+        (its cgroup's count, readable from the engine's host while it runs). Call after
+        `status` or `wait`, before the container is killed."""
+        if limits is None:
+            return ""
+        from tracer.budgets import human
+
+        state = container.attrs.get("State") or {}
+        said = []
+        hits = _pids_hits(container.id, int(state.get("Pid") or 0))
+        if hits:
+            said.append(f"it hit its limit of {limits.pids:,} processes {hits:,} times "
+                        "(run.limits.pids)")
+        if state.get("OOMKilled"):
+            said.append(f"it was killed for using its {human(limits.memory)} of memory "
+                        "(run.limits.memory)")
+        return "; ".join(said)
+
     def wait(self, container: Any, timeout: float) -> int | None:
         """Exit code, or None after `timeout` seconds (the container keeps running).
 
@@ -276,17 +362,43 @@ class DockerRunner:
     def logs(
         self, container: Any, *, stdout: bool = True, stderr: bool = True, raw: bool = False
     ) -> str:
-        """The tail (output_cap bytes) of the container's output, read as a stream.
+        """The tail of the container's output: its last `tail_lines` lines, of which the
+        last output_cap bytes are kept, read as a stream by `read_deadline`.
 
+        The engine keeps every line an app prints (a job printing empty lines for 20 s
+        leaves millions), and reading them all took minutes; asking for the last lines
+        costs what is kept, whatever came before. A read still going at the deadline is
+        cut (the text says so): the run's timeout bounds reading its output too.
         strace's own lines are removed unless `raw` (the environment-problem check wants
         them; a step's regex and a failure report must not see them)."""
         from tracer.trace.capture import without_tool_lines
 
         tail = TailBuffer(self.output_cap)
+        until = time.monotonic() + MIN_READ
+        if self.read_deadline is not None:
+            until = max(until, self.read_deadline)
+        late = False
         with contextlib.suppress(Exception):  # a vanished container has no more logs
-            tail.feed(self.client.api.logs(container.id, stdout=stdout, stderr=stderr,
-                                           stream=True, follow=False))
+            stream = self.client.api.logs(container.id, stdout=stdout, stderr=stderr,
+                                          stream=True, follow=False, tail=self.tail_lines)
+            # a stalled engine does not end the read either: the stream is closed under it
+            timer = threading.Timer(max(until - time.monotonic(), 0), _close, (stream,))
+            timer.daemon = True
+            timer.start()
+            try:
+                for chunk in stream:
+                    if chunk:
+                        tail.write(chunk)
+                    if time.monotonic() > until:
+                        late = True
+                        break
+            finally:
+                timer.cancel()
+                _close(stream)
+        late = late or time.monotonic() > until
         text = tail.text()
+        if late:
+            text += "\n... (the output was cut: reading it went past the run's timeout)\n"
         return text if raw else without_tool_lines(text)
 
     def watch_logs(self, container: Any, pattern: str | None) -> LogWatch:
@@ -346,32 +458,62 @@ class DockerRunner:
             container.kill()
 
     def remove(self, container: Any) -> None:
-        """Remove one container now (by id) and forget it; never raises."""
-        with contextlib.suppress(Exception):
-            self.client.api.remove_container(container.id, force=True, v=True)
-        if container.name in self.created:
+        """Remove one container now (by id) and forget it once it is gone; never raises.
+        One the engine did not remove (busy, slow to kill it) stays for `cleanup`."""
+        if self._remove(container.id) and container.name in self.created:
             self.created.remove(container.name)
 
-    def cleanup(self) -> None:
-        """Remove every container this runner created (by its unique name); never raises,
-        says on stderr what it could not remove."""
+    def _remove(self, ref: str) -> bool:
+        """Ask the engine to remove `ref` (name or id); True once it is gone. The engine
+        may answer late, refuse while it is still killing the container ("could not
+        kill", "removal already in progress") or time out: only its absence counts."""
         import docker
 
+        try:
+            self.client.api.remove_container(ref, force=True, v=True)
+            return True
+        except docker.errors.NotFound:
+            return True  # never created (interrupted before), or gone already
+        except Exception as exc:  # noqa: BLE001 - retried by cleanup, said if it stays
+            self._remove_errors[ref] = str(exc)[:200]
+        try:
+            self.client.api.inspect_container(ref)
+        except docker.errors.NotFound:
+            return True
+        except Exception:  # noqa: BLE001 - cannot tell: tried again
+            pass
+        return False
+
+    def cleanup(self, deadline: float = REMOVE_DEADLINE) -> None:
+        """Remove every container this runner created, and make sure they are gone: by
+        their unique names, again and again while the engine is busy (a loaded host makes
+        it slow to kill and remove), then whatever carries this runner's label (one whose
+        create answer never came). Never raises; says on stderr what it could not remove
+        within `deadline` seconds (the next run removes it)."""
         for sock in self._sockets:
             with contextlib.suppress(Exception):
                 sock.close()
         self._sockets.clear()
         self._stdin.clear()
+        until = time.monotonic() + deadline
+        pause = 0.2
         while self.created:
-            cid = self.created[-1]  # forgotten only once its removal was attempted
-            try:
-                self.client.api.remove_container(cid, force=True, v=True)
-            except docker.errors.NotFound:
-                pass  # never created (interrupted before), or gone already
-            except Exception as exc:  # noqa: BLE001 - said, never raised over the outcome
-                print(f"tracer: warning: could not remove container {cid}: "
-                      f"{str(exc)[:200]} (the next run removes it)", file=sys.stderr)
-            self.created.pop()
+            self.created = [ref for ref in self.created if not self._remove(ref)]
+            if not self.created or time.monotonic() + pause > until:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+        with contextlib.suppress(Exception):
+            late = self.client.api.containers(
+                all=True, filters={"label": f"{RUNNER_LABEL}={self.runner_id}"})
+            for c in late:
+                if not self._remove(c["Id"]):
+                    self.created.append(c["Id"])
+        for ref in self.created:
+            why = self._remove_errors.get(ref, "still there")
+            print(f"tracer: warning: could not remove container {ref}: {why} "
+                  "(the next run removes it)", file=sys.stderr)
+        self.created.clear()
 
 
 def feed(sock: Any, data: bytes) -> threading.Thread:

@@ -20,17 +20,23 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tracer.budgets import Budgets
+from tracer.budgets import Budgets, human
 from tracer.errors import EnvironmentProblem
 from tracer.image.config import ImageConfig
 from tracer.profile.load import budgets_of
 from tracer.profile.model import CommandStep, ExecStep, Profile
-from tracer.trace import fanotify
-from tracer.trace.bundle import BUNDLE_MOUNT, OUTPUT_MOUNT, StraceBundle, build_bundle
+from tracer.trace import fanotify, limits
+from tracer.trace.bundle import (
+    BUNDLE_MOUNT,
+    OUTPUT_MOUNT,
+    StraceBundle,
+    build_bundle,
+    recorder_env,
+)
 from tracer.trace.channels import Gate, TraceChannels
 from tracer.trace.docker_runner import (
     ContainerSpec,
@@ -40,8 +46,10 @@ from tracer.trace.docker_runner import (
     effective_argv,
     image_config,
 )
+from tracer.trace.limits import ContainerLimits
 from tracer.trace.parser import MAX_LINE, excluder, parse_trace
-from tracer.trace.result import Access, SmokeResult, StepOutcome, dedupe
+from tracer.trace.proc_state import StateBudget
+from tracer.trace.result import Access, Meaning, SmokeResult, StepOutcome, dedupe
 from tracer.trace.steps import (
     StepContext,
     check_output,
@@ -57,6 +65,7 @@ ALWAYS_EXCLUDED = (BUNDLE_MOUNT, OUTPUT_MOUNT, "/proc", "/sys", "/dev")
 STOP_LABEL = "stop"
 RUN_LABEL = "org.tracer.smoke"  # on every container a smoke run creates (value: profile name)
 MAIN = "main"  # the main process's trace stream
+OUTPUT_GRACE = 10.0  # seconds past the run's timeout by which reading its output ends
 
 
 class Mode(enum.Enum):
@@ -144,7 +153,8 @@ def run_in_mode(
     spent = budgets if budgets is not None else budgets_of(profile)
     run = _Run(profile, image, mode, DockerRunner(client, output_cap=spent.output_bytes),
                spent, progress or (lambda _msg: None), t0,
-               privileged_programs=privileged_programs is not False)
+               privileged_programs=privileged_programs is not False,
+               limits=limits.resolve(profile.run.limits, *limits.host_resources(client)))
     try:
         setup = _prepare(scratch, run, cfg, argv)
         return _run_smoke_in(setup, run)
@@ -168,6 +178,7 @@ class _Run:
     say: Callable[[str], None]
     t0: float
     privileged_programs: bool = True  # the image may have setuid/file-capability programs
+    limits: ContainerLimits | None = None  # of every container (tracer.trace.limits)
     timeline: Timeline = field(default_factory=Timeline)
     notes: list[str] = field(default_factory=list)
     fan: fanotify.FanotifyRecorder | None = None
@@ -201,6 +212,9 @@ class _Setup:
     bundle: StraceBundle | None
     run_as: RunAs
     fanotify_reason: str | None  # None: fanotify is used
+    # the app's environment as the engine gives it untraced: the image's Env with the
+    # profile's over it (the bundle gives it back to the app, see `_spec`)
+    app_env: dict[str, str] = field(default_factory=dict)
 
     def binds(self, run: _Run) -> dict[str, tuple[str, bool]]:
         """Read-only mounts: the bundle and the FIFO directory, nothing writable."""
@@ -232,7 +246,8 @@ def _prepare(scratch: Path, run: _Run, cfg: ImageConfig, argv: list[str]) -> _Se
                                      mount=OUTPUT_MOUNT)
         run.gates = {stem: Gate(run.channels, f"go-{stem}") for stem in _stems(run.profile)
                      if stem == MAIN or stem.endswith("-command")}
-        return _Setup(argv, cfg, bundle, RunAs(run.profile.run.user), None)
+        return _Setup(argv, cfg, bundle, RunAs(run.profile.run.user), None,
+                      cfg.environment(run.profile.run.env))
     run_as = _run_as(run, cfg, bundle)
     if run_as.note:
         run.note(run_as.note)
@@ -242,7 +257,7 @@ def _prepare(scratch: Path, run: _Run, cfg: ImageConfig, argv: list[str]) -> _Se
                                  mount=OUTPUT_MOUNT, writer_mode=0o600 if root else 0o666)
     if reason is not None:
         run.note(f"fanotify not used: {reason}")
-    return _Setup(argv, cfg, bundle, run_as, reason)
+    return _Setup(argv, cfg, bundle, run_as, reason, cfg.environment(run.profile.run.env))
 
 
 def _is_root(user: str | None) -> bool:
@@ -322,12 +337,14 @@ def _bounded(stream: Any, limit: int) -> bytes | None:
 
 
 def _spec(setup: _Setup, run: _Run, argv: list[str], stdin: bytes | None) -> ContainerSpec:
+    """A container of this run. When the bundle starts the app, the container's own
+    environment is the app's emptied (`bundle.recorder_env`): the bundle gives it back."""
     r = run.profile.run
     strace = run.mode is Mode.STRACE
     return ContainerSpec(
         image=run.image,
         argv=argv,
-        env=dict(r.env),
+        env=recorder_env(setup.app_env) if setup.bundle is not None else dict(r.env),
         user=setup.run_as.container_user if strace else r.user,
         workdir=r.workdir,
         network=r.network,
@@ -337,6 +354,9 @@ def _spec(setup: _Setup, run: _Run, argv: list[str], stdin: bytes | None) -> Con
         cap_add=["SYS_PTRACE"] if strace else [],
         labels={RUN_LABEL: run.profile.name, **owner_labels()},
         stdin=stdin,
+        limits=run.limits,
+        no_new_privileges=limits.no_new_privileges(
+            _is_root(r.user or setup.cfg.user or None), run.privileged_programs),
     )
 
 
@@ -345,10 +365,13 @@ def _wrap(setup: _Setup, run: _Run, argv: list[str], stem: str) -> list[str]:
     if setup.bundle is None or run.channels is None:
         return argv
     if run.mode is Mode.STRACE:
-        return setup.bundle.command(run.channels.container_path(stem), argv, setup.run_as)
+        return setup.bundle.command(run.channels.container_path(stem), argv, setup.run_as,
+                                    setup.app_env)
     if stem in run.gates:
-        return setup.bundle.waiter(run.gates[stem].container_path, argv)
-    return argv  # an exec step in a fanotify-only run: its container is marked already
+        return setup.bundle.waiter(run.gates[stem].container_path, argv, setup.app_env)
+    # an exec step in a fanotify-only run (its container is marked already): the bundle's
+    # env only gives it its environment back
+    return setup.bundle.restore(setup.app_env, argv)
 
 
 def _release(setup: _Setup, run: _Run, stem: str, container: Any) -> None:
@@ -360,7 +383,11 @@ def _release(setup: _Setup, run: _Run, stem: str, container: Any) -> None:
     if run.mode is Mode.STRACE and run.channels is not None:
         run.channels.open(stem)
     elif stem in run.gates:
-        run.gates[stem].release()
+        gate = run.gates[stem]
+        gate.release()
+        if gate.stuck:
+            run.note(f"something in the container kept the gate of {run.labels.get(stem) or stem}"
+                     " full (only a process running as root there can): it was not started")
 
 
 def _mark(run: _Run, container: Any) -> None:
@@ -430,9 +457,11 @@ def _run_job(run: _Run, container: Any, deadline: float, program: str) -> StepOu
     r = run.profile.run
     start = time.monotonic()
     code = run.runner.wait(container, deadline - time.monotonic())
+    pressure = run.runner.pressure(container, run.limits) if code is None else ""
     if code is None:
         run.runner.kill(container)
     run.runner.status(container)  # still there? (removed by someone else: exit 4)
+    pressure = pressure or run.runner.pressure(container, run.limits)
     out = run.runner.logs(container, stderr=False)
     err = run.runner.logs(container, stdout=False)
     if code is None:
@@ -440,9 +469,11 @@ def _run_job(run: _Run, container: Any, deadline: float, program: str) -> StepOu
 
         both = (out + ("\n" if out and err else "") + err).strip()
         return StepOutcome("run", "job", False, round(time.monotonic() - start, 3), None,
-                           f"did not finish within the run timeout of {r.timeout:g}s",
-                           last_lines(both))
+                           f"did not finish within the run timeout of {r.timeout:g}s"
+                           + (f"; {pressure}" if pressure else ""), last_lines(both))
     outcome = check_output("run", "job", start, code, r, out, err)
+    if pressure and not outcome.passed:
+        outcome.message += f"; {pressure}"
     return explain_exec_failure(run.runner, container, outcome, program)
 
 
@@ -487,34 +518,48 @@ def _evidence(setup: _Setup, run: _Run) -> _Evidence:
     """Parse every trace copy (main by timeline, steps by their label), merge fanotify.
 
     What a run records is the app's to choose: a loop over fresh names makes millions of
-    distinct uses in a trace that fits its byte budget. At most `entries` distinct uses
-    (the most paths an image may have) are kept over all streams; the rest is counted
-    and said in the notes, like a trace cut at trace_bytes.
+    distinct uses in a trace that fits its byte budget, and a few bytes of trace (a
+    `chdir` one level deeper, a relative name) can name a path of any length. At most
+    `entries` distinct uses are kept over all streams, no path longer than `path_length`,
+    and everything the traces make tracer hold (paths, processes, command lines) fits
+    `evidence_bytes`; the rest is counted and said in the notes, like a trace cut at
+    trace_bytes.
     """
     r = run.profile.run
     excluded = excluder([*ALWAYS_EXCLUDED, *r.tmpfs])
     cwd = r.workdir or setup.cfg.workdir or "/"
     cap = run.budgets.entries
+    budget = StateBudget(run.budgets.evidence_bytes)
     accesses: list[Access] = []
     execs: list[str] = []
     notes: list[str] = []
-    dropped = long_lines = 0
+    dropped = long_lines = unresolved = refused = 0
     tool = BUNDLE_MOUNT + "/"
     for stem, path in (run.channels.traces() if run.channels else {}).items():
         fixed = run.labels.get(stem, "")
         step_of = run.timeline.step_of if not fixed else (lambda _ts, lab=fixed: lab)
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             parsed = parse_trace(f, step_of=step_of, excluded=excluded, initial_cwd=cwd,
-                                 max_accesses=max(cap - len(accesses), 0))
+                                 max_accesses=max(cap - len(accesses), 0),
+                                 path_limit=run.budgets.path_length, budget=budget)
         dropped += parsed.dropped
         long_lines += parsed.long_lines
-        # the bundle's own helpers (setpriv switching users) are not the app
-        accesses.extend(a for a in parsed.accesses if not a.program.startswith(tool))
+        unresolved += parsed.unresolved
+        refused += parsed.refused
+        accesses.extend(_apps_own(parsed.accesses, tool))
         execs.extend(parsed.execs)
     if dropped:
         notes.append(f"the trace named more than {cap:,} distinct uses of paths (the entries "
                      f"budget); {dropped:,} later ones were not recorded: raise it with "
                      "--budget entries=N")
+    if refused:
+        notes.append(f"what the trace names reached the evidence_bytes budget of "
+                     f"{human(budget.limit or 0)} of tracer's memory; {refused:,} later calls "
+                     "were not recorded: raise it with --budget evidence_bytes=N")
+    if unresolved:
+        notes.append(f"{unresolved:,} uses named a path longer than the path_length budget "
+                     f"({run.budgets.path_length:,}) or relative to a directory the trace "
+                     "does not name; they were not recorded")
     if long_lines:
         notes.append(f"{long_lines:,} trace lines longer than {MAX_LINE >> 20} MiB were "
                      "skipped (strace writes none: something else wrote into its FIFO)")
@@ -530,6 +575,21 @@ def _evidence(setup: _Setup, run: _Run) -> _Evidence:
         accesses.extend(fan_acc)
         execs.extend(a.path for a in fan_acc if a.syscall == "fanotify:exec")
     return _Evidence(dedupe(accesses), list(dict.fromkeys(execs)), notes)
+
+
+def _apps_own(accesses: list[Access], tool: str) -> list[Access]:
+    """The app's uses: not those of the bundle's own programs (setpriv switching users,
+    env giving the app its environment back), except the exec that starts the app: that
+    one is the app's, made before any program of it ran. env looks the program up on the
+    app's PATH, as the engine does, but by trying each directory: those misses are the
+    bundle's way of looking, not lookups of the app (the engine's make no trace at all)."""
+    out = []
+    for a in accesses:
+        if not a.program.startswith(tool):
+            out.append(a)
+        elif a.meaning is Meaning.EXEC and a.ok and not a.path.startswith(tool):
+            out.append(replace(a, program="", cmdline=()))
+    return out
 
 
 def _recorder_notes(run: _Run) -> list[str]:
@@ -554,6 +614,9 @@ def _run_smoke_in(setup: _Setup, run: _Run) -> SmokeResult:
     if isinstance(started, StepOutcome):
         return _finish([started], recorders=[], t0=run.t0)
     main = started
+    # reading what the containers printed ends with the run too (a little after its
+    # timeout, so that a run that timed out still shows its last lines)
+    run.runner.read_deadline = time.monotonic() + run.profile.run.timeout + OUTPUT_GRACE
     ctx = StepContext(
         runner=run.runner,
         container=main,
@@ -565,6 +628,7 @@ def _run_smoke_in(setup: _Setup, run: _Run) -> SmokeResult:
         exec_user=setup.run_as.container_user if run.mode is Mode.STRACE else None,
         before_step=lambda stem, container: _release(setup, run, stem, container),
         watch=run.watch,
+        limits=run.limits,
     )
     steps = [_first_step(setup, run, ctx)]
     if steps[0].passed:

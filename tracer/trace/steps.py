@@ -46,6 +46,7 @@ from tracer.trace.docker_runner import (
     feed,
     stream_client,
 )
+from tracer.trace.limits import ContainerLimits
 from tracer.trace.result import Captured, StepOutcome
 
 OUTPUT_LINES = 20  # lines of output kept in a failed step's outcome
@@ -75,6 +76,7 @@ class StepContext:
     # started): opens the step's trace channel and marks a new container for fanotify
     before_step: Callable[[str, Any], None] = lambda _stem, _container: None
     watch: LogWatch | None = None  # the main container's log follower
+    limits: ContainerLimits | None = None  # of every container: said when one runs into them
 
 
 ArgvLike = ExecStep | CommandStep
@@ -391,14 +393,19 @@ def run_command(ctx: StepContext, label: str, step: CommandStep, stem: str) -> S
             return _outcome(label, "command", start, False, str(exc))
         ctx.before_step(stem, container)
         code = ctx.runner.wait(container, min(step.timeout, ctx.deadline - time.monotonic()))
+        pressure = ctx.runner.pressure(container, ctx.limits)
         if code is None:
             ctx.runner.kill(container)
         out = ctx.runner.logs(container, stderr=False)
         err = ctx.runner.logs(container, stdout=False)
+        said = f"; {pressure}" if pressure else ""
         if code is None:
-            return _outcome(label, "command", start, False, f"timed out after {step.timeout:g}s",
+            return _outcome(label, "command", start, False,
+                            f"timed out after {step.timeout:g}s{said}",
                             output=last_lines(_both(out, err)))
         outcome = check_output(label, "command", start, code, step, out, err)
+        if not outcome.passed:
+            outcome.message += said
         return explain_exec_failure(ctx.runner, container, outcome, step.argv[0])
     finally:
         ctx.runner.remove(container)

@@ -76,8 +76,10 @@ def _timestamp(text: str | None) -> float | None:
     return float(text)
 
 
-_HEX_ONLY = re.compile(r"(?:\\x[0-9a-fA-F]{2})*")
-_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"(\.\.\.)?', re.S)
+# Possessive (Python 3.11): a quoted string of megabytes must not cost gigabytes of the
+# regex engine's backtracking state (`(?:a|b)*` keeps some for every character)
+_HEX_ONLY = re.compile(r"(?:\\x[0-9a-fA-F]{2})*+")
+_STRING = re.compile(r'"([^"\\]*+(?:\\.[^"\\]*+)*+)"(\.\.\.)?', re.S)
 _ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{2}|[0-7]{1,3}|.)", re.S)
 
 
@@ -109,41 +111,48 @@ def decode_string(token: str) -> tuple[str, bool] | None:
     return os.fsdecode(raw), truncated
 
 
+_SPECIAL = re.compile(r'["()\[\]{}<>,]')
+_WORD_CHAR = re.compile(r"\w")
+# brackets open at once in one call: strace nests structs a few levels deep; a line that
+# nests deeper is not strace's (a process writing into the trace FIFO made it)
+MAX_NESTING = 256
+
+
 def split_args(text: str) -> tuple[list[str], str]:
     """Split `a, "b,c", [d, e], f) = 3</x>` into top-level arguments and the rest after `)`.
 
     Quotes and (), [], {}, <> nest; `<` only opens after an fd number or name (`3<`,
-    `AT_FDCWD<`) so that `<` in flags or comments does not confuse the split.
+    `AT_FDCWD<`) so that `<` in flags or comments does not confuse the split. Runs of
+    ordinary characters are skipped by the regex engine, not one by one, and a line nested
+    deeper than MAX_NESTING gives no arguments: a line of megabytes costs its own size.
     """
     args: list[str] = []
     stack: list[str] = []
-    cur: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
+    start = i = 0  # start of the current argument, scan position
+    n = len(text)
+    while (m := _SPECIAL.search(text, i)) is not None:
+        i = m.start()
         c = text[i]
         if c == '"':
-            m = _STRING.match(text, i)
-            j = m.end(1) if m else n
-            cur.append(text[i : j + 1])
-            i = j + 1
+            sm = _STRING.match(text, i)
+            i = (sm.end(1) if sm else n) + 1
             continue
-        if c in "([{" or (c == "<" and cur and re.match(r"[\w]", cur[-1][-1:] or " ")):
+        if c in "([{" or (c == "<" and i > start and _WORD_CHAR.match(text, i - 1)):
             stack.append(_OPEN[c])
+            if len(stack) > MAX_NESTING:
+                return [], ""
         elif stack and c == stack[-1]:
             stack.pop()
         elif not stack and c == ")":
-            tok = "".join(cur).strip()
+            tok = text[start:i].strip()
             if tok:
                 args.append(tok)
             return args, text[i + 1 :]
         elif not stack and c == ",":
-            args.append("".join(cur).strip())
-            cur = []
-            i += 1
-            continue
-        cur.append(c)
+            args.append(text[start:i].strip())
+            start = i + 1
         i += 1
-    tok = "".join(cur).strip()
+    tok = text[start:].strip()
     if tok:
         args.append(tok)
     return args, ""
