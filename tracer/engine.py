@@ -190,10 +190,11 @@ _api_versions: dict[str, str] = {}  # engine address -> its API version, learnt 
 SOCKET_TIMEOUT_HOOK = "_disable_socket_timeout"
 
 
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    """What a failed connection raises: the SDK's errors (an unreachable socket, an error
-    status, a bad DOCKER_HOST), the HTTP stack's and the socket's. Anything else while
-    connecting is a bug of tracer (exit 70), never "no engine"."""
+def engine_failures() -> tuple[type[BaseException], ...]:
+    """What a call raises when the engine, not tracer, went wrong: the SDK's errors (an
+    unreachable socket, an error status, a bad DOCKER_HOST), the HTTP stack's, a
+    malformed answer and the socket's. Anything else is a bug of tracer (exit 70), never
+    "no engine" or a failed step."""
     import docker
     import requests
     import urllib3
@@ -215,7 +216,7 @@ def _new_engine(address: str, timeout: float | None, ping_timeout: float) -> Eng
             sdk = docker.from_env(timeout=ping_timeout)
             sdk.ping()
             _api_versions[address] = sdk.api.api_version
-    except _connection_errors() as exc:
+    except engine_failures() as exc:
         raise EnvironmentProblem(
             f"no Docker engine answers at {address} ({_why_not(exc)}); start one "
             "(scripts/setup does) or point DOCKER_HOST at one") from None

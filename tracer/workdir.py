@@ -45,6 +45,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tracer.engine import engine_failures
 from tracer.errors import EnvironmentProblem, no_space
 
 OWNER_LABEL = "org.tracer.owner"  # HOST:PID:STARTTIME of the process that made the object
@@ -299,15 +300,6 @@ def _tree_size(path: str) -> int:
 # ---------------------------------------------------------------- the engine
 
 
-def engine_errors() -> tuple[type[BaseException], ...]:
-    """What an engine call raises when the engine, not tracer, went wrong: the SDK's
-    errors, the HTTP layer's (refused, timed out, not JSON) and the socket's."""
-    import docker.errors
-    import requests.exceptions
-
-    return (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
-
-
 def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
     """Remove containers and temporary images labelled by tracer processes that are dead.
 
@@ -321,7 +313,7 @@ def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
     me = me or current_owner()
     api = client.api
     removed = []
-    with contextlib.suppress(*engine_errors()):
+    with contextlib.suppress(*engine_failures()):
         containers = api.containers(all=True, filters={"label": OWNER_LABEL})
         image_labels: dict[str, dict | None] = {}
         for c in containers if isinstance(containers, list) else ():
@@ -330,13 +322,13 @@ def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
             owner = Owner.from_labels(_labels(c))
             if owner is not None and owner.alive(me) is False and \
                     not _inherited(api, c, image_labels):
-                with contextlib.suppress(*engine_errors()):
+                with contextlib.suppress(*engine_failures()):
                     api.remove_container(c["Id"], force=True, v=True)
                     names = c.get("Names")
                     name = names[0] if isinstance(names, list) and names and \
                         isinstance(names[0], str) else c["Id"][:12]
                     removed.append(Leftover("container", name.lstrip("/")))
-    with contextlib.suppress(*engine_errors()):
+    with contextlib.suppress(*engine_failures()):
         images = api.images(filters={"reference": TEMP_REPOSITORY + "*"})
         for image in images if isinstance(images, list) else ():
             if not isinstance(image, dict):
@@ -348,7 +340,7 @@ def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
                     continue
                 owner = Owner.from_tag(tag.rpartition(":")[2]) or labelled
                 if owner is not None and owner.alive(me) is False:
-                    with contextlib.suppress(*engine_errors()):
+                    with contextlib.suppress(*engine_failures()):
                         api.remove_image(tag)
                         removed.append(Leftover("temporary image", tag))
     return removed
@@ -378,7 +370,7 @@ def _inherited(api: Any, container: dict, cache: dict[str, dict | None]) -> bool
             config = image.get("Config") if isinstance(image, dict) else None
             cache[image_id] = None if not isinstance(config, dict) else \
                 {} if config.get("Labels") is None else _labels(config)
-        except engine_errors():  # gone or unreadable: cannot tell
+        except engine_failures():  # gone or unreadable: cannot tell
             cache[image_id] = None
     labels = cache[image_id]
     if labels is None:

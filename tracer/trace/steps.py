@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracer.budgets import DEFAULT, Budgets
+from tracer.engine import engine_failures
 from tracer.profile.model import (
     CommandStep,
     ExecStep,
@@ -341,8 +342,10 @@ def run_exec(ctx: StepContext, label: str, step: ExecStep, stem: str) -> StepOut
             if step.stdin is not None:
                 feed(sock, step.stdin)
             _exec_stream(sock, out, err)
-        except Exception as exc:  # noqa: BLE001 - reported as the step's failure
+        except engine_failures() as exc:  # the engine or the stream failed: the step did
             box["error"] = exc
+        except BaseException as exc:  # noqa: BLE001 - a bug of tracer: raised below
+            box["bug"] = exc
 
     thread = threading.Thread(target=target, name="exec", daemon=True)
     thread.start()
@@ -360,6 +363,8 @@ def run_exec(ctx: StepContext, label: str, step: ExecStep, stem: str) -> StepOut
 
             with contextlib.suppress(Exception):
                 box["sock"].close()
+    if "bug" in box:  # a TypeError in tracer is exit 70, never a failed step (exit 1 or 3)
+        raise box["bug"]
     if "error" in box:
         return _outcome(label, "exec", start, False, f"exec failed: {box['error']}",
                         logs=_container_logs(ctx))
