@@ -27,6 +27,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
+from tracer.engine import engine_failures
 from tracer.errors import BadInput, EnvironmentProblem
 from tracer.image.config import ImageConfig
 from tracer.profile.model import RunSpec
@@ -206,7 +209,7 @@ class LogWatch:
                         self.matched.set()
                 with self.changed:
                     self.changed.notify_all()
-        except Exception:  # noqa: BLE001 - the container went away: the stream just ends
+        except engine_failures():  # the container went away: the stream just ends
             pass
         finally:
             self.ended.set()
@@ -378,11 +381,17 @@ class DockerRunner:
         if self.read_deadline is not None:
             until = max(until, self.read_deadline)
         late = False
-        with contextlib.suppress(Exception):  # a vanished container has no more logs
+        with contextlib.suppress(*engine_failures()):  # a vanished container: no more logs
             stream = self.client.api.logs(container.id, stdout=stdout, stderr=stderr,
                                           stream=True, follow=False, tail=self.tail_lines)
             # a stalled engine does not end the read either: the stream is closed under it
-            timer = threading.Timer(max(until - time.monotonic(), 0), _close, (stream,))
+            cut = threading.Event()
+
+            def cut_read() -> None:
+                cut.set()
+                _close(stream)
+
+            timer = threading.Timer(max(until - time.monotonic(), 0), cut_read)
             timer.daemon = True
             timer.start()
             try:
@@ -392,6 +401,10 @@ class DockerRunner:
                     if time.monotonic() > until:
                         late = True
                         break
+            except Exception:
+                if not cut.is_set():
+                    raise
+                late = True  # whatever a read of the stream closed under it raised
             finally:
                 timer.cancel()
                 _close(stream)
@@ -441,8 +454,6 @@ class DockerRunner:
         re-parented to strace, and strace would wait for them forever.
         """
         try:
-            import psutil
-
             children = psutil.Process(pid).children(recursive=True)
             if not children:
                 return False
@@ -450,7 +461,7 @@ class DockerRunner:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, sig)
             return True
-        except Exception:  # noqa: BLE001 - not our pid namespace or no permission
+        except (psutil.Error, OSError):  # not our pid namespace, or no permission
             return False
 
     def kill(self, container: Any) -> None:
@@ -474,13 +485,13 @@ class DockerRunner:
             return True
         except docker.errors.NotFound:
             return True  # never created (interrupted before), or gone already
-        except Exception as exc:  # noqa: BLE001 - retried by cleanup, said if it stays
+        except engine_failures() as exc:  # retried by cleanup, said if it stays
             self._remove_errors[ref] = str(exc)[:200]
         try:
             self.client.api.inspect_container(ref)
         except docker.errors.NotFound:
             return True
-        except Exception:  # noqa: BLE001 - cannot tell: tried again
+        except engine_failures():  # cannot tell: tried again
             pass
         return False
 
