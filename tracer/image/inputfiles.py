@@ -103,16 +103,21 @@ def _refusal(exc: OSError, relpath: str, where: str, what: str) -> ImageFormatEr
 def file_identity(path: Path) -> str:
     """sha256 of a file's bytes ("missing" when it cannot be read): a cheap identity of
     an input for `tracer batch`."""
-    h = hashlib.sha256()
     try:
         fd = open_input_file(path, str(path))
     except (BadInput, OSError):
         return "missing"
     try:
-        pos = 0
-        while chunk := os.pread(fd, 1 << 20, pos):
-            h.update(chunk)
-            pos += len(chunk)
+        return sha256_of(fd)
     finally:
         os.close(fd)
+
+
+def sha256_of(fd: int) -> str:
+    """`sha256:HEX` of the whole file open as `fd` (read with pread, 1 MiB at a time)."""
+    h = hashlib.sha256()
+    pos = 0
+    while chunk := os.pread(fd, 1 << 20, pos):
+        h.update(chunk)
+        pos += len(chunk)
     return "sha256:" + h.hexdigest()

@@ -29,7 +29,7 @@ from tracer.budgets import DEFAULT, Budgets
 from tracer.errors import BadInput, ImageFormatError
 from tracer.image import documents as doc
 from tracer.image.diskio import disk_full, new_file
-from tracer.image.inputfiles import file_identity, open_beneath, open_root, read_all
+from tracer.image.inputfiles import file_identity, open_beneath, open_root, read_all, sha256_of
 from tracer.image.output import (
     REF_NAME,
     OciDocuments,
@@ -66,13 +66,17 @@ class _Layout:
 
     def read_json_file(self, name: str) -> object:
         fd = open_beneath(self.fd, name, self.where)
+        return doc.parse(self._read_document(fd, f"{self.where}: {name}"),
+                         f"{self.where}: {name}")
+
+    def _read_document(self, fd: int, where: str) -> bytes:
+        """The whole file open as `fd` (closed after), within the json_bytes budget."""
         try:
             size = os.fstat(fd).st_size
-            doc.check_size(size, f"{self.where}: {name}", self.budgets)
-            data = read_all(fd, size)
+            doc.check_size(size, where, self.budgets)
+            return read_all(fd, size)
         finally:
             os.close(fd)
-        return doc.parse(data, f"{self.where}: {name}")
 
     def open_blob(self, digest: str, where: str) -> int:
         try:
@@ -86,13 +90,7 @@ class _Layout:
         desc = doc.obj(desc, f"{where}: descriptor")
         digest = doc.digest(desc.get("digest"), where)
         want = doc.size(desc, where)
-        fd = self.open_blob(digest, where)
-        try:
-            size = os.fstat(fd).st_size
-            doc.check_size(size, f"{where}: blob {digest}", self.budgets)
-            data = read_all(fd, size)
-        finally:
-            os.close(fd)
+        data = self._read_document(self.open_blob(digest, where), f"{where}: blob {digest}")
         got = "sha256:" + hashlib.sha256(data).hexdigest()
         if got != digest:
             raise ImageFormatError(f"{where}: digest mismatch: blob {digest} hashes to {got}")
@@ -236,14 +234,10 @@ def _holds(layout_dir: Path, previous: list[dict[str, Any]], docs: OciDocuments,
             except ImageFormatError:
                 return False
             try:
-                h = hashlib.sha256()
-                pos = 0
-                while chunk := os.pread(blob, 1 << 20, pos):
-                    h.update(chunk)
-                    pos += len(chunk)
+                same = sha256_of(blob) == digest
             finally:
                 os.close(blob)
-            if "sha256:" + h.hexdigest() != digest:
+            if not same:
                 return False
     finally:
         os.close(fd)

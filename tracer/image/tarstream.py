@@ -474,19 +474,7 @@ class TarReader:
         m = self._current
         if m is not None and m.sparse is not None:
             for offset, length in m.sparse:
-                done = 0
-                while done < length:
-                    n = min(CHUNK, length - done)
-                    chunk = self._read(n)
-                    if len(chunk) != n:
-                        self._remaining -= len(chunk)
-                        self._truncated()
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.pwrite(fd, view, offset + done + n - len(view))
-                        view = view[written:]
-                    done += n
-                    self._remaining -= n
+                self._copy(fd, length, offset)
             os.ftruncate(fd, m.size)
             return
         if self._remaining > 0 and self._remaining + self._pad <= CHUNK:
@@ -504,14 +492,24 @@ class TarReader:
             while view:
                 view = view[os.write(fd, view):]
             return
-        while self._remaining:
-            n = min(CHUNK, self._remaining)
+        self._copy(fd, self._remaining, None)
+
+    def _copy(self, fd: int, length: int, offset: int | None) -> None:
+        """`length` bytes of the member's data to `fd`, CHUNK at a time: at `offset` (a
+        sparse segment), or where `fd` stands (None)."""
+        done = 0
+        while done < length:
+            n = min(CHUNK, length - done)
             chunk = self._read(n)
             if len(chunk) != n:
                 self._remaining -= len(chunk)
                 self._truncated()
             view = memoryview(chunk)
             while view:
-                written = os.write(fd, view)
+                if offset is None:
+                    written = os.write(fd, view)
+                else:
+                    written = os.pwrite(fd, view, offset + done + n - len(view))
                 view = view[written:]
+            done += n
             self._remaining -= n
