@@ -188,9 +188,13 @@ def test_engine_sweep_removes_only_dead_owners_labelled_things(docker_client, fi
         docker_client.images.get(tags["dead"]).tag(published)
         removed = sweep_engine(docker_client)
         mine = sorted((r.kind, r.name) for r in removed if tag in r.name)
-        assert mine == [("container", f"bounds-{tag}-dead"),
-                        ("temporary image", tags["dead-token"]),
-                        ("temporary image", tags["dead"])]
+        # another tracer process on the engine may sweep the dead owner's things first:
+        # this sweep removes at most them, and afterwards they are gone
+        assert set(mine) <= {("container", f"bounds-{tag}-dead"),
+                             ("temporary image", tags["dead-token"]),
+                             ("temporary image", tags["dead"])}
+        for dead_tag in (tags["dead-token"], tags["dead"]):
+            assert dead_tag not in {t for i in docker_client.images.list() for t in i.tags}
         docker_client.images.get(tags["live-token"])
         left = {c.name for c in docker_client.containers.list(all=True) if tag in c.name}
         assert left == {f"bounds-{tag}-{w}" for w in ("live", "foreign", "unlabelled",

@@ -237,7 +237,9 @@ def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docke
     work.mkdir()
     # A long last step keeps the traced container up, so the interrupt lands mid-run.
     base = yaml.safe_load((PROFILES / "nginx.yaml").read_text())
-    profile = write_profile(tmp_path, "nginx", smoke=[*base["smoke"], {"sleep": "120s"}])
+    name = f"nginx-{uuid.uuid4().hex[:8]}"  # its temp tags are tracer-tmp/NAME:...
+    profile = write_profile(tmp_path, "nginx", name=name,
+                            smoke=[*base["smoke"], {"sleep": "120s"}])
     output = f"tracer-test/nginx:interrupted-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, TRACER_WORKDIR=str(work))
     proc = interrupt_when_running(
@@ -249,7 +251,7 @@ def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docke
     assert proc.containers() == [], "containers left behind"
     assert list(work.iterdir()) == [], "temp dirs left behind"
     leftovers = [t for i in docker_client.images.list() for t in i.tags
-                 if t.startswith("tracer-tmp/") or t == output]
+                 if t.startswith(f"tracer-tmp/{name}:") or t == output]
     assert leftovers == []
 
 
@@ -288,8 +290,9 @@ def test_archive_input_and_oci_output(fixture_image, host_strace, docker_client,
         for chunk in docker_client.images.get(image).save(named=True):
             f.write(chunk)
     layout = tmp_path / "out-oci"
-    profile = write_profile(tmp_path, "hardcases", image=f"docker-archive:{archive}",
-                            output=f"oci:{layout}:min")
+    name = f"hardcases-{uuid.uuid4().hex[:8]}"  # its temp tags are tracer-tmp/NAME:...
+    profile = write_profile(tmp_path, "hardcases", name=name,
+                            image=f"docker-archive:{archive}", output=f"oci:{layout}:min")
     proc = tracer("minimize", str(profile), "--quiet")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     index = json.loads((layout / "index.json").read_text())
@@ -297,7 +300,7 @@ def test_archive_input_and_oci_output(fixture_image, host_strace, docker_client,
             for m in index["manifests"]]
     assert tags == ["min"]
     leftovers = [t for i in docker_client.images.list() for t in i.tags
-                 if t.startswith("tracer-tmp/")]
+                 if t.startswith(f"tracer-tmp/{name}:")]
     assert leftovers == []
 
 

@@ -83,10 +83,12 @@ def hostile_image(docker_client, fixture_image, gcc, tmp_path_factory):
     (ctx / "ld.so.preload").write_text("# as real files are\n/usr/lib/evil-file.so\n")
     (ctx / "Dockerfile").write_text(
         f"FROM {fixture_image('base')}\n"
-        "COPY evil-env.so evil-file.so /usr/lib/\n"
-        "COPY ld.so.preload /etc/ld.so.preload\n"
+        # before the preloads exist: a RUN after them would leave the build's own marker
+        # in the image, which the app then lists (and the minimized image rightly lacks)
         "RUN mkdir -m 1777 /tmp/markers && echo s > /secret && chmod 600 /secret "
         "&& echo n > /never-opened\n"
+        "COPY evil-env.so evil-file.so /usr/lib/\n"
+        "COPY ld.so.preload /etc/ld.so.preload\n"
         "ENV LD_PRELOAD=/usr/lib/evil-env.so\n")
     docker_client.images.build(path=str(ctx), tag=tag, network_mode="none", rm=True,
                                forcerm=True)
