@@ -146,3 +146,112 @@ def push_engine_image(registry: Registry, image: str, dest: str) -> str:
 
 def oci_json(obj: object) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+# ---------------------------------------------------------------- test images
+
+COMPILERS = {"amd64": "gcc", "arm64": "aarch64-linux-gnu-gcc", "386": "i686-linux-gnu-gcc"}
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def static_program(tmp: Path, arch: str, source: str) -> bytes:
+    """`source` (C) compiled statically for `arch` by the cross compiler scripts/setup
+    installs."""
+    import shutil
+
+    compiler = COMPILERS[arch]
+    if shutil.which(compiler) is None:
+        missing(f"{compiler} is not installed; run scripts/setup")
+    src = tmp / f"prog-{arch}.c"
+    out = tmp / f"prog-{arch}"
+    src.write_text(source)
+    done = subprocess.run([compiler, "-static", "-O2", "-o", str(out), str(src)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out.read_bytes()
+
+
+def program_layer(program: bytes, extra: dict[str, bytes] | None = None) -> bytes:
+    """A layer with /bin/app (mode 0755) and `extra` files."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name in ("bin", "etc", "tmp"):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1_600_000_000
+            tf.addfile(ti)
+        for name, data, mode in [("bin/app", program, 0o755),
+                                 *((k, v, 0o644) for k, v in (extra or {}).items())]:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode, ti.mtime = len(data), mode, 1_600_000_000
+            tf.addfile(ti, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Layout:
+    """An OCI image layout being built: images (gzip layers) and indexes, then tagged."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        (path / "blobs" / "sha256").mkdir(parents=True)
+        (path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+        self.tags: list[dict] = []
+
+    def put(self, data: bytes) -> dict:
+        (self.path / "blobs" / "sha256" / sha(data)[7:]).write_bytes(data)
+        return {"digest": sha(data), "size": len(data)}
+
+    def image(self, layers: list[bytes], arch: str = "amd64", config: dict | None = None,
+              compress: bool = True) -> dict:
+        """An image; returns its manifest descriptor (with platform)."""
+        import gzip
+
+        cfg = {"architecture": arch, "os": "linux",
+               "config": {"Entrypoint": ["/bin/app"], "Env": ["PATH=/bin"]},
+               "rootfs": {"type": "layers", "diff_ids": [sha(x) for x in layers]},
+               "history": [{"created_by": "tests/registry.py"}], **(config or {})}
+        descs = []
+        for data in layers:
+            blob = gzip.compress(data, mtime=0) if compress else data
+            descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar"
+                          + ("+gzip" if compress else ""), **self.put(blob)})
+        manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                    "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                               **self.put(oci_json(cfg))},
+                    "layers": descs}
+        return {"mediaType": OCI_MANIFEST, **self.put(oci_json(manifest)),
+                "platform": {"architecture": arch, "os": "linux"}}
+
+    def index(self, manifests: list[dict]) -> dict:
+        return {"mediaType": OCI_INDEX, **self.put(oci_json(
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}))}
+
+    def tag(self, desc: dict, tag: str) -> str:
+        entry = {k: v for k, v in desc.items() if k != "platform"}
+        entry["annotations"] = {"org.opencontainers.image.ref.name": tag}
+        self.tags.append(entry)
+        (self.path / "index.json").write_text(json.dumps(
+            {"schemaVersion": 2, "manifests": self.tags}))
+        return f"oci:{self.path}:{tag}"
+
+
+def push_layout(registry: Registry, source: str, dest: str, *, index: bool = False,
+                docker_format: bool = False) -> str:
+    """skopeo copy a layout's image (or index, with every image) to `dest`, digests
+    preserved; returns what `dest` names."""
+    args = ["copy", "--quiet", *registry.skopeo_flags("dest-")]
+    args += ["--format", "v2s2"] if docker_format else ["--preserve-digests"]
+    if index:
+        args += ["--multi-arch", "all"]
+    done = skopeo(*args, source, dest)
+    assert done.returncode == 0, done.stderr
+    digest = manifest_digest(registry, dest)
+    assert digest
+    return digest

@@ -61,6 +61,12 @@ class Report:
     # docker-archive or oci output, the image id in the engine (None: nothing written)
     output_digest: str | None = None
     output_unchanged: bool = False  # it already held exactly this image: left untouched
+    # the digest the input reference resolved to when the run read it: a registry's
+    # manifest or index digest (a tag is resolved once), an archive's or layout's manifest
+    # digest, the engine's image id
+    input_digest: str | None = None
+    platform: str | None = None  # OS/ARCH[/VARIANT] of the image read (and minimized)
+    platform_runs: str | None = None  # "native", or the binfmt_misc handler emulating it
     granularity: str = "file"  # file | package | deps (keep.granularity / --granularity)
     # with granularity package or deps: what file granularity would have kept (bytes),
     # the bytes each position keeps ({"file": .., "package": .., "deps": ..}: what safety
