@@ -405,6 +405,8 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     profile = load_profile(args.profile, overrides)
+    if overrides.all_platforms:
+        from tracer.allplatforms import minimize_all_platforms as minimize
     report = minimize(profile, output=args.output, report_path=args.report,
                       progress=Progress(quiet=args.quiet), options=overrides.image_options)
     print(summary_table(report))

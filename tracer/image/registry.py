@@ -46,7 +46,7 @@ from typing import Any
 from tracer.budgets import DEFAULT, Budgets
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
 from tracer.image import documents as doc
-from tracer.image.diskio import disk_full
+from tracer.image.diskio import disk_full, new_file
 from tracer.image.layout import INDEX_TYPES, LayoutTransport, read_layout
 from tracer.image.output import (
     OCI_INDEX,
@@ -55,6 +55,7 @@ from tracer.image.output import (
     OneLayer,
     WrittenImage,
     json_bytes,
+    oci_image_documents,
 )
 from tracer.image.platforms import Platform, engine_platform, of_config, of_descriptor
 from tracer.image.reference import ImageRef
@@ -363,6 +364,59 @@ def index_document(manifests: list[tuple[str, int, Platform]]) -> bytes:
          "platform": {"architecture": p.architecture, "os": p.os,
                       **({"variant": p.variant} if p.variant else {})}}
         for d, n, p in manifests]})
+
+
+@dataclass
+class PlatformImage:
+    """One verified platform of a multi-platform output."""
+
+    platform: Platform
+    image: OneLayer
+    expect_id: str  # the verified candidate's image id
+
+
+def write_index(images: list[PlatformImage], ref: ImageRef, workdir: Path) -> WrittenImage:
+    """Write every platform's verified image and an OCI image index of them as one OCI
+    layout in `workdir`, and push it to `ref` (skopeo copy --multi-arch all
+    --preserve-digests: the index and each manifest keep the digests written here). A
+    tag that already names this index is left alone. Each image must be its verified
+    candidate (`expect_id`), as for a single-platform output."""
+    transport = RegistryTransport()
+    ref = transport.check_output(ref)
+    layout = Path(workdir) / "push-index"
+    blobs = layout / "blobs" / "sha256"
+    entries: list[tuple[str, int, Platform]] = []
+    size = files = 0
+    try:
+        blobs.mkdir(parents=True)
+        with disk_full(workdir, sum(i.image.estimated_size() for i in images)):
+            (layout / "oci-layout").write_bytes(b'{"imageLayoutVersion":"1.0.0"}')
+            for item in images:
+                part = blobs / ".layer.partial"
+                with new_file(part) as f:
+                    stats = item.image.write_layer(f)
+                os.replace(part, blobs / stats.diff_id[7:])
+                docs = oci_image_documents(item.image.config_bytes(stats.diff_id), stats)
+                if docs.config_digest != item.expect_id:
+                    raise RuntimeError(f"the {item.platform} image {docs.config_digest} is not "
+                                       f"the verified candidate {item.expect_id}: writing is "
+                                       "not reproducible")
+                for digest, data in ((docs.config_digest, docs.config),
+                                     (docs.manifest_digest, docs.manifest)):
+                    (blobs / digest[7:]).write_bytes(data)
+                entries.append((docs.manifest_digest, len(docs.manifest), item.platform))
+                size, files = size + stats.size, files + stats.members
+            index = index_document(entries)
+            digest = _digest_of(index)
+            (blobs / digest[7:]).write_bytes(index)
+            (layout / "index.json").write_bytes(json_bytes({
+                "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+                    {"mediaType": OCI_INDEX, "digest": digest, "size": len(index),
+                     "annotations": {REF_NAME: _LAYOUT_TAG}}]}))
+        written = WrittenImage(ref, digest, "", size, files, digest)
+        return transport.push(layout, written, ref, Path(workdir), all_images=True)
+    finally:
+        _remove(layout)
 
 
 _BLOB_NAME = re.compile(r"^[0-9a-f]{64}$")
