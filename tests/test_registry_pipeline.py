@@ -8,7 +8,9 @@ The result is pulled back with the reference client and run.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -178,3 +180,27 @@ def test_a_nightly_batch_re_pushes_nothing_that_did_not_change(
     assert upload_requests(log, mark, out_name) == 0
     assert f"PUT /v2/{out_name}/manifests/" not in log.read_bytes()[mark:].decode("utf-8",
                                                                                   "replace")
+
+
+def test_an_output_registry_that_refuses_is_said_before_any_work(
+        plain_registry: Registry, auth_registry: Registry, hardcases, host_strace,
+        tmp_path: Path) -> None:
+    """Credentials for the output registry are checked when the run is planned: a wrong
+    password is exit 2 naming the auth file, before the pull and the traced run, and
+    never prints the password."""
+    _name, ref, _digest = hardcases
+    wrong = "Wr0ng-" + uuid.uuid4().hex[:10]
+    token = base64.b64encode(f"{auth_registry.user}:{wrong}".encode()).decode()
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"auths": {auth_registry.host: {"auth": token}}}))
+    out = auth_registry.ref(repo("refused"), "min")
+    # the input is on the plain registry, the output on the TLS one: trust its CA for both
+    env = {**os.environ, "PYTHONPATH": str(REPO_DIR), "REGISTRY_AUTH_FILE": str(auth)}
+    done = subprocess.run([sys.executable, "-m", "tracer", "minimize",
+                           str(profile_for(tmp_path, ref, out)), "--tls-verify=false"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_DIR, env=env,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 2, done.stderr
+    assert f"REGISTRY_AUTH_FILE={auth}" in done.stderr and "refused" in done.stderr
+    assert "tracer: reading" not in done.stderr and "traced run" not in done.stderr
+    assert wrong not in done.stderr + done.stdout and token not in done.stderr

@@ -289,6 +289,16 @@ class RegistryTransport:
                                    f"{config_digest} and {layers}")
 
     def check_output(self, ref: ImageRef) -> ImageRef:
+        """A tag (not a digest), and a registry that answers for it with the credentials
+        found: a refusal or an unreachable registry is said before minutes of work, not
+        at the push. (Reading a tag may be allowed where pushing is not: that is found
+        at the push.)"""
+        ref = self._tagged(ref)
+        with _scratch() as work:
+            self.current(ref, work)
+        return ref
+
+    def _tagged(self, ref: ImageRef) -> ImageRef:
         if ref.digest is not None or not ref.name:
             raise BadInput(f"output {ref}: a registry output needs a tag "
                            "(docker://HOST/REPO:TAG), not a digest")
@@ -309,7 +319,7 @@ class RegistryTransport:
 
     def write(self, image: OneLayer, ref: ImageRef, workdir: Path,
               expect_id: str | None = None) -> WrittenImage:
-        ref = self.check_output(ref)
+        ref = self._tagged(ref)
         workdir = Path(workdir)
         layout = workdir / "push-layout"
         written = LayoutTransport().write(image, ImageRef("oci", str(layout), None,
@@ -382,7 +392,7 @@ def write_index(images: list[PlatformImage], ref: ImageRef, workdir: Path) -> Wr
     tag that already names this index is left alone. Each image must be its verified
     candidate (`expect_id`), as for a single-platform output."""
     transport = RegistryTransport()
-    ref = transport.check_output(ref)
+    ref = transport._tagged(ref)
     layout = Path(workdir) / "push-index"
     blobs = layout / "blobs" / "sha256"
     entries: list[tuple[str, int, Platform]] = []
