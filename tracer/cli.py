@@ -30,7 +30,8 @@ EPILOG = """exit codes:
   1    the minimized image failed verification (the output was not replaced)
   2    bad input: profile, image reference, arguments, an input over a budget
   3    the smoke test failed on the original image
-  4    environment problem: no Docker engine, no strace, no permission, a full disk
+  4    environment problem: no Docker engine, no strace, no permission, a full disk,
+       a registry that does not answer
   70   internal error (a bug in tracer)
   130  interrupted (everything started was cleaned up)
   141  whatever read the output stopped reading
