@@ -304,6 +304,19 @@ def test_a_corrupted_blob_is_exit_2_and_leaves_nothing(plain_registry: Registry,
     assert not list((tmp_path / "w" / "source").glob("pulled-*"))
 
 
+def test_a_manifest_that_does_not_hash_to_its_digest_is_exit_2(plain_registry: Registry,
+                                                                tmp_path: Path) -> None:
+    """skopeo 1.9's inspect does not check a digest reference's manifest: tracer does."""
+    lay, desc = small_image(tmp_path, marker=os.urandom(16))
+    name = repo("badmanifest")
+    digest = push_layout(plain_registry, lay.tag(desc, "t"), plain_registry.ref(name, "1"))
+    stored = plain_registry.blob_file(digest)
+    stored.write_bytes(stored.read_bytes().replace(b'"schemaVersion":2', b'"schemaVersion": 2'))
+    done = tracer("ldd", plain_registry.ref(name, digest=digest), "--tls-verify=false")
+    assert done.returncode == 2, done.stderr
+    assert "not the digest asked for" in done.stderr and digest in done.stderr
+
+
 # ---------------------------------------------------------------- hostile registries
 
 
