@@ -28,6 +28,7 @@ from registry import Layout, Registry, manifest_digest, push_layout, repo, sha, 
 
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
 from tracer.image import flatten, open_image, parse_reference, write_image
+from tracer.image.platforms import Platform
 from tracer.image.reference import RefOptions
 from tracer.image.transports import transport
 
@@ -87,6 +88,10 @@ def test_pull_by_tag_and_by_digest(plain_registry: Registry, tmp_path: Path) -> 
 
     with pytest.raises(BadInput, match="no such tag, digest or repository"):
         read(plain_registry.ref(name, digest=sha(b"another")), tmp_path / "c")
+    # a single-platform image has no other platform to choose
+    with pytest.raises(BadInput, match="is a single linux/amd64 image, not linux/arm64"):
+        read(plain_registry.ref(name, "1"), tmp_path / "d",
+             RefOptions(tls_verify=False, platform=Platform("linux", "arm64")))
 
 
 def test_uncompressed_layers_are_read_in_place_after_the_pull(plain_registry: Registry,

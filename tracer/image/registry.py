@@ -264,13 +264,17 @@ class RegistryTransport:
         except BaseException:
             _remove(dest)
             raise
-        source._cleanup.append(dest)
+        source.own(dest)
+        platform = chosen.platform or of_config(source.config)
         try:
             self._same_image(source, config_digest, layer_digests, str(mref))
+            want = ref.options.platform
+            if want is not None and (platform is None or not want.matches(platform)):
+                raise BadInput(f"{ref} is a single {platform or 'unnamed'} image, not "
+                               f"{want}: it has no other platform to choose")
         except BaseException:
             source.close()
             raise
-        platform = chosen.platform or of_config(source.config)
         source.ref = ref
         source.manifest_digest = chosen.digest
         source.reader = (f"skopeo copy by digest ({len(layer_digests)} layers, "

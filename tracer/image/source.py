@@ -51,6 +51,10 @@ class ImageSource:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def own(self, path: Path) -> None:
+        """Remove `path` (a temp file or directory of this source's) on close."""
+        self._cleanup.append(path)
+
     def hold(self, fd: int, name: str) -> str:
         """Keep `fd` (an input file opened without following links) open until close;
         return the path that names exactly it."""
