@@ -9,7 +9,16 @@ file counts before and after, each phase's seconds, the whole `tracer minimize` 
 and its ratio to the floor (target: at most 2x). With `--granularity` both, also the
 sizes `file` and `package` granularity keep, side by side.
 
-Usage: scripts/bench_pipeline.py [--granularity file|package|both] [FIXTURE ...]
+With `--registry HOST:PORT` (a plain-HTTP registry: scripts/setup starts one on
+127.0.0.1:5000), each fixture is first pushed there (not measured), then minimized from
+the registry to the registry, and tracer's `pull` and `push` phases are set against
+`skopeo copy` alone doing the same transfer: pulling the input by digest into a `dir:`,
+and pushing the minimized image (a copy of tracer's output) to a new repository. The
+baseline talks to the same registry as `localhost:PORT`, so skopeo's blob cache cannot
+mount what tracer pushed: both upload every blob.
+
+Usage: scripts/bench_pipeline.py [--granularity file|package|both] [--registry HOST:PORT]
+       [FIXTURE ...]
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -45,27 +57,84 @@ def smoke_floor(profile_path: Path, work: Path) -> float:
     return 2 * took
 
 
-def minimize(name: str, granularity: str, work: Path) -> tuple[dict, float] | None:
+def minimize(name: str, granularity: str, work: Path, registry: str | None = None
+             ) -> tuple[dict, float] | None:
     report_path = work / f"{name}-{granularity}.json"
+    profile = REPO / "profiles" / f"{name}.yaml"
     output = f"docker-daemon:tracer-bench/{name}:min-{granularity}"
-    cmd = [sys.executable, "-m", "tracer", "minimize", str(REPO / "profiles" / f"{name}.yaml"),
-           "--quiet", "--output", output, "--report", str(report_path)]
+    extra: list[str] = []
+    if registry is not None:
+        profile = registry_profile(name, registry, work)
+        output = f"docker://{registry}/tracer-bench/{name}-{uuid.uuid4().hex[:8]}:min"
+        extra = ["--tls-verify=false"]
+    cmd = [sys.executable, "-m", "tracer", "minimize", str(profile),
+           "--quiet", "--output", output, "--report", str(report_path), *extra]
     if granularity != "file":
         cmd += ["--granularity", granularity]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.monotonic() - t0
-    subprocess.run(["docker", "rmi", "-f", output.split(":", 1)[1]], capture_output=True)
+    if registry is None:
+        subprocess.run(["docker", "rmi", "-f", output.split(":", 1)[1]], capture_output=True)
     if proc.returncode != 0:
         print(f"{name} ({granularity}): minimize failed (exit {proc.returncode})\n"
               f"{proc.stderr[-2000:]}")
         return None
-    return json.loads(report_path.read_text()), wall
+    report = json.loads(report_path.read_text())
+    if registry is not None:
+        report["skopeo_alone"] = skopeo_alone(name, registry, report, output, work)
+    return report, wall
+
+
+# ---------------------------------------------------------------- --registry
+
+
+def skopeo(*args: str) -> float:
+    """Seconds `skopeo ARGS` takes (it must succeed)."""
+    t0 = time.monotonic()
+    done = subprocess.run(["skopeo", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"skopeo {' '.join(args)}: {done.stderr[-1000:]}")
+    return time.monotonic() - t0
+
+
+def registry_profile(name: str, registry: str, work: Path) -> Path:
+    """The fixture's profile reading it from the registry (pushed there first)."""
+    source = f"docker://{registry}/tracer-bench/{name}:src"
+    skopeo("copy", "--quiet", "--dest-tls-verify=false",
+           f"docker-daemon:tracer-fixture/{name}:test", source)
+    data = yaml.safe_load((REPO / "profiles" / f"{name}.yaml").read_text())
+    data["image"] = source
+    data.pop("output", None)
+    path = work / f"{name}-registry.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def skopeo_alone(name: str, registry: str, report: dict, output: str, work: Path
+                 ) -> dict[str, float]:
+    """`skopeo copy` alone doing tracer's two transfers, through `localhost:PORT` (the
+    same registry, which skopeo's blob cache does not tie to tracer's pushes)."""
+    alias = "localhost:" + registry.rsplit(":", 1)[1]
+    pulled = work / f"{name}-alone-pull"
+    pull = skopeo("copy", "--quiet", "--src-tls-verify=false",
+                  f"docker://{alias}/tracer-bench/{name}@{report['input_digest']}",
+                  f"dir:{pulled}")
+    shutil.rmtree(pulled, ignore_errors=True)
+    layout = work / f"{name}-alone-out"
+    skopeo("copy", "--quiet", "--src-tls-verify=false", output, f"oci:{layout}:min")
+    push = skopeo("copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false",
+                  f"oci:{layout}:min",
+                  f"docker://{alias}/tracer-bench/{name}-alone-{uuid.uuid4().hex[:8]}:min")
+    shutil.rmtree(layout, ignore_errors=True)
+    return {"pull": pull, "push": push}
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--granularity", choices=("file", "package", "both"), default="file")
+    parser.add_argument("--registry", metavar="HOST:PORT",
+                        help="read and write the images through this plain-HTTP registry")
     parser.add_argument("fixtures", nargs="*", default=FIXTURES)
     args = parser.parse_args(argv)
     grains = ["file", "package"] if args.granularity == "both" else [args.granularity]
@@ -75,7 +144,7 @@ def main(argv: list[str]) -> int:
         for name in args.fixtures:
             floor = smoke_floor(REPO / "profiles" / f"{name}.yaml", work)
             for grain in grains:
-                done = minimize(name, grain, work)
+                done = minimize(name, grain, work, args.registry)
                 if done is not None:
                     rows.append((name, grain, done[0], done[1], floor))
     finally:
@@ -89,6 +158,14 @@ def main(argv: list[str]) -> int:
               f"{wall:5.1f}s {floor:5.1f}s {wall / floor:5.2f}x  {phases}")
     print("floor: two untraced runs of the same smoke test on the original image; "
           "target: tracer minimize (verification included) at most 2x the floor")
+    if args.registry:
+        print(f"\n{'fixture':10} {'pull':>7} {'skopeo':>7} {'push':>7} {'skopeo':>7}")
+        for name, _grain, r, _wall, _floor in rows:
+            alone = r["skopeo_alone"]
+            print(f"{name:10} {r['seconds'].get('pull', 0):6.2f}s {alone['pull']:6.2f}s "
+                  f"{r['seconds'].get('push', 0):6.2f}s {alone['push']:6.2f}s")
+        print("pull/push: tracer's phases (resolve, budget checks, skopeo copy, the layout "
+              "read or written); skopeo: `skopeo copy` alone, the same transfer")
     return 0
 
 

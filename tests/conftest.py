@@ -13,6 +13,7 @@ import subprocess
 
 import pytest
 from prereq import missing
+from registry import auth_registry, plain_registry  # noqa: F401 - the test registries
 
 FIXTURE_IMAGES = {
     "base": "tracer-fixture/base:bookworm",

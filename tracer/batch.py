@@ -32,7 +32,7 @@ from tracer import __version__
 from tracer.budgets import DEFAULT
 from tracer.errors import BadInput, TracerError
 from tracer.explain.runfiles import keeplist_paths
-from tracer.image.reference import ImageRef, default_output, parse_reference
+from tracer.image.reference import ImageRef, RefOptions, default_output, parse_reference
 from tracer.image.transports import transport
 from tracer.operatorfiles import kind_of, open_regular, read_json, read_regular
 from tracer.profile.load import Overrides, budgets_of, load_profile
@@ -170,11 +170,15 @@ def _hash_file(h: Any, path: str) -> None:
             h.update(chunk)
 
 
-def _fingerprint(profile_path: Path, profile: Profile) -> dict[str, str]:
-    """What a job's result depends on: the input image, the profile with the files it
-    reads (stdin_file, keep.evidence and --evidence recordings), and the tracer version."""
+def _fingerprint(profile_path: Path, profile: Profile,
+                 options: RefOptions | None = None) -> dict[str, str]:
+    """What a job's result depends on: the input image (a registry tag: the digest it
+    names now), the profile with the files it reads (stdin_file, keep.evidence and
+    --evidence recordings), and the tracer version. `options`: how registries are
+    reached (--tls-verify, --cert-dir) and which platform is read."""
     return {
-        "image_digest": image_digest(parse_reference(profile.image)),
+        "image_digest": image_digest(parse_reference(profile.image)
+                                     .with_options(options or RefOptions())),
         "profile_sha256": profile_digest(profile_path, profile),
         "tracer_version": __version__,
     }
@@ -242,12 +246,14 @@ class Batch:
                              exit_code=exc.exit_code, seconds=0.0, message=str(exc))
         job = _JobFiles(self.out / profile.name)
         job.dir.mkdir(parents=True, exist_ok=True)
-        in_ref = parse_reference(profile.image)
-        out_ref = parse_reference(profile.output) if profile.output else default_output(in_ref)
+        options = self.overrides.image_options
+        in_ref = parse_reference(profile.image).with_options(options)
+        out_ref = (parse_reference(profile.output) if profile.output
+                   else default_output(in_ref)).with_options(options)
         result = JobResult(name=profile.name, profile=str(profile_path), status="failed",
                            exit_code=None, seconds=0.0, output=str(out_ref),
                            log=str(job.log), report=str(job.report))
-        fingerprint = _fingerprint(profile_path, profile)
+        fingerprint = _fingerprint(profile_path, profile, options)
         if self.overrides.argv():  # another --granularity or --budget is another job
             fingerprint["overrides"] = " ".join(self.overrides.argv())
         if not self.force and _load_json(job.state) == fingerprint and output_exists(out_ref):

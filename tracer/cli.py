@@ -19,6 +19,7 @@ from tracer import __version__
 from tracer.errors import BadInput, TracerError
 
 if TYPE_CHECKING:
+    from tracer.image.reference import RefOptions
     from tracer.profile.load import Overrides
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug in tracer, never confused with 0-4
@@ -29,13 +30,14 @@ EPILOG = """exit codes:
   1    the minimized image failed verification (the output was not replaced)
   2    bad input: profile, image reference, arguments, an input over a budget
   3    the smoke test failed on the original image
-  4    environment problem: no Docker engine, no strace, no permission, a full disk
+  4    environment problem: no Docker engine, no strace, no permission, a full disk,
+       a registry that does not answer
   70   internal error (a bug in tracer)
   130  interrupted (everything started was cleaned up)
   141  whatever read the output stopped reading
 Profiles: the format reference is docs/profile.md, advice in profiles/README.md; start one
 with `tracer init IMAGE`. Image references: docker-daemon:NAME[:TAG], NAME[:TAG],
-docker-archive:PATH[:NAME[:TAG]], oci:PATH[:TAG]."""
+docker-archive:PATH[:NAME[:TAG]], oci:PATH[:TAG], docker://HOST/REPO[:TAG|@sha256:...]."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +67,25 @@ def _add_evidence(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evidence", action="append", type=Path, default=[], metavar="FILE",
                    help="a recording written by `tracer record` (repeatable; on top of the "
                    "profile's keep.evidence): every path production used is kept")
+
+
+def _add_registry(p: argparse.ArgumentParser, all_platforms: bool = False) -> None:
+    """How registry images are reached and which platform of one is read (skopeo's
+    spelling of the flags)."""
+    p.add_argument("--tls-verify", nargs="?", const="true", metavar="BOOL",
+                   help="verify registries' TLS certificates (default true; "
+                   "--tls-verify=false for a plain-HTTP or self-signed registry)")
+    p.add_argument("--cert-dir", type=Path, metavar="DIR",
+                   help="trust the CA certificates (*.crt) in DIR for registries, and use "
+                   "a client certificate (*.cert + *.key) from it")
+    p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="which image of a multi-platform index to read (default: the "
+                   "engine's platform), e.g. linux/arm64")
+    if all_platforms:
+        p.add_argument("--all-platforms", action="store_true",
+                       help="minimize and verify every platform of a multi-platform input "
+                       "separately and write an index of them (exit 4, before any work, "
+                       "when one cannot run on this host)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +122,7 @@ def _add_minimize(sub: Any) -> None:
     _add_granularity(m)
     _add_evidence(m)
     _add_budget(m)
+    _add_registry(m, all_platforms=True)
 
 
 def _add_validate(sub: Any) -> None:
@@ -126,6 +148,7 @@ def _add_init(sub: Any) -> None:
     i.add_argument("-o", "--output", dest="file", type=Path,
                    help="write the profile here (default: print it); never overwrites")
     i.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_registry(i)
 
 
 def _add_schema(sub: Any) -> None:
@@ -145,6 +168,7 @@ def _add_ldd(sub: Any) -> None:
     ld.add_argument("paths", nargs="*", metavar="PATH", help="in-image paths or program names")
     ld.add_argument("--json", action="store_true", help="machine-readable output")
     _add_budget(ld)
+    _add_registry(ld)
 
 
 def _add_diagnose(sub: Any) -> None:
@@ -229,6 +253,7 @@ def _add_batch(sub: Any) -> None:
     _add_granularity(b)
     _add_evidence(b)
     _add_budget(b)
+    _add_registry(b, all_platforms=True)
 
 
 def _add_record(sub: Any) -> None:
@@ -262,12 +287,21 @@ host.""",
     _add_budget(r)
 
 
+def _image_options(args: argparse.Namespace) -> RefOptions:
+    from tracer.profile.load import image_options
+
+    return image_options(getattr(args, "tls_verify", None), getattr(args, "cert_dir", None),
+                         getattr(args, "platform", None))
+
+
 def _overrides(args: argparse.Namespace) -> Overrides:
     from tracer.profile.load import Overrides, evidence_flags, parse_budget_flags
 
     return Overrides(budgets=parse_budget_flags(args.budget),
                      granularity=getattr(args, "granularity", None),
-                     evidence=evidence_flags(getattr(args, "evidence", None)))
+                     evidence=evidence_flags(getattr(args, "evidence", None)),
+                     image_options=_image_options(args),
+                     all_platforms=getattr(args, "all_platforms", False))
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
@@ -370,9 +404,12 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
     from tracer.progress import Progress
     from tracer.report import summary_table
 
-    profile = load_profile(args.profile, _overrides(args))
+    overrides = _overrides(args)
+    profile = load_profile(args.profile, overrides)
+    if overrides.all_platforms:
+        from tracer.allplatforms import minimize_all_platforms as minimize
     report = minimize(profile, output=args.output, report_path=args.report,
-                      progress=Progress(quiet=args.quiet))
+                      progress=Progress(quiet=args.quiet), options=overrides.image_options)
     print(summary_table(report))
     if report.package_sizes_text:
         print(report.package_sizes_text)
@@ -409,7 +446,9 @@ def _cmd_ldd(args: argparse.Namespace) -> int:
     from tracer.inspect_image import ldd
     from tracer.static import format_text, to_json
 
-    closure = ldd(args.image, args.paths, budgets=_overrides(args).run_budgets)
+    overrides = _overrides(args)
+    closure = ldd(args.image, args.paths, budgets=overrides.run_budgets,
+                  options=overrides.image_options)
     if args.json:
         print(json.dumps(to_json(closure), indent=2))
     else:
@@ -421,7 +460,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from tracer.profile.starter import init_profile, write_new
     from tracer.progress import Progress
 
-    text = init_profile(args.image, progress=Progress(quiet=args.quiet))
+    text = init_profile(args.image, progress=Progress(quiet=args.quiet),
+                        options=_image_options(args))
     if args.file is None:
         sys.stdout.write(text)
         return 0

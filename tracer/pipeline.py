@@ -34,13 +34,14 @@ from tracer.analysis.policy import IMPLICIT_DLOPENS
 from tracer.analysis.recording import Recording, read_recording
 from tracer.budgets import Budgets
 from tracer.environment import require_strace
-from tracer.errors import BadInput, SmokeFailedOnOriginal, TracerError
+from tracer.errors import BadInput, EnvironmentProblem, SmokeFailedOnOriginal, TracerError
 from tracer.explain.diagnose import diagnose
 from tracer.explain.outputs import Comparison, compare, suspects
 from tracer.image.daemon import EngineImages
 from tracer.image.model import FlatImage
+from tracer.image.platforms import engine_platform, parse_platform, runnable
 from tracer.image.prepare import Prepared, prepare
-from tracer.image.reference import ImageRef, default_output, parse_reference
+from tracer.image.reference import ImageRef, RefOptions, default_output, parse_reference
 from tracer.image.sink import publish, write_image
 from tracer.image.transports import transport
 from tracer.operatorfiles import read_regular
@@ -100,11 +101,14 @@ class Seconds:
         return out
 
 
-def plan_run(profile: Profile, output: str | None) -> Plan:
-    """The input and output references (never the same image) and the run's settings."""
-    in_ref = parse_reference(profile.image)
+def plan_run(profile: Profile, output: str | None, options: RefOptions | None = None) -> Plan:
+    """The input and output references (never the same image) and the run's settings.
+    `options` (--tls-verify, --cert-dir, --platform) go with both references."""
+    options = options or RefOptions()
+    in_ref = parse_reference(profile.image).with_options(options)
     out_text = output or profile.output
-    out_ref = parse_reference(out_text) if out_text else default_output(in_ref)
+    out_ref = (parse_reference(out_text) if out_text else default_output(in_ref)) \
+        .with_options(options)
     if out_ref.same_place(in_ref):
         raise BadInput(f"output {out_ref} is the input image {in_ref}; tracer never "
                        "overwrites its input: choose another output")
@@ -234,11 +238,42 @@ def read_and_trace(plan: Plan, engine: EngineImages, work: Path, progress: Progr
                           f"{len(prepared.flat.entries):,} paths, "
                           f"{prepared.flat.content_size():,} bytes")
             return prepared, trace
-    prepared = prepare(image, profile.name, work / "input", engine, progress,
-                       seconds.phases, plan.budgets)
+        prepared = prepare(image, profile.name, work / "input", engine, progress,
+                           seconds.phases, plan.budgets)
+    else:
+        if plan.input.options.platform is not None:  # said before anything is pulled
+            check_runnable(str(plan.input.options.platform))
+        prepared = prepare(plan.input, profile.name, work / "input", engine, progress,
+                           seconds.phases, plan.budgets)
+        check_runnable(prepared.platform)
     trace = _trace(plan, prepared.engine_ref, work, progress, seconds,
                    prepared.flat.has_privileged_programs())
     return prepared, trace
+
+
+def platform_runs(platform: str | None) -> tuple[str | None, str | None]:
+    """How an image of `platform` runs on this host ("native", or the binfmt_misc handler
+    that emulates it) and, when it cannot, why; (None, None) when the image names no
+    platform tracer can read (the engine then decides)."""
+    if not platform:
+        return None, None
+    try:
+        wanted = parse_platform(platform, "the image's platform")
+    except BadInput:
+        return None, None
+    here = runnable(engine_platform())
+    why = here.why_not(wanted)
+    return (None, why) if why else (here.describe(wanted), None)
+
+
+def check_runnable(platform: str) -> None:
+    """Exit 4, before anything runs, for an image of a platform this host cannot run (an
+    arm64 image on an amd64 host without qemu-user): its smoke test could only fail, and
+    that is no verdict on the image. Engine images are left to the engine, which runs
+    what it can."""
+    _, why = platform_runs(platform)
+    if why is not None:
+        raise EnvironmentProblem(f"cannot run the smoke test of a {platform} image here: {why}")
 
 
 def fail_on_original(image: ImageRef, trace: SmokeResult) -> SmokeFailedOnOriginal:
@@ -442,13 +477,15 @@ def _publish(plan: Plan, engine: EngineImages, candidate: ImageRef, flat: FlatIm
                         comment=plan.comment, profile_hash=plan.profile_hash)
     report.output_digest = published.digest
     report.output_unchanged = published.unchanged
+    if published.push_seconds is not None:
+        seconds.phases["push"] = seconds.phases.get("push", 0.0) + published.push_seconds
     seconds.add("publish", t0)
     progress.done(f"unchanged: it already holds {published.digest}"
                   if published.unchanged else f"written: {published.digest}")
 
 
 def minimize(profile: Profile, *, output: str | None = None, report_path: Path | None = None,
-             progress: Progress | None = None) -> Report:
+             progress: Progress | None = None, options: RefOptions | None = None) -> Report:
     """Run the whole pipeline; return the report (raise TracerError subclasses on failure).
 
     Raises SmokeFailedOnOriginal (exit 3) before any image is written when the profile's
@@ -460,7 +497,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
     seconds = Seconds()
     if report_path is not None:
         check_report_path(report_path)
-    plan = plan_run(profile, output)
+    plan = plan_run(profile, output, options)
     require_strace()
     engine = EngineImages()
     report = Report(name=profile.name, image=str(plan.input), output=str(plan.output),
@@ -469,6 +506,8 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
         with workdir() as work:
             prepared, trace = read_and_trace(plan, engine, work, progress, seconds)
             flat = prepared.flat
+            report.input_digest, report.platform = prepared.input_digest, prepared.platform
+            report.platform_runs = platform_runs(prepared.platform)[0]
             _report_original(report, flat, trace)
             if not trace.passed:
                 raise fail_on_original(plan.input, trace)

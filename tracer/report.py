@@ -61,6 +61,15 @@ class Report:
     # docker-archive or oci output, the image id in the engine (None: nothing written)
     output_digest: str | None = None
     output_unchanged: bool = False  # it already held exactly this image: left untouched
+    # the digest the input reference resolved to when the run read it: a registry's
+    # manifest or index digest (a tag is resolved once), an archive's or layout's manifest
+    # digest, the engine's image id
+    input_digest: str | None = None
+    platform: str | None = None  # OS/ARCH[/VARIANT] of the image read (and minimized)
+    platform_runs: str | None = None  # "native", or the binfmt_misc handler emulating it
+    # --all-platforms: one summary per platform (this report's numbers are the first's;
+    # each platform's full report is REPORT.OS-ARCH.json beside it)
+    platforms: list[dict[str, Any]] = field(default_factory=list)
     granularity: str = "file"  # file | package | deps (keep.granularity / --granularity)
     # with granularity package or deps: what file granularity would have kept (bytes),
     # the bytes each position keeps ({"file": .., "package": .., "deps": ..}: what safety
@@ -212,6 +221,10 @@ def summary_table(report: Report) -> str:
             lines.append(f"  output: written ({report.output_digest})")
     else:
         lines.append(f"  verified: NO - {report.failure or 'not verified'}")
+    for p in report.platforms:
+        verdict = "verified" if p["verified"] else "NOT verified"
+        lines.append(f"  platform {p['platform']}: {verdict} ({p['platform_runs']}), "
+                     f"{human_size(p['size_before'])} -> {human_size(p['size_after'])}")
     for rule in report.unmatched_keep_paths:
         lines.append(f"  warning: keep.paths {rule!r} matched nothing in the image")
     lines += _overridden_excludes(report.excluded_but_kept)

@@ -48,6 +48,7 @@ class WrittenImage:
     file_count: int
     manifest_digest: str | None = None
     unchanged: bool = False
+    push_seconds: float | None = None  # a registry output: the time the push took
 
     def expect(self, image_id: str | None) -> None:
         """Refuse to publish anything but the verified candidate (`image_id`): the write is

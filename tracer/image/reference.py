@@ -1,32 +1,50 @@
 """Image references in skopeo's transport syntax (docs/profile.md, "Value types").
 
 Operators write these in profiles and on the command line; parsing them once, strictly,
-means every later stage can trust `transport`, `path`, `name` and `tag`.
+means every later stage can trust `transport`, `path`, `name`, `tag` and `digest`.
 
 This is the syntax half of a transport (the other half is its module, registered in
-transports.py): a new one, like the registry's `docker://HOST/REPO[:TAG|@sha256:...]`
-(issue 24, which also needs a digest field here), moves its name from
-`_OTHER_TRANSPORTS` to `TRANSPORTS` and gets its case in `parse_reference`,
-`ImageRef.__str__`, `same_place` and `default_output`.
+transports.py): a new one moves its name from `_OTHER_TRANSPORTS` to `TRANSPORTS` and
+gets its case in `parse_reference`, `ImageRef.__str__`, `same_place` and
+`default_output`. The registry's is `docker://NAME[:TAG]` or `docker://NAME@sha256:HEX`
+(skopeo's spelling; NAME is `HOST[:PORT]/REPO`, and a NAME without a host is Docker Hub's,
+as every container tool reads it).
+
+What the command line says about reaching a registry and choosing one image of a
+multi-platform one (`--tls-verify`, `--cert-dir`, `--platform`) travels with the
+reference as `RefOptions`: not part of its text, its identity or its equality.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tracer.errors import BadInput
+from tracer.image.platforms import Platform
 
-TRANSPORTS = ("docker-daemon", "docker-archive", "oci")
+TRANSPORTS = ("docker-daemon", "docker-archive", "oci", "docker")
 # Transports skopeo knows but tracer does not: naming them gives a clear error instead of
-# silently treating "docker://x" as an engine image called "docker".
-_OTHER_TRANSPORTS = ("docker", "containers-storage", "dir", "oci-archive", "ostree", "sif")
+# silently treating "dir:x" as an engine image called "dir".
+_OTHER_TRANSPORTS = ("containers-storage", "dir", "oci-archive", "ostree", "sif", "tarball")
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9-]+)*(?::[0-9]+)?/)"
 _NAME_RE = re.compile(rf"^{_HOST}?{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class RefOptions:
+    """How to reach and choose the image a reference names (the command line's
+    `--tls-verify`, `--cert-dir`, `--platform`): for registries, and for images that hold
+    one image per platform. Defaults are safe: TLS verified, the engine's platform."""
+
+    tls_verify: bool = True
+    cert_dir: str | None = None
+    platform: Platform | None = None  # None: the engine's own
 
 
 @dataclass(frozen=True)
@@ -37,11 +55,22 @@ class ImageRef:
     path: str | None
     name: str | None
     tag: str | None
+    digest: str | None = None  # docker://NAME@sha256:...: the manifest (or index) digest
+    options: RefOptions = field(default=RefOptions(), compare=False, repr=False)
+
+    def with_options(self, options: RefOptions) -> ImageRef:
+        return replace(self, options=options)
+
+    def pinned(self, digest: str) -> ImageRef:
+        """This registry image by `digest` (what its tag names now), options kept."""
+        return replace(self, tag=None, digest=digest)
 
     def __str__(self) -> str:
         named = ""
         if self.name:
             named = self.name + (f":{self.tag}" if self.tag else "")
+        if self.transport == "docker":
+            return f"docker://{named}" + (f"@{self.digest}" if self.digest else "")
         if self.transport == "docker-daemon":
             return f"docker-daemon:{named}"
         if self.transport == "docker-archive":
@@ -60,6 +89,10 @@ class ImageRef:
         if self.transport == "docker-daemon":
             return _canonical_name(self.name) == _canonical_name(other.name) and \
                 (self.tag or "latest") == (other.tag or "latest")
+        if self.transport == "docker":  # a tag, or a manifest by digest, of one repository
+            return _canonical_name(self.name) == _canonical_name(other.name) and \
+                (self.tag or ("" if self.digest else "latest"), self.digest) == \
+                (other.tag or ("" if other.digest else "latest"), other.digest)
         return Path(self.path or "").resolve() == Path(other.path or "").resolve()
 
     @property
@@ -80,6 +113,21 @@ def _canonical_name(name: str | None) -> str:
     return name[len("library/"):] if name.startswith("library/") else name
 
 
+def _split_remote(text: str, whole: str) -> tuple[str, str | None, str | None]:
+    """Split the `NAME[:TAG]` or `NAME@sha256:HEX` of `docker://` (not both: skopeo and
+    the registry API take one or the other)."""
+    named, at, digest = text.partition("@")
+    if not at:
+        return (*_split_name(text, whole), None)
+    if not _DIGEST_RE.match(digest):
+        raise BadInput(f"image reference {whole!r}: invalid digest {digest[:80]!r} (expected "
+                       "sha256: and 64 lowercase hex digits)")
+    name, tag = _split_name(named, whole)
+    if tag is not None:
+        raise BadInput(f"image reference {whole!r}: name a tag or a digest, not both")
+    return name, None, digest
+
+
 def _split_name(text: str, whole: str) -> tuple[str, str | None]:
     """Split `NAME[:TAG]`; a colon before the last slash belongs to a registry port."""
     if "@" in text:
@@ -98,12 +146,19 @@ def _split_name(text: str, whole: str) -> tuple[str, str | None]:
 
 
 def parse_reference(text: str) -> ImageRef:
-    """Parse `docker-daemon:NAME[:TAG]`, bare `NAME[:TAG]`, `docker-archive:PATH[:NAME[:TAG]]`
-    or `oci:PATH[:TAG]`; raise BadInput naming what is wrong."""
+    """Parse `docker-daemon:NAME[:TAG]`, bare `NAME[:TAG]`, `docker-archive:PATH[:NAME[:TAG]]`,
+    `oci:PATH[:TAG]` or `docker://NAME[:TAG|@sha256:HEX]`; raise BadInput naming what is
+    wrong."""
     if not isinstance(text, str) or not text.strip():
         raise BadInput("image reference is empty")
     text = text.strip()
     transport, sep, rest = text.partition(":")
+    if sep and transport == "docker":
+        if not rest.startswith("//") or len(rest) == 2:
+            raise BadInput(f"image reference {text!r}: a registry image is "
+                           "docker://HOST/REPO:TAG or docker://HOST/REPO@sha256:...")
+        name, tag, digest = _split_remote(rest[2:], text)
+        return ImageRef("docker", None, name, tag, digest)
     if sep and transport in TRANSPORTS:
         if transport == "docker-daemon":
             name, tag = _split_name(rest, text)
@@ -132,6 +187,9 @@ def default_output(ref: ImageRef) -> ImageRef:
     tag = f"{ref.tag or 'latest'}-min"
     if ref.transport == "docker-daemon":
         return ImageRef("docker-daemon", None, ref.name, tag)
+    if ref.transport == "docker":  # by digest: a tag naming the digest it came from
+        tag = f"{ref.tag}-min" if ref.tag else f"sha256-{(ref.digest or '')[7:19]}-min"
+        return ImageRef("docker", None, ref.name, tag, options=ref.options)
     assert ref.path is not None
     p = Path(ref.path)
     if ref.transport == "docker-archive":

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from tracer.budgets import Budgets
 from tracer.image.reference import ImageRef
@@ -36,6 +37,8 @@ class ImageSource:
     _held: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False)
     reader: str = ""  # how it is read (default: "the <transport> reader")
     manifest_digest: str | None = None
+    # a remote image copied into the work dir first: how (registry.Pulled), for the report
+    pulled: Any = None
 
     def __post_init__(self) -> None:
         if not self.reader:
@@ -47,6 +50,10 @@ class ImageSource:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+    def own(self, path: Path) -> None:
+        """Remove `path` (a temp file or directory of this source's) on close."""
+        self._cleanup.append(path)
 
     def hold(self, fd: int, name: str) -> str:
         """Keep `fd` (an input file opened without following links) open until close;
@@ -60,10 +67,11 @@ class ImageSource:
         (st_dev, st_ino) the file has: a flattened image reads file content from layer data
         in place, after the source is closed, and checks it opens that very file.
 
-        A temp file of this source is hardlinked (copied across filesystems). An input file
-        held open (/proc/self/fd/N) is named by the path the kernel has for it (no symlink
-        on the way: the operator's name for an input may be one), with the identity of the
-        descriptor its bytes were checked through. Nothing is copied, so the input must not
+        A temp file of this source (or a file in a temp directory of it) is hardlinked
+        (copied across filesystems). An input file held open (/proc/self/fd/N) is named by
+        the path the kernel has for it (no symlink on the way: the operator's name for an
+        input may be one), with the identity of the descriptor its bytes were checked
+        through. Nothing is copied, so the input must not
         change while the flattened image is in use (an input read in place always has that
         condition). Other paths (spooled layers in `dest_dir`) are returned as they are."""
         held = self._held.get(path)
@@ -76,12 +84,14 @@ class ImageSource:
         else:
             name = path
         for p in self._cleanup:
-            if str(p) == name:
-                new = Path(dest_dir) / p.name
+            # a temp file of this source, or a file in a temp directory of it (a layout
+            # pulled from a registry into the work dir)
+            if str(p) == name or Path(name).is_relative_to(p):
+                new = Path(dest_dir) / Path(name).name
                 try:
-                    os.link(p, new)
+                    os.link(name, new)
                 except OSError:  # another filesystem: copy (slow, but correct)
-                    shutil.copyfile(p, new)
+                    shutil.copyfile(name, new)
                 path, identity = str(new), None
                 break
         if identity is None:

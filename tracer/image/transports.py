@@ -6,8 +6,9 @@ A transport is one module behind interface.Transport, the way go-containerregist
     docker-daemon   daemon.py    the engine's store (in place, else `docker save`)
     docker-archive  archive.py   a `docker save` tar
     oci             layout.py    an OCI image layout directory
+    docker          registry.py  a registry, through skopeo (no daemon)
 
-Adding one (the registry's `docker://`, issue 24) is a module implementing
+Adding one is a module implementing
 interface.Transport, one entry in TRANSPORTS (or `register()` from that module) and its
 reference syntax in reference.py; nothing else branches on the transport. A Podman
 engine (issue 25) needs no entry of its own: it is the docker-daemon transport over the
@@ -32,9 +33,10 @@ from tracer.image.interface import Image, Transport
 from tracer.image.layout import LayoutTransport
 from tracer.image.model import FlatImage
 from tracer.image.reference import ImageRef
+from tracer.image.registry import RegistryTransport
 
 TRANSPORTS: dict[str, Transport] = {t.name: t for t in (
-    DaemonTransport(), ArchiveTransport(), LayoutTransport())}
+    DaemonTransport(), ArchiveTransport(), LayoutTransport(), RegistryTransport())}
 
 
 def register(t: Transport) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 from tracer.budgets import DEFAULT, Budgets
 from tracer.errors import BadInput
+from tracer.image.platforms import parse_platform
+from tracer.image.reference import RefOptions
 from tracer.profile.checker import did_you_mean
 from tracer.profile.document import read_profile_text
 from tracer.profile.model import Profile
@@ -33,6 +35,9 @@ class Overrides:
     budgets: dict[str, int] = field(default_factory=dict)
     granularity: str | None = None
     evidence: tuple[str, ...] = ()  # --evidence FILE (absolute): on top of keep.evidence
+    # --tls-verify, --cert-dir, --platform: how registry images are reached and chosen
+    image_options: RefOptions = RefOptions()
+    all_platforms: bool = False  # --all-platforms
 
     @property
     def run_budgets(self) -> Budgets:
@@ -44,7 +49,39 @@ class Overrides:
         if self.granularity is not None:
             out.append(f"--granularity={self.granularity}")
         out += [f"--evidence={path}" for path in self.evidence]
-        return out
+        return out + image_argv(self.image_options, self.all_platforms)
+
+
+def image_argv(options: RefOptions, all_platforms: bool = False) -> list[str]:
+    """The command line that gives `options` again (for batch's children)."""
+    out = [] if options.tls_verify else ["--tls-verify=false"]
+    if options.cert_dir:
+        out.append(f"--cert-dir={options.cert_dir}")
+    if options.platform is not None:
+        out.append(f"--platform={options.platform}")
+    if all_platforms:
+        out.append("--all-platforms")
+    return out
+
+
+def image_options(tls_verify: str | None, cert_dir: Path | None,
+                  platform: str | None) -> RefOptions:
+    """RefOptions from `--tls-verify[=BOOL]`, `--cert-dir DIR` and `--platform P`, as
+    skopeo spells them; bad values are BadInput naming the flag."""
+    verify = True
+    if tls_verify is not None:
+        text = tls_verify.strip().lower()
+        if text not in ("true", "false", "1", "0", "yes", "no"):
+            raise BadInput(f"--tls-verify={tls_verify!r}: expected true or false")
+        verify = text in ("true", "1", "yes")
+    cert = None
+    if cert_dir is not None:
+        if not cert_dir.is_dir():
+            raise BadInput(f"--cert-dir {cert_dir}: not a directory (it holds the registry's "
+                           "CA as *.crt, and a client certificate as *.cert + *.key)")
+        cert = str(cert_dir.absolute())
+    return RefOptions(tls_verify=verify, cert_dir=cert,
+                      platform=parse_platform(platform) if platform is not None else None)
 
 
 def parse_budget_flags(items: list[str] | None) -> dict[str, int]:

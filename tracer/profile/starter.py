@@ -24,7 +24,7 @@ from pathlib import Path
 from tracer.budgets import DEFAULT as DEFAULT_BUDGETS
 from tracer.errors import BadInput
 from tracer.image.config import ImageConfig
-from tracer.image.reference import ImageRef, default_output, parse_reference
+from tracer.image.reference import ImageRef, RefOptions, default_output, parse_reference
 from tracer.progress import Progress
 from tracer.rootfs import RootFS, SymlinkLoop, normalize
 from tracer.units.apk import read_apk
@@ -53,14 +53,16 @@ class Companions:
 
 # -- reading the image --------------------------------------------------------------------
 
-def init_profile(image: str, progress: Progress | None = None) -> str:
+def init_profile(image: str, progress: Progress | None = None,
+                 options: RefOptions | None = None) -> str:
     """The starting profile for `image` as YAML text (reads and indexes the image; on a
-    big image read through `docker save` that takes a while, so it is said on stderr)."""
+    big image read through `docker save` that takes a while, so it is said on stderr).
+    `options`: --tls-verify, --cert-dir and --platform for a registry image."""
     from tracer.image.transports import read_image
     from tracer.workdir import workdir
 
     progress = progress or Progress(quiet=True)
-    ref = parse_reference(image)
+    ref = parse_reference(image).with_options(options or RefOptions())
     with workdir("tracer-init-") as work:
         progress.phase(f"reading {ref}")
         flat, how = read_image(ref, work, DEFAULT_BUDGETS, progress)
