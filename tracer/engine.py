@@ -27,14 +27,14 @@ never pays for it); `NotInEngine` lets callers say "no such image" without impor
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tracer.errors import BadInput, EnvironmentProblem
+from tracer.envvars import env_number
+from tracer.errors import EnvironmentProblem
 
 CALL_TIMEOUT = 60.0  # seconds of silence after which one engine call counts as hung
 TRANSFER_TIMEOUT = 300.0  # image save/load: silence allowed while the engine unpacks a layer
@@ -43,24 +43,9 @@ CALL_TIMEOUT_ENV = "TRACER_ENGINE_TIMEOUT"
 TRANSFER_TIMEOUT_ENV = "TRACER_ENGINE_TRANSFER_TIMEOUT"
 
 
-def _env_seconds(name: str, default: float) -> float:
-    """A deadline from the environment variable `name`, else `default`; bad values are
-    bad input (exit 2) naming the variable, never silently ignored."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise BadInput(f"{name}={text!r}: expected a positive number of seconds")
-    return value
-
-
 def call_timeout() -> float:
     """Seconds of silence after which one engine call counts as hung (env override)."""
-    return _env_seconds(CALL_TIMEOUT_ENV, CALL_TIMEOUT)
+    return env_number(CALL_TIMEOUT_ENV, CALL_TIMEOUT)
 
 
 def transfer_timeout() -> float:
@@ -69,7 +54,7 @@ def transfer_timeout() -> float:
     `TRANSFER_TIMEOUT` (the engine may unpack a big layer before answering a load)."""
     default = call_timeout() if os.environ.get(CALL_TIMEOUT_ENV, "").strip() \
         else TRANSFER_TIMEOUT
-    return _env_seconds(TRANSFER_TIMEOUT_ENV, default)
+    return env_number(TRANSFER_TIMEOUT_ENV, default)
 
 
 class NotInEngine(Exception):

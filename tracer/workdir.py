@@ -262,7 +262,7 @@ def sweep_workdirs(root: Path, me: Owner | None = None) -> list[Leftover]:
                 continue  # locked: its process lives
             if not _dead_owners_dir(fd, me):
                 continue
-            size = _tree_size(entry.path)
+            size = disk_usage(entry.path)
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(Leftover("work directory", entry.path, size))
         finally:
@@ -288,12 +288,14 @@ def _dead_owners_dir(fd: int, me: Owner) -> bool:
     return host == me.host
 
 
-def _tree_size(path: str) -> int:
+def disk_usage(directory: str | os.PathLike[str]) -> int:
+    """Bytes of disk the files below `directory` take (allocated blocks; files that vanish
+    meanwhile count nothing): what a work directory or a download holds."""
     total = 0
-    for dirpath, _dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(directory):
         for name in files:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
     return total
 
 

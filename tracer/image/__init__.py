@@ -5,7 +5,7 @@ The shape is go-containerregistry's `pkg/v1`:
   media type, opened as a `TarStream`), the `Transport` that opens and writes them;
 - one module per transport, registered by skopeo transport name in transports.py:
   daemon.py (the engine's store: overlay.py in place, else `docker save`), archive.py
-  (docker-archive), layout.py (oci); the registry (issue 24) is the next one;
+  (docker-archive), layout.py (oci), registry.py (docker://, through skopeo.py);
 - flatten.py: the only reader of an `Image`, giving the `FlatImage` index (model.py);
 - writing as functions of (flat image, keep-list): sink.one_layer makes the image,
   a transport's `write` puts it somewhere (sink.write_image does both).

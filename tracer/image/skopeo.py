@@ -29,7 +29,6 @@ of a manifest (4 MiB). tracer runs it, never a shell, with:
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
 import shutil
@@ -44,9 +43,11 @@ from pathlib import Path
 import psutil
 
 from tracer.budgets import BudgetExceeded, Budgets
+from tracer.envvars import env_number
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError, TracerError, no_space
 from tracer.image.reference import RefOptions
 from tracer.image.registryauth import Credentials, bridge_file
+from tracer.workdir import disk_usage
 
 SKOPEO = "skopeo"
 TIMEOUT_ENV = "TRACER_REGISTRY_TIMEOUT"
@@ -59,29 +60,14 @@ POLL = 0.2
 POLICY_FILES = ("/etc/containers/policy.json",)
 
 
-def _env_number(name: str, default: float, integer: bool = False) -> float:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < (0 if integer else 0.001) or \
-            (integer and value != int(value)):
-        raise BadInput(f"{name}={text!r}: expected a "
-                       + ("whole number" if integer else "positive number of seconds"))
-    return value
-
-
 def timeout() -> float:
     """Seconds of silence after which a registry call counts as hung."""
-    return _env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT)
+    return env_number(TIMEOUT_ENV, DEFAULT_TIMEOUT)
 
 
 def retries() -> int:
     """More attempts after a transient failure (429, 5xx, timeouts, lost connections)."""
-    return int(_env_number(RETRIES_ENV, DEFAULT_RETRIES, integer=True))
+    return int(env_number(RETRIES_ENV, DEFAULT_RETRIES, integer=True))
 
 
 # ---------------------------------------------------------------- scrubbing
@@ -207,15 +193,6 @@ class _Reader(threading.Thread):
                         del self.data[self.cap:]
 
 
-def _tree_bytes(directory: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(directory):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-    return total
-
-
 def _io(proc: psutil.Process) -> int:
     try:
         counters = proc.io_counters()
@@ -266,7 +243,7 @@ def run_once(argv: list[str], *, stdout_cap: int, silence: float, watch: Watch,
         while proc.poll() is None:
             time.sleep(POLL)
             now = time.monotonic()
-            held = _tree_bytes(watch.directory) if watch.directory is not None else 0
+            held = disk_usage(watch.directory) if watch.directory is not None else 0
             if out.over:
                 killed = "stdout"
             elif watch.limit is not None and held > watch.limit:
