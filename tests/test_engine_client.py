@@ -142,7 +142,7 @@ def test_each_thread_gets_its_own_client(docker_client) -> None:
 def test_a_thread_keeps_its_client_and_another_thread_gets_a_new_one(
         monkeypatch, tmp_path: Path) -> None:
     """Without an engine: the clients of two threads are two Engine objects (a fake SDK
-    answers the ping), and one thread asking twice gets the same one."""
+    answers the version), and one thread asking twice gets the same one."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/fake.sock")  # its own clients
     made: list[Engine] = []
 
@@ -232,6 +232,9 @@ class _FakeSdk:
 
     def ping(self) -> bool:
         return True
+
+    def version(self) -> dict[str, object]:
+        return {"ApiVersion": "1.41", "Components": [{"Name": "Engine"}]}
 
 
 class _fake_sdk:  # noqa: N801 - used as a context manager like a function

@@ -164,9 +164,10 @@ def pin_engine_image(ref: ImageRef) -> str:
     from tracer.engine import connect
     from tracer.image.daemon import inspect
 
-    image = inspect(connect(), str(ref.repo_tag))
+    engine = connect()
+    image = inspect(engine, str(ref.repo_tag))
     if image is None:
-        raise BadInput(f"image {ref} is not in the Docker engine")
+        raise BadInput(f"image {ref} is not in {engine.flavour.title}")
     return f"docker-daemon:{image.id}"
 
 

@@ -303,7 +303,7 @@ def _target_image(profile: Profile, image: str | None) -> str:
         try:
             with engine.errors(f"look up {target_ref}"):
                 engine.sdk.images.get(f"{target_ref.name}:{target_ref.tag or 'latest'}")
-        except docker.errors.ImageNotFound:
+        except docker.errors.NotFound:
             raise BadInput(f"the minimized image {target_ref} is not in the engine; run "
                            "`tracer minimize` first or pass --image") from None
     return target
