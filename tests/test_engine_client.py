@@ -22,7 +22,7 @@ import pytest
 from image_builders import run_tracer
 from test_bounds_engine_streams import IMAGE_ID, stalling_engine  # noqa: F401 - a fixture
 
-from tracer.engine import SOCKET_TIMEOUT_HOOK, Engine, connect, connected
+from tracer.engine import ERROR_HOOK, SOCKET_TIMEOUT_HOOK, Engine, connect, connected
 from tracer.errors import EnvironmentProblem
 from tracer.image.daemon import EngineImages
 
@@ -76,6 +76,11 @@ def test_the_sdk_still_has_the_hook_tracer_replaces() -> None:
     assert list(inspect.signature(hook).parameters) == ["self", "socket"]
     for helper in ("_stream_raw_result", "_multiplexed_response_stream_helper"):
         assert f"self.{SOCKET_TIMEOUT_HOOK}(" in inspect.getsource(getattr(APIClient, helper))
+    # Podman's errors are read through the hook every error status passes through
+    errors = getattr(APIClient, ERROR_HOOK)
+    assert list(inspect.signature(errors).parameters) == ["self", "response"]
+    for helper in ("_result", "_stream_raw_result", "_get_result_tty"):
+        assert f"self.{ERROR_HOOK}(" in inspect.getsource(getattr(APIClient, helper)), helper
 
 
 def test_a_stream_that_goes_silent_fails_after_the_deadline(stalling_engine,  # noqa: F811

@@ -116,6 +116,10 @@ class Flavour:
     cli = "docker"  # the engine's own command, for hints in messages
     socket_hint = ("start one (scripts/setup does) or point DOCKER_HOST at one")
 
+    # layers the engine's overlay stacks between a container's own and its image's: Docker
+    # adds one (`-init`: /etc/hosts and friends), tracer.trace.mountwatch looks past it
+    init_layers = 1
+
     def local_name(self, name: str) -> str:
         """An image name as the engine lists it, in the spelling tracer writes it."""
         return name
@@ -125,9 +129,19 @@ class Flavour:
         restarting, removing, exited, dead)."""
         return status
 
+    def root_mount_point(self, graph_driver: object) -> str:
+        """Where the engine mounts a container's root on this host (its inspect's
+        GraphDriver), "" when it names none (another storage driver)."""
+        data = graph_driver.get("Data") if isinstance(graph_driver, dict) else None
+        merged = data.get("MergedDir") if isinstance(data, dict) else None
+        return merged if isinstance(merged, str) else ""
+
     def create_options(self, address: str, network: str) -> dict[str, Any]:
         """Extra arguments for every container tracer creates (on network `network`)."""
         return {}
+
+    def adapt(self, api: Any) -> None:
+        """Make the SDK's low-level client `api` raise what Docker's answers would raise."""
 
 
 class PodmanFlavour(Flavour):
@@ -138,6 +152,11 @@ class PodmanFlavour(Flavour):
       `docker.io/REPO:TAG` (`docker.io/library/NAME`) for what its compat socket loaded,
       where Docker lists `REPO:TAG` (a short name finds them all);
     - its own container states (configured, stopped, ...) show through in places;
+    - "not there" comes in its own words ("image not known"), and for a container
+      removed while it was asked about as a 500 ("does not exist in database"): `adapt`
+      turns them into the SDK's NotFound / ImageNotFound, as Docker's 404 would;
+    - a container's overlay has no `-init` layer below its own (`init_layers`), and its
+      mount point is said only while it is mounted (`root_mount_point` knows it after);
     - with `--network none`, Docker writes its own /etc/hosts (localhost on 127.0.0.1 and
       ::1, the ip6-* names); Podman copies the host's. Where the host's lacks `::1
       localhost`, getaddrinfo("localhost") gave one address on Podman and two on Docker,
@@ -161,6 +180,7 @@ class PodmanFlavour(Flavour):
                    "CONTAINER_HOST at one")
     _STATES = {"configured": "created", "initialized": "created", "stopped": "exited",
                "stopping": "running"}
+    init_layers = 0  # a container's layer lies right on its image's top layer
 
     def local_name(self, name: str) -> str:
         if name.startswith("docker.io/"):
@@ -171,6 +191,52 @@ class PodmanFlavour(Flavour):
 
     def container_state(self, status: str) -> str:
         return self._STATES.get(status, status)
+
+    def root_mount_point(self, graph_driver: object) -> str:
+        merged = super().root_mount_point(graph_driver)
+        data = graph_driver.get("Data") if isinstance(graph_driver, dict) else None
+        upper = data.get("UpperDir") if isinstance(data, dict) else None
+        if merged or not isinstance(upper, str) or not upper.endswith("/diff"):
+            return merged
+        return upper[:-len("diff")] + "merged"  # where it was mounted, next to its layer
+
+    def adapt(self, api: Any) -> None:
+        """Podman says "not there" in its own words, and sometimes with a 500 (a container
+        removed while it was asked about: "does not exist in database"): every error
+        status goes through the SDK's `_raise_for_status` (ERROR_HOOK), where it becomes
+        the NotFound / ImageNotFound Docker's answer would have raised."""
+        import docker
+
+        check = getattr(api, ERROR_HOOK, None)
+        if not callable(check):
+            raise EnvironmentProblem(
+                f"the docker SDK {docker.__version__} has no APIClient.{ERROR_HOOK}, "
+                "which tracer relies on to read Podman's errors; install the version "
+                "pyproject.toml names (docker>=7,<8)")
+
+        def raise_for_status(response: Any) -> None:
+            try:
+                check(response)
+            except docker.errors.APIError as exc:
+                raise self.docker_error(exc) from exc
+
+        setattr(api, ERROR_HOOK, raise_for_status)
+
+    _IMAGE_GONE = ("image not known", "no such image")
+    _CONTAINER_GONE = ("no such container", "does not exist in database")
+
+    def docker_error(self, exc: Any) -> Any:
+        """The SDK error Docker's answer to the same request would have raised."""
+        import docker
+
+        text = str(exc.explanation or "").lower()
+        status = exc.status_code
+        if status in (404, 500) and any(w in text for w in self._IMAGE_GONE):
+            if not isinstance(exc, docker.errors.ImageNotFound):
+                return docker.errors.ImageNotFound(str(exc), exc.response, exc.explanation)
+        elif status == 500 and any(w in text for w in self._CONTAINER_GONE):
+            return docker.errors.NotFound(str(exc), exc.response, exc.explanation)
+        return exc
 
     def create_options(self, address: str, network: str) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -441,6 +507,10 @@ _resolving = threading.Lock()
 # and still calls it, and connecting refuses an SDK that does not (pyproject pins the
 # major version this was checked against).
 SOCKET_TIMEOUT_HOOK = "_disable_socket_timeout"
+# The SDK's own name for "turn an error status into an exception": every request's answer
+# passes through it, so a Flavour that reads an engine's errors differently wraps it
+# (tests/test_engine_client.py checks it is still there and still used).
+ERROR_HOOK = "_raise_for_status"
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -514,8 +584,10 @@ def _new_engine(address: str, timeout: float | None, ping_timeout: float) -> Eng
                 ", which tracer relies on to give streamed answers a deadline; install the "
                 "version pyproject.toml names (docker>=7,<8)")
         setattr(sdk.api, SOCKET_TIMEOUT_HOOK, lambda _socket: None)
+    flavour = FLAVOURS[known[1]]
+    flavour.adapt(sdk.api)
     _made.set()
-    return Engine(sdk, timeout, address, FLAVOURS[known[1]])
+    return Engine(sdk, timeout, address, flavour)
 
 
 def _flavour_of(version: object) -> str:
