@@ -152,6 +152,7 @@ class PodmanFlavour(Flavour):
       `docker.io/REPO:TAG` (`docker.io/library/NAME`) for what its compat socket loaded,
       where Docker lists `REPO:TAG` (a short name finds them all);
     - its own container states (configured, stopped, ...) show through in places;
+    - its info does not say when it runs rootless (Engine.rootless asks the socket);
     - "not there" comes in its own words ("image not known"), and for a container
       removed while it was asked about as a 500 ("does not exist in database"): `adapt`
       turns them into the SDK's NotFound / ImageNotFound, as Docker's 404 would;
@@ -284,6 +285,23 @@ _LIMITS = {"Max open files": "nofile", "Max processes": "nproc"}
 _limits_of: dict[str, dict[str, tuple[int, int]]] = {}
 
 
+def engine_process(address: str) -> tuple[int, int] | None:
+    """(pid, uid) of the process serving the unix socket at `address`, as SO_PEERCRED
+    says; None when it cannot be known here (a remote engine; pid 0: another PID
+    namespace)."""
+    if not address.startswith("unix://"):
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(PING_TIMEOUT)
+            s.connect(address[len("unix://"):])
+            creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return (pid, uid) if pid > 0 else None
+
+
 def engine_limits(address: str) -> dict[str, tuple[int, int]]:
     """The (soft, hard) nofile and nproc limits of the process serving the unix socket at
     `address` (SO_PEERCRED names it; /proc/PID/limits says them), once per address.
@@ -291,17 +309,12 @@ def engine_limits(address: str) -> dict[str, tuple[int, int]]:
     if address in _limits_of:
         return _limits_of[address]
     found: dict[str, tuple[int, int]] = {}
-    if address.startswith("unix://"):
+    peer = engine_process(address)
+    if peer is not None:
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(PING_TIMEOUT)
-                s.connect(address[len("unix://"):])
-                creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                     struct.calcsize("3i"))
-            pid = struct.unpack("3i", creds)[0]
-            with open(f"/proc/{pid}/limits", encoding="ascii") as f:
-                text = f.read(16384) if pid > 0 else ""
-        except (OSError, struct.error, UnicodeDecodeError):
+            with open(f"/proc/{peer[0]}/limits", encoding="ascii") as f:
+                text = f.read(16384)
+        except (OSError, UnicodeDecodeError):
             text = ""
         for line in text.splitlines():
             for label, name in _LIMITS.items():
@@ -382,13 +395,15 @@ class Engine:
     def rootless(self) -> bool:
         """Does the engine run without root (rootless Podman, rootless Docker)? Then its
         containers' root is an unprivileged user of this host and its storage holds
-        shifted owners."""
+        shifted owners. Rootless Docker says so in its info; Podman's compat info does
+        not, so a local engine is also asked who it runs as (SO_PEERCRED)."""
         if self.address not in _rootless:
             with self.errors("describe itself (info)"):
                 info = self.api.info()
             options = info.get("SecurityOptions") if isinstance(info, dict) else None
-            _rootless[self.address] = any(
-                isinstance(o, str) and "name=rootless" in o for o in options or ())
+            said = any(isinstance(o, str) and "name=rootless" in o for o in options or ())
+            peer = engine_process(self.address)
+            _rootless[self.address] = said or (peer is not None and peer[1] != 0)
         return _rootless[self.address]
 
     @contextmanager

@@ -180,6 +180,8 @@ def choose_reader(engine: Engine, image: EngineImage, budgets: Budgets
                 and ("name=userns" in o or "name=rootless" in o)]
     if remapped:
         return None, f"the engine runs with {remapped[0]}: its storage holds shifted owners"
+    if engine.rootless:
+        return None, "the engine runs rootless: its storage holds shifted owners"
     root_dir = info.get("DockerRootDir")
     if not isinstance(root_dir, str) or not root_dir.startswith("/"):
         return None, "the engine names no storage directory"
