@@ -232,14 +232,21 @@ class _FakeSdk:
     clients is what is tested, not a conversation)."""
 
     def __init__(self) -> None:
+        pong = type("Response", (), {"headers": {"Api-Version": "1.41"}})()
         self.api = type("Api", (), {SOCKET_TIMEOUT_HOOK: lambda self, s: None,
+                                    ERROR_HOOK: lambda self, response: None,
+                                    "get": lambda self, url, timeout=None: pong,
+                                    "base_url": "http+docker://localhost",
                                     "api_version": "1.41", "timeout": None})()
 
     def ping(self) -> bool:
         return True
 
-    def version(self) -> dict[str, object]:
+    def version(self, api_version: bool = True) -> dict[str, object]:
         return {"ApiVersion": "1.41", "Components": [{"Name": "Engine"}]}
+
+    def close(self) -> None:
+        pass
 
 
 class _fake_sdk:  # noqa: N801 - used as a context manager like a function

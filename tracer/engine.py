@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import struct
 import threading
@@ -391,6 +392,19 @@ class Engine:
         containers' processes may be visible here?"""
         return self.address.startswith("unix://")
 
+    def info(self) -> dict[str, Any]:
+        """The engine's `info` (what `docker info` shows), asked once per process: it
+        describes the engine, not anything a run changes (Podman takes 0.2 s to answer)."""
+        if self.address not in _infos:
+            with self.errors("describe itself (info)"):
+                info = self.api.info()
+            if not isinstance(info, dict):
+                raise EnvironmentProblem(f"{self.flavour.title} sent a malformed answer "
+                                         "while trying to describe itself (info): not an "
+                                         "object")
+            _infos[self.address] = info
+        return _infos[self.address]
+
     @property
     def rootless(self) -> bool:
         """Does the engine run without root (rootless Podman, rootless Docker)? Then its
@@ -398,9 +412,7 @@ class Engine:
         shifted owners. Rootless Docker says so in its info; Podman's compat info does
         not, so a local engine is also asked who it runs as (SO_PEERCRED)."""
         if self.address not in _rootless:
-            with self.errors("describe itself (info)"):
-                info = self.api.info()
-            options = info.get("SecurityOptions") if isinstance(info, dict) else None
+            options = self.info().get("SecurityOptions")
             said = any(isinstance(o, str) and "name=rootless" in o for o in options or ())
             peer = engine_process(self.address)
             _rootless[self.address] = said or (peer is not None and peer[1] != 0)
@@ -431,6 +443,7 @@ class Engine:
 
 
 _rootless: dict[str, bool] = {}  # engine address -> runs rootless (learnt from its info)
+_infos: dict[str, dict[str, Any]] = {}  # engine address -> its info, asked once
 
 
 @contextmanager
@@ -576,12 +589,10 @@ def _new_engine(address: str, timeout: float | None, ping_timeout: float) -> Eng
     environment = {**os.environ, "DOCKER_HOST": address}
     try:
         known = _known.get(address)
-        if known is not None:  # this process reached that engine: no ping, no query
-            sdk = docker.from_env(timeout=ping_timeout, version=known[0],
-                                  environment=environment)
-        else:
-            sdk = docker.from_env(timeout=ping_timeout, environment=environment)
-            known = _known[address] = (sdk.api.api_version, _flavour_of(sdk.version()))
+        if known is None:
+            known = _known[address] = _identify(docker, environment, ping_timeout)
+        # this process has reached that engine: the client is made without a question
+        sdk = docker.from_env(timeout=ping_timeout, version=known[0], environment=environment)
     except _connection_errors() as exc:
         why = _why_not(exc)
         flavour = FLAVOURS[_asked_for(address)]
@@ -603,6 +614,30 @@ def _new_engine(address: str, timeout: float | None, ping_timeout: float) -> Eng
     flavour.adapt(sdk.api)
     _made.set()
     return Engine(sdk, timeout, address, flavour)
+
+
+def _identify(docker: Any, environment: dict[str, str], timeout: float) -> tuple[str, str]:
+    """(API version, flavour name) of the engine at environment's DOCKER_HOST, from its
+    ping: the answer's headers say both (Api-Version; Podman adds Libpod-Api-Version),
+    as the docker CLI negotiates. Podman's /version takes about a second (it asks its
+    runtime and conmon theirs), its ping a millisecond; an engine whose ping says neither
+    is asked its /version."""
+    probe = docker.from_env(timeout=timeout, environment=environment,
+                            version=docker.constants.DEFAULT_DOCKER_API_VERSION)
+    try:
+        answer = probe.api.get(f"{probe.api.base_url}/_ping", timeout=timeout)
+        probe.api._raise_for_status(answer)  # the SDK's errors, as for every answer
+        version = answer.headers.get("Api-Version")
+        flavour = "podman" if answer.headers.get("Libpod-Api-Version") else "docker"
+        if not version:
+            said = probe.version(api_version=False)
+            version = said.get("ApiVersion") if isinstance(said, dict) else None
+            flavour = _flavour_of(said)
+    finally:
+        probe.close()
+    if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
+        raise docker.errors.DockerException(f"not an engine's API version: {str(version)[:80]}")
+    return version, flavour
 
 
 def _flavour_of(version: object) -> str:

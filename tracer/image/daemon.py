@@ -171,10 +171,7 @@ def choose_reader(engine: Engine, image: EngineImage, budgets: Budgets
         return None, f"{READER_ENV}=save"
     if not engine.local:
         return None, f"the engine at {engine.address} is not local"
-    with engine.errors("describe itself (info)"):
-        info = engine.api.info()
-    if not isinstance(info, dict):
-        raise _malformed("describe itself (info)", "not an object")
+    info = engine.info()
     options = info.get("SecurityOptions") or []
     remapped = [o for o in options if isinstance(o, str)
                 and ("name=userns" in o or "name=rootless" in o)]
