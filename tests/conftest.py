@@ -3,6 +3,11 @@
 Integration tests (marker `integration`) need the real Docker engine, strace and the
 fixture images built by `scripts/setup`. Locally they skip with the reason when the engine
 is absent; in CI (CI=true) a missing component is a failure, never a skip.
+
+The core pipeline tests run on both engines: a test that takes the `engine` fixture runs
+once on the Docker engine and once on Podman (through its API socket, as tracer drives
+it), with TRACER_ENGINE set for the test and every tracer process it starts. Podman
+missing is a failure in CI, like a missing Docker engine.
 """
 
 from __future__ import annotations
@@ -56,6 +61,90 @@ def fixture_image(docker_client):
         return ref
 
     return get
+
+
+class EngineUnderTest:
+    """One engine as a test drives it: its SDK client (`client`), its fixture images
+    (`image`), the environment that makes tracer use it (`env`)."""
+
+    def __init__(self, name: str, client) -> None:
+        self.name = name
+        self.client = client
+
+    def image(self, fixture: str) -> str:
+        """The fixture image's reference, checked to be in this engine's store."""
+        import docker
+
+        ref = FIXTURE_IMAGES[fixture]
+        try:
+            self.client.images.get(ref)
+        except docker.errors.NotFound:
+            missing(f"fixture image {ref} is not in {self.name}'s store; run scripts/setup")
+        return ref
+
+    def image_id(self, ref: str) -> str:
+        return self.client.images.get(ref).id
+
+    def has_image(self, ref: str) -> bool:
+        import docker
+
+        try:
+            self.client.images.get(ref)
+        except docker.errors.NotFound:
+            return False
+        return True
+
+    def remove_image(self, ref: str) -> None:
+        with contextlib.suppress(Exception):
+            self.client.images.remove(ref, force=True)
+
+    def env(self, base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+        import os
+
+        return {**(os.environ if base is None else base), "TRACER_ENGINE": self.name,
+                **extra}
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+ENGINE_NAMES = ("docker", "podman")
+_engines: dict[str, EngineUnderTest] = {}
+
+
+def engine_under_test(name: str) -> EngineUnderTest:
+    """The engine `name` (its client made once per session); missing() when it does not
+    answer."""
+    if name not in _engines:
+        import docker
+
+        from tracer.engine import address_of
+
+        address = address_of(name)
+        try:
+            client = docker.DockerClient(base_url=address, timeout=300)
+            version = client.version()
+        except Exception as exc:  # noqa: BLE001 - any failure means no engine
+            missing(f"no {name} engine answers at {address} ({exc}); run scripts/setup")
+        said = " ".join(str(c.get("Name")) for c in version.get("Components") or [])
+        if ("Podman" in said) != (name == "podman"):
+            missing(f"the engine at {address} is not {name} ({said})")
+        _engines[name] = EngineUnderTest(name, client)
+    return _engines[name]
+
+
+@pytest.fixture(params=ENGINE_NAMES)
+def engine(request, monkeypatch) -> EngineUnderTest:
+    """Each engine in turn, chosen for this test and the tracer processes it starts."""
+    e = engine_under_test(request.param)
+    monkeypatch.setenv("TRACER_ENGINE", e.name)
+    return e
+
+
+@pytest.fixture(scope="session")
+def podman() -> EngineUnderTest:
+    """Podman alone (tests of what only Podman does)."""
+    return engine_under_test("podman")
 
 
 @pytest.fixture(scope="session")

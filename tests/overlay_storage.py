@@ -1,6 +1,8 @@
 """A Docker engine's overlay2 storage made by hand (a helper module for the tests, not a
 test module): the image database, the layer database with each layer's tar-split record,
 and the layer directories, as the engine lays them out; and the in-place reader over it.
+Also Podman's (containers-storage): the same directories and tar-split records under its
+images.json and layers.json.
 """
 
 from __future__ import annotations
@@ -109,6 +111,40 @@ def make_storage(tmp_path: Path, config: bytes, layers: list[bytes]) -> tuple[st
         (layerdb / "tar-split.json.gz").write_bytes(tar_split(data))
         (root / "overlay2" / f"cache{i}" / "diff").mkdir(parents=True)
         dirs.append(str(root / "overlay2" / f"cache{i}" / "diff"))
+    data = {"UpperDir": dirs[-1]}
+    if len(dirs) > 1:
+        data["LowerDir"] = ":".join(reversed(dirs[:-1]))
+    return image_id, data, str(root)
+
+
+def make_containers_storage(tmp_path: Path, config: bytes, layers: list[bytes]
+                            ) -> tuple[str, dict, str]:
+    """A hand-made containers-storage root as Podman lays it out: overlay-images/images.json
+    and the config as a big-data file, overlay-layers/layers.json with a tar-split file per
+    layer, overlay/<layer id>/diff."""
+    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+    root = tmp_path / "containers"
+    images = root / "overlay-images"
+    (images / image_id[7:]).mkdir(parents=True)
+    name = "=" + base64.b64encode(image_id.encode()).decode()
+    (images / image_id[7:] / name).write_bytes(config)
+    (root / "overlay-layers").mkdir(parents=True)
+    records, dirs, parent = [], [], ""
+    for data in layers:
+        diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
+        ident = hashlib.sha256(f"{parent}+{diff_id}".encode()).hexdigest()
+        record = {"id": ident, "diff-digest": diff_id, "diff-size": len(data)}
+        if parent:
+            record["parent"] = parent
+        records.append(record)
+        (root / "overlay-layers" / f"{ident}.tar-split.gz").write_bytes(tar_split(data))
+        (root / "overlay" / ident / "diff").mkdir(parents=True)
+        dirs.append(str(root / "overlay" / ident / "diff"))
+        parent = ident
+    (root / "overlay-layers" / "layers.json").write_text(json.dumps(records))
+    (images / "images.json").write_text(json.dumps(
+        [{"id": "0" * 64, "layer": "f" * 64},  # another image, whose layer is not here
+         {"id": image_id[7:], "layer": parent, "names": ["localhost/hand/made:1"]}]))
     data = {"UpperDir": dirs[-1]}
     if len(dirs) > 1:
         data["LowerDir"] = ":".join(reversed(dirs[:-1]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import interrupt_when_running
+from conftest import engine_under_test, interrupt_when_running
 
 from tracer.batch import Batch, JobResult, _fingerprint, junit_xml, profile_digest
 from tracer.profile.load import load_profile
@@ -205,3 +206,35 @@ def test_each_job_leaves_its_own_files_and_diffs_against_the_last_passed_run(
     finally:
         with contextlib.suppress(Exception):  # not created
             docker_client.images.remove(output, force=True)
+
+
+@pytest.mark.integration
+def test_a_batch_on_podman_runs_every_job_there_and_skips_what_did_not_change(
+        podman, host_strace, tmp_path: Path) -> None:
+    """`tracer batch --engine podman`: each job is a `tracer minimize` on Podman (its
+    input read from Podman's store, its output published there), and a second night with
+    nothing changed skips it by the image id Podman gives."""
+    podman.image("tmpjob")
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    output = f"tracer-test/rcore-batch-podman-{uuid.uuid4().hex[:8]}:min"
+    data = yaml.safe_load((REPO / "profiles" / "tmpjob.yaml").read_text())
+    (profiles / "tmpjob.yaml").write_text(yaml.safe_dump(
+        {**data, "output": f"docker-daemon:{output}"}, sort_keys=False))
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "TRACER_ENGINE"}
+
+    def batch() -> dict:
+        proc = subprocess.run([sys.executable, "-m", "tracer", "batch", str(profiles),
+                               "--out", str(out), "--engine", "podman"], capture_output=True,
+                              text=True, cwd=REPO, timeout=600, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads((out / "summary.json").read_text())["jobs"][0]
+
+    try:
+        assert batch()["status"] == "passed"
+        assert podman.has_image(output)
+        assert not engine_under_test("docker").has_image(output)
+        assert batch()["status"] == "skipped"
+    finally:
+        podman.remove_image(output)

@@ -22,7 +22,7 @@ import pytest
 from image_builders import run_tracer
 from test_bounds_engine_streams import IMAGE_ID, stalling_engine  # noqa: F401 - a fixture
 
-from tracer.engine import SOCKET_TIMEOUT_HOOK, Engine, connect, connected
+from tracer.engine import ERROR_HOOK, SOCKET_TIMEOUT_HOOK, Engine, connect, connected
 from tracer.errors import EnvironmentProblem
 from tracer.image.daemon import EngineImages
 
@@ -76,6 +76,11 @@ def test_the_sdk_still_has_the_hook_tracer_replaces() -> None:
     assert list(inspect.signature(hook).parameters) == ["self", "socket"]
     for helper in ("_stream_raw_result", "_multiplexed_response_stream_helper"):
         assert f"self.{SOCKET_TIMEOUT_HOOK}(" in inspect.getsource(getattr(APIClient, helper))
+    # Podman's errors are read through the hook every error status passes through
+    errors = getattr(APIClient, ERROR_HOOK)
+    assert list(inspect.signature(errors).parameters) == ["self", "response"]
+    for helper in ("_result", "_stream_raw_result", "_get_result_tty"):
+        assert f"self.{ERROR_HOOK}(" in inspect.getsource(getattr(APIClient, helper)), helper
 
 
 def test_a_stream_that_goes_silent_fails_after_the_deadline(stalling_engine,  # noqa: F811
@@ -142,7 +147,7 @@ def test_each_thread_gets_its_own_client(docker_client) -> None:
 def test_a_thread_keeps_its_client_and_another_thread_gets_a_new_one(
         monkeypatch, tmp_path: Path) -> None:
     """Without an engine: the clients of two threads are two Engine objects (a fake SDK
-    answers the ping), and one thread asking twice gets the same one."""
+    answers the version), and one thread asking twice gets the same one."""
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/fake.sock")  # its own clients
     made: list[Engine] = []
 
@@ -227,11 +232,21 @@ class _FakeSdk:
     clients is what is tested, not a conversation)."""
 
     def __init__(self) -> None:
+        pong = type("Response", (), {"headers": {"Api-Version": "1.41"}})()
         self.api = type("Api", (), {SOCKET_TIMEOUT_HOOK: lambda self, s: None,
+                                    ERROR_HOOK: lambda self, response: None,
+                                    "get": lambda self, url, timeout=None: pong,
+                                    "base_url": "http+docker://localhost",
                                     "api_version": "1.41", "timeout": None})()
 
     def ping(self) -> bool:
         return True
+
+    def version(self, api_version: bool = True) -> dict[str, object]:
+        return {"ApiVersion": "1.41", "Components": [{"Name": "Engine"}]}
+
+    def close(self) -> None:
+        pass
 
 
 class _fake_sdk:  # noqa: N801 - used as a context manager like a function

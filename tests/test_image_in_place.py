@@ -1,7 +1,8 @@
-"""The in-place reader (the engine's overlay2 layer directories and tar-split records)
-against the archive reader (`docker save`): the same flattened index on every fixture,
-entry by entry with nothing normalized away, both what `docker export` shows, and a stated
-fallback to `docker save` wherever in-place reading cannot be trusted."""
+"""The in-place reader (the engine's overlay2 layer directories and tar-split records, or
+Podman's containers-storage ones) against the archive reader (`docker save`): the same
+flattened index on every fixture and on both engines, entry by entry with nothing
+normalized away, both what `docker export` shows, and a stated fallback to `docker save`
+wherever in-place reading cannot be trusted."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from overlay_storage import (
     UPPER,
     assert_same_index,
     index_in_place,
+    make_containers_storage,
     make_storage,
     read_in_place,
     storage_config,
@@ -39,8 +41,9 @@ from overlay_storage import (
 from prereq import missing
 
 from tracer.budgets import DEFAULT, BudgetExceeded, Budgets
-from tracer.engine import connect
+from tracer.engine import Engine, connect
 from tracer.errors import ImageFormatError
+from tracer.image import containers_storage as cstore
 from tracer.image.daemon import choose_reader, inspect, open_saved
 from tracer.image.flatten import flatten
 from tracer.image.model import FlatImage
@@ -63,14 +66,36 @@ def _both(name: str, tmp_path: Path, budgets: Budgets = DEFAULT
     return in_place, saved
 
 
+# On Podman: the fixtures whose layers differ in kind (one big base layer, setuid and
+# file capabilities, a 350 MB top layer); `layers` is read on both engines below.
+ON_PODMAN = ("base", "privhelper", "prodapps")
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("name", sorted(FIXTURE_IMAGES))
-def test_in_place_index_is_the_archive_readers(name: str, fixture_image,
-                                               tmp_path: Path) -> None:
-    in_place, saved = _both(fixture_image(name), tmp_path)
+@pytest.mark.parametrize("name,engine", [
+    *[(name, "docker") for name in sorted(FIXTURE_IMAGES)],
+    *[(name, "podman") for name in ON_PODMAN]], indirect=["engine"])
+def test_in_place_index_is_the_archive_readers(name: str, engine, tmp_path: Path) -> None:
+    in_place, saved = _both(engine.image(name), tmp_path)
     assert_same_index(in_place, saved)
     # nothing was copied: the work dir of the in-place index is empty
     assert in_place.workdir is not None and list(in_place.workdir.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_both_engines_give_one_index_of_one_image(podman, fixture_image,
+                                                  tmp_path: Path, monkeypatch) -> None:
+    """The layers fixture (whiteouts, opaque directories, hardlinks, capabilities over 13
+    layers) read in place from Podman's containers-storage is what Podman's `save` gives,
+    and what Docker's overlay2 gives: one image id, one index."""
+    ref = fixture_image("layers")
+    in_place = {}
+    for name in ("docker", "podman"):
+        monkeypatch.setenv("TRACER_ENGINE", name)
+        in_place[name], saved = _both(ref, tmp_path / name)
+        if name == "podman":
+            assert_same_index(in_place[name], saved)
+    assert_same_index(in_place["podman"], in_place["docker"])
 
 
 # Layers whose meaning the OCI spec leaves open, as the engine's overlay2 storage shows
@@ -143,8 +168,8 @@ def test_fallback_to_docker_save_says_why(fixture_image, monkeypatch) -> None:
     storage, reason = choose_reader(engine, image, DEFAULT)
     assert storage is None and "TRACER_IMAGE_READER=save" in reason
     monkeypatch.setenv("TRACER_IMAGE_READER", "auto")
-    monkeypatch.setenv("DOCKER_HOST", "tcp://192.0.2.1:2376")  # never contacted
-    storage, reason = choose_reader(engine, image, DEFAULT)
+    remote = Engine(engine.sdk, engine.timeout, "tcp://192.0.2.1:2376")  # never contacted
+    storage, reason = choose_reader(remote, image, DEFAULT)
     assert storage is None and "is not local" in reason
 
 
@@ -174,6 +199,69 @@ def test_storage_is_checked_before_it_is_trusted(tmp_path: Path) -> None:
         split.unlink()
     with pytest.raises(NotReadable, match="layer 1: the engine keeps no record of its tar"):
         locate(image_id, "overlay2", data, root, DEFAULT)
+
+
+def test_containers_storage_is_checked_before_it_is_trusted(tmp_path: Path) -> None:
+    """Podman's store: its databases must name, for the image, layers whose diff digests
+    are the config's diff_ids in order and whose directories are the ones the engine's
+    inspect named, each with its tar-split file; else `docker save` is used."""
+    if os.geteuid() != 0:
+        missing("in-place reading is for root only")
+    layers = [layer(M("a", data=b"1")), layer(M("b", data=b"2"))]
+    image_id, data, root = make_containers_storage(tmp_path, storage_config(layers), layers)
+    located = cstore.locate(image_id, "overlay", data, root, DEFAULT)
+    assert [str(p) for p in located.layer_dirs] == [data["LowerDir"], data["UpperDir"]]
+    assert [p.name for p in located.tar_splits] == \
+        [Path(d).parent.name + ".tar-split.gz" for d in (data["LowerDir"], data["UpperDir"])]
+    with pytest.raises(NotReadable, match="'vfs' driver"):
+        cstore.locate(image_id, "vfs", data, root, DEFAULT)
+    with pytest.raises(NotReadable, match="storage is not visible here"):
+        cstore.locate(image_id, "overlay", data, str(tmp_path / "elsewhere"), DEFAULT)
+    with pytest.raises(NotReadable, match="has no image"):  # an additional image store
+        cstore.locate("sha256:" + "e" * 64, "overlay", data, root, DEFAULT)
+    swapped = {"UpperDir": data["LowerDir"], "LowerDir": data["UpperDir"]}
+    with pytest.raises(NotReadable, match="layer 0: the store names"):
+        cstore.locate(image_id, "overlay", swapped, root, DEFAULT)
+    db = Path(root) / "overlay-layers" / "layers.json"
+    records = json.loads(db.read_text())
+    db.write_text(json.dumps([{**records[0], "uidmap": [{"container_id": 0,
+                                                          "host_id": 100000, "size": 65536}]},
+                              records[1]]))
+    with pytest.raises(NotReadable, match="layer 0: stored with shifted owners"):
+        cstore.locate(image_id, "overlay", data, root, DEFAULT)
+    db.write_text(json.dumps([{**records[0], "diff-digest": "sha256:" + "1" * 64},
+                              records[1]]))
+    with pytest.raises(NotReadable, match="layer 0: the store says sha256:1111"):
+        cstore.locate(image_id, "overlay", data, root, DEFAULT)
+    db.write_text(json.dumps(records))
+    located.tar_splits[1].unlink()
+    with pytest.raises(NotReadable, match="layer 1: the engine keeps no record of its tar"):
+        cstore.locate(image_id, "overlay", data, root, DEFAULT)
+    config = next((Path(root) / "overlay-images" / image_id[7:]).iterdir())
+    config.write_bytes(storage_config(layers, {"author": "not this image"}))
+    with pytest.raises(NotReadable, match="does not hash to it"):
+        cstore.locate(image_id, "overlay", data, root, DEFAULT)
+
+
+def test_in_place_index_of_hand_made_containers_storage_is_the_tar_readers(
+        tmp_path: Path) -> None:
+    """The same hard cases from Podman's store as from Docker's (the records are the same
+    tar-split format; only the bookkeeping around them differs)."""
+    if os.geteuid() != 0:
+        missing("in-place reading is for root only")
+    tars = [layer(*LOWER), layer(*UPPER)]
+    image_id, data, root = make_containers_storage(tmp_path / "storage",
+                                                   storage_config(tars), tars)
+    located = cstore.locate(image_id, "overlay", data, root, DEFAULT)
+    for ms, diff in zip([LOWER, UPPER], located.layer_dirs, strict=True):
+        unpack_layer(ms, diff)
+    in_place = index_in_place(parse_reference("docker-daemon:hand/made:1"), located,
+                              tmp_path / "idx")
+    saved = flat_from_layers(tmp_path, *tars)
+    assert in_place.source_digest != saved.source_digest  # hand-made config: not compared
+    in_place.source_digest, in_place.config = saved.source_digest, saved.config
+    assert_same_index(in_place, saved)
+    assert in_place.entries["/ping"].xattrs == {"security.capability": CAP}
 
 
 def test_in_place_index_of_hand_made_storage_is_the_tar_readers(tmp_path: Path) -> None:

@@ -152,11 +152,14 @@ def _create(docker_client, name: str, labels: dict[str, str]):
 
 
 @pytest.mark.integration
-def test_engine_sweep_removes_only_dead_owners_labelled_things(docker_client, fixture_image,
-                                                               tmp_path: Path) -> None:
+def test_engine_sweep_removes_only_dead_owners_labelled_things(engine, tmp_path: Path) -> None:
+    """On Podman too, which lists the temporary images as `localhost/tracer-tmp/...`."""
     import docker
 
-    fixture_image("base")
+    from tracer.engine import FLAVOURS
+
+    engine.image("base")
+    docker_client, cli = engine.client, engine.name
     tag = uuid.uuid4().hex[:8]
     dead, me = _dead_owner(), current_owner()
     containers = {
@@ -180,13 +183,13 @@ def test_engine_sweep_removes_only_dead_owners_labelled_things(docker_client, fi
     try:
         for what, owner in images.items():
             labels = [a for k, v in owner.labels().items() for a in ("--label", f"{k}={v}")]
-            subprocess.run(["docker", "build", "--network", "none", "-q", *labels, "-t",
+            subprocess.run([cli, "build", "--network", "none", "-q", *labels, "-t",
                             tags[what], str(ctx)], check=True, capture_output=True)
-        subprocess.run(["docker", "build", "--network", "none", "-q", "-t", tags["dead-token"],
+        subprocess.run([cli, "build", "--network", "none", "-q", "-t", tags["dead-token"],
                         "-t", tags["live-token"], str(ctx)], check=True, capture_output=True)
         # the dead owner's image was also published under another name: that tag stays
-        docker_client.images.get(tags["dead"]).tag(published)
-        removed = sweep_engine(docker_client)
+        docker_client.images.get(tags["dead"]).tag(*published.rsplit(":", 1))
+        removed = sweep_engine(docker_client, local_name=FLAVOURS[engine.name].local_name)
         mine = sorted((r.kind, r.name) for r in removed if tag in r.name)
         # another tracer process on the engine may sweep the dead owner's things first:
         # this sweep removes at most them, and afterwards they are gone
@@ -201,14 +204,14 @@ def test_engine_sweep_removes_only_dead_owners_labelled_things(docker_client, fi
                                                       "smoke-only")}
         docker_client.images.get(tags["live"])
         docker_client.images.get(published)
-        with pytest.raises(docker.errors.ImageNotFound):
+        with pytest.raises(docker.errors.NotFound):
             docker_client.images.get(tags["dead"])
     finally:
         for c in made:
             with contextlib.suppress(docker.errors.NotFound):
                 c.remove(force=True)
         for ref in (*tags.values(), published):
-            with contextlib.suppress(docker.errors.ImageNotFound):
+            with contextlib.suppress(docker.errors.NotFound):  # Podman: not ImageNotFound
                 docker_client.images.remove(ref)
 
 
@@ -255,11 +258,12 @@ def _start_sleeper(tmp_path: Path, root: Path, docker_client, name: str
 
 
 @pytest.mark.integration
-def test_sigkilled_minimize_is_cleaned_up_by_the_next_run(docker_client, fixture_image,
-                                                          host_strace, tmp_path: Path) -> None:
+def test_sigkilled_minimize_is_cleaned_up_by_the_next_run(engine, host_strace,
+                                                          tmp_path: Path) -> None:
     import docker
 
-    fixture_image("base")
+    engine.image("base")
+    docker_client = engine.client
     root = tmp_path / "work"
     tag = uuid.uuid4().hex[:8]
     killed, killed_container, killed_dir = _start_sleeper(tmp_path, root, docker_client,

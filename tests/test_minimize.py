@@ -1,16 +1,16 @@
 """End to end: `tracer minimize` on every fixture image, through the real command line.
 
 Each minimized image must pass its smoke test, be much smaller, and a traced run of it
-must never look for a file that the original had and it lost. Also the contract's error
-paths: exit 3 (smoke fails on the original, nothing written), exit 2 (invalid profile,
-file:line), and an interrupted run that leaves nothing behind.
+must never look for a file that the original had and it lost; on Podman as on Docker,
+with the same keep-list and the same output. Also the contract's error paths: exit 3
+(smoke fails on the original, nothing written), exit 2 (invalid profile, file:line), and
+an interrupted run that leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -19,7 +19,9 @@ from pathlib import Path
 import docker
 import pytest
 import yaml
-from conftest import interrupt_when_running
+from conftest import ENGINE_NAMES, EngineUnderTest, engine_under_test, interrupt_when_running
+
+from tracer.engine import FLAVOURS
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "profiles"
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.integration
 
 # Upper bounds of size_after / size_before (flattened file content) per fixture.
 SIZE_BOUNDS = {"nginx": 0.10, "pyapp": 0.35, "hardcases": 0.35, "layers": 0.40}
+PROFILE_NAMES = sorted(p.stem for p in PROFILES.glob("*.yaml"))
 
 
 def tracer(*args: str, env: dict[str, str] | None = None,
@@ -56,33 +59,35 @@ class Minimized:
 
 
 @pytest.fixture(scope="module")
-def minimized(docker_client, fixture_image, host_strace, tmp_path_factory):
-    """Run `tracer minimize` once per fixture (on demand) and remove the outputs after."""
-    done: dict[str, Minimized] = {}
-    outputs: list[str] = []
+def minimized(host_strace, tmp_path_factory):
+    """Run `tracer minimize` once per fixture and engine (on demand) and remove the
+    outputs after."""
+    done: dict[tuple[str, str], Minimized] = {}
+    outputs: list[tuple[EngineUnderTest, str]] = []
 
-    def get(name: str) -> Minimized:
-        if name not in done:
-            fixture_image(name)
-            out_dir = tmp_path_factory.mktemp(f"min-{name}")
+    def get(name: str, engine: str = "docker") -> Minimized:
+        if (name, engine) not in done:
+            e = engine_under_test(engine)
+            e.image(name)
+            out_dir = tmp_path_factory.mktemp(f"min-{name}-{engine}")
             output = f"tracer-test/{name}:min-{uuid.uuid4().hex[:8]}"
-            outputs.append(output)
+            outputs.append((e, output))
             report_path = out_dir / f"{name}.json"
             proc = tracer("minimize", str(PROFILES / f"{name}.yaml"), "--output",
-                          f"docker-daemon:{output}", "--report", str(report_path))
+                          f"docker-daemon:{output}", "--report", str(report_path),
+                          env=e.env())
             report = json.loads(report_path.read_text()) if report_path.exists() else {}
-            done[name] = Minimized(name, proc, report, output, report_path)
-        return done[name]
+            done[name, engine] = Minimized(name, proc, report, output, report_path)
+        return done[name, engine]
 
     yield get
-    for output in outputs:
-        with contextlib.suppress(Exception):  # already gone
-            docker_client.images.remove(output, force=True)
+    for e, output in outputs:
+        e.remove_image(output)
 
 
 @pytest.mark.parametrize("name", ["nginx", "pyapp", "hardcases", "layers"])
-def test_minimized_image_passes_and_is_small(minimized, docker_client, name: str) -> None:
-    m = minimized(name)
+def test_minimized_image_passes_and_is_small(minimized, engine, name: str) -> None:
+    m = minimized(name, engine.name)
     assert m.proc.returncode == 0, m.proc.stdout + m.proc.stderr
     r = m.report
     for key in ("name", "image", "output", "size_before", "size_after", "files_before",
@@ -104,19 +109,38 @@ def test_minimized_image_passes_and_is_small(minimized, docker_client, name: str
     lines = Path(r["keeplist_file"]).read_text().splitlines()
     assert lines == sorted(lines) and all("\t" in line for line in lines)
     # the output is a real one-layer image with the original config
-    original = docker_client.images.get(f"tracer-fixture/{name}:test").attrs["Config"]
-    out = docker_client.images.get(m.output)
+    original = engine.client.images.get(f"tracer-fixture/{name}:test").attrs["Config"]
+    out = engine.client.images.get(m.output)
     assert len(out.attrs["RootFS"]["Layers"]) == 1
     for field in ("Env", "Entrypoint", "Cmd", "WorkingDir", "ExposedPorts", "Labels"):
         assert out.attrs["Config"].get(field) == original.get(field), field
 
 
-@pytest.mark.parametrize("name", ["nginx", "pyapp", "hardcases"])
-def test_minimized_run_never_misses_an_original_file(minimized, name: str) -> None:
-    m = minimized(name)
+@pytest.mark.parametrize("name", PROFILE_NAMES)
+def test_both_engines_keep_the_same_paths_and_write_the_same_image(minimized,
+                                                                   name: str) -> None:
+    """Every fixture profile on Podman (rootful, both recorders) as on Docker: verified,
+    the very same keep-list, line for line with its reasons, and the same output image id
+    (outputs are reproducible, and an engine image's id is its config's digest)."""
+    on = {engine: minimized(name, engine) for engine in ENGINE_NAMES}
+    for engine, m in on.items():
+        assert m.proc.returncode == 0, (engine, m.proc.stdout + m.proc.stderr)
+        assert m.report["verified"] is True
+        assert m.report["recorders"] == ["strace", "fanotify"], (engine, m.report)
+    docker, podman = on["docker"], on["podman"]
+    assert Path(podman.report["keeplist_file"]).read_text() == \
+        Path(docker.report["keeplist_file"]).read_text()
+    assert podman.report["output_digest"] == docker.report["output_digest"]
+
+
+@pytest.mark.parametrize("name,engine", [
+    *[(n, "docker") for n in ("nginx", "pyapp", "hardcases")], ("hardcases", "podman")],
+    indirect=["engine"])
+def test_minimized_run_never_misses_an_original_file(minimized, name: str, engine) -> None:
+    m = minimized(name, engine.name)
     assert m.proc.returncode == 0, m.proc.stderr
     proc = tracer("diagnose", str(PROFILES / f"{name}.yaml"), "--image",
-                  f"docker-daemon:{m.output}", "--json", "--quiet")
+                  f"docker-daemon:{m.output}", "--json", "--quiet", env=engine.env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     diagnosis = json.loads(proc.stdout)
     assert diagnosis["passed"] is True
@@ -230,9 +254,9 @@ def test_invalid_profile_exits_2_with_file_and_line(tmp_path: Path) -> None:
     assert f"{bad}:5: smoke[0].http.status: expected an integer" in proc.stderr
 
 
-def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docker_client,
-                                              tmp_path: Path) -> None:
-    image = fixture_image("nginx")
+def test_interrupted_run_leaves_nothing_behind(engine, host_strace, tmp_path: Path) -> None:
+    image = engine.image("nginx")
+    docker_client = engine.client
     work = tmp_path / "work"
     work.mkdir()
     # A long last step keeps the traced container up, so the interrupt lands mid-run.
@@ -241,17 +265,19 @@ def test_interrupted_run_leaves_nothing_behind(fixture_image, host_strace, docke
     profile = write_profile(tmp_path, "nginx", name=name,
                             smoke=[*base["smoke"], {"sleep": "120s"}])
     output = f"tracer-test/nginx:interrupted-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, TRACER_WORKDIR=str(work))
+    env = engine.env(TRACER_WORKDIR=str(work))
+    image_id = engine.image_id(image)
     proc = interrupt_when_running(
         ["minimize", str(profile), "--output", f"docker-daemon:{output}"], docker_client,
-        lambda new: any(c.image.tags and image in c.image.tags for c in new),
+        lambda new: any(c.attrs.get("Image") == image_id for c in new),
         cwd=REPO, env=env)
     err = proc.stderr
     assert proc.returncode == 130, err
     assert proc.containers() == [], "containers left behind"
     assert list(work.iterdir()) == [], "temp dirs left behind"
-    leftovers = [t for i in docker_client.images.list() for t in i.tags
-                 if t.startswith(f"tracer-tmp/{name}:") or t == output]
+    local = FLAVOURS[engine.name].local_name
+    leftovers = [local(t) for i in docker_client.images.list() for t in i.tags
+                 if local(t).startswith(f"tracer-tmp/{name}:") or local(t) == output]
     assert leftovers == []
 
 

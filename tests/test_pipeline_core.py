@@ -7,6 +7,8 @@
   original (exit 3).
 - Outputs are reproducible through the whole pipeline, across host names, work dirs,
   umasks, time zones and image readers, for every output transport.
+
+The engine-bound ones run on Podman too (the `engine` fixture).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ ENTRYPOINT ["/bin/cat", "/app/{name}.conf"]
 """
 
 
-@pytest.fixture(scope="module")
-def two_images(docker_client, fixture_image, tmp_path_factory):
+@pytest.fixture
+def two_images(engine, tmp_path_factory):
     """Two images whose job reads a different file each (`/app/a.conf`, `/app/b.conf`)."""
-    fixture_image("base")
+    docker_client = engine.client
+    engine.image("base")
     repo = f"tracer-test/rcore-retag-{uuid.uuid4().hex[:8]}"
     ids = {}
     for name in ("a", "b"):
@@ -48,10 +51,12 @@ def two_images(docker_client, fixture_image, tmp_path_factory):
             docker_client.images.remove(f"{repo}:{tag}")
 
 
-@pytest.mark.parametrize("user", ["0", "65534"])  # read while traced / read, then traced
+@pytest.mark.parametrize("user,engine", [("0", "docker"), ("65534", "docker"),
+                                         ("65534", "podman")], indirect=["engine"])
 def test_a_tag_moved_mid_run_changes_neither_the_read_nor_the_traced_image(
-        two_images, docker_client, host_strace, monkeypatch, tmp_path: Path,
-        user: str) -> None:
+        two_images, engine, host_strace, monkeypatch, tmp_path: Path, user: str) -> None:
+    """user 0: read while traced; 65534: read, then traced."""
+    docker_client = engine.client
     repo, ids = two_images
     docker_client.images.get(ids["a"]).tag(repo, "input")
     profile_path = tmp_path / "retag.yaml"
@@ -74,7 +79,7 @@ run:
 
     def prepare(*args, **kwargs):
         prepared = real_prepare(*args, **kwargs)
-        docker_client.images.get(ids["b"]).tag(repo, "input")
+        docker_client.images.get(ids["b"]).tag(repo, "input", force=True)
         read.set()
         return prepared
 
@@ -113,9 +118,11 @@ def test_diagnose_exits_3_when_the_smoke_test_fails_on_the_original(
     assert "fails on the original image" in proc.stderr
 
 
-@pytest.mark.parametrize("transport", ["docker-daemon", "docker-archive", "oci"])
+@pytest.mark.parametrize("transport,engine", [
+    ("docker-daemon", "docker"), ("docker-archive", "docker"), ("oci", "docker")],
+    indirect=["engine"])  # Podman: the same output as Docker's (test_minimize)
 def test_two_runs_on_two_hosts_give_one_output_digest(
-        docker_client, fixture_image, host_strace, tmp_path: Path, transport: str) -> None:
+        engine, host_strace, tmp_path: Path, transport: str) -> None:
     """The whole pipeline, twice: another host name, work dir, umask, time zone and image
     reader must not change a byte of the output (README, "Outputs are reproducible"), nor a
     line of the keep-list (nightly jobs diff them)."""
@@ -127,7 +134,8 @@ def test_two_runs_on_two_hosts_give_one_output_digest(
 
     from prereq import missing
 
-    fixture_image("tmpjob")
+    docker_client = engine.client
+    engine.image("tmpjob")
     unshare = shutil.which("unshare")
     if unshare is None or os.geteuid() != 0:
         missing("a second host name needs root and unshare(1)")

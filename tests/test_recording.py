@@ -214,3 +214,21 @@ def test_a_new_containers_overlay_is_told_apart_by_its_layers() -> None:
     assert not is_container_of(mounts[f"{root}/c3b1/merged"], "TOP")  # a child image's
     assert is_container_of(mounts["/mnt/with space"], "TOP")
     assert not is_container_of(ours, "BASE")
+
+
+def test_a_podman_containers_overlay_is_told_apart_without_an_init_layer() -> None:
+    """Podman's overlay has no -init layer: the first lower layer is the image's top."""
+    from tracer.engine import FLAVOURS
+    from tracer.trace.mountwatch import is_container_of, overlay_mounts
+
+    root = "/var/lib/containers/storage/overlay"
+    init = FLAVOURS["podman"].init_layers
+    mounts = overlay_mounts("\n".join([
+        f"73 46 0:52 / {root}/7e3e/merged rw,relatime - overlay overlay "
+        f"rw,lowerdir={root}/l/TOP:{root}/l/BASE,upperdir={root}/7e3e/diff,"
+        f"workdir={root}/7e3e/work",
+        f"74 46 0:53 / {root}/9f00/merged rw,relatime - overlay overlay "
+        f"rw,lowerdir={root}/l/CHILD:{root}/l/TOP:{root}/l/BASE,upperdir=x,workdir=y"]))
+    assert is_container_of(mounts[f"{root}/7e3e/merged"], "TOP", init)
+    assert not is_container_of(mounts[f"{root}/9f00/merged"], "TOP", init)  # a child image's
+    assert not is_container_of(mounts[f"{root}/7e3e/merged"], "TOP")  # Docker's rule

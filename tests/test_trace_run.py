@@ -1,4 +1,5 @@
-"""run_smoke against the real Docker engine: traced and untraced, passing and failing.
+"""run_smoke against the real engine: traced and untraced, passing and failing; the core
+of it on Podman too (tests taking the `engine` fixture).
 
 Two tiny images are built here (and removed at the end): a perl HTTP service from the
 base fixture (a `#!` script, so the kernel opens the interpreter where strace cannot see
@@ -9,12 +10,14 @@ strace bundle must bring everything it needs).
 from __future__ import annotations
 
 import io
+import json
 import socket
 import subprocess
 import tarfile
 import uuid
 
 import pytest
+from conftest import EngineUnderTest, engine_under_test
 
 from tracer.errors import BadInput
 from tracer.profile.model import (
@@ -74,9 +77,13 @@ int main(int argc, char **argv) {
 
 
 def _containers(client, image: str) -> list:
-    """Containers of smoke runs from `image` (the module's own images: its teardown)."""
+    """Containers of this process's smoke runs from `image` (others work on the same
+    engine, some on images built from the same base)."""
+    from tracer.workdir import OWNER_LABEL, current_owner
+
     return client.containers.list(
-        all=True, filters={"ancestor": image, "label": "org.tracer.smoke"}
+        all=True, filters={"ancestor": image,
+                           "label": f"{OWNER_LABEL}={current_owner().label}"}
     )
 
 
@@ -92,10 +99,33 @@ def _ours(client, profile: Profile) -> list:
 
 
 @pytest.fixture(scope="module")
-def images(docker_client, fixture_image, gcc, tmp_path_factory):
-    """Build the two test images once for the module; remove them afterwards."""
-    base = fixture_image("base")
-    ctx = tmp_path_factory.mktemp("svc")
+def images_of(gcc, tmp_path_factory):
+    """Build the two test images once per engine for the module; remove them afterwards."""
+    built: dict[str, tuple[object, dict[str, str]]] = {}
+
+    def get(engine: EngineUnderTest) -> dict[str, str]:
+        if engine.name not in built:
+            built[engine.name] = (engine.client, _build(engine, gcc, tmp_path_factory))
+        return built[engine.name][1]
+
+    yield get
+    for client, refs in built.values():
+        for ref in refs.values():
+            for c in _containers(client, ref):
+                c.remove(force=True)
+            client.images.remove(ref, force=True)
+
+
+@pytest.fixture(scope="module")
+def images(images_of, docker_client):
+    """The two test images in the Docker engine."""
+    return images_of(engine_under_test("docker"))
+
+
+def _build(engine: EngineUnderTest, gcc: str, tmp_path_factory) -> dict[str, str]:
+    docker_client = engine.client
+    base = engine.image("base")
+    ctx = tmp_path_factory.mktemp(f"svc-{engine.name}")
     (ctx / "server.pl").write_text(SERVER)
     (ctx / "server.pl").chmod(0o755)
     (ctx / "app.conf").write_text("hello from app.conf\n")
@@ -122,14 +152,15 @@ def images(docker_client, fixture_image, gcc, tmp_path_factory):
         info = tarfile.TarInfo("data/hello.txt")
         info.size, info.mode = len(data), 0o644
         tar.addfile(info, io.BytesIO(data))
-    docker_client.api.import_image_from_data(
+    answer = docker_client.api.import_image_from_data(
         buf.getvalue(), repository=STATIC.split(":")[0], tag="test", changes=['CMD ["/app"]']
     )
-    yield {"svc": SVC, "static": STATIC}
-    for ref in (SVC, STATIC):
-        for c in _containers(docker_client, ref):
-            c.remove(force=True)
-        docker_client.images.remove(ref, force=True)
+    # Podman's import names it `latest` whatever the tag asked for: tag it by its id
+    image_id = json.loads(answer.splitlines()[-1])["status"]
+    docker_client.api.tag(image_id, STATIC.split(":")[0], "test")
+    if engine.name == "podman":
+        docker_client.images.remove(STATIC.split(":")[0] + ":latest")
+    return {"svc": SVC, "static": STATIC}
 
 
 def _free_port() -> int:
@@ -166,8 +197,9 @@ def _find(result, path, syscall=None, step=None, ok=True):
 
 
 def test_traced_service_records_every_file_with_its_step_and_cleans_up(
-    docker_client, images, tmp_path
+    engine, images_of, tmp_path
 ):
+    docker_client, images = engine.client, images_of(engine)
     port = _free_port()
     profile = svc_profile(
         port,
@@ -278,8 +310,9 @@ def test_ctrl_c_still_removes_every_container(docker_client, images, tmp_path):
 
 
 def test_job_in_an_image_without_libc_is_traced_by_the_self_contained_bundle(
-    docker_client, images, tmp_path
+    engine, images_of, tmp_path
 ):
+    docker_client, images = engine.client, images_of(engine)
     profile = Profile(
         name=f"static-{SESSION}",
         image=STATIC,
@@ -314,16 +347,19 @@ def test_job_with_the_wrong_exit_code_fails_with_its_output(docker_client, image
     assert r.steps[0].exit_code == 3 and "No such file" in r.steps[0].output
 
 
-def test_an_image_the_engine_does_not_have_is_bad_input(docker_client, tmp_path):
+@pytest.mark.parametrize("engine,title", [("docker", "the Docker engine"),
+                                          ("podman", "Podman")], indirect=["engine"])
+def test_an_image_the_engine_does_not_have_is_bad_input(engine, title, tmp_path):
     profile = Profile(name="x", image="tracer-test/trace-absent:nope")
-    with pytest.raises(BadInput, match="not in the Docker engine"):
+    with pytest.raises(BadInput, match=f"not in {title}"):
         run_smoke(profile, "tracer-test/trace-absent:nope", traced=True, workdir=tmp_path)
 
 
 @pytest.mark.parametrize("traced", [False, True])
 def test_a_missing_entrypoint_is_a_failed_run_not_an_environment_problem(
-    docker_client, images, tmp_path, traced
+    engine, images_of, tmp_path, traced
 ):
+    docker_client, images = engine.client, images_of(engine)
     profile = Profile(name=f"static-{SESSION}", image=STATIC,
                       run=RunSpec(mode="job", cmd=["/bin/sh"]))
     r = run_smoke(profile, images["static"], traced=traced, workdir=tmp_path)
@@ -338,16 +374,14 @@ def test_a_missing_entrypoint_is_a_failed_run_not_an_environment_problem(
     assert _ours(docker_client, profile) == []
 
 
-def test_stop_lets_the_app_shut_down_and_strace_flush_its_trace(
-    docker_client, fixture_image, tmp_path
-):
+def test_stop_lets_the_app_shut_down_and_strace_flush_its_trace(engine, tmp_path):
     """SIGTERM goes to the whole traced tree (a shell and its background child), the app's
     shutdown handler runs, and what it reads while stopping is in the trace as `stop`.
 
     No race with the clock: the shell says `ready` only once its background child has
     become `sleep` (its cmdline changed on exec), so the exec is always in the `run` part,
     however loaded the machine is."""
-    base = fixture_image("base")
+    docker_client, base = engine.client, engine.image("base")
     script = ('trap "cat /etc/debian_version >/dev/null; exit 0" TERM; sleep 1000 & '
               'until grep -q sleep /proc/$!/cmdline 2>/dev/null; do :; done; echo ready; wait')
     profile = Profile(

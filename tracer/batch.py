@@ -30,6 +30,7 @@ import psutil
 
 from tracer import __version__
 from tracer.budgets import DEFAULT
+from tracer.engine import engine_name
 from tracer.errors import BadInput, TracerError
 from tracer.explain.runfiles import keeplist_paths
 from tracer.image.reference import ImageRef, RefOptions, default_output, parse_reference
@@ -262,8 +263,10 @@ class Batch:
             return result
         job.start()
         self.say(f"{profile.name}: started ({profile_path}; log: {job.log})")
+        # every job on the engine this batch settled on (--engine auto decides once)
         cmd = [sys.executable, "-m", "tracer", "minimize", str(profile_path),
-               "--report", str(job.report), *self.overrides.argv()]
+               "--report", str(job.report), *self.overrides.argv(),
+               "--engine", engine_name()]
         timeout = 2 * profile.run.timeout + 600  # trace + verify each bounded by run.timeout
         started_child, code = self._spawn(cmd, job.log, timeout)
         result.seconds = round(time.monotonic() - started, 3)

@@ -30,8 +30,8 @@ EPILOG = """exit codes:
   1    the minimized image failed verification (the output was not replaced)
   2    bad input: profile, image reference, arguments, an input over a budget
   3    the smoke test failed on the original image
-  4    environment problem: no Docker engine, no strace, no permission, a full disk,
-       a registry that does not answer
+  4    environment problem: no engine, no strace, no permission, a full disk, a
+       registry that does not answer
   70   internal error (a bug in tracer)
   130  interrupted (everything started was cleaned up)
   141  whatever read the output stopped reading
@@ -61,6 +61,13 @@ def _add_granularity(p: argparse.ArgumentParser) -> None:
                    help="override keep.granularity: file keeps what was used, package "
                    "also the rest of each package it came from, deps also what those "
                    "packages declare they depend on")
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=("docker", "podman", "auto"),
+                   help="the container engine that runs (and stores) images: docker, podman "
+                   "(through its Docker-compatible API socket) or auto (default, also "
+                   "TRACER_ENGINE): the Docker engine when one answers, else Podman")
 
 
 def _add_evidence(p: argparse.ArgumentParser) -> None:
@@ -123,6 +130,7 @@ def _add_minimize(sub: Any) -> None:
     _add_evidence(m)
     _add_budget(m)
     _add_registry(m, all_platforms=True)
+    _add_engine(m)
 
 
 def _add_validate(sub: Any) -> None:
@@ -143,12 +151,13 @@ def _add_init(sub: Any) -> None:
                        "env, exposed ports, healthcheck) and package database, and write a "
                        "profile that validates as written, with TODO comments where a person "
                        "must decide.", epilog="exit 2 for a bad image reference or when FILE "
-                       "exists; 4 when the Docker engine is needed and not there.")
+                       "exists; 4 when the engine is needed and not there.")
     i.add_argument("image", help="image reference")
     i.add_argument("-o", "--output", dest="file", type=Path,
                    help="write the profile here (default: print it); never overwrites")
     i.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_registry(i)
+    _add_engine(i)
 
 
 def _add_schema(sub: Any) -> None:
@@ -169,6 +178,7 @@ def _add_ldd(sub: Any) -> None:
     ld.add_argument("--json", action="store_true", help="machine-readable output")
     _add_budget(ld)
     _add_registry(ld)
+    _add_engine(ld)
 
 
 def _add_diagnose(sub: Any) -> None:
@@ -218,6 +228,7 @@ where in PROFILE it goes.""",
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_budget(d)
+    _add_engine(d)
 
 
 def _add_why(sub: Any) -> None:
@@ -254,6 +265,7 @@ def _add_batch(sub: Any) -> None:
     _add_evidence(b)
     _add_budget(b)
     _add_registry(b, all_platforms=True)
+    _add_engine(b)
 
 
 def _add_record(sub: Any) -> None:
@@ -285,6 +297,7 @@ host.""",
                    "stops, or Ctrl-C / SIGTERM)")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_budget(r)
+    _add_engine(r)
 
 
 def _image_options(args: argparse.Namespace) -> RefOptions:
@@ -543,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
+        from tracer.engine import choose
+
+        choose(getattr(args, "engine", None))
         return COMMANDS[args.command](args)
     except TracerError as exc:
         print(f"tracer: {exc}", file=sys.stderr)

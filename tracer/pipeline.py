@@ -33,7 +33,7 @@ from tracer.analysis.keeplist import KeepList, Reason, size_of
 from tracer.analysis.policy import IMPLICIT_DLOPENS
 from tracer.analysis.recording import Recording, read_recording
 from tracer.budgets import Budgets
-from tracer.environment import require_strace
+from tracer.environment import require_engine_can_run, require_strace
 from tracer.errors import BadInput, EnvironmentProblem, SmokeFailedOnOriginal, TracerError
 from tracer.explain.diagnose import diagnose
 from tracer.explain.outputs import Comparison, compare, suspects
@@ -168,9 +168,10 @@ def pin_engine_image(ref: ImageRef) -> str:
     from tracer.engine import connect
     from tracer.image.daemon import inspect
 
-    image = inspect(connect(), str(ref.repo_tag))
+    engine = connect()
+    image = inspect(engine, str(ref.repo_tag))
     if image is None:
-        raise BadInput(f"image {ref} is not in the Docker engine")
+        raise BadInput(f"image {ref} is not in {engine.flavour.title}")
     return f"docker-daemon:{image.id}"
 
 
@@ -500,6 +501,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
     plan = plan_run(profile, output, options)
     require_strace()
     engine = EngineImages()
+    require_engine_can_run(profile)
     report = Report(name=profile.name, image=str(plan.input), output=str(plan.output),
                     tracer_version=__version__, granularity=plan.granularity)
     try:

@@ -242,9 +242,18 @@ def summary_table(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _is_dir(path: Path, what: str) -> bool:
+    """Path.is_dir, with a directory on the way this user may not enter (EACCES) said as
+    bad input, not raised as a traceback (exit 70)."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise BadInput(f"{what}: cannot reach {path}: {exc.strerror or exc}") from None
+
+
 def writable_dir(directory: Path, what: str) -> None:
     """Exit 2 now, naming the fix, rather than after minutes of work (or with a traceback)."""
-    if not directory.is_dir():
+    if not _is_dir(directory, what):
         raise BadInput(f"{what}: directory {directory} does not exist; create it first")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise BadInput(f"{what}: cannot write in {directory} (permission denied)")
@@ -253,7 +262,7 @@ def writable_dir(directory: Path, what: str) -> None:
 def check_report_path(path: Path) -> None:
     """--report FILE.json: FILE.json, FILE.keeplist and FILE.paths.gz are written next to
     each other at the end of the run, so the place is checked before the run starts."""
-    if path.is_dir():
+    if _is_dir(path, f"--report {path}"):
         raise BadInput(f"--report {path}: is a directory; give a file name, e.g. "
                        f"{path / 'report.json'}")
     writable_dir(path.parent, f"--report {path}")

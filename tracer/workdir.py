@@ -302,15 +302,18 @@ def disk_usage(directory: str | os.PathLike[str]) -> int:
 # ---------------------------------------------------------------- the engine
 
 
-def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
+def sweep_engine(client: Any, me: Owner | None = None,
+                 local_name: Callable[[str], str] = lambda name: name) -> list[Leftover]:
     """Remove containers and temporary images labelled by tracer processes that are dead.
 
-    `client` is a docker SDK client. Containers are removed with their anonymous volumes;
-    of an image only its `tracer-tmp/` tags whose owner (from the tag, else the image's
-    labels) is dead are removed: an image that also carries another tag, such as a
-    published output, stays. What the sweep cannot judge (an answer of the wrong shape, an
-    image it cannot inspect) stays too. Engine errors leave things where they are, since a
-    sweep never stops a run; a bug in tracer is not an engine error and is raised.
+    `client` is a docker SDK client; `local_name` spells an image name as tracer wrote it
+    (the engine's Flavour.local_name: Podman lists `localhost/tracer-tmp/...`). Containers
+    are removed with their anonymous volumes; of an image only its `tracer-tmp/` tags
+    whose owner (from the tag, else the image's labels) is dead are removed: an image that
+    also carries another tag, such as a published output, stays. What the sweep cannot
+    judge (an answer of the wrong shape, an image it cannot inspect) stays too. Engine
+    errors leave things where they are, since a sweep never stops a run; a bug in tracer
+    is not an engine error and is raised.
     """
     me = me or current_owner()
     api = client.api
@@ -338,13 +341,14 @@ def sweep_engine(client: Any, me: Owner | None = None) -> list[Leftover]:
             labelled = Owner.from_labels(_labels(image))
             tags = image.get("RepoTags")
             for tag in tags if isinstance(tags, list) else ():
-                if not isinstance(tag, str) or not tag.startswith(TEMP_REPOSITORY):
+                if not isinstance(tag, str) or \
+                        not local_name(tag).startswith(TEMP_REPOSITORY):
                     continue
                 owner = Owner.from_tag(tag.rpartition(":")[2]) or labelled
                 if owner is not None and owner.alive(me) is False:
                     with contextlib.suppress(*engine_failures()):
                         api.remove_image(tag)
-                        removed.append(Leftover("temporary image", tag))
+                        removed.append(Leftover("temporary image", local_name(tag)))
     return removed
 
 
@@ -382,14 +386,15 @@ def _inherited(api: Any, container: dict, cache: dict[str, dict | None]) -> bool
 
 
 def _connected_engine() -> Any | None:
-    """The engine client this process already has, if any: a sweep never connects on its
-    own (commands that need no engine, like `tracer ldd`, must not wait for one)."""
+    """The engine (tracer.engine.Engine) this process already has, if any: a sweep never
+    connects on its own (commands that need no engine, like `tracer ldd`, must not wait
+    for one)."""
     from tracer.engine import connect, connected
 
     if not connected():
         return None
     try:
-        return connect().sdk
+        return connect()
     except EnvironmentProblem:
         return None
 
@@ -406,9 +411,12 @@ def sweep(root: Path | None = None, *, engine: Any | None = None,
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     root = root or work_root()
     removed = sweep_workdirs(root)
-    client = engine if engine is not None else _connected_engine()
-    if client is not None:
-        removed += sweep_engine(client)
+    if engine is not None:
+        removed += sweep_engine(engine)
+    else:
+        connected = _connected_engine()
+        if connected is not None:
+            removed += sweep_engine(connected.sdk, local_name=connected.flavour.local_name)
     for kind, plural in _KINDS:
         items = [r for r in removed if r.kind == kind]
         if not items:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer.engine import connect
-from tracer.environment import require_strace
+from tracer.environment import require_engine_can_run, require_strace
 from tracer.errors import BadInput, SmokeFailedOnOriginal
 from tracer.explain.diagnose import Diagnosis, Suggestion, diagnose, format_suggestions, suggest
 from tracer.explain.outputs import Comparison, compare, suspects
@@ -303,7 +303,7 @@ def _target_image(profile: Profile, image: str | None) -> str:
         try:
             with engine.errors(f"look up {target_ref}"):
                 engine.sdk.images.get(f"{target_ref.name}:{target_ref.tag or 'latest'}")
-        except docker.errors.ImageNotFound:
+        except docker.errors.NotFound:
             raise BadInput(f"the minimized image {target_ref} is not in the engine; run "
                            "`tracer minimize` first or pass --image") from None
     return target
@@ -331,6 +331,7 @@ def _session(profile: Profile, progress: Progress) -> Iterator[tuple[_Session, P
     the runs left in the engine is removed on the way out, also on failure."""
     require_strace()
     engine = EngineImages()
+    require_engine_can_run(profile)
     try:
         with workdir() as work:
             session = _Session(profile, engine, work, progress)

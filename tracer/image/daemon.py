@@ -1,15 +1,16 @@
-"""The docker-daemon transport: images in the local Docker engine, read and written.
+"""The docker-daemon transport: images in the local engine's store, read and written.
 
 Every engine call goes through `tracer.engine.connect()`: one client per thread, a
 deadline per call, failures mapped to exit 4. Answers are checked before use: an engine
-that sends JSON of the wrong shape is an environment problem too, not a crash. An engine
-that speaks Docker's API (Podman's compatible socket, issue 25) is this same transport
-over another client; where its answers differ, tracer.engine hides it.
+that sends JSON of the wrong shape is an environment problem too, not a crash. Podman,
+through its Docker-compatible socket, is this same transport over the same client; where
+its answers differ (image names, messages), the engine's Flavour hides it.
 
-Opening an engine image gives one of two `Image`s (interface.py): its overlay2 layer
-directories and the tar-split records of the layers' headers, read in place
-(`overlay.InPlaceImage`) when tracer runs as root next to a local engine using that
-driver, else a `docker save` into the work dir read as a docker-archive (`open_saved`).
+Opening an engine image gives one of two `Image`s (interface.py): its layer directories
+and the tar-split records of the layers' headers, read in place (`overlay.InPlaceImage`)
+when tracer runs as root next to a local engine whose store it knows (Docker's overlay2,
+overlay.py; containers-storage's overlay, containers_storage.py), else a `docker save`
+into the work dir read as a docker-archive (`open_saved`).
 `choose_reader` is the one place that decides, and says why. The flattener reads both
 the same way, by the same rules and under the same budgets, so both give the same index.
 
@@ -38,8 +39,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tracer.budgets import Budgets
-from tracer.engine import Engine, NotInEngine, connect, transfer_timeout
+from tracer.engine import Engine, NotInEngine, connect, current_title, transfer_timeout
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
+from tracer.image import containers_storage
 from tracer.image.archive import read_archive, tar_member_header
 from tracer.image.diskio import disk_full, new_file
 from tracer.image.documents import DIGEST_RE
@@ -66,7 +68,7 @@ class EngineImage:
 
 
 def _malformed(what: str, detail: str) -> EnvironmentProblem:
-    return EnvironmentProblem(f"the Docker engine sent a malformed answer while trying to "
+    return EnvironmentProblem(f"{current_title()} sent a malformed answer while trying to "
                               f"{what}: {detail}")
 
 
@@ -93,7 +95,8 @@ def inspect(engine: Engine, name: str) -> EngineImage | None:
             or not all(isinstance(t, str) for t in tags) or not isinstance(data, dict)):
         raise _malformed(what, "unexpected Size, RepoTags or GraphDriver")
     driver = graph.get("Name")
-    return EngineImage(image_id, max(size, 0), tuple(tags),
+    return EngineImage(image_id, max(size, 0),
+                       tuple(engine.flavour.local_name(t) for t in tags),
                        driver if isinstance(driver, str) else "",
                        {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)})
 
@@ -143,6 +146,19 @@ def open_saved(engine: Engine, ref: ImageRef, image: EngineImage, workdir: Path,
 READER_ENV = "TRACER_IMAGE_READER"  # auto (default) | save: how engine images are read
 
 
+@dataclass(frozen=True)
+class _Store:
+    """An engine store the in-place reader knows, by the driver name the engine gives."""
+
+    name: str  # how the log names its layer directories
+    locate: Callable[[str, str, dict[str, str], str, Budgets], OverlayStorage]
+
+
+_STORES = {"overlay2": _Store("overlay2", locate),
+           containers_storage.DRIVER: _Store("containers-storage overlay",
+                                             containers_storage.locate)}
+
+
 def choose_reader(engine: Engine, image: EngineImage, budgets: Budgets
                   ) -> tuple[OverlayStorage | None, str]:
     """Where to read `image` from, and why (said in the run's log): its storage, to read
@@ -153,26 +169,30 @@ def choose_reader(engine: Engine, image: EngineImage, budgets: Budgets
         raise BadInput(f"{READER_ENV}={wanted!r}: expected auto or save")
     if wanted == "save":
         return None, f"{READER_ENV}=save"
-    host = os.environ.get("DOCKER_HOST", "")
-    if host and not host.startswith("unix://"):
-        return None, f"the engine at {host} is not local"
-    with engine.errors("describe itself (docker info)"):
-        info = engine.api.info()
-    if not isinstance(info, dict):
-        raise _malformed("describe itself (docker info)", "not an object")
+    if not engine.local:
+        return None, f"the engine at {engine.address} is not local"
+    info = engine.info()
     options = info.get("SecurityOptions") or []
     remapped = [o for o in options if isinstance(o, str)
                 and ("name=userns" in o or "name=rootless" in o)]
     if remapped:
         return None, f"the engine runs with {remapped[0]}: its storage holds shifted owners"
+    if engine.rootless:
+        return None, "the engine runs rootless: its storage holds shifted owners"
     root_dir = info.get("DockerRootDir")
     if not isinstance(root_dir, str) or not root_dir.startswith("/"):
         return None, "the engine names no storage directory"
+    store = _STORES.get(image.driver)
+    if store is None:
+        return None, (f"the image is stored by the {image.driver or 'unknown'!r} driver; "
+                      "in-place reading knows overlay2 (Docker) and overlay "
+                      "(containers-storage) only")
     try:
-        storage = locate(image.id, image.driver, image.driver_data, root_dir, budgets)
+        storage = store.locate(image.id, image.driver, image.driver_data, root_dir,
+                               budgets)
     except NotReadable as exc:
         return None, str(exc)
-    return storage, "its overlay2 layer directories are readable here"
+    return storage, f"its {store.name} layer directories are readable here"
 
 
 def open_engine_image(engine: Engine, ref: ImageRef, workdir: Path, budgets: Budgets
@@ -182,12 +202,12 @@ def open_engine_image(engine: Engine, ref: ImageRef, workdir: Path, budgets: Bud
     the engine's own size claim is checked here, before either reads a byte."""
     image = inspect(engine, str(ref.repo_tag))
     if image is None:
-        raise BadInput(f"image {ref} is not in the Docker engine")
+        raise BadInput(f"image {ref} is not in {engine.flavour.title}")
     budgets.check("image_bytes", image.size, f"{ref}: the engine says it is "
                   f"{image.size} bytes")
     storage, why = choose_reader(engine, image, budgets)
     if storage is not None:
-        return in_place_image(ref, storage)
+        return in_place_image(ref, storage, _STORES[image.driver].name)
     return open_saved(engine, ref, image, workdir, budgets, why)
 
 
@@ -372,15 +392,16 @@ def _load(image: OneLayer, ref: ImageRef, expect_id: str | None) -> WrittenImage
         raise
     if stream.failure is not None:  # raised and swallowed by the HTTP client
         raise stream.failure
+    title = engine.flavour.title
     if errors:
-        raise EnvironmentProblem(f"the Docker engine refused to load {ref}: {errors[0]}")
+        raise EnvironmentProblem(f"{title} refused to load {ref}: {errors[0]}")
     written = stream.written
     if written is None:
-        raise EnvironmentProblem(f"the Docker engine answered the load of {ref} before "
-                                 "reading all of it")
+        raise EnvironmentProblem(f"{title} answered the load of {ref} before reading all "
+                                 "of it")
     loaded = inspect(connect(), str(ref.repo_tag))
     if loaded is None or loaded.id != written.image_id:
-        raise EnvironmentProblem(f"the Docker engine loaded {ref} but it names "
+        raise EnvironmentProblem(f"{title} loaded {ref} but it names "
                                  f"{loaded.id if loaded else 'nothing'}, not {written.image_id}")
     return written
 

@@ -20,7 +20,9 @@ and tar-split file must be the ones the layer database names for that layer's ch
 file's bytes are opened below its layer directory without following any symlink and must
 be a regular file of the size its header gave. Anything else, and any engine this cannot
 see (another driver, the containerd image store, a remote engine, user namespace
-remapping, not root), is a reason to fall back to `docker save`.
+remapping, not root), is a reason to fall back to `docker save`. Podman's store
+(containers-storage) keeps the same directories and tar-split files under other
+bookkeeping: containers_storage.py checks them and hands back the same OverlayStorage.
 """
 
 from __future__ import annotations
@@ -341,10 +343,13 @@ class InPlaceImage:
         pass
 
 
-def in_place_image(ref: ImageRef, storage: OverlayStorage) -> InPlaceImage:
-    """The Image of an engine image whose storage `locate` found and checked."""
+def in_place_image(ref: ImageRef, storage: OverlayStorage, store: str = "overlay2"
+                   ) -> InPlaceImage:
+    """The Image of an engine image whose storage `locate` (or containers_storage.locate)
+    found and checked; `store` names it in the run's log."""
     layers = [DirectoryLayer(i, f"{ref}: layer {i} (in place: {d})", os.fsdecode(d), split,
                              storage.diff_ids[i])
               for i, (d, split) in enumerate(zip(storage.layer_dirs, storage.tar_splits,
                                                   strict=True))]
-    return InPlaceImage(ref, storage.config, storage.config_bytes, storage.image_id, layers)
+    return InPlaceImage(ref, storage.config, storage.config_bytes, storage.image_id, layers,
+                        f"the in-place reader (the engine's {store} layer directories)")

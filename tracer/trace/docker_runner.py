@@ -1,4 +1,4 @@
-"""The Docker engine side of a smoke run: containers created, started, stopped and removed.
+"""The engine side of a smoke run: containers created, started, stopped and removed.
 
 Every container is created here and remembered by id, so `cleanup()` can remove all of
 them on success, failure and Ctrl-C alike. The profile's `run:` section and the image's
@@ -9,7 +9,9 @@ CAP_SYS_PTRACE.
 Nothing here waits by polling: exits come from the engine's `wait`, log lines from one
 follow stream per container. What a container prints is read as a stream into a bounded
 tail (`capture.TailBuffer`), never whole. A container that someone else removes during the
-run is an environment problem (`ContainerGone`, exit 4), not a crash.
+run is an environment problem (`ContainerGone`, exit 4), not a crash. The engine is Docker
+or Podman (tracer.engine): what Podman needs on top (resource limits) or answers otherwise
+(container states) comes from the engine's Flavour, here as everywhere.
 """
 
 from __future__ import annotations
@@ -132,16 +134,24 @@ def stream_client() -> Any:
     return engine(None).sdk
 
 
+def _engine() -> Any:
+    """This thread's tracer.engine.Engine (its flavour, where it listens)."""
+    from tracer.engine import connect as engine
+
+    return engine()
+
+
 def image_config(client: Any, image: str) -> ImageConfig:
     """Read the image's config from the engine; BadInput if the engine does not have it."""
     import docker
 
+    title = _engine().flavour.title
     try:
         attrs = client.images.get(image).attrs
-    except docker.errors.ImageNotFound as exc:
-        raise BadInput(f"image {image!r} is not in the Docker engine") from exc
+    except docker.errors.NotFound as exc:
+        raise BadInput(f"image {image!r} is not in {title}") from exc
     except docker.errors.APIError as exc:
-        raise EnvironmentProblem(f"the Docker engine failed to inspect {image!r}: {exc}") from exc
+        raise EnvironmentProblem(f"{title} failed to inspect {image!r}: {exc}") from exc
     return ImageConfig.parse(attrs.get("Config"), f"image {image}")
 
 
@@ -261,6 +271,7 @@ class DockerRunner:
         # (Ctrl-C, a failed inspect inside the SDK), cleanup still removes it by name.
         name = f"tracer-{uuid.uuid4().hex[:16]}"
         self.created.append(name)
+        engine = _engine()
         try:
             container = self.client.containers.create(
                 spec.image,
@@ -280,12 +291,13 @@ class DockerRunner:
                 # not "detached" when stdin is fed: only then does the SDK set StdinOnce,
                 # which closes the process's stdin when our attach ends (EOF for the app)
                 detach=spec.stdin is None,
+                **engine.flavour.create_options(engine.address, spec.network),
             )
         except docker.errors.ImageNotFound as exc:
-            raise BadInput(f"image {spec.image!r} is not in the Docker engine") from exc
+            raise BadInput(f"image {spec.image!r} is not in {engine.flavour.title}") from exc
         except docker.errors.APIError as exc:
             raise EnvironmentProblem(
-                f"the Docker engine refused to create a container: {exc}"
+                f"{engine.flavour.title} refused to create a container: {exc}"
             ) from exc
         if spec.stdin is not None:
             # attached before the start, so not a byte is lost; StdinOnce closes the
@@ -320,7 +332,7 @@ class DockerRunner:
         with engine_calls(container, "inspect a container"):
             container.reload()
         state = container.attrs.get("State") or {}
-        status = state.get("Status", "")
+        status = _engine().flavour.container_state(str(state.get("Status", "")))
         return status, (state.get("ExitCode") if status in ("exited", "dead") else None)
 
     def pressure(self, container: Any, limits: ContainerLimits | None) -> str:

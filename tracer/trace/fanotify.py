@@ -91,7 +91,10 @@ def _libc() -> ctypes.CDLL:
 def available() -> str | None:
     """None if fanotify can be used here, else the reason it cannot."""
     if os.geteuid() != 0:
-        return "not running as root on the engine's host"
+        # a rootless engine's root is not enough: fanotify marks need CAP_SYS_ADMIN in
+        # the host's own user namespace
+        return ("not running as root on the engine's host (fanotify needs CAP_SYS_ADMIN "
+                "there; a rootless engine's root has none)")
     try:
         fd = _libc().fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC, os.O_RDONLY)
     except (OSError, AttributeError) as exc:

@@ -11,6 +11,8 @@ container from its first exec on, however short it is.
 Which image a new overlay belongs to is read from its options: Docker's overlay2 stacks
 the container's `-init` layer on the image's layers, so the second `lowerdir` is the
 image's top layer, by the short name in that layer's `link` file (`image_top_layer`).
+Podman's overlay driver (containers-storage's, overlay2 under another name) has no init
+layer: there it is the first (the engine's Flavour says how many come before it).
 Only a host process in the engine's mount namespace sees these mounts; elsewhere (tracer
 in a container, another storage driver) nothing matches, and the recorder marks each
 container at its `start` event instead.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MOUNTINFO = "/proc/self/mountinfo"
+OVERLAY_DRIVERS = ("overlay2", "overlay")  # Docker's name, containers-storage's (Podman)
 MAX_MOUNTINFO = 64 << 20  # bytes of the mount table read at once (a host with many mounts)
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
@@ -69,7 +72,7 @@ def overlay_mounts(text: str) -> dict[str, OverlayMount]:
 def image_top_layer(graph_driver: dict | None) -> str | None:
     """The short name overlay2 gives the image's top layer (its `link` file), or None when
     the engine does not store the image with overlay2 or the file is not readable here."""
-    if not isinstance(graph_driver, dict) or graph_driver.get("Name") != "overlay2":
+    if not isinstance(graph_driver, dict) or graph_driver.get("Name") not in OVERLAY_DRIVERS:
         return None
     upper = (graph_driver.get("Data") or {}).get("UpperDir")
     if not isinstance(upper, str) or not upper.endswith("/diff"):
@@ -81,13 +84,14 @@ def image_top_layer(graph_driver: dict | None) -> str | None:
     return link if re.fullmatch(r"[A-Z0-9]{1,64}", link) else None
 
 
-def is_container_of(mount: OverlayMount, top_layer: str) -> bool:
-    """Does `mount` stack a container's `-init` layer right on the image's top layer?
-    (An image built on this one has its own layers in between, so it does not match.)"""
-    if len(mount.lowerdirs) < 2:
+def is_container_of(mount: OverlayMount, top_layer: str, init_layers: int = 1) -> bool:
+    """Does `mount` stack a container's `init_layers` layers (Docker's `-init` layer: 1;
+    Podman: 0) right on the image's top layer? (An image built on this one has its own
+    layers in between, so it does not match.)"""
+    if len(mount.lowerdirs) <= init_layers:
         return False
-    second = mount.lowerdirs[1].rstrip("/")
-    return second == f"l/{top_layer}" or second.endswith(f"/l/{top_layer}")
+    below = mount.lowerdirs[init_layers].rstrip("/")
+    return below == f"l/{top_layer}" or below.endswith(f"/l/{top_layer}")
 
 
 class MountWatch:
@@ -97,7 +101,9 @@ class MountWatch:
     def __init__(self, on_new: Callable[[OverlayMount], None]) -> None:
         self.on_new = on_new
         self._file = open(MOUNTINFO, "rb")  # noqa: SIM115 - closed by stop()
-        self._known = set(self._read())
+        # by mount point AND device: an overlay unmounted and mounted again at the same
+        # point between two reads (the engine sets a container up, then runs it) is new
+        self._known = {(m.mountpoint, m.dev) for m in self._read().values()}
         self._stop = threading.Event()
         self._wake: tuple[int, int] | None = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
@@ -122,12 +128,12 @@ class MountWatch:
                 continue
             mounts = self._read()
             for point, mount in mounts.items():
-                if point not in self._known:
+                if (point, mount.dev) not in self._known:
                     try:
                         self.on_new(mount)
                     except Exception as exc:  # noqa: BLE001 - said in the notes, watch goes on
                         self.errors.append(f"{point}: {exc}")
-            self._known = set(mounts)
+            self._known = {(m.mountpoint, m.dev) for m in mounts.values()}
 
     def stop(self) -> None:
         """End the thread and close everything; safe to call twice."""

@@ -97,8 +97,7 @@ def _name(attrs: dict[str, Any]) -> str:
 
 
 def _merged(attrs: dict[str, Any]) -> str:
-    data = (attrs.get("GraphDriver") or {}).get("Data") or {}
-    return str(data.get("MergedDir") or "")
+    return _engine().flavour.root_mount_point(attrs.get("GraphDriver"))
 
 
 def inspect_container(ref: str) -> dict[str, Any]:
@@ -112,9 +111,9 @@ def inspect_container(ref: str) -> dict[str, Any]:
         with engine_errors(f"inspect container {ref}"):
             return engine.api.inspect_container(ref)
     except docker.errors.NotFound:
-        raise BadInput(f"no container {ref!r} in the Docker engine (`docker ps` lists the "
-                       "running ones); to record every container of an image, use --image "
-                       "REF") from None
+        raise BadInput(f"no container {ref!r} in {engine.flavour.title} (`"
+                       f"{engine.flavour.cli} ps` lists the running ones); to record every "
+                       "container of an image, use --image REF") from None
 
 
 def inspect_image(ref: str) -> dict[str, Any]:
@@ -128,7 +127,7 @@ def inspect_image(ref: str) -> dict[str, Any]:
         with engine_errors(f"inspect image {name}"):
             return engine.api.inspect_image(name)
     except docker.errors.NotFound:
-        raise BadInput(f"image {name!r} is not in the Docker engine") from None
+        raise BadInput(f"image {name!r} is not in {engine.flavour.title}") from None
 
 
 def check_can_record() -> None:
@@ -302,6 +301,7 @@ def record_image(ref: str, output: Path, *, duration: float | None = None,
     image = inspect_image(ref)
     image_id = image["Id"]
     top = image_top_layer(image.get("GraphDriver")) if early else None
+    init_layers = _engine().flavour.init_layers
     session = _Session(budgets, any_container=True)
     stop = stop or threading.Event()
     try:
@@ -311,7 +311,7 @@ def record_image(ref: str, output: Path, *, duration: float | None = None,
     early: dict[str, int] = {}  # overlay mount points marked as the engine mounted them
 
     def on_mount(mount: OverlayMount) -> None:
-        if top is None or not is_container_of(mount, top):
+        if top is None or not is_container_of(mount, top, init_layers):
             return
         with session.lock:
             try:
@@ -331,7 +331,8 @@ def record_image(ref: str, output: Path, *, duration: float | None = None,
         session.started = time.time()
         if watch is not None:
             watch.start()
-        events = _StartEvents(lambda cid: _on_start(session, cid, image_id, early))
+        events = _StartEvents(lambda cid, event: _on_start(session, cid, image_id, early,
+                                                           event=event))
         for cid in _running_containers():
             _on_start(session, cid, image_id, early, attach=True)
         note(f"recording every container of {ref} ({image_id[7:19]}) on this host, "
@@ -371,7 +372,7 @@ def _running_containers() -> list[str]:
 
 
 def _on_start(session: _Session, cid: str, image_id: str, early: dict[str, int],
-              attach: bool = False) -> None:
+              attach: bool = False, event: dict[str, Any] | None = None) -> None:
     """A container started (or was running when recording began): record it if it is of
     the image; an overlay marked by its layers that turns out to be another image's (the
     same layers, another config) is unmarked."""
@@ -382,7 +383,11 @@ def _on_start(session: _Session, cid: str, image_id: str, early: dict[str, int],
     try:
         attrs = _engine().api.inspect_container(cid)
     except docker.errors.NotFound:
-        return  # a job already removed (--rm): if it was ours, its mount was marked
+        # a job already removed (--rm) when its start event was read (Podman reads its
+        # events from a file, later than Docker sends them): if it was ours, its mount
+        # was marked, and it is named from what the event says
+        _gone(session, cid, image_id, early, event or {})
+        return
     merged = _merged(attrs)
     if attrs.get("Image") != image_id:
         with session.lock:
@@ -413,10 +418,37 @@ def _on_start(session: _Session, cid: str, image_id: str, early: dict[str, int],
                                  "could be marked: what it used is not recorded")
 
 
-class _StartEvents:
-    """The engine's container `start` events, each handed to `on_start(id)` in a thread."""
+def _gone(session: _Session, cid: str, image_id: str, early: dict[str, int],
+          event: dict[str, Any]) -> None:
+    """A container removed before its start event was read: recorded by name when the
+    event names this image and the mount watch marked an overlay of it that no recorded
+    container ran on (that was this one's root, marked before its first exec)."""
+    import docker
 
-    def __init__(self, on_start: Callable[[str], None]) -> None:
+    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+    image = attributes.get("image") or event.get("from")
+    if not isinstance(image, str) or not image:
+        return
+    try:
+        if _engine().api.inspect_image(image).get("Id") != image_id:
+            return
+    except docker.errors.NotFound:
+        return
+    with session.lock:
+        claimed = {c.merged for c in session.containers.values()}
+        unclaimed = [m for m in early if m not in claimed]
+        if not unclaimed:
+            return
+        name = attributes.get("name")
+        session.containers[cid] = _Container(cid, name if isinstance(name, str) else "",
+                                             unclaimed[0], "start")
+
+
+class _StartEvents:
+    """The engine's container `start` events, each handed to `on_start(id, event)` in a
+    thread."""
+
+    def __init__(self, on_start: Callable[[str, dict[str, Any]], None]) -> None:
         from tracer.engine import connect
 
         self.errors: list[str] = []
@@ -432,7 +464,7 @@ class _StartEvents:
                 cid = event.get("id") if isinstance(event, dict) else None
                 if isinstance(cid, str):
                     try:
-                        self._on_start(cid)
+                        self._on_start(cid, event)
                     except Exception as exc:  # noqa: BLE001 - noted; the stream goes on
                         self.errors.append(f"container {cid[:12]}: {exc}")
         except Exception:  # noqa: BLE001 - closed by stop(), or the engine went away
