@@ -276,8 +276,13 @@ def test_record_refuses_up_front_where_it_cannot_record(docker_client, fixture_i
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         missing("setpriv is not installed (util-linux)")
+    # scripts/setup's environment for unprivileged users: root's own Python may live
+    # where they cannot read it (/root)
+    python = "/opt/tracer/rootless-venv/bin/python"
+    if not os.access(python, os.X_OK):
+        missing(f"{python} (made by scripts/setup for runs as another user) is missing")
     unprivileged = subprocess.run(
-        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-m",
          "tracer", "record", "anything", "-o", "/tmp/never-written.rec"],
         capture_output=True, text=True, cwd="/", timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO)})
