@@ -67,26 +67,41 @@ def seed_dir(cache: Path, diff_ids: Sequence[str]) -> Path:
     return cache / chain_ids(diff_ids)[-1].replace(":", "-")
 
 
+_LOADED: dict[tuple[str, int, int], Seed] = {}  # a process reads each seed file once
+
+
 def load_seed(path: Path) -> Seed:
-    seed = statefile.load(path)
-    if not isinstance(seed, Seed):
-        raise BadInput(f"{path}: not a seed of flattened layers")
+    st = os.stat(path)
+    key = (str(path), st.st_ino, st.st_mtime_ns)
+    seed = _LOADED.get(key)
+    if seed is None:
+        seed = statefile.load(path)
+        if not isinstance(seed, Seed):
+            raise BadInput(f"{path}: not a seed of flattened layers")
+        _LOADED[key] = seed
     return seed
 
 
 def find_seed(layers: Sequence[Layer], environ: Any = os.environ) -> Seed | None:
     """The seed of the longest run of `layers`' lowest layers the batch's cache holds
     (TRACER_LAYER_CACHE), or None: without a cache, or when none of it matches."""
+    return find_seed_ids([x.diff_id for x in layers], environ)
+
+
+def find_seed_ids(diff_ids: Sequence[str | None], environ: Any = os.environ) -> Seed | None:
+    """`find_seed` for an image whose layers' digests are `diff_ids`, bottom first."""
     cache = environ.get(CACHE_ENV, "").strip()
     if not cache:
         return None
-    ids = [x.diff_id for x in layers]
-    known = [d for d in ids[:next((i for i, d in enumerate(ids) if d is None), len(ids))]
-             if d is not None]
+    known: list[str] = []
+    for d in diff_ids:
+        if d is None:
+            break
+        known.append(d)
     for n in range(len(known), 0, -1):
         path = seed_dir(Path(cache), known[:n]) / SEED_FILE
         if path.is_file():
             seed = load_seed(path)
-            if seed.matches(layers):
+            if seed.diff_ids == known[:n]:
                 return seed
     return None

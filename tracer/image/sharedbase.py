@@ -82,6 +82,8 @@ class SharedBase:
     diff_id: str | None = None
     created_by: str = ""
     comment: str = ""
+    fleet: str = ""  # the fleet's name, and its base descriptor (for reports)
+    descriptor: str = ""
     _plan: LayerPlan | None = field(default=None, repr=False)
 
     def plan(self) -> LayerPlan:
