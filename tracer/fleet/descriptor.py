@@ -42,6 +42,8 @@ class BaseDescriptor:
     paths: list[str]  # sorted, closed over parents
     needed_by: dict[str, list[str]] = field(default_factory=dict)  # job -> its paths
     tracer_version: str = ""
+    # a pinned base kept for jobs that left the fleet: what it holds for each of them
+    held_for: dict[str, list[str]] = field(default_factory=dict)
 
     def jobs_needing(self, path: str) -> list[str]:
         """The jobs that keep `path` of the base themselves, sorted."""
@@ -54,8 +56,8 @@ class BaseDescriptor:
                 "content_bytes": self.content_bytes, "tracer_version": self.tracer_version,
                 "paths": self.paths,
                 # per job the indexes of its paths in `paths`: compact for big fleets
-                "needed_by": {job: sorted(index[p] for p in paths if p in index)
-                              for job, paths in sorted(self.needed_by.items())}}
+                "needed_by": _indexes(self.needed_by, index),
+                "held_for": _indexes(self.held_for, index)}
 
     def write(self, path: Path) -> None:
         """Atomically: a job or a later batch never reads half a descriptor."""
@@ -63,6 +65,12 @@ class BaseDescriptor:
         tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n",
                        encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _indexes(by_job: dict[str, list[str]], index: dict[str, int]) -> dict[str, list[int]]:
+    """Per job the indexes of its paths in `paths` (compact for big fleets)."""
+    return {job: sorted(index[p] for p in paths if p in index)
+            for job, paths in sorted(by_job.items())}
 
 
 def _bad(where: str, what: str) -> BadInput:
@@ -88,19 +96,23 @@ def parse_base_descriptor(doc: object, where: str) -> BaseDescriptor:
     for name, value in (("size", size), ("content_bytes", content)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise _bad(where, f"{name}: expected a number of bytes")
-    needed = doc.get("needed_by", {})
-    if not isinstance(needed, dict):
-        raise _bad(where, "needed_by: expected an object")
-    needed_by: dict[str, list[str]] = {}
-    for job, indexes in needed.items():
-        if not isinstance(indexes, list) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(paths)
-                for i in indexes):
-            raise _bad(where, f"needed_by.{job}: expected indexes into paths")
-        needed_by[str(job)] = [paths[i] for i in indexes]
+    by_job = {}
+    for key in ("needed_by", "held_for"):
+        given = doc.get(key, {})
+        if not isinstance(given, dict):
+            raise _bad(where, f"{key}: expected an object")
+        found: dict[str, list[str]] = {}
+        for job, indexes in given.items():
+            if not isinstance(indexes, list) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(paths)
+                    for i in indexes):
+                raise _bad(where, f"{key}.{job}: expected indexes into paths")
+            found[str(job)] = [paths[i] for i in indexes]
+        by_job[key] = found
     version = doc.get("tracer_version", "")
     return BaseDescriptor(fleet, list(layers), diff_id, size, content, list(paths),  # type: ignore[arg-type]
-                          needed_by, version if isinstance(version, str) else "")
+                          by_job["needed_by"], version if isinstance(version, str) else "",
+                          by_job["held_for"])
 
 
 def read_base_descriptor(path: Path, limit: int = DEFAULT.index_bytes) -> BaseDescriptor:

@@ -115,6 +115,21 @@ def decide(fleet: Fleet, needs: Mapping[str, Sequence[str]], index: FlatImage,
                     "job")
 
 
+def held_for(previous: BaseDescriptor | None, needs: Mapping[str, Sequence[str]],
+             paths: Sequence[str]) -> dict[str, list[str]]:
+    """What a kept (pinned) base still holds for jobs no longer in the fleet: their paths
+    no job of the fleet needs now (so the next batch can say whose they were)."""
+    if previous is None:
+        return {}
+    wanted: set[str] = set()
+    for p in needs.values():
+        wanted.update(p)
+    held = set(paths) - wanted
+    gone = {**previous.held_for, **previous.needed_by}
+    out = {job: sorted(set(p) & held) for job, p in gone.items() if job not in needs}
+    return {job: p for job, p in out.items() if p}
+
+
 @dataclass
 class Change:
     """What happened to a fleet's base since the last batch, in words (`lines`)."""
@@ -158,7 +173,15 @@ def changes(previous: BaseDescriptor | None, needs: Mapping[str, Sequence[str]],
             f"+{len(out.added)} path(s) (+{human_size(_bytes(out.added, index))}), "
             f"-{len(out.removed)} (-{human_size(_bytes(out.removed, index))})")
     before = previous.needed_by
+    for job, held in sorted(previous.held_for.items()):
+        gone = sorted(set(held) - new_paths)
+        if gone and job not in needs:
+            out.lines.append(f"{len(gone)} path(s) the pinned base held for {job} (which left "
+                             f"the fleet before) left the base, e.g. {gone[0]}")
     for job in sorted(set(needs) - set(before)):
+        if job in previous.held_for:
+            out.lines.append(f"{job} is back in the fleet")
+            continue
         grows = sorted(_only(job, needs) - old_paths)
         out.lines.append(
             f"{job} joined the fleet: " + (

@@ -51,7 +51,7 @@ from tracer.budgets import Budgets
 from tracer.engine import connect
 from tracer.errors import BadInput, TracerError
 from tracer.fleet.descriptor import BaseDescriptor, read_base_descriptor
-from tracer.fleet.plan import Change, Fleet, changes, decide, group
+from tracer.fleet.plan import Change, Fleet, changes, decide, group, held_for
 from tracer.image.documents import DIGEST_RE
 from tracer.image.layercache import CACHE_ENV, Seed, seed_dir
 from tracer.image.reference import ImageRef, default_output, parse_reference
@@ -305,6 +305,8 @@ class FleetBatch(Batch):
                                if job in members}, __version__)
         change: Change = changes(previous, desc.needed_by, base.paths, diff_id, base.flat,
                                  pinned)
+        if pinned:
+            desc.held_for = held_for(previous, desc.needed_by, base.paths)
         if pin_note:
             change.lines.insert(0, pin_note)
         for line in change.lines:
