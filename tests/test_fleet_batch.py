@@ -110,3 +110,32 @@ def test_a_fleet_shares_one_base_that_changes_only_with_the_union(
         for ref in outputs.values():
             with contextlib.suppress(Exception):  # not created
                 docker_client.images.remove(ref, force=True)
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_a_fleet_and_leaves_nothing(docker_client, fixture_image, host_strace,
+                                                 tmp_path: Path) -> None:
+    """Ctrl-C while a fleet's jobs are analysed: every job stops with its own cleanup, no
+    container stays, and the batch's private work dir (the index of the shared layers,
+    the saved runs) is gone."""
+    from conftest import interrupt_when_running
+
+    fixture_image("hardcases")
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    for name in ("slow-a", "slow-b"):
+        data = yaml.safe_load((REPO / "profiles" / "hardcases.yaml").read_text())
+        data["name"] = name
+        data["output"] = f"docker-daemon:tracer-test/{name}:never"
+        data["smoke"] = [{"command": ["sleep", "300"], "timeout": "400s"}]
+        (profiles / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = interrupt_when_running(
+        ["batch", str(profiles), "--jobs", "2", "--out", str(tmp_path / "out"),
+         "--share-base"], docker_client, lambda new: len(new) >= 2, cwd=REPO,
+        env={**os.environ, "TRACER_WORKDIR": str(work)}, timeout=180)
+    assert proc.returncode == 130, proc.stderr
+    assert len(proc.pids) >= 3, "the batch and its two jobs"
+    assert proc.containers() == []
+    assert list(work.iterdir()) == []
