@@ -139,3 +139,38 @@ def test_ctrl_c_stops_a_fleet_and_leaves_nothing(docker_client, fixture_image, h
     assert len(proc.pids) >= 3, "the batch and its two jobs"
     assert proc.containers() == []
     assert list(work.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_a_run_in_two_steps_gives_the_image_of_one(docker_client, fixture_image, host_strace,
+                                                   tmp_path: Path) -> None:
+    """`--stop-after analyse --state DIR` then `--resume DIR` (two processes, as a fleet's
+    jobs run when they cannot wait alive) writes and verifies the very image one
+    `tracer minimize` writes: same digest, and the second step says it is unchanged."""
+    fixture_image("tmpjob")
+    output = f"tracer-test/fleet-steps-{uuid.uuid4().hex[:8]}:min"
+    profile = str(REPO / "profiles" / "tmpjob.yaml")
+
+    def minimize(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tracer", "minimize", profile, "--output",
+                               f"docker-daemon:{output}", "--report",
+                               str(tmp_path / "r.json"), *args], capture_output=True,
+                              text=True, cwd=REPO, timeout=600)
+
+    try:
+        once = minimize()
+        assert once.returncode == 0, once.stderr
+        digest = json.loads((tmp_path / "r.json").read_text())["output_digest"]
+        state = tmp_path / "state"
+        first = minimize("--stop-after", "analyse", "--state", str(state))
+        assert first.returncode == 0, first.stderr
+        assert json.loads((tmp_path / "r.json").read_text())["stage"] == "analysed"
+        assert docker_client.images.get(output).id == digest
+        second = minimize("--resume", str(state))
+        assert second.returncode == 0, second.stderr
+        report = json.loads((tmp_path / "r.json").read_text())
+        assert report["verified"] and report["stage"] is None
+        assert report["output_digest"] == digest and report["output_unchanged"]
+    finally:
+        with contextlib.suppress(Exception):  # not created
+            docker_client.images.remove(output, force=True)

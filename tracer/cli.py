@@ -102,6 +102,10 @@ def _add_minimize(sub: Any) -> None:
                    "made and save the run in --state DIR (tracer batch --share-base runs "
                    "each job in these two steps)")
     m.add_argument("--state", type=Path, metavar="DIR", help="where --stop-after saves the run")
+    m.add_argument("--then-wait", action="store_true", help="with --stop-after: once saved, "
+                   "wait for one line on standard input and finish the run in this process: "
+                   "`finish BASE_DESCRIPTOR` (on that shared base), `finish` (alone) or "
+                   "`exit` (stop; --resume DIR finishes it later)")
     m.add_argument("--resume", type=Path, metavar="DIR", help="finish a run saved by "
                    "--stop-after: write, verify and publish the image")
     m.add_argument("--shared-base", type=Path, metavar="FILE", help="with --resume: write "
@@ -399,6 +403,15 @@ def _cmd_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finish_order() -> str | None:
+    """--then-wait: one line on stdin says how to go on (EOF: stop, like `exit`)."""
+    line = sys.stdin.readline().strip()
+    word, _, rest = line.partition(" ")
+    if word != "finish":
+        return None
+    return rest.strip()
+
+
 def _cmd_minimize(args: argparse.Namespace) -> int:
     from tracer.pipeline import minimize
     from tracer.profile.load import load_profile
@@ -408,7 +421,8 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile, _overrides(args))
     report = minimize(profile, output=args.output, report_path=args.report,
                       progress=Progress(quiet=args.quiet), stop_after=args.stop_after,
-                      state=args.state, resume=args.resume, shared_base=args.shared_base)
+                      state=args.state, resume=args.resume, shared_base=args.shared_base,
+                      wait_for=_finish_order if args.then_wait else None)
     if report.stage == "analysed":
         print(f"{report.name}: analysed, {report.files_after:,} of {report.files_before:,} "
               f"files kept; saved in {args.state} (finish it with --resume)")

@@ -576,7 +576,8 @@ def _stage_seconds(seconds: Seconds, before: float) -> dict[str, float]:
 def minimize(profile: Profile, *, output: str | None = None, report_path: Path | None = None,
              progress: Progress | None = None, stop_after: str | None = None,
              state: Path | None = None, resume: Path | None = None,
-             shared_base: Path | None = None) -> Report:
+             shared_base: Path | None = None,
+             wait_for: Callable[[], str | None] | None = None) -> Report:
     """Run the whole pipeline; return the report (raise TracerError subclasses on failure).
 
     Raises SmokeFailedOnOriginal (exit 3) before any image is written when the profile's
@@ -587,7 +588,10 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
     In two steps (tracer.stage, for `tracer batch --share-base`): `stop_after="analyse"`
     with `state` saves the run once its keep-list is made (report.stage "analysed");
     `resume` takes it up from that directory and finishes it, on the fleet base that
-    `shared_base` (a base descriptor, fleet.py) describes.
+    `shared_base` (a base descriptor, fleet.py) describes. With `wait_for` as well, the
+    same process waits once it has saved the run, and finishes it itself on what
+    `wait_for()` returns: a base descriptor's path, "" for no base, or None to stop there
+    (the saved run is then finished by a --resume).
     """
     progress = progress or Progress()
     seconds = Seconds()
@@ -597,6 +601,8 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
         raise BadInput(f"--stop-after {stop_after}: the only stage to stop after is analyse")
     if stop_after and state is None:
         raise BadInput("--stop-after analyse needs --state DIR (where the run is saved)")
+    if wait_for is not None and stop_after is None:
+        raise BadInput("--then-wait goes with --stop-after analyse")
     if shared_base is not None and resume is None:
         raise BadInput("--shared-base needs --resume DIR (a run saved by --stop-after)")
     plan = plan_run(profile, output)
@@ -605,6 +611,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
     report = Report(name=profile.name, image=str(plan.input), output=str(plan.output),
                     tracer_version=__version__, granularity=plan.granularity)
     before = 0.0
+    base: SharedBase | None = None
     try:
         with workdir() as work:
             if resume is not None:
@@ -632,8 +639,19 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
                                        analysed.kept, report, dict(seconds.phases),
                                        time.monotonic() - seconds.started),
                            state, temp_engine_ref=t_name in engine.tags)
-                return report
-            finish_run(plan, engine, work, progress, seconds, report, analysed)
+                if wait_for is None:
+                    return report
+                t0 = time.monotonic()
+                decided = wait_for()
+                waited = time.monotonic() - t0
+                seconds.started += waited  # the wait is the fleet's, not this job's work
+                seconds.phases["fleet_wait"] = waited
+                if decided is None:
+                    return report  # stopped here: --resume STATE finishes it
+                report.stage = None
+                base = load_shared_base(Path(decided), stage.input_layers(
+                    analysed.prepared.flat)) if decided else None
+            finish_run(plan, engine, work, progress, seconds, report, analysed, base)
     except TracerError as exc:
         report.failure = report.failure or str(exc)
         raise

@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from tracer.batch import (
     _JobFiles,
     _judge,
     _load_json,
+    _terminate,
     job_line,
     output_exists,
 )
@@ -57,6 +59,7 @@ from tracer.image.layercache import CACHE_ENV, Seed, seed_dir
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.sharedbase import SharedBase, index_prefix
 from tracer.image.transports import open_image
+from tracer.jobslots import MEMORY_SHARE
 from tracer.pipeline import pinned
 from tracer.profile.load import Overrides, budgets_of, load_profile
 from tracer.profile.model import Profile
@@ -83,6 +86,7 @@ class _Job:
     last_base: dict[str, Any] | None = None  # OUT/NAME/base.json of its last success
     analysed: bool = False
     fleet_layers: list[str] = field(default_factory=list)  # its fleet's base layers
+    last_seconds: float | None = None  # what its last run worked (its report's total)
 
     @property
     def name(self) -> str:
@@ -116,6 +120,8 @@ class FleetBatch(Batch):
         self.pinned = _read_pins(pin_base) if pin_base is not None else None
         self.pin_source = pin_base
         self.fleets: list[dict[str, Any]] = []  # for summary.json
+        # children that saved their run and wait, alive, for their fleet's base
+        self._waiting: dict[str, tuple[subprocess.Popen[bytes], Any]] = {}
         self._finishers: list[Callable[[], None]] = []  # fill in the numbers at the end
 
     # ---------------------------------------------------------------- the whole batch
@@ -149,6 +155,26 @@ class FleetBatch(Batch):
                     if isinstance(r, Future):
                         r.cancel()
                 raise
+            finally:
+                self._dismiss_waiting()
+
+    def _dismiss_waiting(self) -> None:
+        """A child still waiting for a base it will not get (its fleet went wrong): end of
+        input tells it to stop, with its own cleanup."""
+        with self._lock:
+            waiting = list(self._waiting.values())
+            self._waiting.clear()
+        for proc, log in waiting:
+            with contextlib.suppress(OSError):
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                _terminate(proc)
+            with self._lock:
+                self._procs.pop(proc.pid, None)
+            log.close()
 
     def _load(self, path: Path) -> _Job | JobResult:
         """The job of profile `path`, or its failure (it never stops the others)."""
@@ -172,6 +198,8 @@ class FleetBatch(Batch):
             job = _Job(path, profile, files, result, fingerprint, layers,
                        self.work / "jobs" / profile.name, started)
             job.last_base = _load_json(files.dir / BASE_FILE)
+            total = ((_load_json(files.report) or {}).get("seconds") or {}).get("total")
+            job.last_seconds = float(total) if isinstance(total, (int, float)) else None
             if (not self.force and _load_json(files.state) == fingerprint
                     and output_exists(out_ref) and job.last_base is not None):
                 job.result.status, job.result.exit_code = "skipped", 0
@@ -207,7 +235,10 @@ class FleetBatch(Batch):
         for j in members:
             if j.result.status == "skipped" and j not in skipped:
                 j.result.status, j.result.message = "failed", ""  # its base is another's
-        self._analyse_all([j for j in members if j not in skipped], pool)
+        # longest first (as last time; unknown ones before all): the fleet's base waits
+        # for its last analysis, and a long one started last would leave slots idle
+        self._analyse_all(sorted((j for j in members if j not in skipped),
+                                 key=lambda j: -(j.last_seconds or float("inf"))), pool)
         while True:
             needs = self._needs(fleet, members, skipped)
             decision = decide(fleet, needs, seed.flat, self._pin_for(fleet))
@@ -341,15 +372,22 @@ class FleetBatch(Batch):
         return {**os.environ, CACHE_ENV: str(self.cache)}
 
     def _analyse(self, job: _Job) -> None:
-        """Step 2 for one job; its failure is its result, never the batch's."""
+        """Step 2 for one job; its failure is its result, never the batch's.
+
+        While memory allows (`_may_wait`), the child stays alive once it has saved its
+        run, holding no slot, and finishes it itself when told on its standard input
+        (`--then-wait`): one process start and one reload of the run less per job. Else
+        it ends, and step 4 takes the saved run up in a new process (`--resume`)."""
         try:
             job.files.start()
             self.say(f"{job.name}: started ({job.path}; log: {job.files.log})")
+            keep = self._may_wait()
             cmd = [sys.executable, "-m", "tracer", "minimize", str(job.path), "--report",
                    str(job.files.report), "--stop-after", "analyse", "--state",
-                   str(private_dir(job.state)), *self.overrides.argv()]
+                   str(private_dir(job.state)), *self.overrides.argv(),
+                   *(["--then-wait"] if keep else [])]
             timeout = job.profile.run.timeout + 600
-            started, code = self._spawn(cmd, job.files.log, timeout, env=self._env())
+            started, code = self._until_saved(job, cmd, timeout, keep)
             job.result.seconds = round(time.monotonic() - job.started, 3)
             job.result.peak_memory = self.peaks.get(str(job.files.log))
             if not started:
@@ -368,17 +406,82 @@ class FleetBatch(Batch):
             job.result.message = f"{type(exc).__name__}: {exc}"
         self.say(job_line(job.result))
 
+    def _may_wait(self) -> bool:
+        """May one more child wait alive for its fleet's base? As many as fit, at what a
+        job was measured to use, in the memory the running jobs leave (jobslots.py)."""
+        with self._lock:
+            waiting = len(self._waiting)
+        room = int(self.slots.available * MEMORY_SHARE) // max(self.slots.per_job, 1)
+        return waiting < room - self.slots.limit
+
+    def _until_saved(self, job: _Job, cmd: list[str], timeout: float, keep: bool
+                     ) -> tuple[bool, int | None]:
+        """Run step 2's child in a slot until it ends, or (`keep`) until it has saved its
+        run and waits: then it stays in `_waiting` for step 4, and its slot is free."""
+        if not self.slots.acquire(lambda: self._stopping):
+            return False, None
+        peak = 0
+        try:
+            log = open(job.files.log, "wb")  # noqa: SIM115 - closed when the child is done
+            with self._lock:
+                if self._stopping:
+                    log.close()
+                    return False, None
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.PIPE if keep else subprocess.DEVNULL,
+                                        start_new_session=True, env=self._env())
+                self._procs[proc.pid] = proc
+            if self._meter is not None:
+                self._meter.watch(proc.pid)
+            deadline = time.monotonic() + timeout
+            saved = job.state / stage.NEEDS_FILE
+            code: int | None = None
+            while True:
+                try:
+                    code = proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if keep and saved.exists():
+                    with self._lock:
+                        self._waiting[job.name] = (proc, log)
+                    return True, 0
+                if time.monotonic() > deadline:
+                    _terminate(proc)
+                    break
+            peak = self._child_done(proc, log, job)
+            return True, code
+        finally:
+            self.slots.release(job.name, peak)
+
+    def _child_done(self, proc: subprocess.Popen[bytes], log: Any, job: _Job) -> int:
+        """Forget an ended child; its peak memory."""
+        with self._lock:
+            self._procs.pop(proc.pid, None)
+            self._waiting.pop(job.name, None)
+        log.close()
+        peak = self._meter.done(proc.pid) if self._meter is not None else 0
+        key = str(job.files.log)
+        self.peaks[key] = max(peak, self.peaks.get(key, 0))
+        return peak
+
     def _finish(self, job: _Job, descriptor: Path | None) -> JobResult:
         """Step 4 for one job: write it on the base, verify it alone, publish it."""
         result = job.result
         try:
-            cmd = [sys.executable, "-m", "tracer", "minimize", str(job.path), "--report",
-                   str(job.files.report), "--resume", str(job.state), *self.overrides.argv()]
-            if descriptor is not None:
-                cmd += ["--shared-base", str(descriptor)]
             timeout = 2 * job.profile.run.timeout + 600
-            started, code = self._spawn(cmd, job.files.log, timeout, env=self._env(),
-                                        mode="ab")
+            with self._lock:
+                live = self._waiting.get(job.name)
+            if live is not None:
+                started, code = self._tell(job, live, descriptor, timeout)
+            else:
+                cmd = [sys.executable, "-m", "tracer", "minimize", str(job.path), "--report",
+                       str(job.files.report), "--resume", str(job.state),
+                       *self.overrides.argv()]
+                if descriptor is not None:
+                    cmd += ["--shared-base", str(descriptor)]
+                started, code = self._spawn(cmd, job.files.log, timeout, env=self._env(),
+                                            mode="ab")
             result.seconds = round(time.monotonic() - job.started, 3)
             result.peak_memory = self.peaks.get(str(job.files.log))
             if not started:
@@ -398,6 +501,30 @@ class FleetBatch(Batch):
                 _remove_tree(job.state)
         self.say(job_line(result))
         return result
+
+    def _tell(self, job: _Job, live: tuple[subprocess.Popen[bytes], Any],
+              descriptor: Path | None, timeout: float) -> tuple[bool, int | None]:
+        """Step 4 in the child that waits since step 2: take a slot, tell it the base, and
+        wait for it to end."""
+        proc, log = live
+        if not self.slots.acquire(lambda: self._stopping):
+            return False, None
+        peak = 0
+        try:
+            order = f"finish {descriptor}\n" if descriptor is not None else "finish\n"
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):  # it ended meanwhile: its code says how
+                proc.stdin.write(order.encode())
+                proc.stdin.close()
+            try:
+                code: int | None = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _terminate(proc)
+                code = None
+            peak = self._child_done(proc, log, job)
+            return True, code
+        finally:
+            self.slots.release(job.name, peak)
 
     def _record_base(self, job: _Job, descriptor: Path | None) -> None:
         """OUT/NAME/base.json: the base the job's output now stands on, and what it needs
