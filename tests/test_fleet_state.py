@@ -12,7 +12,7 @@ import pytest
 from tracer import statefile
 from tracer.errors import BadInput, EnvironmentProblem
 from tracer.image.model import Entry
-from tracer.jobslots import FIRST_GUESS, GiB, Slots, limit_for
+from tracer.jobslots import FIRST_GUESS, GiB, Slots, Use, limit_for, read_usage, write_usage
 from tracer.trace.result import Access, Meaning
 
 
@@ -61,15 +61,18 @@ def test_state_is_read_only_from_a_private_directory(tmp_path: Path) -> None:
         statefile.load(state / "link.pickle")
 
 
-def test_jobs_at_once_follow_cores_and_measured_memory() -> None:
+def test_jobs_at_once_follow_cores_and_measured_memory(tmp_path: Path) -> None:
     assert limit_for(1 * GiB, 16 * GiB, 2) == 2  # cores bound it
     assert limit_for(4 * GiB, 10 * GiB, 8) == 2  # memory does: 8 GiB usable / 4 GiB
     assert limit_for(64 * GiB, 1 * GiB, 8) == 1  # never below one
     slots = Slots(None, None, available=10 * GiB, cpus=8)
     assert slots.per_job == FIRST_GUESS and slots.limit == 8
     assert slots.acquire()
-    slots.release("big", 3 * GiB)  # a job was measured: the limit follows it
+    slots.release("big", Use(3 * GiB))  # a job was measured: the limit follows it
     assert slots.limit == 2
-    remembered = Slots(None, {"big": 3 * GiB, "small": GiB}, available=10 * GiB, cpus=8)
-    assert remembered.limit == 2  # what the last batch measured, before any job ends
+    write_usage(tmp_path, slots.measured)
+    remembered = Slots(None, read_usage(tmp_path), available=10 * GiB, cpus=8)
+    assert remembered.per_job == 3 * GiB and remembered.limit == 2  # before any job ends
+    (tmp_path / "usage.json").write_text('{"old": 123, "bad": "x", "neg": -1}')
+    assert read_usage(tmp_path) == {"old": Use(123)}  # an older file's plain numbers
     assert Slots(5, None, available=GiB, cpus=1).limit == 5  # --jobs fixes it

@@ -33,7 +33,7 @@ from tracer.errors import BadInput, TracerError
 from tracer.explain.runfiles import keeplist_paths
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.transports import transport
-from tracer.jobslots import Meter, Slots, read_usage, write_usage
+from tracer.jobslots import Meter, Slots, Use, read_usage, write_usage
 from tracer.operatorfiles import kind_of, open_regular, read_json, read_regular
 from tracer.profile.load import Overrides, budgets_of, load_profile
 from tracer.profile.model import Profile
@@ -202,7 +202,7 @@ class Batch:
         self._lock = threading.Lock()
         self._stopping = False
         self.slots = Slots(jobs, read_usage(out))
-        self.peaks: dict[str, int] = {}  # log file -> peak bytes of its job's last child
+        self.peaks: dict[str, int] = {}  # log file -> peak bytes of its job's children
         self._meter: Meter | None = None
 
     def run(self, profiles: list[Path]) -> list[JobResult]:
@@ -277,11 +277,13 @@ class Batch:
             result.message = "unchanged since the last successful run (image, profile, tracer)"
             return result
         job.start()
-        self.say(f"{profile.name}: started ({profile_path}; log: {job.log})")
         cmd = [sys.executable, "-m", "tracer", "minimize", str(profile_path),
                "--report", str(job.report), *self.overrides.argv()]
         timeout = 2 * profile.run.timeout + 600  # trace + verify each bounded by run.timeout
-        started_child, code = self._spawn(cmd, job.log, timeout)
+        started_child, code = self._spawn(
+            cmd, job.log, timeout,
+            on_start=lambda: self.say(f"{profile.name}: started ({profile_path}; log: "
+                                      f"{job.log})"))
         result.seconds = round(time.monotonic() - started, 3)
         if not started_child:
             result.message = "not started: the batch was interrupted"
@@ -292,14 +294,17 @@ class Batch:
         return result
 
     def _spawn(self, cmd: list[str], log_path: Path, timeout: float,
-               env: dict[str, str] | None = None, mode: str = "wb"
-               ) -> tuple[bool, int | None]:
+               env: dict[str, str] | None = None, mode: str = "wb",
+               on_start: Callable[[], None] | None = None) -> tuple[bool, int | None]:
         """Run one job's child to its end: (started at all, exit code or None on timeout).
-        It waits for a slot first (jobslots.py); its memory is measured while it runs."""
+        It waits for a slot first (jobslots.py; `on_start` then), and what it uses is
+        measured while it runs."""
         if not self.slots.acquire(lambda: self._stopping):
             return False, None
-        peak = 0
+        use: Use | None = None
         try:
+            if on_start is not None:
+                on_start()
             with open(log_path, mode) as log:
                 with self._lock:
                     if self._stopping:
@@ -321,10 +326,11 @@ class Batch:
                     with self._lock:
                         self._procs.pop(proc.pid, None)
                     if self._meter is not None:
-                        peak = self._meter.done(proc.pid)
-                        self.peaks[str(log_path)] = max(peak, self.peaks.get(str(log_path), 0))
+                        use = self._meter.done(proc.pid)
+                        self.peaks[str(log_path)] = max(use.memory,
+                                                        self.peaks.get(str(log_path), 0))
         finally:
-            self.slots.release(log_path.parent.name, peak)
+            self.slots.release(log_path.parent.name, use)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,21 @@
 """How many `tracer batch` jobs run at once: the cores, and the memory jobs really use.
 
-The rule (README, "Nightly jobs"): at most one job per core this process may run on, and
-no more than fit in 80% of the memory available when the batch starts, at what one job
-was measured to need. A job's memory is the peak, sampled once a second, of its tracer
-processes' resident memory (psutil: the `tracer minimize` child and everything it starts)
-plus the memory its containers are charged (the engine's cgroup of each container the
-child made, found by tracer's owner label). Before any job of the batch has ended, the
-measure is the largest a job of this --out used last time (OUT/usage.json), else 1 GiB;
-every job that ends updates it, and the limit follows. `--jobs N` fixes it at N.
+The rule (README, "Nightly jobs"): one job per core this process may run on, and no more
+than fit in 80% of the memory available when the batch starts, at the memory one job was
+measured to need; at least one. A job's memory is the peak, sampled twice a second, of
+its tracer processes' resident memory (psutil: the `tracer minimize` child and everything
+it starts) plus what its containers are charged (the engine's cgroup of each container
+the child made, found by tracer's owner label); the largest of the jobs measured counts.
+Before any job of the batch has ended, that is the largest a job of this --out's last
+batch used (OUT/usage.json), else 1 GiB; every job that ends updates it, and the limit
+follows. `--jobs N` fixes it at N.
 
-Only a running child takes a slot: a skipped job, or a fleet's jobs waiting between
-their two steps (tracer.stage), take none.
+Cores are counted, not measured: a job's CPU time over its wall time says what it got,
+not what it wants, on a machine others load too (measured so, jobs that compute looked
+like a quarter of a core, and four times as many jobs at once were no faster).
+
+Only a running child takes a slot: a skipped job, or a fleet's job waiting between its
+two steps (tracer.stage), takes none.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -28,16 +34,23 @@ from tracer.engine import connect
 from tracer.workdir import OWNER_LABEL
 
 GiB = 1 << 30
-FIRST_GUESS = 1 * GiB  # per job, before anything was measured
+FIRST_GUESS = 1 * GiB  # memory per job, before anything was measured
 MEMORY_SHARE = 0.8  # of the memory available when the batch starts
 USAGE_FILE = "usage.json"
-_CGROUP_FILES = (  # a container's memory: peak where the kernel keeps one, else current
+_MEMORY_FILES = (  # a container's memory: peak where the kernel keeps one, else current
     "/sys/fs/cgroup/memory/docker/{id}/memory.max_usage_in_bytes",  # v1, cgroupfs
     "/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.peak",  # v2, systemd
     "/sys/fs/cgroup/docker/{id}/memory.peak",  # v2, cgroupfs
     "/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.current",
     "/sys/fs/cgroup/docker/{id}/memory.current",
 )
+
+
+@dataclass(frozen=True)
+class Use:
+    """What one job was measured to use: its peak bytes."""
+
+    memory: int
 
 
 def cores() -> int:
@@ -53,35 +66,47 @@ def limit_for(per_job: int, available: int, cpus: int) -> int:
     return max(1, min(cpus, int(available * MEMORY_SHARE) // max(per_job, 1)))
 
 
-def read_usage(out: Path) -> dict[str, int]:
-    """Peak bytes per job recorded by the last batch in `out` ({} when none)."""
+def read_usage(out: Path) -> dict[str, Use]:
+    """What each job of the last batch in `out` used ({} when nothing was recorded)."""
+    found: dict[str, Use] = {}
     with contextlib.suppress(OSError, ValueError):
         doc = json.loads((out / USAGE_FILE).read_text(encoding="utf-8"))
-        if isinstance(doc, dict):
-            return {str(k): int(v) for k, v in doc.items()
-                    if isinstance(v, int) and not isinstance(v, bool) and v > 0}
-    return {}
+        for job, value in (doc.items() if isinstance(doc, dict) else ()):
+            memory = value.get("memory") if isinstance(value, dict) else value
+            if isinstance(memory, int) and not isinstance(memory, bool) and memory > 0:
+                found[str(job)] = Use(memory)
+    return found
 
 
-def write_usage(out: Path, usage: dict[str, int]) -> None:
+def write_usage(out: Path, usage: dict[str, Use]) -> None:
+    doc = {job: {"memory": u.memory} for job, u in sorted(usage.items())}
     tmp = out / f".{USAGE_FILE}.tmp"
-    tmp.write_text(json.dumps(dict(sorted(usage.items())), indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, out / USAGE_FILE)
 
 
 class Slots:
     """A limit on running children that follows what jobs were measured to use."""
 
-    def __init__(self, fixed: int | None, known: dict[str, int] | None = None,
+    def __init__(self, fixed: int | None, known: dict[str, Use] | None = None,
                  available: int | None = None, cpus: int | None = None) -> None:
         self.fixed = fixed
         self.cpus = cpus or cores()
         self.available = available if available is not None else \
             psutil.virtual_memory().available
-        self.per_job = max(known.values()) if known else FIRST_GUESS
-        self.measured: dict[str, int] = {}
+        self.known = dict(known or {})  # the last batch's measures, until this one's come
+        self.measured: dict[str, Use] = {}
         self.running = 0
         self._cond = threading.Condition()
+
+    def _measures(self) -> list[Use]:
+        return list((self.measured or self.known).values())
+
+    @property
+    def per_job(self) -> int:
+        """Bytes one job needs: the most a job was measured to use."""
+        uses = self._measures()
+        return max(u.memory for u in uses) if uses else FIRST_GUESS
 
     @property
     def limit(self) -> int:
@@ -104,21 +129,25 @@ class Slots:
             self.running += 1
             return True
 
-    def release(self, job: str, peak: int | None) -> None:
-        """A child ended, having used `peak` bytes at most: the measure follows."""
+    def release(self, job: str, use: Use | None) -> None:
+        """A child ended (or went waiting), having used `use`: the measures follow."""
         with self._cond:
             self.running -= 1
-            if peak:
-                self.measured[job] = max(peak, self.measured.get(job, 0))
-                self.per_job = max(self.measured.values())
+            if use is not None and use.memory:
+                old = self.measured.get(job)
+                self.measured[job] = Use(max(use.memory, old.memory if old else 0))
             self._cond.notify_all()
 
 
 class Meter:
-    """Samples, once a second, the memory of every running child (module doc)."""
+    """Samples the memory of every running child twice a second (module doc); the engine
+    is asked which containers each child made once a second."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = 0.5, ask_engine_every: int = 2) -> None:
         self.interval = interval
+        self.ask_engine_every = ask_engine_every
+        self._ticks = 0
+        self._known: dict[int, list[str]] = {}  # child pid -> its containers, last asked
         self._children: dict[int, int] = {}  # pid -> peak bytes
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -129,11 +158,11 @@ class Meter:
         with self._lock:
             self._children[pid] = 0
 
-    def done(self, pid: int) -> int:
-        """Stop watching `pid`; its peak (one last sample first)."""
+    def done(self, pid: int) -> Use:
+        """Stop watching `pid` (one last sample first): what it used."""
         self._sample([pid])
         with self._lock:
-            return self._children.pop(pid, 0)
+            return Use(self._children.pop(pid, 0))
 
     def close(self) -> None:
         self._stop.set()
@@ -146,9 +175,17 @@ class Meter:
                 self._sample(pids)
 
     def _sample(self, pids: list[int]) -> None:
-        containers = _containers_by_owner(set(pids))
+        with self._lock:
+            ask = self._ticks % self.ask_engine_every == 0
+            self._ticks += 1
+            watched = set(self._children) | set(pids)
+        if ask:
+            found = _containers_by_owner(watched)
+            with self._lock:
+                self._known = found
         for pid in pids:
-            used = _tree_rss(pid) + sum(_container_memory(c) for c in containers.get(pid, []))
+            used = _tree_rss(pid) + sum(_container_memory(c)
+                                        for c in self._known.get(pid, []))
             with self._lock:
                 if pid in self._children:
                     self._children[pid] = max(self._children[pid], used)
@@ -156,12 +193,12 @@ class Meter:
 
 def _tree_rss(pid: int) -> int:
     """Resident bytes of `pid` and every process under it (0 once it is gone)."""
-    total = 0
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
     except psutil.Error:
         return 0
+    total = 0
     for p in procs:
         with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
@@ -184,11 +221,18 @@ def _containers_by_owner(pids: set[int]) -> dict[int, list[str]]:
     return out
 
 
+def _read_small(pattern: str, container_id: str) -> str | None:
+    with contextlib.suppress(OSError), \
+            open(pattern.format(id=container_id), encoding="ascii") as f:
+        return f.read(4096)
+    return None
+
+
 def _container_memory(container_id: str) -> int:
     if not container_id.isalnum():
         return 0
-    for pattern in _CGROUP_FILES:
-        with contextlib.suppress(OSError, ValueError), \
-                open(pattern.format(id=container_id), encoding="ascii") as f:
-            return int(f.read(64).strip())
+    for pattern in _MEMORY_FILES:
+        text = _read_small(pattern, container_id)
+        if text is not None and text.strip().isdigit():
+            return int(text.strip())
     return 0

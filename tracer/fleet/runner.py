@@ -59,7 +59,7 @@ from tracer.image.layercache import CACHE_ENV, Seed, seed_dir
 from tracer.image.reference import ImageRef, default_output, parse_reference
 from tracer.image.sharedbase import SharedBase, index_prefix
 from tracer.image.transports import open_image
-from tracer.jobslots import MEMORY_SHARE
+from tracer.jobslots import MEMORY_SHARE, Use
 from tracer.pipeline import pinned
 from tracer.profile.load import Overrides, budgets_of, load_profile
 from tracer.profile.model import Profile
@@ -380,7 +380,6 @@ class FleetBatch(Batch):
         it ends, and step 4 takes the saved run up in a new process (`--resume`)."""
         try:
             job.files.start()
-            self.say(f"{job.name}: started ({job.path}; log: {job.files.log})")
             keep = self._may_wait()
             cmd = [sys.executable, "-m", "tracer", "minimize", str(job.path), "--report",
                    str(job.files.report), "--stop-after", "analyse", "--state",
@@ -420,8 +419,9 @@ class FleetBatch(Batch):
         run and waits: then it stays in `_waiting` for step 4, and its slot is free."""
         if not self.slots.acquire(lambda: self._stopping):
             return False, None
-        peak = 0
+        use: Use | None = None
         try:
+            self.say(f"{job.name}: started ({job.path}; log: {job.files.log})")
             log = open(job.files.log, "wb")  # noqa: SIM115 - closed when the child is done
             with self._lock:
                 if self._stopping:
@@ -449,21 +449,21 @@ class FleetBatch(Batch):
                 if time.monotonic() > deadline:
                     _terminate(proc)
                     break
-            peak = self._child_done(proc, log, job)
+            use = self._child_done(proc, log, job)
             return True, code
         finally:
-            self.slots.release(job.name, peak)
+            self.slots.release(job.name, use)
 
-    def _child_done(self, proc: subprocess.Popen[bytes], log: Any, job: _Job) -> int:
-        """Forget an ended child; its peak memory."""
+    def _child_done(self, proc: subprocess.Popen[bytes], log: Any, job: _Job) -> Use:
+        """Forget an ended child; what it used."""
         with self._lock:
             self._procs.pop(proc.pid, None)
             self._waiting.pop(job.name, None)
         log.close()
-        peak = self._meter.done(proc.pid) if self._meter is not None else 0
+        use = self._meter.done(proc.pid) if self._meter is not None else Use(0)
         key = str(job.files.log)
-        self.peaks[key] = max(peak, self.peaks.get(key, 0))
-        return peak
+        self.peaks[key] = max(use.memory, self.peaks.get(key, 0))
+        return use
 
     def _finish(self, job: _Job, descriptor: Path | None) -> JobResult:
         """Step 4 for one job: write it on the base, verify it alone, publish it."""
@@ -509,7 +509,7 @@ class FleetBatch(Batch):
         proc, log = live
         if not self.slots.acquire(lambda: self._stopping):
             return False, None
-        peak = 0
+        use: Use | None = None
         try:
             order = f"finish {descriptor}\n" if descriptor is not None else "finish\n"
             assert proc.stdin is not None
@@ -521,10 +521,10 @@ class FleetBatch(Batch):
             except subprocess.TimeoutExpired:
                 _terminate(proc)
                 code = None
-            peak = self._child_done(proc, log, job)
+            use = self._child_done(proc, log, job)
             return True, code
         finally:
-            self.slots.release(job.name, peak)
+            self.slots.release(job.name, use)
 
     def _record_base(self, job: _Job, descriptor: Path | None) -> None:
         """OUT/NAME/base.json: the base the job's output now stands on, and what it needs
