@@ -23,7 +23,11 @@ Measured, in one run:
   keep-lists give (target: at most 0.6x), and what each image pays for the base;
 - that every output passed verification (status passed).
 
-Usage: scripts/bench_fleet.py [--jobs N] [--keep] [--json FILE]
+The batch's --out is kept between runs (default /var/tmp/tracer-bench-fleet), as a
+nightly job keeps its own: the number of jobs at once follows what the jobs of the last
+run used (jobslots.py), so the first run on a machine starts from one job per core.
+
+Usage: scripts/bench_fleet.py [--jobs N] [--out DIR] [--keep] [--json FILE]
 """
 
 from __future__ import annotations
@@ -132,9 +136,9 @@ def _base_id() -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
-def write_profile(app: App, where: Path, run_id: str) -> Path:
+def write_profile(app: App, where: Path) -> Path:
     doc = {"version": 1, "name": app.name, "image": f"docker-daemon:{app.image}",
-           "output": f"docker-daemon:tracer-bench/fleet-{app.name}:min-{run_id}",
+           "output": f"docker-daemon:tracer-bench/fleet-{app.name}:min",
            "run": {"network": "none", "mode": "job", "exit": 0, "stdout": app.stdout,
                    "timeout": "300s"},
            "smoke": [],
@@ -231,17 +235,19 @@ def mb(n: float) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, help="as tracer batch --jobs (default: its own)")
-    parser.add_argument("--keep", action="store_true", help="keep the outputs and --out")
+    parser.add_argument("--keep", action="store_true", help="keep the outputs and profiles")
+    parser.add_argument("--out", type=Path, default=Path("/var/tmp/tracer-bench-fleet"),
+                        help="the batch's --out, kept between runs (what jobs used)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
     for app in APPS:
         build(app)
-    run_id = f"{int(time.time())}"
     work = Path(tempfile.mkdtemp(prefix="tracer-bench-fleet-"))
     profiles = work / "profiles"
     profiles.mkdir()
-    paths = [write_profile(app, profiles, run_id) for app in APPS]
-    out = work / "out"
+    paths = [write_profile(app, profiles) for app in APPS]
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     try:
         print("bench_fleet: floors (two plain smoke runs per job) ...", file=sys.stderr)
         floors = {p.stem: floor(p, work / "floors") for p in paths}
@@ -297,8 +303,7 @@ def main(argv: list[str]) -> int:
     finally:
         if not args.keep:
             for app in APPS:
-                subprocess.run(["docker", "rmi", "-f",
-                                f"tracer-bench/fleet-{app.name}:min-{run_id}"],
+                subprocess.run(["docker", "rmi", "-f", f"tracer-bench/fleet-{app.name}:min"],
                                capture_output=True)
             shutil.rmtree(work, ignore_errors=True)
         else:
