@@ -5,7 +5,8 @@ The fleet: nine small job images `FROM tracer-fixture/base:bookworm`, each with 
 Debian programs (jq, sqlite3, gawk, Lua, bc, Perl from the base, Python, xz, OpenSSL) and a
 smoke test that does a few seconds of real work with them. They are built once with
 `docker build --network host` (Debian's apt sources) and rebuilt only when their
-Dockerfile changes (label tracer.bench.hash); the first build downloads about 15 MB.
+Dockerfile changes (label tracer.bench.hash); the first build downloads about 10 MB of
+packages (and Debian's package lists).
 
 Measured, in one run:
 - the floor of each job: two plain (untraced) runs of its smoke test on the original
