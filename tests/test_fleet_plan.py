@@ -73,6 +73,11 @@ def test_changes_say_what_joining_and_leaving_did(tmp_path: Path) -> None:
     back = changes(after, {"one": ["/lib", "/lib/libc.so"]}, ["/lib", "/lib/libc.so"], D, index,
                    False)
     assert any("held for new" in line and "left the base" in line for line in back.lines)
+    # a name in an image may hold a newline: it never forges a line of the batch's log
+    forged = changes(before, {"one": ["/lib/x\ntracer batch: all passed"]},
+                     ["/lib/x\ntracer batch: all passed"], C, index, False)
+    assert all("\n" not in line for line in forged.lines)
+    assert any("/lib/x\\ntracer batch" in line for line in forged.lines)
 
 
 def test_a_descriptor_reads_back_and_a_bad_one_is_refused(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ changed since the last batch. Pure functions of what the jobs need; nothing runs
   only changes when the union does. With a pinned base (`--pin-base`), the last base stays
   as it is when it still covers every job, and otherwise the decision says why not.
 - `changes`: what the jobs that joined, left or changed did to the base, in words, for
-  the batch's log and summary.json.
+  the batch's log and summary.json (paths escaped as the keep-list writes them: a name
+  in an image may hold a newline, and must not forge a line of the log).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tracer.explain.runfiles import escape
 from tracer.fleet.descriptor import BaseDescriptor
 from tracer.image.layercache import chain_ids
 from tracer.image.layerwrite import closed_paths
@@ -102,14 +104,14 @@ def decide(fleet: Fleet, needs: Mapping[str, Sequence[str]], index: FlatImage,
                for job, want in needs.items()}
     lacking = {job: missing for job, missing in lacking.items() if missing}
     if lacking:
-        words = "; ".join(f"{job} needs {len(m)} path(s) it lacks (e.g. {m[0]})"
+        words = "; ".join(f"{job} needs {len(m)} path(s) it lacks (e.g. {escape(m[0])})"
                           for job, m in sorted(lacking.items()))
         return Decision(paths, pin_note=f"cannot keep the pinned base {pinned.diff_id[:19]}: "
                         + words)
     unknown = [p for p in pinned.paths if p not in index.entries]
     if unknown:
         return Decision(paths, pin_note=f"cannot keep the pinned base {pinned.diff_id[:19]}: "
-                        f"its path {unknown[0]} is not in the base layers")
+                        f"its path {escape(unknown[0])} is not in the base layers")
     return Decision(closed_paths(index, pinned.paths), pinned=True,
                     pin_note=f"kept the pinned base {pinned.diff_id[:19]}: it covers every "
                     "job")
@@ -177,7 +179,7 @@ def changes(previous: BaseDescriptor | None, needs: Mapping[str, Sequence[str]],
         gone = sorted(set(held) - new_paths)
         if gone and job not in needs:
             out.lines.append(f"{len(gone)} path(s) the pinned base held for {job} (which left "
-                             f"the fleet before) left the base, e.g. {gone[0]}")
+                             f"the fleet before) left the base, e.g. {escape(gone[0])}")
     for job in sorted(set(needs) - set(before)):
         if job in previous.held_for:
             out.lines.append(f"{job} is back in the fleet")
@@ -186,7 +188,7 @@ def changes(previous: BaseDescriptor | None, needs: Mapping[str, Sequence[str]],
         out.lines.append(
             f"{job} joined the fleet: " + (
                 f"the base grows by {len(grows)} path(s) ({human_size(_bytes(grows, index))}) "
-                f"only it needs, e.g. {grows[0]}" if grows else
+                f"only it needs, e.g. {escape(grows[0])}" if grows else
                 "it needs nothing the base lacked"))
     for job in sorted(set(before) - set(needs)):
         gone = sorted(_only(job, before) - new_paths) if not pinned else []
@@ -194,7 +196,7 @@ def changes(previous: BaseDescriptor | None, needs: Mapping[str, Sequence[str]],
         if gone:
             out.lines.append(f"{job} left the fleet: {len(gone)} path(s) "
                              f"({human_size(_bytes(gone, index))}) only it needed left the "
-                             f"base, e.g. {gone[0]}")
+                             f"base, e.g. {escape(gone[0])}")
         elif kept and pinned:
             out.lines.append(f"{job} left the fleet: {len(kept)} path(s) only it needed stay "
                              "in the pinned base")
@@ -207,6 +209,6 @@ def changes(previous: BaseDescriptor | None, needs: Mapping[str, Sequence[str]],
         shrank = [p for p in less if p in out.removed]
         if grew or shrank:
             out.lines.append(f"{job} now keeps other paths of the base: +{len(grew)} for it "
-                             f"alone (e.g. {(grew or ['-'])[0]}), -{len(shrank)} no one "
-                             f"needs any more (e.g. {(shrank or ['-'])[0]})")
+                             f"alone (e.g. {escape((grew or ['-'])[0])}), -{len(shrank)} no one "
+                             f"needs any more (e.g. {escape((shrank or ['-'])[0])})")
     return out

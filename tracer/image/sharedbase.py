@@ -101,7 +101,7 @@ class SharedBase:
         missing = sorted(in_base - base_set)
         if missing:
             raise BadInput(f"the shared base lacks {len(missing)} path(s) this image keeps "
-                           f"from it, e.g. {missing[0]}: it was made for other jobs")
+                           f"from it, e.g. {missing[0]!r}: it was made for other jobs")
         own = kept - in_base
         whiteouts: list[str] = []
         extra: list[str] = []
