@@ -132,6 +132,15 @@ def test_outputs_share_one_base_and_show_what_their_originals_have(tmp_path: Pat
         for p in placed.extra:
             assert same_entry(back.entries[p], flat.entries[p])
     assert len(digests) == 1  # one base layer, byte for byte, under both
+    # an OCI layout holds the same base blob, and reads back as the archive does
+    layout = tmp_path / "layout"
+    written = write_image(flats["two"], KEEP["two"], parse_reference(f"oci:{layout}:two"),
+                          workdir=tmp_path / "w", comment="fleet test", base=base)
+    assert written.layers[0].diff_id in digests
+    assert (layout / "blobs" / "sha256" / written.layers[0].diff_id[7:]).is_file()
+    from_layout = flatten_ref(f"oci:{layout}:two", tmp_path / "back-layout")
+    from_archive = flatten_ref(f"docker-archive:{tmp_path}/two.tar", tmp_path / "back-two")
+    assert from_layout.entries == from_archive.entries
     two = flatten_ref(f"docker-archive:{tmp_path}/two.tar", tmp_path / "again")
     assert "/etc/motd" not in two.entries and "/usr/lib/libz.so.1" not in two.entries
     assert two.entries["/opt/tree"].kind == "file"
