@@ -50,7 +50,7 @@ from tracer.batch import (
     output_exists,
 )
 from tracer.budgets import Budgets
-from tracer.engine import connect
+from tracer.engine import NotInEngine, connect
 from tracer.errors import BadInput, TracerError
 from tracer.fleet.descriptor import BaseDescriptor, read_base_descriptor
 from tracer.fleet.plan import Change, Fleet, changes, decide, group, held_for
@@ -95,17 +95,23 @@ class _Job:
 
 def input_layers(ref: ImageRef, work: Path, budgets: Budgets) -> list[str]:
     """The layer digests (diff_ids) of image `ref`, bottom first: from the engine's answer
-    for an engine image (nothing is read), else from the image's own config."""
-    if ref.transport == "docker-daemon":
-        with connect().lookup(f"inspect image {ref}"):
-            attrs = connect().api.inspect_image(str(ref.repo_tag))
-        layers = (attrs.get("RootFS") or {}).get("Layers") if isinstance(attrs, dict) else None
-        if not isinstance(layers, list) or not all(
-                isinstance(x, str) and DIGEST_RE.match(x) for x in layers):
-            return []
-        return list(layers)
-    with open_image(ref, work, budgets) as image:
-        return [str(x.diff_id) for x in image.layers if x.diff_id is not None]
+    for an engine image (nothing is read), else from the image's own config. [] when they
+    cannot be had (no such image, a bad one): the job then runs alone, and its own run
+    says what is wrong with its input."""
+    try:
+        if ref.transport == "docker-daemon":
+            with connect().lookup(f"inspect image {ref}"):
+                attrs = connect().api.inspect_image(str(ref.repo_tag))
+            layers = (attrs.get("RootFS") or {}).get("Layers") \
+                if isinstance(attrs, dict) else None
+            if not isinstance(layers, list) or not all(
+                    isinstance(x, str) and DIGEST_RE.match(x) for x in layers):
+                return []
+            return list(layers)
+        with open_image(ref, work, budgets) as image:
+            return [str(x.diff_id) for x in image.layers if x.diff_id is not None]
+    except (TracerError, NotInEngine):
+        return []
 
 
 class FleetBatch(Batch):
