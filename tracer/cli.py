@@ -320,7 +320,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if args.pin_base is not None and not args.share_base:
         raise BadInput("--pin-base keeps a shared base: it needs --share-base")
     if args.share_base:
-        from tracer.fleet.runner import FleetBatch, fleet_table
+        from tracer.fleet.runner import FleetBatch
+        from tracer.fleet.summary import fleet_table
         from tracer.workdir import workdir
 
         with workdir() as work:  # the shared layers' index and the jobs' saved runs

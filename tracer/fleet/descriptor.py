@@ -16,6 +16,7 @@ field is checked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -119,3 +120,27 @@ def read_base_descriptor(path: Path, limit: int = DEFAULT.index_bytes) -> BaseDe
     """The descriptor in `path` (an operator's file: checked as the module doc says)."""
     doc = read_json(path, "base descriptor", limit=limit, budget="index_bytes")
     return parse_base_descriptor(doc, str(path))
+
+
+def read_pins(source: Path, fleets_dir: str) -> list[BaseDescriptor]:
+    """--pin-base: a previous batch's --out (its fleets/*.json) or one descriptor file."""
+    if source.is_dir():
+        found = sorted((source / fleets_dir).glob("*.json")) if (source / fleets_dir).is_dir() \
+            else []
+        if not found:
+            raise BadInput(f"--pin-base {source}: holds no base descriptor ({fleets_dir}/*.json "
+                           "of a `tracer batch --share-base`)")
+        return [read_base_descriptor(p) for p in found]
+    return [read_base_descriptor(source)]
+
+
+def previous_of(fleets: Path, jobs: set[str]) -> BaseDescriptor | None:
+    """The last base descriptor in `fleets` whose jobs overlap `jobs` most."""
+    best, overlap = None, 0
+    for p in sorted(fleets.glob("*.json")):
+        with contextlib.suppress(BadInput):
+            d = read_base_descriptor(p)
+            n = len(jobs & set(d.needed_by))
+            if n > overlap:
+                best, overlap = d, n
+    return best

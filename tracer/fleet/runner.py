@@ -52,8 +52,14 @@ from tracer.batch import (
 from tracer.budgets import Budgets
 from tracer.engine import NotInEngine, connect
 from tracer.errors import BadInput, TracerError
-from tracer.fleet.descriptor import BaseDescriptor, read_base_descriptor
+from tracer.fleet.descriptor import (
+    BaseDescriptor,
+    previous_of,
+    read_base_descriptor,
+    read_pins,
+)
 from tracer.fleet.plan import Change, Fleet, changes, decide, group, held_for
+from tracer.fleet.summary import fleet_numbers
 from tracer.image.documents import DIGEST_RE
 from tracer.image.layercache import CACHE_ENV, Seed, seed_dir
 from tracer.image.reference import ImageRef, default_output, parse_reference
@@ -123,7 +129,7 @@ class FleetBatch(Batch):
         super().__init__(out, jobs, force, overrides, say)
         self.work = private_dir(work)
         self.cache = private_dir(work / "layers")
-        self.pinned = _read_pins(pin_base) if pin_base is not None else None
+        self.pinned = read_pins(pin_base, FLEETS_DIR) if pin_base is not None else None
         self.pin_source = pin_base
         self.fleets: list[dict[str, Any]] = []  # for summary.json
         # children that saved their run and wait, alive, for their fleet's base
@@ -334,7 +340,7 @@ class FleetBatch(Batch):
             if path.exists():
                 previous = read_base_descriptor(path)
             else:  # the fleet's layers changed: compare with the last base of its jobs
-                previous = _previous_of(fleets, set(fleet.jobs))
+                previous = previous_of(fleets, set(fleet.jobs))
         content = sum(e.size for p in base.paths if (e := base.flat.entries[p]).kind == "file")
         members = set(fleet.jobs)
         desc = BaseDescriptor(fleet.name, fleet.layers, diff_id, size, content, base.paths,
@@ -552,69 +558,6 @@ class FleetBatch(Batch):
             fill()
         self._finishers.clear()
         return self.fleets
-
-
-def fleet_numbers(base: dict[str, Any], results: list[JobResult]) -> dict[str, Any]:
-    """What a fleet's outputs weigh: unique bytes (its base once, plus each output's own
-    layer: what a registry stores and a node pulls once), against the sum of the one-layer
-    outputs the same images would have been, and what each image pays for the base."""
-    on = [r for r in results if r.shared_base and r.status in ("passed", "unchanged", "skipped")
-          and r.shared_base.get("diff_id") == base["diff_id"]]
-    own = sum(int(r.shared_base.get("own_bytes", 0)) for r in on)  # type: ignore[union-attr]
-    single = sum(int(r.shared_base.get("single_layer_bytes", 0)) for r in on)  # type: ignore[union-attr]
-    unique = base["size"] + own if on else 0
-    return {"outputs": len(on), "unique_bytes": unique, "single_layer_bytes": single,
-            "ratio": round(unique / single, 3) if single else None,
-            "failed": sorted(r.name for r in results if r.status == "failed"),
-            "extra": {r.name: {"paths": r.shared_base.get("extra_paths", 0),  # type: ignore[union-attr]
-                               "bytes": r.shared_base.get("extra_bytes", 0)}  # type: ignore[union-attr]
-                      for r in on}}
-
-
-def fleet_table(fleets: list[dict[str, Any]]) -> str:
-    """The fleets under the batch's table: bytes stored once against one-layer outputs,
-    and what each image pays for sharing."""
-    lines = []
-    for f in fleets:
-        if not f.get("outputs"):
-            lines.append(f"fleet {f['name']}: no output on its shared base this run")
-            continue
-        lines.append(
-            f"fleet {f['name']}: {f['outputs']} outputs on one base {f['base']['diff_id'][:19]}"
-            f" ({human_size(f['base']['size'])}): {human_size(f['unique_bytes'])} stored once"
-            f" against {human_size(f['single_layer_bytes'])} as one-layer images "
-            f"({f['ratio']:.2f}x)")
-        extra = f.get("extra") or {}
-        if extra:
-            lines.append("  each pays for the base (files it does not keep itself): " + ", ".join(
-                f"{name} {human_size(x['bytes'])}" for name, x in sorted(extra.items())))
-        for line in f.get("changes", []):
-            lines.append(f"  {line}")
-    return "\n".join(lines)
-
-
-def _read_pins(source: Path) -> list[BaseDescriptor]:
-    """--pin-base: a previous batch's --out (its fleets/*.json) or one descriptor file."""
-    if source.is_dir():
-        found = sorted((source / FLEETS_DIR).glob("*.json")) if (source / FLEETS_DIR).is_dir() \
-            else []
-        if not found:
-            raise BadInput(f"--pin-base {source}: holds no base descriptor ({FLEETS_DIR}/*.json "
-                           "of a `tracer batch --share-base`)")
-        return [read_base_descriptor(p) for p in found]
-    return [read_base_descriptor(source)]
-
-
-def _previous_of(fleets: Path, jobs: set[str]) -> BaseDescriptor | None:
-    """The last base descriptor in `fleets` whose jobs overlap `jobs` most."""
-    best, overlap = None, 0
-    for p in sorted(fleets.glob("*.json")):
-        with contextlib.suppress(BadInput):
-            d = read_base_descriptor(p)
-            n = len(jobs & set(d.needed_by))
-            if n > overlap:
-                best, overlap = d, n
-    return best
 
 
 def _remove_tree(path: Path) -> None:
