@@ -641,6 +641,8 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
                            state, temp_engine_ref=t_name in engine.tags)
                 if wait_for is None:
                     return report
+                progress.note(f"analysed and saved in {state}; waiting for the fleet's "
+                              "shared base")
                 t0 = time.monotonic()
                 decided = wait_for()
                 waited = time.monotonic() - t0
