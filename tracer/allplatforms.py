@@ -20,6 +20,7 @@ handlers).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -31,22 +32,8 @@ from tracer.image.output import OneLayer
 from tracer.image.platforms import Platform, engine_platform, runnable
 from tracer.image.reference import RefOptions
 from tracer.image.registry import PlatformImage, RegistryTransport, write_index
-from tracer.image.sink import one_layer, write_image
-from tracer.pipeline import (
-    Plan,
-    Seconds,
-    _report_analysis,
-    _report_original,
-    _steps,
-    analyse,
-    diagnose_failure,
-    fail_on_original,
-    plan_run,
-    read_and_trace,
-    silent_changes,
-    verify,
-    write_run_files,
-)
+from tracer.image.sink import one_layer
+from tracer.pipeline import Plan, Seconds, analyse_run, finish_run, plan_run
 from tracer.profile.model import Profile
 from tracer.progress import Progress
 from tracer.report import Report, check_report_path
@@ -55,10 +42,18 @@ from tracer.workdir import workdir
 
 def minimize_all_platforms(profile: Profile, *, output: str | None = None,
                            report_path: Path | None = None, progress: Progress | None = None,
-                           options: RefOptions | None = None) -> Report:
+                           options: RefOptions | None = None, stop_after: str | None = None,
+                           state: Path | None = None, resume: Path | None = None,
+                           shared_base: Path | None = None,
+                           wait_for: Callable[[], str | None] | None = None) -> Report:
     """Every platform of the input's index, each verified; the output an index of them
     (module docstring). The returned report is the engine's own platform's (or the
-    first's), with `platforms` summing up each."""
+    first's), with `platforms` summing up each. A run in two steps (a fleet's shared
+    base) is one image's: refused here."""
+    if stop_after or state or resume or shared_base or wait_for:
+        raise BadInput("--all-platforms runs every platform in one go: it does not go with "
+                       "--stop-after, --state, --resume or --shared-base (nor with "
+                       "tracer batch --share-base)")
     progress = progress or Progress()
     seconds = Seconds()
     if report_path is not None:
@@ -157,52 +152,18 @@ def _platform_plan(plan: Plan, index_digest: str, platform: Platform) -> Plan:
 def _one_platform(plan: Plan, engine: EngineImages, work: Path, progress: Progress,
                   seconds: Seconds, report: Report, report_path: Path | None
                   ) -> tuple[OneLayer, str] | None:
-    """The stages of one run up to its verification (pipeline.minimize, without the
-    publishing); (the image to write, the verified candidate's id), or None when it
-    failed verification. Its keep-list goes beside `report_path`."""
+    """The stages of one run up to its verification (pipeline.analyse_run and finish_run,
+    without the publishing); (the image to write, the verified candidate's id), or None
+    when it failed verification. Its keep-list goes beside `report_path`."""
     own = Seconds()
     try:
-        prepared, trace = read_and_trace(plan, engine, work, progress, own)
-        flat = prepared.flat
-        report.input_digest, report.platform = prepared.input_digest, prepared.platform
-        _report_original(report, flat, trace)
-        if not trace.passed:
-            raise fail_on_original(plan.input, trace)
-        progress.phase(f"ELF closure and keep-list ({report.platform})")
-        t0 = time.monotonic()
-        analysis = analyse(plan, prepared, trace)
-        own.add("analyse", t0)
-        _report_analysis(report, flat, analysis)
-        if report_path is not None:
-            path_env = prepared.config.environment(plan.profile.run.env).get("PATH")
-            write_run_files(report, report_path, flat, analysis, path_env)
-        progress.done(f"{report.files_after:,} of {report.files_before:,} files kept")
-        keep = sorted(analysis.keeplist.kept)
-        progress.phase(f"writing the minimized {report.platform} image")
-        t0 = time.monotonic()
-        candidate = engine.temp_ref(plan.profile.name, "candidate")
-        write_image(flat, keep, candidate, workdir=work / "candidate", comment=plan.comment,
-                    profile_hash=plan.profile_hash)
-        own.add("write", t0)
-        progress.done()
-        verification = verify(plan, candidate, work, progress, own)
-        report.verification_steps = _steps(verification)
-        comparison = None
-        if verification.passed:
-            comparison = silent_changes(plan, prepared, trace, verification, work, progress,
-                                        own)
-            report.output_changes = [c.to_json() for c in comparison.changes]
-            report.output_not_compared = comparison.not_compared
-            if comparison.changes:
-                verification.passed = False
-                verification.failure = comparison.changes[0].message
-        report.verified = verification.passed
-        if not verification.passed:
-            report.failure = verification.failure
-            diagnose_failure(plan, candidate, prepared, trace, analysis.keeplist.kept, work,
-                             progress, own, report, comparison)
+        analysed = analyse_run(plan, engine, work, progress, own, report, report_path)
+        candidate = finish_run(plan, engine, work, progress, own, report, analysed,
+                               publish=False)
+        if candidate is None:
             return None
-        image = one_layer(flat, keep, comment=plan.comment, profile_hash=plan.profile_hash)
+        image = one_layer(analysed.prepared.flat, analysed.keep, comment=plan.comment,
+                          profile_hash=plan.profile_hash)
         return image, engine.image_id(candidate)
     finally:
         report.seconds = own.rounded()

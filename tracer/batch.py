@@ -10,6 +10,7 @@ run that passed, so a nightly run that suddenly keeps 300 more files stands out.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,14 +20,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
-
-import psutil
 
 from tracer import __version__
 from tracer.budgets import DEFAULT
@@ -35,6 +34,7 @@ from tracer.errors import BadInput, TracerError
 from tracer.explain.runfiles import keeplist_paths
 from tracer.image.reference import ImageRef, RefOptions, default_output, parse_reference
 from tracer.image.transports import transport
+from tracer.jobslots import Meter, Slots, Use, read_usage, write_usage
 from tracer.operatorfiles import kind_of, open_regular, read_json, read_regular
 from tracer.profile.load import Overrides, budgets_of, load_profile
 from tracer.profile.model import Profile
@@ -59,13 +59,15 @@ class JobResult:
     size_after: int | None = None
     keeplist_added: list[str] = field(default_factory=list)
     keeplist_removed: list[str] = field(default_factory=list)
+    peak_memory: int | None = None  # bytes: its processes and containers at most (jobslots)
+    fleet: str | None = None  # --share-base: the fleet whose shared base it stands on
+    shared_base: dict[str, Any] | None = None  # its report's shared_base (the price it pays)
 
 
-def default_jobs() -> int:
-    """Parallel jobs: a traced run wants about a core and a few GB; never below one."""
-    cores = os.cpu_count() or 1
-    gib = psutil.virtual_memory().total / 2**30
-    return max(1, min(cores, int(gib // 4), 4))
+def default_jobs(out: Path | None = None) -> int:
+    """Parallel jobs at first: one per core, as many as memory holds at what a job of
+    `out` used last time (jobslots.py has the rule; the batch follows what jobs use)."""
+    return Slots(None, read_usage(out) if out is not None else None).limit
 
 
 def find_profiles(args: list[str]) -> list[Path]:
@@ -193,29 +195,49 @@ def _keeplist_paths(path: Path) -> set[str]:
 class Batch:
     """Runs jobs; `stop()` (Ctrl-C) terminates every running child and waits for it."""
 
-    def __init__(self, out: Path, jobs: int, force: bool,
+    def __init__(self, out: Path, jobs: int | None, force: bool,
                  overrides: Overrides | None = None,
                  say: Callable[[str], None] | None = None) -> None:
         self.out = out
         self.say = say or (lambda _line: None)  # a line per job started and finished
-        self.jobs = jobs
+        self.jobs = jobs  # None: from cores and measured memory (jobslots.py)
         self.force = force
         self.overrides = overrides or Overrides()  # --budget/--granularity for every job
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._stopping = False
+        self.slots = Slots(jobs, read_usage(out))
+        self.peaks: dict[str, int] = {}  # log file -> peak bytes of its job's children
+        self._meter: Meter | None = None
 
     def run(self, profiles: list[Path]) -> list[JobResult]:
         self.out.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+        with self._metered(), ThreadPoolExecutor(max_workers=self.slots.most) as pool:
             futures = [pool.submit(self._job, p) for p in profiles]
-            try:
-                return [f.result() for f in futures]
-            except KeyboardInterrupt:
-                self.stop()
-                for f in futures:
-                    f.cancel()
-                raise
+            return self._gather(futures)
+
+    def _gather(self, futures: list[Any]) -> list[Any]:
+        """Each future's result; on Ctrl-C every running child is stopped first."""
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            self.stop()
+            for f in futures:
+                f.cancel()
+            raise
+
+    @contextlib.contextmanager
+    def _metered(self) -> Iterator[None]:
+        """Measure every child's memory while the batch runs; keep what jobs used for the
+        next batch in this --out (jobslots.py)."""
+        self._meter = Meter()
+        try:
+            yield
+        finally:
+            self._meter.close()
+            if self.slots.measured:
+                with contextlib.suppress(OSError):
+                    write_usage(self.out, {**read_usage(self.out), **self.slots.measured})
 
     def stop(self) -> None:
         with self._lock:
@@ -262,40 +284,62 @@ class Batch:
             result.message = "unchanged since the last successful run (image, profile, tracer)"
             return result
         job.start()
-        self.say(f"{profile.name}: started ({profile_path}; log: {job.log})")
         # every job on the engine this batch settled on (--engine auto decides once)
         cmd = [sys.executable, "-m", "tracer", "minimize", str(profile_path),
                "--report", str(job.report), *self.overrides.argv(),
                "--engine", engine_name()]
         timeout = 2 * profile.run.timeout + 600  # trace + verify each bounded by run.timeout
-        started_child, code = self._spawn(cmd, job.log, timeout)
+        started_child, code = self._spawn(
+            cmd, job.log, timeout,
+            on_start=lambda: self.say(f"{profile.name}: started ({profile_path}; log: "
+                                      f"{job.log})"))
         result.seconds = round(time.monotonic() - started, 3)
         if not started_child:
             result.message = "not started: the batch was interrupted"
             return result
         result.exit_code = code
+        result.peak_memory = self.peaks.get(str(job.log))
         _judge(result, job, code, timeout, fingerprint)
         return result
 
-    def _spawn(self, cmd: list[str], log_path: Path, timeout: float) -> tuple[bool, int | None]:
-        """Run one job's child to its end: (started at all, exit code or None on timeout)."""
-        with open(log_path, "wb") as log:
-            with self._lock:
-                if self._stopping:
-                    return False, None
-                # Its own session: a terminal's Ctrl-C reaches only the batch, which then
-                # stops each job exactly once (a second signal would cut its cleanup short).
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-                self._procs[proc.pid] = proc
-            try:
-                return True, proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _terminate(proc)
-                return True, None
-            finally:
+    def _spawn(self, cmd: list[str], log_path: Path, timeout: float,
+               env: dict[str, str] | None = None, mode: str = "wb",
+               on_start: Callable[[], None] | None = None) -> tuple[bool, int | None]:
+        """Run one job's child to its end: (started at all, exit code or None on timeout).
+        It waits for a slot first (jobslots.py; `on_start` then), and what it uses is
+        measured while it runs."""
+        if not self.slots.acquire(lambda: self._stopping):
+            return False, None
+        use: Use | None = None
+        try:
+            if on_start is not None:
+                on_start()
+            with open(log_path, mode) as log:
                 with self._lock:
-                    self._procs.pop(proc.pid, None)
+                    if self._stopping:
+                        return False, None
+                    # Its own session: a terminal's Ctrl-C reaches only the batch, which then
+                    # stops each job exactly once (a second signal would cut its cleanup short).
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            env=env)
+                    self._procs[proc.pid] = proc
+                if self._meter is not None:
+                    self._meter.watch(proc.pid)
+                try:
+                    return True, proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    _terminate(proc)
+                    return True, None
+                finally:
+                    with self._lock:
+                        self._procs.pop(proc.pid, None)
+                    if self._meter is not None:
+                        use = self._meter.done(proc.pid)
+                        self.peaks[str(log_path)] = max(use.memory,
+                                                        self.peaks.get(str(log_path), 0))
+        finally:
+            self.slots.release(log_path.parent.name, use)
 
 
 @dataclass(frozen=True)
@@ -487,10 +531,13 @@ def junit_xml(results: list[JobResult], seconds: float) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_summaries(out: Path, results: list[JobResult], seconds: float) -> None:
+def write_summaries(out: Path, results: list[JobResult], seconds: float,
+                    extra: dict[str, Any] | None = None) -> None:
+    """summary.json (with `extra`: more top-level keys, e.g. --share-base's fleets) and
+    junit.xml, each replaced atomically."""
     for name, text in (("summary.json", json.dumps(
             {"tracer_version": __version__, "seconds": round(seconds, 3),
-             "jobs": [asdict(r) for r in results]}, indent=2) + "\n"),
+             "jobs": [asdict(r) for r in results], **(extra or {})}, indent=2) + "\n"),
             ("junit.xml", junit_xml(results, seconds))):
         tmp = out / (name + ".tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -126,6 +126,18 @@ def _add_minimize(sub: Any) -> None:
     m.add_argument("--report", type=Path, help="write the JSON report here, and the keep-list "
                    "next to it (FILE.keeplist)")
     m.add_argument("--quiet", action="store_true", help="no progress lines")
+    m.add_argument("--stop-after", choices=["analyse"], help="stop once the keep-list is "
+                   "made and save the run in --state DIR (tracer batch --share-base runs "
+                   "each job in these two steps)")
+    m.add_argument("--state", type=Path, metavar="DIR", help="where --stop-after saves the run")
+    m.add_argument("--then-wait", action="store_true", help="with --stop-after: once saved, "
+                   "wait for one line on standard input and finish the run in this process: "
+                   "`finish BASE_DESCRIPTOR` (on that shared base), `finish` (alone) or "
+                   "`exit` (stop; --resume DIR finishes it later)")
+    m.add_argument("--resume", type=Path, metavar="DIR", help="finish a run saved by "
+                   "--stop-after: write, verify and publish the image")
+    m.add_argument("--shared-base", type=Path, metavar="FILE", help="with --resume: write "
+                   "the image on the fleet's shared base this base descriptor names")
     _add_granularity(m)
     _add_evidence(m)
     _add_budget(m)
@@ -261,6 +273,13 @@ def _add_batch(sub: Any) -> None:
     b.add_argument("--out", type=Path, default=Path("tracer-batch"),
                    help="directory for logs, reports and summaries (default: ./tracer-batch)")
     b.add_argument("--force", action="store_true", help="redo unchanged jobs too")
+    b.add_argument("--share-base", action="store_true", help="jobs whose inputs start with "
+                   "the same layers get outputs on one shared, minimized base layer (the "
+                   "union of what they keep of those layers, the same digest in every "
+                   "output); each output is still verified alone")
+    b.add_argument("--pin-base", type=Path, metavar="PREVIOUS", help="with --share-base: keep "
+                   "the base of a previous batch (its --out, or a base descriptor FILE) when "
+                   "it still covers every job, else say why not")
     _add_granularity(b)
     _add_evidence(b)
     _add_budget(b)
@@ -336,12 +355,33 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         raise BadInput("--jobs must be at least 1")
     check_out_dir(args.out)
     check_unique_names(profiles, overrides)
-    jobs = args.jobs or default_jobs()
-    print(f"tracer batch: {len(profiles)} profile(s), {jobs} at a time, output in {args.out}",
-          file=sys.stderr)
+    jobs = args.jobs or default_jobs(args.out)
+    how = "" if args.jobs else " at first (cores and measured memory; jobslots.py)"
+    print(f"tracer batch: {len(profiles)} profile(s), {jobs} at a time{how}, output in "
+          f"{args.out}", file=sys.stderr)
     started = time.monotonic()
-    batch = Batch(args.out, jobs, args.force, overrides,
-                  say=lambda line: print(f"tracer batch: {line}", file=sys.stderr, flush=True))
+
+    def say(line: str) -> None:
+        print(f"tracer batch: {line}", file=sys.stderr, flush=True)
+
+    if args.pin_base is not None and not args.share_base:
+        raise BadInput("--pin-base keeps a shared base: it needs --share-base")
+    if args.share_base:
+        from tracer.fleet.runner import FleetBatch
+        from tracer.fleet.summary import fleet_table
+        from tracer.workdir import workdir
+
+        with workdir() as work:  # the shared layers' index and the jobs' saved runs
+            fleet_batch = FleetBatch(args.out, args.jobs, args.force, work, overrides, say,
+                                     pin_base=args.pin_base)
+            results = fleet_batch.run(profiles)
+            fleets = fleet_batch.fleet_summaries()
+        write_summaries(args.out, results, time.monotonic() - started, {"fleets": fleets})
+        print(summary_table(results))
+        if fleets:
+            print(fleet_table(fleets))
+        return 1 if any(r.status == "failed" for r in results) else 0
+    batch = Batch(args.out, args.jobs, args.force, overrides, say=say)
     results = batch.run(profiles)
     write_summaries(args.out, results, time.monotonic() - started)
     print(summary_table(results))
@@ -411,6 +451,15 @@ def _cmd_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finish_order() -> str | None:
+    """--then-wait: one line on stdin says how to go on (EOF: stop, like `exit`)."""
+    line = sys.stdin.readline().strip()
+    word, _, rest = line.partition(" ")
+    if word != "finish":
+        return None
+    return rest.strip()
+
+
 def _cmd_minimize(args: argparse.Namespace) -> int:
     from tracer.pipeline import minimize
     from tracer.profile.load import load_profile
@@ -422,7 +471,14 @@ def _cmd_minimize(args: argparse.Namespace) -> int:
     if overrides.all_platforms:
         from tracer.allplatforms import minimize_all_platforms as minimize
     report = minimize(profile, output=args.output, report_path=args.report,
-                      progress=Progress(quiet=args.quiet), options=overrides.image_options)
+                      progress=Progress(quiet=args.quiet), options=overrides.image_options,
+                      stop_after=args.stop_after,
+                      state=args.state, resume=args.resume, shared_base=args.shared_base,
+                      wait_for=_finish_order if args.then_wait else None)
+    if report.stage == "analysed":
+        print(f"{report.name}: analysed, {report.files_after:,} of {report.files_before:,} "
+              f"files kept; saved in {args.state} (finish it with --resume)")
+        return 0
     print(summary_table(report))
     if report.package_sizes_text:
         print(report.package_sizes_text)

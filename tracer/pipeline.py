@@ -20,9 +20,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from tracer import __version__
+from tracer import __version__, stage, statefile
 from tracer.analysis.evidence import (
     EvidenceFile,
     collect_evidence,
@@ -37,11 +37,16 @@ from tracer.environment import require_engine_can_run, require_strace
 from tracer.errors import BadInput, EnvironmentProblem, SmokeFailedOnOriginal, TracerError
 from tracer.explain.diagnose import diagnose
 from tracer.explain.outputs import Comparison, compare, suspects
+from tracer.fleet.descriptor import read_base_descriptor
 from tracer.image.daemon import EngineImages
+from tracer.image.layercache import CACHE_ENV, find_seed_ids
+from tracer.image.layerwrite import LayerPlan, closed_paths
 from tracer.image.model import FlatImage
+from tracer.image.output import WrittenImage
 from tracer.image.platforms import engine_platform, parse_platform, runnable
 from tracer.image.prepare import Prepared, prepare
 from tracer.image.reference import ImageRef, RefOptions, default_output, parse_reference
+from tracer.image.sharedbase import SharedBase
 from tracer.image.sink import publish, write_image
 from tracer.image.transports import transport
 from tracer.operatorfiles import read_regular
@@ -212,7 +217,8 @@ def _trace(plan: Plan, engine_ref: str, work: Path, progress: Progress, seconds:
 
 
 def read_and_trace(plan: Plan, engine: EngineImages, work: Path, progress: Progress,
-                   seconds: Seconds) -> tuple[Prepared, SmokeResult]:
+                   seconds: Seconds, input_dir: Path | None = None
+                   ) -> tuple[Prepared, SmokeResult]:
     """The input read and flattened, and its smoke test traced: the same image, by id.
 
     An engine image the app runs as root in is traced at once while it is read (the run
@@ -220,9 +226,11 @@ def read_and_trace(plan: Plan, engine: EngineImages, work: Path, progress: Progr
     first: another input must be loaded into the engine before it can run, and a
     non-root app needs to know whether the image has setuid or file-capability programs
     (strace's cheap seccomp filter would cancel their privilege). An engine image is
-    pinned to its id first (`pin_engine_image`).
+    pinned to its id first (`pin_engine_image`). The index goes to `input_dir` (default:
+    WORK/input), which must outlive the run when it is saved (tracer.stage).
     """
     profile = plan.profile
+    input_dir = input_dir or work / "input"
     image = pinned(profile.image)
     if plan.input.transport == "docker-daemon":
         progress.note(f"{plan.input} is {image.partition(':')[2]}: read and traced by "
@@ -230,7 +238,7 @@ def read_and_trace(plan: Plan, engine: EngineImages, work: Path, progress: Progr
         engine_ref = str(parse_reference(image).repo_tag)
         if _runs_as_root(plan, engine_ref):
             quiet = Progress(quiet=True)
-            reader = _Background(lambda: prepare(image, profile.name, work / "input",
+            reader = _Background(lambda: prepare(image, profile.name, input_dir,
                                                  engine, quiet, seconds.phases, plan.budgets))
             trace = _trace(plan, engine_ref, work, progress, seconds, None)
             prepared = reader.result()
@@ -239,12 +247,12 @@ def read_and_trace(plan: Plan, engine: EngineImages, work: Path, progress: Progr
                           f"{len(prepared.flat.entries):,} paths, "
                           f"{prepared.flat.content_size():,} bytes")
             return prepared, trace
-        prepared = prepare(image, profile.name, work / "input", engine, progress,
+        prepared = prepare(image, profile.name, input_dir, engine, progress,
                            seconds.phases, plan.budgets)
     else:
         if plan.input.options.platform is not None:  # said before anything is pulled
             check_runnable(str(plan.input.options.platform))
-        prepared = prepare(plan.input, profile.name, work / "input", engine, progress,
+        prepared = prepare(plan.input, profile.name, input_dir, engine, progress,
                            seconds.phases, plan.budgets)
         check_runnable(prepared.platform)
     trace = _trace(plan, prepared.engine_ref, work, progress, seconds,
@@ -412,12 +420,14 @@ def verify(plan: Plan, candidate: ImageRef, work: Path, progress: Progress,
 
 def silent_changes(plan: Plan, prepared: Prepared, trace: SmokeResult,
                    verification: SmokeResult, work: Path, progress: Progress,
-                   seconds: Seconds) -> Comparison:
+                   seconds: Seconds, original: Callable[[], str] | None = None
+                   ) -> Comparison:
     """Checks that passed on the candidate but print otherwise than on the original (an
     image that exits 0 with the wrong output is broken silently: docs/profile.md, "Silent
     changes fail too"). Most outputs come out alike and cost nothing more; when one does not, the
     smoke test runs once more on the original, untraced, to tell a change from output
-    that varies between runs (a timestamp, a random token)."""
+    that varies between runs (a timestamp, a random token). `original` gives the engine
+    ref of the original when the run has none any more (a resumed run, tracer.stage)."""
     differ = suspects(trace, verification)
     if not differ:
         return Comparison([], [])
@@ -425,6 +435,8 @@ def silent_changes(plan: Plan, prepared: Prepared, trace: SmokeResult,
     progress.phase(f"{differ[0]}{more} differs from the original's: the smoke test again "
                    "on the original image, untraced, to tell a change from output that varies")
     t0 = time.monotonic()
+    if not prepared.engine_ref and original is not None:
+        prepared.engine_ref = original()
     again = run_smoke(plan.profile, prepared.engine_ref, traced=False,
                       workdir=work / "original-again", progress=progress, budgets=plan.budgets)
     found = compare([trace, again], verification)
@@ -470,12 +482,12 @@ def _report_original(report: Report, flat: FlatImage, trace: SmokeResult) -> Non
 
 def _publish(plan: Plan, engine: EngineImages, candidate: ImageRef, flat: FlatImage,
              keep: list[str], work: Path, progress: Progress, seconds: Seconds,
-             report: Report) -> None:
+             report: Report, base: SharedBase | None = None) -> None:
     """Write the verified candidate to the output reference; the report gets its digest."""
     progress.phase(f"publishing {plan.output}")
     t0 = time.monotonic()
     published = publish(engine, candidate, plan.output, flat, keep, work,
-                        comment=plan.comment, profile_hash=plan.profile_hash)
+                        comment=plan.comment, profile_hash=plan.profile_hash, base=base)
     report.output_digest = published.digest
     report.output_unchanged = published.unchanged
     if published.push_seconds is not None:
@@ -485,77 +497,213 @@ def _publish(plan: Plan, engine: EngineImages, candidate: ImageRef, flat: FlatIm
                   if published.unchanged else f"written: {published.digest}")
 
 
+@dataclass
+class Analysed:
+    """A run up to its keep-list: what writing and verifying the image start from."""
+
+    prepared: Prepared
+    trace: SmokeResult
+    kept: dict[str, list[Reason]]
+
+    @property
+    def keep(self) -> list[str]:
+        return sorted(self.kept)
+
+
+def analyse_run(plan: Plan, engine: EngineImages, work: Path, progress: Progress,
+                seconds: Seconds, report: Report, report_path: Path | None,
+                input_dir: Path | None = None) -> Analysed:
+    """Read and trace the original (exit 3 when its smoke test fails), make the keep-list
+    and write the run files beside the report."""
+    profile = plan.profile
+    prepared, trace = read_and_trace(plan, engine, work, progress, seconds, input_dir)
+    flat = prepared.flat
+    report.input_digest, report.platform = prepared.input_digest, prepared.platform
+    report.platform_runs = platform_runs(prepared.platform)[0]
+    _report_original(report, flat, trace)
+    if not trace.passed:
+        raise fail_on_original(plan.input, trace)
+
+    progress.phase("ELF closure and keep-list"
+                   + (f" ({plan.granularity} granularity)"
+                      if plan.granularity != "file" else ""))
+    t0 = time.monotonic()
+    analysis = analyse(plan, prepared, trace)
+    seconds.add("analyse", t0)
+    _report_analysis(report, flat, analysis)
+    if report_path is not None:
+        path_env = prepared.config.environment(profile.run.env).get("PATH")
+        write_run_files(report, report_path, flat, analysis, path_env)
+    progress.done(f"{report.files_after:,} of {report.files_before:,} files kept")
+    return Analysed(prepared, trace, analysis.keeplist.kept)
+
+
+def finish_run(plan: Plan, engine: EngineImages, work: Path, progress: Progress,
+               seconds: Seconds, report: Report, analysed: Analysed,
+               base: SharedBase | None = None,
+               original: Callable[[], str] | None = None,
+               publish: bool = True) -> ImageRef | None:
+    """Write the candidate (on `base`, a fleet's shared base, when given), verify it with
+    the same smoke test, compare what it prints, then publish it (unless not `publish`:
+    one image of an index, published with the others) or diagnose it. The verified
+    candidate in the engine, or None when it failed."""
+    profile = plan.profile
+    prepared, trace = analysed.prepared, analysed.trace
+    flat = prepared.flat
+    progress.phase("writing the minimized image" + (" on the fleet's shared base"
+                                                    if base is not None else ""))
+    t0 = time.monotonic()
+    keep = analysed.keep
+    candidate = engine.temp_ref(profile.name, "candidate")
+    written = write_image(flat, keep, candidate, workdir=work / "candidate",
+                          comment=plan.comment, profile_hash=plan.profile_hash, base=base)
+    seconds.add("write", t0)
+    if base is not None:
+        report.shared_base = on_base_report(base, flat, keep, written)
+    progress.done()
+
+    verification = verify(plan, candidate, work, progress, seconds,
+                          flat.has_privileged_programs())
+    report.verification_steps = _steps(verification)
+    comparison = None
+    if verification.passed:
+        comparison = silent_changes(plan, prepared, trace, verification, work,
+                                    progress, seconds, original)
+        report.output_changes = [c.to_json() for c in comparison.changes]
+        report.output_not_compared = comparison.not_compared
+        if comparison.changes:
+            verification.passed = False
+            verification.failure = comparison.changes[0].message + (
+                f" (and {len(comparison.changes) - 1} more)"
+                if len(comparison.changes) > 1 else "")
+    report.verified = verification.passed
+    if not verification.passed:
+        report.failure = verification.failure
+        if base is not None:
+            report.failure = f"{report.failure}\n{shared_base_hint(report.shared_base)}"
+        diagnose_failure(plan, candidate, prepared, trace, analysed.kept, work,
+                         progress, seconds, report, comparison)
+        return None
+    if publish:
+        _publish(plan, engine, candidate, flat, keep, work, progress, seconds, report,
+                 base)
+    return candidate
+
+
+def on_base_report(base: SharedBase, flat: FlatImage, keep: list[str],
+                   written: WrittenImage) -> dict[str, Any]:
+    """The report's `shared_base`: the base under the image, its own layer, and what of
+    the base it shows without keeping it (the price of sharing), biggest first."""
+    placed = base.place(flat, keep)
+    entries = base.flat.entries
+    extra_files = sorted(((p, entries[p].size) for p in placed.extra
+                          if entries[p].kind == "file"), key=lambda x: (-x[1], x[0]))
+    return {"fleet": base.fleet, "descriptor": base.descriptor,
+            "diff_id": written.layers[0].diff_id, "base_bytes": written.layers[0].size,
+            "own_diff_id": written.layer_digest, "own_bytes": written.layer_size,
+            "single_layer_bytes": LayerPlan(flat, closed_paths(flat, keep)).size,
+            "kept_in_base": placed.in_base, "whiteouts": len(placed.whiteouts),
+            "extra_paths": len(placed.extra), "extra_bytes": placed.extra_bytes,
+            "whiteout_paths": placed.whiteouts,
+            "biggest_extra": [{"path": p, "bytes": b} for p, b in extra_files[:10]]}
+
+
+def shared_base_hint(info: dict[str, Any] | None) -> str:
+    """What to try when an image fails on the shared base: what it carries of it."""
+    n = (info or {}).get("extra_paths", 0)
+    return (f"note: on the fleet's shared base, the image also has {n} path(s) only other "
+            "images of the fleet keep (report: shared_base); if one of them changes what the "
+            "application does, minimize it without --share-base to compare")
+
+
+def _stage_seconds(seconds: Seconds, before: float) -> dict[str, float]:
+    out = seconds.rounded()
+    out["total"] = round(out["total"] + before, 3)
+    return out
+
+
 def minimize(profile: Profile, *, output: str | None = None, report_path: Path | None = None,
-             progress: Progress | None = None, options: RefOptions | None = None) -> Report:
+             progress: Progress | None = None, options: RefOptions | None = None,
+             stop_after: str | None = None, state: Path | None = None,
+             resume: Path | None = None, shared_base: Path | None = None,
+             wait_for: Callable[[], str | None] | None = None) -> Report:
     """Run the whole pipeline; return the report (raise TracerError subclasses on failure).
 
     Raises SmokeFailedOnOriginal (exit 3) before any image is written when the profile's
     smoke test fails on the original image (the report, when asked for, says why). A
     failed verification returns a report with verified=False and leaves the output
     reference untouched.
+
+    In two steps (tracer.stage, for `tracer batch --share-base`): `stop_after="analyse"`
+    with `state` saves the run once its keep-list is made (report.stage "analysed");
+    `resume` takes it up from that directory and finishes it, on the fleet base that
+    `shared_base` (a base descriptor, fleet.py) describes. With `wait_for` as well, the
+    same process waits once it has saved the run, and finishes it itself on what
+    `wait_for()` returns: a base descriptor's path, "" for no base, or None to stop there
+    (the saved run is then finished by a --resume).
     """
     progress = progress or Progress()
     seconds = Seconds()
     if report_path is not None:
         check_report_path(report_path)
+    if stop_after not in (None, "analyse"):
+        raise BadInput(f"--stop-after {stop_after}: the only stage to stop after is analyse")
+    if stop_after and state is None:
+        raise BadInput("--stop-after analyse needs --state DIR (where the run is saved)")
+    if wait_for is not None and stop_after is None:
+        raise BadInput("--then-wait goes with --stop-after analyse")
+    if shared_base is not None and resume is None:
+        raise BadInput("--shared-base needs --resume DIR (a run saved by --stop-after)")
     plan = plan_run(profile, output, options)
     require_strace()
     engine = EngineImages()
     require_engine_can_run(profile)
     report = Report(name=profile.name, image=str(plan.input), output=str(plan.output),
                     tracer_version=__version__, granularity=plan.granularity)
+    before = 0.0
+    base: SharedBase | None = None
     try:
         with workdir() as work:
-            prepared, trace = read_and_trace(plan, engine, work, progress, seconds)
-            flat = prepared.flat
-            report.input_digest, report.platform = prepared.input_digest, prepared.platform
-            report.platform_runs = platform_runs(prepared.platform)[0]
-            _report_original(report, flat, trace)
-            if not trace.passed:
-                raise fail_on_original(plan.input, trace)
-
-            progress.phase("ELF closure and keep-list"
-                           + (f" ({plan.granularity} granularity)"
-                              if plan.granularity != "file" else ""))
-            t0 = time.monotonic()
-            analysis = analyse(plan, prepared, trace)
-            seconds.add("analyse", t0)
-            _report_analysis(report, flat, analysis)
-            if report_path is not None:
-                path_env = prepared.config.environment(profile.run.env).get("PATH")
-                write_run_files(report, report_path, flat, analysis, path_env)
-            progress.done(f"{report.files_after:,} of {report.files_before:,} files kept")
-
-            progress.phase("writing the minimized image")
-            t0 = time.monotonic()
-            keep = sorted(analysis.keeplist.kept)
-            candidate = engine.temp_ref(profile.name, "candidate")
-            write_image(flat, keep, candidate, workdir=work / "candidate",
-                        comment=plan.comment, profile_hash=plan.profile_hash)
-            seconds.add("write", t0)
-            progress.done()
-
-            verification = verify(plan, candidate, work, progress, seconds,
-                                  flat.has_privileged_programs())
-            report.verification_steps = _steps(verification)
-            comparison = None
-            if verification.passed:
-                comparison = silent_changes(plan, prepared, trace, verification, work,
-                                            progress, seconds)
-                report.output_changes = [c.to_json() for c in comparison.changes]
-                report.output_not_compared = comparison.not_compared
-                if comparison.changes:
-                    verification.passed = False
-                    verification.failure = comparison.changes[0].message + (
-                        f" (and {len(comparison.changes) - 1} more)"
-                        if len(comparison.changes) > 1 else "")
-            report.verified = verification.passed
-            if not verification.passed:
-                report.failure = verification.failure
-                diagnose_failure(plan, candidate, prepared, trace, analysis.keeplist.kept, work,
-                                 progress, seconds, report, comparison)
-            else:
-                _publish(plan, engine, candidate, flat, keep, work, progress, seconds, report)
+            if resume is not None:
+                saved = stage.load(resume, plan.profile_hash)
+                report, before = saved.report, saved.seconds
+                seconds.phases.update(saved.phases)
+                analysed = Analysed(stage.prepared_of(saved, plan.budgets.path_walk),
+                                    saved.trace, saved.kept)
+                base = load_shared_base(shared_base, saved.input_layers) \
+                    if shared_base is not None else None
+                report.stage = None
+                finish_run(plan, engine, work, progress, seconds, report, analysed, base,
+                           original=lambda: _load_original(analysed.prepared, engine, work,
+                                                           profile.name))
+                return report
+            input_dir = statefile.private_dir(state) / "input" if state is not None else None
+            analysed = analyse_run(plan, engine, work, progress, seconds, report, report_path,
+                                   input_dir)
+            if stop_after is not None:
+                assert state is not None
+                report.stage = "analysed"
+                t_name = analysed.prepared.engine_ref
+                stage.save(stage.Stage(plan.profile_hash, analysed.prepared.ref,
+                                       analysed.prepared.flat, t_name, analysed.trace,
+                                       analysed.kept, report, dict(seconds.phases),
+                                       time.monotonic() - seconds.started),
+                           state, temp_engine_ref=t_name in engine.tags)
+                if wait_for is None:
+                    return report
+                progress.note(f"analysed and saved in {state}; waiting for the fleet's "
+                              "shared base")
+                t0 = time.monotonic()
+                decided = wait_for()
+                waited = time.monotonic() - t0
+                seconds.started += waited  # the wait is the fleet's, not this job's work
+                seconds.phases["fleet_wait"] = waited
+                if decided is None:
+                    return report  # stopped here: --resume STATE finishes it
+                report.stage = None
+                base = load_shared_base(Path(decided), stage.input_layers(
+                    analysed.prepared.flat)) if decided else None
+            finish_run(plan, engine, work, progress, seconds, report, analysed, base)
     except TracerError as exc:
         report.failure = report.failure or str(exc)
         raise
@@ -564,7 +712,34 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
         raise
     finally:
         engine.cleanup()
-        report.seconds = seconds.rounded()
+        report.seconds = _stage_seconds(seconds, before)
         if report_path is not None and report.original_steps:
             report.write(report_path)
     return report
+
+
+def _load_original(prepared: Prepared, engine: EngineImages, work: Path, name: str) -> str:
+    """Load the original into the engine again (a resumed run of an input the engine did
+    not hold: its first step's copy is gone), as a one-layer copy under a temp tag."""
+    tmp = engine.temp_ref(name, "input")
+    write_image(prepared.flat, list(prepared.flat.entries), tmp, workdir=work / "load",
+                comment="tracer: one-layer copy of the input to run it")
+    return str(tmp.repo_tag)
+
+
+def load_shared_base(descriptor: Path, input_layers: list[str]) -> SharedBase:
+    """The fleet's base a descriptor names (fleet.py), on the batch's index of the lowest
+    layers; refused when the input does not stand on those layers."""
+    base = read_base_descriptor(descriptor)
+    if input_layers[:len(base.layers)] != base.layers:
+        raise BadInput(f"{descriptor}: the shared base is made of layers this image does "
+                       "not start with (its input changed since it was analysed?)")
+    seed = find_seed_ids(base.layers)
+    if seed is None or seed.diff_ids != base.layers:
+        raise BadInput(f"{descriptor}: the batch's index of the base's layers is not in "
+                       f"{CACHE_ENV}: the shared base can only be written inside its batch")
+    return SharedBase(seed.flat, len(base.layers), closed_paths(seed.flat, base.paths),
+                      base.diff_id, created_by=f"tracer {__version__}: shared base "
+                      f"{base.fleet}", comment=f"tracer {__version__}: the fleet's shared "
+                      f"base of layers {seed.chain_id}", fleet=base.fleet,
+                      descriptor=str(descriptor))

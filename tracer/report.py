@@ -87,6 +87,11 @@ class Report:
     # keep.evidence: per recording, how many of its paths the image has, and those it
     # lacks (listed, ignored); tracer.analysis.evidence.EvidenceFile
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    # tracer batch --share-base: "analysed" for a run saved after its keep-list (its
+    # second step finishes it); and on a fleet's shared base, the base under the image,
+    # its own layer and what it pays for the base (pipeline.on_base_report)
+    stage: str | None = None
+    shared_base: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

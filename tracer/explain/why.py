@@ -20,6 +20,7 @@ from tracer.analysis.keeplist import ROOT_REASON
 from tracer.budgets import DEFAULT, Budgets
 from tracer.errors import BadInput
 from tracer.explain.runfiles import PathIndex, escape, read_keeplist, read_path_index, unescape
+from tracer.fleet.descriptor import read_base_descriptor
 from tracer.operatorfiles import read_json
 from tracer.rootfs import SymlinkLoop
 from tracer.static import which
@@ -55,6 +56,11 @@ class WhyAnswer:
     search_path: str | None = None  # the PATH it was looked up on
     executable: bool = False  # an executable file in the image (from the path index)
     recorded_by: list[str] = field(default_factory=list)  # recordings that saw it, not kept
+    # tracer batch --share-base: the fleet whose shared base holds the path, the other
+    # images it is kept there for, and whether this image's own layer hides it
+    shared_base: str | None = None
+    shared_for: list[str] = field(default_factory=list)
+    shared_hidden: bool = False
 
     def format_text(self) -> str:
         """The answer for people: names are shown escaped (tracer.explain.runfiles), so a name with
@@ -66,7 +72,28 @@ class WhyAnswer:
                 return (f"{program} is NOT kept: no program of that name is on the image's "
                         f"PATH ({where}); give the path if it is elsewhere")
             lead = f"{program} is {escape(self.path)} on the image's PATH ({where}).\n"
-        return lead + self._format_path()
+        if self.shared_base is not None and not self.kept and not self.shared_hidden:
+            return (f"{lead}{escape(self.path)} is in the image: kept in the shared base for "
+                    f"{', '.join(escape(j) for j in self.shared_for)} (fleet "
+                    f"{escape(self.shared_base)}); every image of the fleet shows what the "
+                    "base holds, the price of sharing it. For this image alone: "
+                    + self._format_path())
+        return lead + self._format_path() + self._format_shared()
+
+    def _format_shared(self) -> str:
+        """What the fleet's shared base has to do with the path ("" when nothing)."""
+        if self.shared_base is None:
+            return ""
+        others = ", ".join(escape(j) for j in self.shared_for)
+        where = f"the shared base of fleet {escape(self.shared_base)}"
+        if self.kept:
+            return (f"\nIt lies in {where}, kept in the shared base for {others} as well."
+                    if others else f"\nIt lies in {where}.")
+        if self.shared_hidden:
+            return (f"\n{where[0].upper()}{where[1:]} holds it (kept in the shared base for "
+                    f"{others}), but this image's own layer hides it: its original image has "
+                    "none, or another.")
+        return ""  # said first (format_text)
 
     def _format_path(self) -> str:
         path = escape(self.path)
@@ -221,7 +248,34 @@ def why(source: Path, path: str, budgets: Budgets = DEFAULT) -> WhyAnswer:
         answer.recorded_by = _recorded_by(report, path)
         if answer.recorded_by and index is None:
             answer.in_image = False  # the run found it missing from the image
+    _shared_base(answer, report, keeplist_path, image_path, budgets)
     return answer
+
+
+def _shared_base(answer: WhyAnswer, report: dict, keeplist_path: Path, path: str,
+                 budgets: Budgets) -> None:
+    """Fill in what the fleet's shared base (tracer batch --share-base) has to do with
+    `path`, from the base descriptor the report names (or, when the out directory moved,
+    the one of its fleet next to the job's directory: OUT/fleets/FLEET.json)."""
+    info = report.get("shared_base")
+    if not isinstance(info, dict) or not isinstance(info.get("fleet"), str):
+        return
+    candidates = [Path(info["descriptor"])] if isinstance(info.get("descriptor"), str) else []
+    candidates.append(keeplist_path.parent.parent / "fleets" / f"{info['fleet']}.json")
+    for candidate in candidates:
+        if candidate.is_file():
+            with contextlib.suppress(BadInput):
+                desc = read_base_descriptor(candidate, budgets.index_bytes)
+                break
+    else:
+        return
+    if path not in set(desc.paths):
+        return
+    answer.shared_base = desc.fleet
+    answer.shared_for = [j for j in desc.jobs_needing(path) if j != report.get("name")]
+    hidden = info.get("whiteout_paths")
+    answer.shared_hidden = isinstance(hidden, list) and any(
+        path == h or path.startswith(f"{h}/") for h in hidden if isinstance(h, str))
 
 
 def _recorded_by(report: dict, path: str) -> list[str]:

@@ -237,18 +237,24 @@ def _select_image(manifest: object, ref: ImageRef, where: str) -> dict[str, Any]
 def write_archive_file(image: OneLayer, dest: Path, repo_tag: str | None) -> WrittenImage:
     """Write the archive as the new file `dest` (the caller renames it into place).
 
-    The layer goes first, streamed right after a placeholder header that is patched once
+    Each layer goes first, streamed right after a placeholder header that is patched once
     its digest and size are known, so the content is written exactly once."""
     with new_file(dest) as f:
-        f.write(bytes(tarfile.BLOCKSIZE))
-        stats = image.write_layer(f)
-        f.write(bytes((-stats.size) % tarfile.BLOCKSIZE))
-        end = f.tell()
-        layer_name = f"blobs/sha256/{stats.diff_id[7:]}"
-        f.seek(0)
-        f.write(tar_member_header(layer_name, stats.size))
-        f.seek(end)
-        docs = oci_image_documents(image.config_bytes(stats.diff_id), stats)
+        stats = []
+        names = []
+        for plan in image.layers():
+            start = f.tell()
+            f.write(bytes(tarfile.BLOCKSIZE))
+            layer = plan.write(f)
+            f.write(bytes((-layer.size) % tarfile.BLOCKSIZE))
+            end = f.tell()
+            name = f"blobs/sha256/{layer.diff_id[7:]}"
+            f.seek(start)
+            f.write(tar_member_header(name, layer.size))
+            f.seek(end)
+            stats.append(layer)
+            names.append(name)
+        docs = oci_image_documents(image.config_bytes([x.diff_id for x in stats]), stats)
         for digest, data in ((docs.config_digest, docs.config),
                              (docs.manifest_digest, docs.manifest)):
             tar_member(f, f"blobs/sha256/{digest[7:]}", data)
@@ -256,11 +262,11 @@ def write_archive_file(image: OneLayer, dest: Path, repo_tag: str | None) -> Wri
         tar_member(f, "manifest.json", json_bytes([{
             "Config": f"blobs/sha256/{docs.config_digest[7:]}",
             "RepoTags": [repo_tag] if repo_tag else None,
-            "Layers": [layer_name]}]))
+            "Layers": names}]))
         tar_member(f, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
         f.write(bytes(2 * tarfile.BLOCKSIZE))
-    return WrittenImage(ImageRef("docker-archive", str(dest), None, None), docs.config_digest,
-                        stats.diff_id, stats.size, stats.members, docs.manifest_digest)
+    return WrittenImage.of(ImageRef("docker-archive", str(dest), None, None),
+                           docs.config_digest, stats, docs.manifest_digest)
 
 
 def tar_member_header(name: str, size: int) -> bytes:

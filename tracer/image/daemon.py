@@ -272,21 +272,11 @@ class DaemonTransport:
 
 
 def _described(image: OneLayer) -> WrittenImage:
-    """What writing `image` would give, from hashing its layer: nothing is written."""
-    plan = image.plan()
-    w = HashingWriter(_Discard())
-    for chunk in plan.chunks():
-        w.write(chunk)
-    stats = plan.stats(w)
-    config = image.config_bytes(stats.diff_id)
-    return WrittenImage(ImageRef("docker-daemon", None, None, None),
-                        "sha256:" + hashlib.sha256(config).hexdigest(), stats.diff_id,
-                        stats.size, stats.members)
-
-
-class _Discard:
-    def write(self, data: bytes) -> None:
-        pass
+    """What writing `image` would give, from hashing its layers: nothing is written."""
+    stats = [plan.digest() for plan in image.layers()]
+    config = image.config_bytes([x.diff_id for x in stats])
+    return WrittenImage.of(ImageRef("docker-daemon", None, None, None),
+                           "sha256:" + hashlib.sha256(config).hexdigest(), stats)
 
 
 def _tag(engine: Engine, written: WrittenImage, ref: ImageRef, image: OneLayer
@@ -306,18 +296,25 @@ def _tag(engine: Engine, written: WrittenImage, ref: ImageRef, image: OneLayer
 LAYER_MEMBER = "layer.tar"
 
 
+def layer_member(index: int, count: int) -> str:
+    """The name of layer `index` in the load stream: `layer.tar` alone, else numbered."""
+    return LAYER_MEMBER if count == 1 else f"layer{index}.tar"
+
+
 class LoadStream:
     """`image` as the docker-archive `docker load` reads, made while it is sent.
 
     The format is `docker save`'s before Docker 25, which every engine loads (the graph
-    driver store and the containerd one alike): the layer under a fixed name, then the
-    config and manifest.json, which name its digest. The layer's size is planned before
-    its first byte (layerwrite.LayerPlan), so its member header comes first; its bytes are
-    read from the source's layer data, hashed, and handed on in chunks of about 1 MiB:
-    the layer is written once, into the engine, and never lands on disk here. The image
-    id is known once the layer has gone by; when it is not `expect_id`, the stream ends
-    before the manifest, so the engine loads nothing. manifest.json tags the image
-    `repo_tag`: the engine moves the tag only once the whole image is in.
+    driver store and the containerd one alike): the layers under fixed names, then the
+    config and manifest.json, which name their digests. Each layer's size is planned
+    before its first byte (layerwrite.LayerPlan), so its member header comes first; its
+    bytes are read from the source's layer data, hashed, and handed on in chunks of about
+    1 MiB: the layers are written once, into the engine, and never land on disk here. The
+    image id is known once the layers have gone by; when it is not `expect_id`, the stream
+    ends before the manifest, so the engine loads nothing. manifest.json tags the image
+    `repo_tag`: the engine moves the tag only once the whole image is in. (A layer the
+    engine has already, a fleet's shared base, is sent too: `docker load` reads the whole
+    archive before it looks; it then keeps the copy it has.)
 
     An error raised while producing the stream is kept in `failure`: the HTTP client
     reports it as a lost connection, which it is not.
@@ -342,26 +339,29 @@ class LoadStream:
 
     def _parts(self, buf: bytearray) -> Iterator[bytes]:
         """Yields full chunks of `buf` (what is left stays in it)."""
-        plan = self.image.plan()
-        buf += tar_member_header(LAYER_MEMBER, plan.size)
-        w = HashingWriter(_Append(buf))
-        for chunk in plan.chunks():
-            w.write(chunk)
-            if len(buf) >= _CHUNK:
-                yield bytes(buf)
-                buf.clear()
-        stats = plan.stats(w)
-        buf += bytes((-stats.size) % tarfile.BLOCKSIZE)
-        config = self.image.config_bytes(stats.diff_id)
+        plans = self.image.layers()
+        stats = []
+        names = [layer_member(i, len(plans)) for i in range(len(plans))]
+        for plan, name in zip(plans, names, strict=True):
+            buf += tar_member_header(name, plan.size)
+            w = HashingWriter(_Append(buf))
+            for chunk in plan.chunks():
+                w.write(chunk)
+                if len(buf) >= _CHUNK:
+                    yield bytes(buf)
+                    buf.clear()
+            layer = plan.stats(w)
+            buf += bytes((-layer.size) % tarfile.BLOCKSIZE)
+            stats.append(layer)
+        config = self.image.config_bytes([x.diff_id for x in stats])
         image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-        written = WrittenImage(ImageRef("docker-daemon", None, None, None), image_id,
-                               stats.diff_id, stats.size, stats.members)
+        written = WrittenImage.of(ImageRef("docker-daemon", None, None, None), image_id, stats)
         written.expect(self.expect_id)
         config_name = f"{image_id[7:]}.json"
         out = io.BytesIO()
         tar_member(out, config_name, config)
         tar_member(out, "manifest.json", json_bytes([{
-            "Config": config_name, "RepoTags": [self.repo_tag], "Layers": [LAYER_MEMBER]}]))
+            "Config": config_name, "RepoTags": [self.repo_tag], "Layers": names}]))
         out.write(bytes(2 * tarfile.BLOCKSIZE))
         buf += out.getvalue()
         self.written = written

@@ -66,6 +66,7 @@ from tracer.budgets import DEFAULT, BudgetExceeded, Budgets, human
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError, TracerError, no_space
 from tracer.image.content import ContentRef
 from tracer.image.interface import Image, InDirectory, InFile, Layer, TarStream
+from tracer.image.layercache import Seed
 from tracer.image.model import Entry, FlatImage
 from tracer.image.paths import link_target_path, member_path
 from tracer.image.tarstream import Member, TarReader, utf8_len
@@ -312,6 +313,38 @@ class _Applier:
         if self.extract:
             os.mkdir(self.host(path_of(d)), 0o700)
         return d
+
+    def load_seed(self, flat: FlatImage) -> None:
+        """Start from the index of the image's lowest layers (layercache.Seed) instead of
+        reading them: the tree is rebuilt from its entries, bottom layers as they were
+        (each name with the layer that last wrote it, hardlinked names sharing one inode,
+        each file's bytes where the seed found them), under the same budgets."""
+        by_path: dict[str, _Dentry] = {"/": self.top}
+        inodes: dict[str, _Inode] = {}
+        content = flat._content
+        self.where = "the batch's index of the lowest layers"
+        for path in sorted(flat.entries):
+            if path == "/":
+                continue
+            e = flat.entries[path]
+            i = path.rfind("/")
+            parent = by_path[path[:i] or "/"]
+            if e.kind == "hardlink":
+                node = inodes[e.linkname]  # the group's smallest name: sorted before
+            else:
+                node = _Inode(e.kind, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname,
+                              dict(e.xattrs), e.devmajor, e.devminor)
+                ref = content.get(path)
+                if ref is not None:
+                    node.content = ref
+                    # read in place, a file's bytes are its name in the layer that made it
+                    home = flat.entries.get("/" + ref.blob) if ref.root is not None else None
+                    node.born = home.layer if home is not None else e.layer
+                inodes[path] = node
+            self.layer = e.layer
+            d = self._add(parent, path[i + 1:], node, path)
+            by_path[path] = d
+        self.layer = 0
 
     # ---------------------------------------------------------------- applying members
 
@@ -648,10 +681,22 @@ def _apply_layer(applier: _Applier, layer: Layer, dest: Path, budgets: Budgets,
 
 
 def _apply_image(applier: _Applier, image: Image, dest: Path, tree: Path | None,
-                 budgets: Budgets, progress: Callable[[str], None] | None
-                 ) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]], dict[str, ContentRef]]:
+                 budgets: Budgets, progress: Callable[[str], None] | None,
+                 seed: Seed | None
+                 ) -> tuple[dict[str, Entry], dict[str, tuple[str, ...]], dict[str, ContentRef],
+                            int]:
     used = 0
-    for layer in image.layers:
+    layers = image.layers
+    if seed is not None:
+        applier.load_seed(seed.flat)
+        used = seed.expanded
+        budgets.check("image_bytes", used, f"{image.ref}: its lowest {len(seed.diff_ids)} "
+                      "layers")
+        if progress:
+            progress(f"its lowest {len(seed.diff_ids)} layer(s) indexed once for the batch "
+                     f"({seed.chain_id[:19]})")
+        layers = layers[len(seed.diff_ids):]
+    for layer in layers:
         applier.start_layer(layer.index, layer.where)
         if progress:
             progress(f"applying {layer.where}")
@@ -659,12 +704,13 @@ def _apply_image(applier: _Applier, image: Image, dest: Path, tree: Path | None,
     paths = applier.paths()
     if tree is not None:
         applier.finish_host(paths)
-    return applier.entries(paths)
+    return (*applier.entries(paths), used)
 
 
 def flatten(image: Image, dest: Path,
             progress: Callable[[str], None] | None = None, *,
-            extract: bool = False, budgets: Budgets = DEFAULT) -> FlatImage:
+            extract: bool = False, budgets: Budgets = DEFAULT,
+            seed: Seed | None = None) -> FlatImage:
     """Index every layer of `image`, in the new directory `dest`, without extracting files.
 
     `dest` holds what the result reads from: spooled decompressed layers and a hardlink to
@@ -673,7 +719,14 @@ def flatten(image: Image, dest: Path,
     error re-raised; `dest` must not exist or be empty (it is never merged into). Whatever
     the image would cost beyond `budgets` is refused with BudgetExceeded (exit 2); a full
     disk is `errors.no_space` (exit 4).
+
+    `seed` (layercache.py): the index of the image's lowest layers, made once for a batch;
+    used only when those layers are exactly the image's (same diff_ids, bottom first) and
+    no host tree is asked for, and then only the layers above it are read. What the seed's
+    index reads from lies where the seed was made, not in `dest`.
     """
+    if seed is not None and (extract or not seed.matches(image.layers)):
+        seed = None
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or dest.is_symlink() or any(dest.iterdir())):
         raise BadInput(f"flatten destination {dest} exists and is not an empty directory")
@@ -692,10 +745,12 @@ def flatten(image: Image, dest: Path,
     applier = _Applier(tree, budgets)
     try:
         with _no_gc():
-            entries, groups, content = _apply_image(applier, image, dest, tree, budgets,
-                                                    progress)
+            entries, groups, content, used = _apply_image(applier, image, dest, tree,
+                                                          budgets, progress, seed)
+        seeded = {r.blob: (r.blob, r.identity) for r in seed.flat._content.values()
+                  if r.root is None and r.identity is not None} if seed is not None else {}
         try:
-            kept = {b: image.keep_file(b, dest)
+            kept = {b: seeded[b] if b in seeded else image.keep_file(b, dest)
                     for b in {r.blob for r in content.values() if r.root is None}}
         except OSError as exc:
             if exc.errno in DISK_FULL:
@@ -709,4 +764,4 @@ def flatten(image: Image, dest: Path,
         raise
     return FlatImage(entries=entries, root=tree, config=image.config,
                      source_digest=image.digest, source_ref=image.ref, _groups=groups,
-                     _content=content, workdir=dest)
+                     _content=content, workdir=dest, expanded=used)

@@ -153,18 +153,39 @@ class LayerPlan:
     A hardlink group is written once, as the file, under its first kept name (the paths
     are sorted, so the smallest), the other kept names as links to it: a group whose
     smallest name was not kept still gets its content once.
+
+    `whiteouts`: paths of the layers below this one that it hides (a `.wh.NAME` member
+    each, right after its parent, which must be one of `paths`): how an image on a shared
+    base keeps out what the base has and its own original image did not (fleet.py).
+    `expect_diff_id`: the digest the layer must come to (a fleet's shared base, the same
+    in every output); anything else is refused when it has been hashed.
     """
 
-    def __init__(self, flat: FlatImage, paths: list[str]) -> None:
+    def __init__(self, flat: FlatImage, paths: list[str], whiteouts: Iterable[str] = (),
+                 expect_diff_id: str | None = None) -> None:
         self.flat = flat
+        self.expect_diff_id = expect_diff_id
         # (header, path whose bytes follow or "", how many)
         self.members: list[tuple[bytes, str, int]] = []
         written_inode: dict[str, str] = {}  # first path of a link group -> written name
         size = 2 * tarfile.BLOCKSIZE
+        hidden = sorted(_whiteout_name(p) for p in whiteouts)
+        pending = iter(hidden)
+        nxt = next(pending, None)
         for path in paths:
+            while nxt is not None and nxt < path:
+                header = _whiteout_header(nxt)
+                self.members.append((header, "", 0))
+                size += len(header)
+                nxt = next(pending, None)
             header, content, n = _member(flat, path, written_inode)
             self.members.append((header, content, n))
             size += len(header) + n + (-n) % tarfile.BLOCKSIZE
+        while nxt is not None:
+            header = _whiteout_header(nxt)
+            self.members.append((header, "", 0))
+            size += len(header)
+            nxt = next(pending, None)
         self.size = size
 
     def chunks(self) -> Iterator[bytes]:
@@ -200,7 +221,42 @@ class LayerPlan:
         """The layer's numbers once `w` has seen all of it (a different size is a bug)."""
         if w.count != self.size:
             raise RuntimeError(f"wrote a {w.count}-byte layer planned as {self.size} bytes")
+        if self.expect_diff_id is not None and w.digest() != self.expect_diff_id:
+            raise RuntimeError(f"the shared base layer came out as {w.digest()}, not "
+                               f"{self.expect_diff_id}: writing it is not reproducible")
         return LayerStats(w.digest(), w.count, len(self.members))
+
+    def digest(self) -> LayerStats:
+        """The layer's numbers without writing it anywhere (its bytes are read and hashed)."""
+        w = HashingWriter(_Discard())
+        for chunk in self.chunks():
+            w.write(chunk)
+        return self.stats(w)
+
+    def content_bytes(self) -> int:
+        """Bytes of regular-file content in the layer (each written inode once)."""
+        return sum(n for _h, _p, n in self.members)
+
+
+class _Discard:
+    def write(self, data: bytes | memoryview) -> None:
+        pass
+
+
+WHITEOUT_PREFIX = ".wh."
+
+
+def _whiteout_name(path: str) -> str:
+    """The whiteout member hiding `path`, spelled as an index path (for sorting)."""
+    parent, _, name = path.rpartition("/")
+    return f"{parent}/{WHITEOUT_PREFIX}{name}"
+
+
+def _whiteout_header(member: str) -> bytes:
+    """A whiteout as Docker's own diff writes one: an empty regular file, mode 0, root's,
+    here with mtime 0 (nothing of the host or the clock in it)."""
+    e = Entry(member, "file", 0, 0, 0, 0.0, 0, "", {}, 0)
+    return encode_header(member[1:], e, tarfile.REGTYPE, 0, "")
 
 
 def write_layer(flat: FlatImage, paths: list[str], out: BinaryIO) -> LayerStats:

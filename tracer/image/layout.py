@@ -30,6 +30,7 @@ from tracer.errors import BadInput, ImageFormatError
 from tracer.image import documents as doc
 from tracer.image.diskio import disk_full, new_file
 from tracer.image.inputfiles import file_identity, open_beneath, open_root, read_all, sha256_of
+from tracer.image.layerwrite import LayerStats
 from tracer.image.output import (
     REF_NAME,
     OciDocuments,
@@ -182,6 +183,24 @@ def read_layout(ref: ImageRef, root: Path, budgets: Budgets) -> ImageSource:
 # ---------------------------------------------------------------- writing
 
 
+def write_image_blobs(image: OneLayer, blobs: Path) -> tuple[OciDocuments, list[LayerStats]]:
+    """Every layer, the config and the manifest of `image` as blobs of an OCI layout's
+    `blobs/sha256` directory (each written whole, then renamed to its digest)."""
+    stats = []
+    for plan in image.layers():
+        part = blobs / ".layer.partial"
+        with new_file(part) as f:
+            layer = plan.write(f)
+        os.replace(part, blobs / layer.diff_id[7:])
+        stats.append(layer)
+    docs = oci_image_documents(image.config_bytes([x.diff_id for x in stats]), stats)
+    for digest, data in ((docs.config_digest, docs.config),
+                         (docs.manifest_digest, docs.manifest)):
+        with new_file(blobs / digest[7:]) as f:
+            f.write(data)
+    return docs, stats
+
+
 def _write_layout(image: OneLayer, tmp: Path, tag: str | None,
                   previous: list[dict[str, Any]], previous_dir: Path | None
                   ) -> tuple[OciDocuments, WrittenImage]:
@@ -189,15 +208,7 @@ def _write_layout(image: OneLayer, tmp: Path, tag: str | None,
     blobs.mkdir(parents=True)
     with new_file(tmp / "oci-layout") as f:
         f.write(b'{"imageLayoutVersion":"1.0.0"}')
-    part = blobs / ".layer.partial"
-    with new_file(part) as f:
-        stats = image.write_layer(f)
-    os.replace(part, blobs / stats.diff_id[7:])
-    docs = oci_image_documents(image.config_bytes(stats.diff_id), stats)
-    for digest, data in ((docs.config_digest, docs.config),
-                         (docs.manifest_digest, docs.manifest)):
-        with new_file(blobs / digest[7:]) as f:
-            f.write(data)
+    docs, stats = write_image_blobs(image, blobs)
     manifests = [docs.descriptor(tag)]
     if tag:
         # Keep the layout's other tags (skopeo's behaviour): link its blobs, merge its index.
@@ -214,13 +225,13 @@ def _write_layout(image: OneLayer, tmp: Path, tag: str | None,
                         shutil.copyfile(p, target, follow_symlinks=False)
     with new_file(tmp / "index.json") as f:
         f.write(index_bytes(manifests))
-    written = WrittenImage(ImageRef("oci", str(tmp), None, tag), docs.config_digest,
-                           stats.diff_id, stats.size, stats.members, docs.manifest_digest)
+    written = WrittenImage.of(ImageRef("oci", str(tmp), None, tag), docs.config_digest, stats,
+                              docs.manifest_digest)
     return docs, written
 
 
 def _holds(layout_dir: Path, previous: list[dict[str, Any]], docs: OciDocuments,
-           layer_digest: str, tag: str | None) -> bool:
+           layer_digests: list[str], tag: str | None) -> bool:
     """Does the existing layout already hold exactly this image under `tag`? Its index
     entry must be the same descriptor, and every blob of the image present with the bytes
     its digest names (a layout edited by hand does not pass for unchanged)."""
@@ -228,7 +239,7 @@ def _holds(layout_dir: Path, previous: list[dict[str, Any]], docs: OciDocuments,
         return False
     fd = open_root(layout_dir, str(layout_dir))
     try:
-        for digest in (docs.manifest_digest, docs.config_digest, layer_digest):
+        for digest in (docs.manifest_digest, docs.config_digest, *layer_digests):
             try:
                 blob = open_beneath(fd, f"blobs/sha256/{digest[7:]}", str(layout_dir))
             except ImageFormatError:
@@ -321,8 +332,8 @@ class LayoutTransport(FileTransport):
                 docs, written = _write_layout(image, tmp, ref.tag, previous or [],
                                               dest if previous is not None else None)
             written.expect(expect_id)
-            unchanged = previous is not None and _holds(dest, previous, docs,
-                                                        written.layer_digest, ref.tag)
+            unchanged = previous is not None and _holds(
+                dest, previous, docs, [x.diff_id for x in written.layers], ref.tag)
             if unchanged:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:

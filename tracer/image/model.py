@@ -52,6 +52,7 @@ class FlatImage:
     _content: dict[str, ContentRef] = field(default_factory=dict, repr=False)
     workdir: Path | None = None
     _rootfs: dict[int | None, RootFS] = field(default_factory=dict, repr=False)
+    expanded: int = 0  # bytes its layers' tars came to (holes of sparse files included)
 
     def host_path(self, path: str) -> Path:
         """Where `path` was extracted (files, dirs and symlinks only; never follow it).

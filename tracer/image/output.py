@@ -1,11 +1,14 @@
-"""The one-layer image tracer writes, independent of where it is written.
+"""The image tracer writes, independent of where it is written.
 
-`OneLayer` is what every output transport receives: the kept paths of a flattened image
-(the layer, written straight from the source's layer data) and the config to carry. The
-bytes it yields are reproducible (reproducible-builds.org): the layer keeps the original
-mtimes in sorted member order with fixed header fields, and the config's `created` is the
-input's own (or SOURCE_DATE_EPOCH), never the clock, so the same input and keep-list give
-the same digests on any machine. `WrittenImage` says what a transport wrote.
+`OutputImage` is what every output transport receives: the kept paths of a flattened
+image (its own layer, written straight from the source's layer data), the layers below it
+when it stands on a fleet's shared base (`lower`: `tracer batch --share-base`), and the
+config to carry. Most images have one layer (`OneLayer` is the same class); a transport
+writes `layers()` bottom first and never needs to know which case it has. The bytes are
+reproducible (reproducible-builds.org): each layer keeps the original mtimes in sorted
+member order with fixed header fields, and the config's `created` is the input's own (or
+SOURCE_DATE_EPOCH), never the clock, so the same input and keep-list give the same
+digests on any machine. `WrittenImage` says what a transport wrote.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ IMAGE_NAME = "io.containerd.image.name"  # what Docker 25+ `docker load` reads f
 
 @dataclass
 class WrittenImage:
-    """What was written: where, its image id (config digest), the layer's numbers, the
-    manifest digest (docker-archive and oci) and whether the output already held exactly
-    this image (then it was left as it was)."""
+    """What was written: where, its image id (config digest), its own (top) layer's
+    numbers, the manifest digest (docker-archive and oci) and whether the output already
+    held exactly this image (then it was left as it was). `layers`: every layer, bottom
+    first (a shared base, then the image's own)."""
 
     ref: ImageRef
     image_id: str
@@ -49,6 +53,14 @@ class WrittenImage:
     manifest_digest: str | None = None
     unchanged: bool = False
     push_seconds: float | None = None  # a registry output: the time the push took
+    layers: list[LayerStats] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, ref: ImageRef, image_id: str, layers: list[LayerStats],
+           manifest_digest: str | None = None) -> WrittenImage:
+        top = layers[-1]
+        return cls(ref, image_id, top.diff_id, top.size, top.members, manifest_digest,
+                   layers=list(layers))
 
     def expect(self, image_id: str | None) -> None:
         """Refuse to publish anything but the verified candidate (`image_id`): the write is
@@ -96,15 +108,22 @@ def output_created(base: Mapping[str, Any], environ: Mapping[str, str] = os.envi
     return created if isinstance(created, str) else None
 
 
-def build_config(base: dict[str, Any], diff_id: str, *, created: str | None, created_by: str,
-                 comment: str) -> dict[str, Any]:
-    """The original config with rootfs pointing at the one new layer.
+def build_config(base: dict[str, Any], diff_id: str | list[str], *, created: str | None,
+                 created_by: str, comment: str,
+                 lower: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The original config with rootfs pointing at the new layers (`diff_id`: one, or a
+    list bottom first).
 
     Env, Entrypoint, Cmd, User, WorkingDir, ExposedPorts, Volumes, Labels, StopSignal,
     Healthcheck, architecture and os are carried over untouched; the old history stays for
     provenance but is marked empty_layer so history and rootfs still agree; one entry is
-    appended for tracer's layer, at `created` (not the clock).
+    appended per new layer, at `created` (not the clock): `lower` gives (created_by,
+    comment) of the layers under the image's own, whose entry comes last.
     """
+    diff_ids = [diff_id] if isinstance(diff_id, str) else list(diff_id)
+    lower = lower or []
+    if len(diff_ids) != len(lower) + 1:
+        raise ValueError(f"{len(diff_ids)} layers, {len(lower) + 1} history entries")
     base = doc.obj(base, "image config")
     history = base.get("history")
     old = [doc.obj(h, "image config: history entry")
@@ -113,10 +132,13 @@ def build_config(base: dict[str, Any], diff_id: str, *, created: str | None, cre
     cfg.pop("created", None)
     if created is not None:
         cfg["created"] = created
-    cfg["rootfs"] = {"type": "layers", "diff_ids": [diff_id]}
-    entry: dict[str, Any] = {"created": created} if created is not None else {}
-    entry.update(created_by=created_by, comment=comment)
-    cfg["history"] = [dict(copy.deepcopy(h), empty_layer=True) for h in old] + [entry]
+    cfg["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    entries = []
+    for by, note in [*lower, (created_by, comment)]:
+        entry: dict[str, Any] = {"created": created} if created is not None else {}
+        entry.update(created_by=by, comment=note)
+        entries.append(entry)
+    cfg["history"] = [dict(copy.deepcopy(h), empty_layer=True) for h in old] + entries
     return cfg
 
 
@@ -129,9 +151,21 @@ def provenance(source_digest: str, profile_hash: str | None) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class LowerLayer:
+    """A layer under an image's own: a fleet's shared base (`tracer batch --share-base`),
+    planned from its own flattened index, with the history entry it adds."""
+
+    plan: LayerPlan
+    created_by: str
+    comment: str
+
+
 @dataclass
-class OneLayer:
-    """The kept paths of `flat` (from layerwrite.closed_paths) and the config to carry."""
+class OutputImage:
+    """The kept paths of `flat` (from layerwrite.closed_paths) and the config to carry;
+    on a shared base, the layers under them (`lower`) and what of those the image must
+    not show (`whiteouts`)."""
 
     flat: FlatImage
     paths: list[str]
@@ -139,27 +173,41 @@ class OneLayer:
     created_by: str
     comment: str
     created: str | None
+    lower: list[LowerLayer] = field(default_factory=list)
+    whiteouts: list[str] = field(default_factory=list)
     _plan: LayerPlan | None = field(default=None, repr=False, compare=False)
 
     def plan(self) -> LayerPlan:
-        """The layer's members and size, before anything is written (planned once)."""
+        """The image's own (top) layer: its members and size, planned once."""
         if self._plan is None:
-            self._plan = LayerPlan(self.flat, self.paths)
+            self._plan = LayerPlan(self.flat, self.paths, self.whiteouts)
         return self._plan
 
+    def layers(self) -> list[LayerPlan]:
+        """Every layer, bottom first: what a transport writes, in this order."""
+        return [low.plan for low in self.lower] + [self.plan()]
+
     def write_layer(self, out: BinaryIO) -> LayerStats:
-        """Write the layer tar to `out`, hashing it on the way."""
+        """Write the (only) layer tar to `out`, hashing it on the way."""
+        if self.lower:
+            raise ValueError("an image on a shared base has several layers: use layers()")
         return self.plan().write(out)
 
-    def config_bytes(self, diff_id: str) -> bytes:
-        return json_bytes(build_config(self.base_config, diff_id, created=self.created,
-                                       created_by=self.created_by, comment=self.comment))
+    def config_bytes(self, diff_ids: str | list[str]) -> bytes:
+        """The config for the layers' digests (bottom first; one digest: one layer)."""
+        return json_bytes(build_config(
+            self.base_config, diff_ids, created=self.created, created_by=self.created_by,
+            comment=self.comment, lower=[(low.created_by, low.comment) for low in self.lower]))
 
     def estimated_size(self) -> int:
-        """Bytes the layer will take, about (for a "no space" message)."""
+        """Bytes the layers will take, about (for a "no space" message)."""
         entries = self.flat.entries
         content = sum(e.size for p in self.paths if (e := entries[p]).kind == "file")
-        return content + 1024 * len(self.paths) + 3 * tarfile.BLOCKSIZE
+        own = content + 1024 * len(self.paths) + 3 * tarfile.BLOCKSIZE
+        return own + sum(low.plan.size for low in self.lower)
+
+
+OneLayer = OutputImage  # the name transports knew it by: an image of one layer or more
 
 
 @dataclass
@@ -199,12 +247,15 @@ def qualified_name(repo_tag: str) -> str:
     return f"docker.io/{repo_tag}" if slash else f"docker.io/library/{repo_tag}"
 
 
-def oci_image_documents(config: bytes, layer: LayerStats) -> OciDocuments:
-    """Config and manifest of a one-layer image whose layer is stored uncompressed."""
+def oci_image_documents(config: bytes, layer: LayerStats | list[LayerStats]) -> OciDocuments:
+    """Config and manifest of an image whose layers (one, or a list bottom first) are
+    stored uncompressed."""
+    layers = [layer] if isinstance(layer, LayerStats) else layer
     cfg_digest = "sha256:" + hashlib.sha256(config).hexdigest()
     manifest = json_bytes({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": cfg_digest, "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER, "digest": layer.diff_id, "size": layer.size}]})
+        "layers": [{"mediaType": OCI_LAYER, "digest": x.diff_id, "size": x.size}
+                   for x in layers]})
     return OciDocuments(config, cfg_digest, manifest,
                         "sha256:" + hashlib.sha256(manifest).hexdigest())

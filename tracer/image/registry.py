@@ -46,8 +46,8 @@ from typing import Any
 from tracer.budgets import DEFAULT, Budgets
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
 from tracer.image import documents as doc
-from tracer.image.diskio import disk_full, new_file
-from tracer.image.layout import INDEX_TYPES, LayoutTransport, read_layout
+from tracer.image.diskio import disk_full
+from tracer.image.layout import INDEX_TYPES, LayoutTransport, read_layout, write_image_blobs
 from tracer.image.output import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -55,7 +55,6 @@ from tracer.image.output import (
     OneLayer,
     WrittenImage,
     json_bytes,
-    oci_image_documents,
 )
 from tracer.image.platforms import Platform, engine_platform, of_config, of_descriptor
 from tracer.image.reference import ImageRef
@@ -406,20 +405,14 @@ def write_index(images: list[PlatformImage], ref: ImageRef, workdir: Path) -> Wr
         with disk_full(workdir, sum(i.image.estimated_size() for i in images)):
             (layout / "oci-layout").write_bytes(b'{"imageLayoutVersion":"1.0.0"}')
             for item in images:
-                part = blobs / ".layer.partial"
-                with new_file(part) as f:
-                    stats = item.image.write_layer(f)
-                os.replace(part, blobs / stats.diff_id[7:])
-                docs = oci_image_documents(item.image.config_bytes(stats.diff_id), stats)
+                docs, stats = write_image_blobs(item.image, blobs)
                 if docs.config_digest != item.expect_id:
                     raise RuntimeError(f"the {item.platform} image {docs.config_digest} is not "
                                        f"the verified candidate {item.expect_id}: writing is "
                                        "not reproducible")
-                for digest, data in ((docs.config_digest, docs.config),
-                                     (docs.manifest_digest, docs.manifest)):
-                    (blobs / digest[7:]).write_bytes(data)
                 entries.append((docs.manifest_digest, len(docs.manifest), item.platform))
-                size, files = size + stats.size, files + stats.members
+                size += sum(s.size for s in stats)
+                files += sum(s.members for s in stats)
             index = index_document(entries)
             digest = _digest_of(index)
             (blobs / digest[7:]).write_bytes(index)

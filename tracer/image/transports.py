@@ -30,6 +30,7 @@ from tracer.image.archive import ArchiveTransport
 from tracer.image.daemon import DaemonTransport
 from tracer.image.flatten import flatten
 from tracer.image.interface import Image, Transport
+from tracer.image.layercache import find_seed
 from tracer.image.layout import LayoutTransport
 from tracer.image.model import FlatImage
 from tracer.image.reference import ImageRef
@@ -65,7 +66,12 @@ def open_image(ref: ImageRef, workdir: Path, budgets: Budgets = DEFAULT) -> Imag
 def read_image(ref: ImageRef, work: Path, budgets: Budgets = DEFAULT,
                progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
     """`ref` flattened under `budgets` (the image's temp files in `work/source`, the
-    index's in `work/root`), and how it was read (for the run's log)."""
+    index's in `work/root`), and how it was read (for the run's log). Its lowest layers
+    come from a batch's index of them when there is one (layercache.find_seed)."""
     work = Path(work)
     with open_image(ref, work / "source", budgets) as image:
-        return flatten(image, work / "root", progress=progress, budgets=budgets), image.reader
+        seed = find_seed(image.layers)
+        how = image.reader if seed is None else \
+            f"{image.reader}, its lowest {len(seed.diff_ids)} layer(s) indexed once for the batch"
+        return flatten(image, work / "root", progress=progress, budgets=budgets,
+                       seed=seed), how
