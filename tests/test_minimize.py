@@ -120,17 +120,31 @@ def test_minimized_image_passes_and_is_small(minimized, engine, name: str) -> No
 def test_both_engines_keep_the_same_paths_and_write_the_same_image(minimized,
                                                                    name: str) -> None:
     """Every fixture profile on Podman (rootful, both recorders) as on Docker: verified,
-    the very same keep-list, line for line with its reasons, and the same output image id
-    (outputs are reproducible, and an engine image's id is its config's digest)."""
+    the very same keep-list, line for line with the same reasons, and the same output
+    image id (outputs are reproducible, and an engine image's id is its config's digest).
+    Only which smoke steps a use fell in may differ: a service's worker reopening its log
+    lands in whichever step runs then, on either engine."""
     on = {engine: minimized(name, engine) for engine in ENGINE_NAMES}
     for engine, m in on.items():
         assert m.proc.returncode == 0, (engine, m.proc.stdout + m.proc.stderr)
         assert m.report["verified"] is True
         assert m.report["recorders"] == ["strace", "fanotify"], (engine, m.report)
     docker, podman = on["docker"], on["podman"]
-    assert Path(podman.report["keeplist_file"]).read_text() == \
-        Path(docker.report["keeplist_file"]).read_text()
+    assert _without_steps(Path(podman.report["keeplist_file"])) == \
+        _without_steps(Path(docker.report["keeplist_file"]))
     assert podman.report["output_digest"] == docker.report["output_digest"]
+
+
+def _without_steps(keeplist: Path) -> list[tuple[str, list[str]]]:
+    """Each kept path with its distinct reasons, the step a traced use was in left out."""
+    import re
+
+    out = []
+    for line in keeplist.read_text().splitlines():
+        path, _, reasons = line.partition("\t")
+        out.append((path, sorted({re.sub(r" in (run|smoke\[\d+\]\.\w+)$", "", r)
+                                  for r in reasons.split("; ")})))
+    return out
 
 
 @pytest.mark.parametrize("name,engine", [
