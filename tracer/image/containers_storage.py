@@ -33,7 +33,7 @@ from typing import Any
 
 from tracer.budgets import Budgets
 from tracer.image import documents as doc
-from tracer.image.overlay import NotReadable, OverlayStorage
+from tracer.image.overlay import NotReadable, OverlayStorage, layer_dirs
 
 DRIVER = "overlay"  # what GraphDriver.Name says of containers-storage's overlay driver
 _MAX_DATABASE = 64 << 20  # bytes of images.json or layers.json read (the engine's own files)
@@ -86,17 +86,7 @@ def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: st
     """The layer directories and tar-split files of `image_id` in the containers-storage
     store at `root_dir`, checked against its databases; NotReadable when they cannot be
     used."""
-    if driver != DRIVER:
-        raise NotReadable(f"the image is stored by the {driver or 'unknown'!r} driver; "
-                          "in-place reading of containers-storage knows overlay only")
-    if os.geteuid() != 0:
-        raise NotReadable("not root: the engine's storage is readable by root only")
-    upper = driver_data.get("UpperDir")
-    if not upper:
-        raise NotReadable("the engine names no layer directory for this image")
-    lower = driver_data.get("LowerDir")
-    dirs = [Path(p) for p in reversed(lower.split(":"))] if lower else []
-    dirs.append(Path(upper))
+    dirs = layer_dirs(driver, DRIVER, driver_data, "in-place reading of containers-storage")
     root = Path(root_dir)
     images_db = root / "overlay-images" / "images.json"
     image = _by_id(_database(images_db), "image", image_id[7:], images_db)

@@ -62,13 +62,14 @@ class OverlayStorage:
     tar_splits: list[Path]
 
 
-def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: str,
-           budgets: Budgets) -> OverlayStorage:
-    """The layer directories of `image_id`, checked against the engine's own databases;
-    NotReadable when they cannot be used."""
-    if driver != "overlay2":
+def layer_dirs(driver: str, expected: str, driver_data: dict[str, str],
+               reader: str) -> list[Path]:
+    """An engine image's layer directories, bottom first, from its GraphDriver data (the
+    engine's `driver` must be the `expected` overlay driver `reader` knows); NotReadable
+    when tracer cannot read them in place."""
+    if driver != expected:
         raise NotReadable(f"the image is stored by the {driver or 'unknown'!r} driver; "
-                          "in-place reading knows overlay2 only")
+                          f"{reader} knows {expected} only")
     if os.geteuid() != 0:
         raise NotReadable("not root: the engine's storage is readable by root only")
     upper = driver_data.get("UpperDir")
@@ -77,6 +78,14 @@ def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: st
     lower = driver_data.get("LowerDir")
     dirs = [Path(p) for p in reversed(lower.split(":"))] if lower else []
     dirs.append(Path(upper))
+    return dirs
+
+
+def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: str,
+           budgets: Budgets) -> OverlayStorage:
+    """The layer directories of `image_id`, checked against the engine's own databases;
+    NotReadable when they cannot be used."""
+    dirs = layer_dirs(driver, "overlay2", driver_data, "in-place reading")
     root = Path(root_dir)
     cfg_path = root / "image" / "overlay2" / "imagedb" / "content" / "sha256" / image_id[7:]
     try:
