@@ -72,7 +72,7 @@ def save(stage: Stage, state_dir: Path, temp_engine_ref: bool) -> None:
     `temp_engine_ref`: the engine ref is a copy this process loaded (removed when it
     ends), so the next step loads it again if it needs the original."""
     flat = stage.flat
-    flat._rootfs = None  # rebuilt on load; a cache, not state
+    flat._rootfs = {}  # rebuilt on load; a cache, not state
     if temp_engine_ref:
         stage.engine_ref = None
     stage.input_layers = input_layers(flat)
