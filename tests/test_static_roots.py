@@ -17,6 +17,7 @@ from prereq import missing as prereq_missing
 from tracer.errors import BadInput
 from tracer.rootfs import RootFS
 from tracer.static import Resolver
+from tracer.static.closure import first_needs
 from tracer.static.roots import expand_binaries
 
 BOOKWORM = Path("/var/cache/tracer/rootfs-bookworm")
@@ -116,3 +117,20 @@ def test_on_a_debootstrap_root() -> None:
     assert m.matched["/usr/lib/x86_64-linux-gnu/libc.so.*"] == [
         "/usr/lib/x86_64-linux-gnu/libc.so.6"]
     assert m.unmatched == ["/usr/sbin/nosuch*"]
+
+
+def test_the_reasons_shown_do_not_depend_on_the_order_roots_ran_in() -> None:
+    """A library many programs need shows the same three reasons whichever program the
+    resolver met first (the order programs ran in differs run to run and engine to engine,
+    and the keep-list is diffed between runs)."""
+    if not (BOOKWORM / "usr/bin").is_dir():
+        prereq_missing(f"{BOOKWORM} missing; run scripts/setup")
+    fs = RootFS(BOOKWORM)
+    roots = ["/usr/bin/tar", "/usr/bin/gzip", "/usr/bin/ls", "/usr/bin/sed", "/usr/bin/grep"]
+    shown = []
+    for order in (roots, roots[::-1]):
+        closure = Resolver(fs, {"PATH": "/usr/bin"}).closure(order)
+        libc = next(p for p in closure.files if p.endswith("/libc.so.6"))
+        shown.append([n.chain for n in first_needs(closure.files[libc])])
+    assert shown[0] == shown[1]
+    assert [c[0] for c in shown[0]] == ["/usr/bin/grep", "/usr/bin/gzip", "/usr/bin/ls"]

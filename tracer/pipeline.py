@@ -313,7 +313,7 @@ def static_closure(profile: Profile, prepared: Prepared, trace: SmokeResult,
     argv = config.command(profile.run.entrypoint, profile.run.cmd)
     if argv:
         roots.append(argv[0])
-    roots += [p for p in trace.execs if p]
+    roots += sorted({p for p in trace.execs if p})  # the order they ran in varies run to run
     roots += recorded or []
     cwd = profile.run.workdir or config.workdir or "/"  # where the container starts
     binaries = expand_binaries(prepared.root, profile.keep.binaries, env.get("PATH"), cwd=cwd)

@@ -23,6 +23,7 @@ from tracer.budgets import DEFAULT, Budgets
 from tracer.explain.runfiles import write_path_index
 from tracer.rootfs import RootFS, SymlinkLoop
 from tracer.static import Closure, which
+from tracer.static.closure import first_needs
 from tracer.static.script import DEFAULT_PATH
 from tracer.trace.result import Access, Meaning, SmokeResult
 
@@ -253,7 +254,7 @@ def collect_evidence(profile: Profile, prepared: Prepared, trace: SmokeResult,
             if need.kind == "root" and start in recorded and start not in ran:
                 continue
             elf.append(need)
-        for need in elf[:3]:
+        for need in first_needs(elf):
             builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind))
     for access in trace.accesses:
         needed = needed_path(access, root)

@@ -24,6 +24,13 @@ class Need:
     cpu: bool = False
 
 
+def first_needs(needs: list[Need], count: int = 3) -> list[Need]:
+    """The `count` reasons a keep-list shows for one path: shortest chain first, then by
+    name. Which requester the resolver met first depends on the order programs ran in (two
+    engines, two runs under load), and the keep-list must not: it is diffed run to run."""
+    return sorted(needs, key=lambda n: (len(n.chain), n.chain))[:count]
+
+
 @dataclass
 class Missing:
     """A name the loader would not find; the program would fail to start."""

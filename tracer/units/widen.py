@@ -44,6 +44,7 @@ from tracer.analysis.policy import IMPLICIT_DLOPENS
 from tracer.budgets import DEFAULT, Budgets
 from tracer.rootfs import RootFS, SymlinkLoop
 from tracer.static import Closure, Resolver
+from tracer.static.closure import first_needs
 from tracer.static.elf import ELF_MAGIC
 from tracer.units.alternatives import AlternativeLink, chosen_links, read_alternatives
 from tracer.units.deps import DependencyGraph, Pull, Work, first_script, walk
@@ -167,10 +168,10 @@ def _close(builder: KeepListBuilder, index: UnitIndex, paths: Iterable[str],
     """The ELF closure over `paths` the image keeps, added to `builder` as `elf`."""
     resolver = resolver or Resolver(index.root, env=env, dlopens=IMPLICIT_DLOPENS,
                                     budgets=budgets)
-    roots = [p for p in paths if builder.exclude_rule(p) is None]
+    roots = sorted({p for p in paths if builder.exclude_rule(p) is None})
     closure = resolver.closure(elf_roots(index.root, roots))
     for path, needs in closure.files.items():
-        for need in needs[:3]:
+        for need in first_needs(needs):
             builder.add(path, Reason("elf", " -> ".join(need.chain) or need.kind))
     return closure
 
