@@ -132,6 +132,26 @@ def test_keeplist_file_is_sorted_with_reasons(tmp_path: Path) -> None:
         line.startswith("/etc\tparent: ") for line in lines)
 
 
+def test_the_keep_list_reads_the_same_whatever_order_evidence_came_in(tmp_path: Path) -> None:
+    """Programs run in a different order run to run (and engine to engine): the parent and
+    hardlink reasons, which name one path, must not follow that order, or two nightly
+    keep-lists of the same image differ."""
+    root, entries = make_root(tmp_path)
+    uses = ["/etc/app/main.conf", "/etc/app/conf.d/a.conf", "/usr/bin/perl5.36",
+            "/usr/bin/perl", "/lib/x86_64-linux-gnu/libz.so.1"]
+    written = []
+    for n, order in enumerate((uses, uses[::-1])):
+        b = KeepListBuilder(entries, RootFS(root))
+        for path in order:
+            b.add(path, Reason("traced", "openat by /app in run"))
+        out = tmp_path / f"{n}.keeplist"
+        b.build().write(out)
+        written.append(out.read_text())
+    assert written[0] == written[1]
+    lines = written[0].splitlines()
+    assert "/etc/app\tparent: holds /etc/app/conf.d/a.conf" in lines
+
+
 def test_dpkg_package_files(tmp_path: Path) -> None:
     root, _ = make_root(tmp_path)
     files = package_files(RootFS(root), ["tzdata"])

@@ -284,8 +284,12 @@ class KeepListBuilder:
         return result
 
     def _close(self, kept: dict[str, list[Reason]]) -> None:
-        """Symlink chains, hardlink groups, then parent directories (in that order)."""
-        todo = list(kept)
+        """Symlink chains, hardlink groups, then parent directories (in that order).
+
+        Walked in path order, not in the order evidence came (which varies with the order
+        programs ran in): the one path a parent or hardlink reason names is then the same
+        every run, and two keep-lists of the same image diff clean."""
+        todo = sorted(kept, reverse=True)  # pop() takes the first path first
         grouped: set[str] = set()  # hardlink groups already added (by first member)
         while todo:
             path = todo.pop()
@@ -319,7 +323,7 @@ class KeepListBuilder:
                     # its own sake too (not as a hop of a chain), needs it, so a target
                     # reads the same whatever kept it first
                     kept[p].append(reason)
-        for path in list(kept):
+        for path in sorted(kept):
             parent = path.rsplit("/", 1)[0] or "/"
             while parent != "/" and parent not in kept:
                 kept[parent] = [Reason("parent", f"holds {path}")]
