@@ -193,7 +193,7 @@ def expand(index: UnitIndex, kept: Mapping[str, Sequence[Any]], *,
         if not units:
             continue
         parts = [reason_parts(r) for r in reasons] or [("", "")]
-        kind, detail = min(parts, key=_rank)
+        kind, detail = min(parts, key=lambda part: (*_rank(part), part))  # ties: by text
         rank = (*_rank((kind, detail)), path)
         for unit in units:
             if unit.key not in best or rank < best[unit.key][0]:
