@@ -87,6 +87,21 @@ def test_reason_names_the_unit_and_the_triggers_best_reason(tmp_path: Path) -> N
     assert expansion.pulled[0].trigger == utf8
 
 
+def test_a_tie_between_two_programs_names_the_same_one_whichever_ran_first(
+        tmp_path: Path) -> None:
+    """Two programs opened the trigger: the reason names the same one in either order of
+    evidence (programs run in another order run to run, and the keep-list is diffed)."""
+    flat = stdlib_image(tmp_path)
+    index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
+    utf8 = f"{PY}/encodings/utf_8.py"
+    by_py = Reason("traced", "openat by python3 in smoke[0]")
+    by_sh = Reason("traced", "openat by /bin/sh in smoke[0]")
+    reasons = [expand(index, {utf8: order}).pulled[0].reason
+               for order in ([by_py, by_sh], [by_sh, by_py])]
+    assert reasons[0] == reasons[1] == (
+        f"package libpython3.11-stdlib, because {utf8} was opened by /bin/sh in smoke[0]")
+
+
 def test_directories_and_unowned_paths_pull_nothing(tmp_path: Path) -> None:
     flat = stdlib_image(tmp_path)
     index = UnitIndex.build(flat.rootfs(), paths=flat.entries)
