@@ -13,15 +13,13 @@ and cycles of clone lines must cost no more.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from image_builders import run_tracer
+from parse_child import parse_in_child
 from test_trace_parser import STRACE_OPTS
 
 from tracer.trace.parser import parse_trace
@@ -73,34 +71,6 @@ int main(int argc, char **argv) {
 }
 """
 
-_PARSE = r"""
-import json, sys, time
-def peak_kb():
-    # this process's own peak (VmHWM starts afresh at exec; ru_maxrss would carry over
-    # the peak of the pytest process it was forked from)
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:"))
-from tracer.trace.parser import parse_trace
-t0 = time.monotonic()
-with open(sys.argv[1], encoding="utf-8", errors="surrogateescape") as f:
-    parsed = parse_trace(f, initial_cwd=sys.argv[2])
-print(json.dumps({"paths": sorted({a.path for a in parsed.accesses}),
-                  "program_of": {a.path: a.program for a in parsed.accesses},
-                  "unresolved": parsed.unresolved, "state_bytes": parsed.state_bytes,
-                  "seconds": time.monotonic() - t0,
-                  "maxrss_kb": peak_kb()}))
-"""
-
-
-def _parse_in_child(trace: Path, cwd: str) -> dict:
-    """parse_trace in a fresh process: its result, seconds and peak memory (a child, so
-    that what it holds is measured alone and never raises this test process's peak)."""
-    done = subprocess.run([sys.executable, "-c", _PARSE, str(trace), cwd], capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
-
-
 @pytest.fixture(scope="module")
 def deep_program(gcc, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("deep")
@@ -126,7 +96,7 @@ def test_relative_names_a_thousand_levels_deep_cost_no_memory(host_strace, deep_
                                                                tmp_path):
     trace = _traced(host_strace, deep_program, tmp_path, "1000", "8000", "0")
     assert trace.stat().st_size < 8 << 20  # a few megabytes of trace ...
-    got = _parse_in_child(trace, "/")
+    got = parse_in_child(trace, "/")
     assert got["maxrss_kb"] < 100 * 1024, f"... made {got['maxrss_kb']} KiB"  # was 2.5 GB
     assert got["seconds"] < 30
     # what can be in an image is recorded: the directories within the path limit
@@ -142,7 +112,7 @@ def test_relative_names_a_thousand_levels_deep_cost_no_memory(host_strace, deep_
 def test_a_chain_of_1200_vforks_is_followed_without_recursion(host_strace, deep_program,
                                                               tmp_path):
     trace = _traced(host_strace, deep_program, tmp_path, "0", "0", "1200")
-    got = _parse_in_child(trace, "/")
+    got = parse_in_child(trace, "/")
     assert got["seconds"] < 30 and got["maxrss_kb"] < 100 * 1024
     # the last child inherited its program from the first, 1,200 forks up
     assert got["program_of"]["/etc/chain-end"] == str(deep_program)
