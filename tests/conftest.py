@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 from prereq import missing
 from registry import auth_registry, plain_registry  # noqa: F401 - the test registries
 
@@ -198,6 +200,21 @@ def containers_of(docker_client, pids: set[int], *, all: bool = True) -> list:
         if owner_host == host and rest.isdigit() and int(rest) in pids:
             out.append(c)
     return out
+
+
+def write_sleeping_profiles(profiles: Path, names: tuple[str, ...] = ("slow-a", "slow-b")
+                            ) -> None:
+    """Profiles of the hardcases fixture whose one smoke step sleeps for 300 s (a fresh
+    container per step: the command step keeps one up for long), one per name, writing to
+    `tracer-test/NAME:never`: jobs to interrupt while they run."""
+    repo = Path(__file__).resolve().parent.parent
+    profiles.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        data = yaml.safe_load((repo / "profiles" / "hardcases.yaml").read_text())
+        data["name"] = name
+        data["output"] = f"docker-daemon:tracer-test/{name}:never"
+        data["smoke"] = [{"command": ["sleep", "300"], "timeout": "400s"}]
+        (profiles / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def interrupt_when_running(argv: list[str], docker_client, started, *, cwd, env=None,

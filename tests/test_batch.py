@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import engine_under_test, interrupt_when_running
+from conftest import engine_under_test, interrupt_when_running, write_sleeping_profiles
 
 from tracer.batch import Batch, JobResult, _fingerprint, junit_xml, profile_digest
 from tracer.profile.load import load_profile
@@ -139,14 +139,7 @@ def test_ctrl_c_stops_every_job_and_leaves_no_container(
         docker_client, fixture_image, host_strace, tmp_path: Path) -> None:
     fixture_image("hardcases")
     profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    for name in ("slow-a", "slow-b"):
-        data = yaml.safe_load((REPO / "profiles" / "hardcases.yaml").read_text())
-        data["name"] = name
-        data["output"] = f"docker-daemon:tracer-test/{name}:never"
-        # a fresh container per step: the command step keeps one up for a long time
-        data["smoke"] = [{"command": ["sleep", "300"], "timeout": "400s"}]
-        (profiles / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    write_sleeping_profiles(profiles)
     proc = interrupt_when_running(
         ["batch", str(profiles), "--jobs", "2", "--out", str(tmp_path / "out")],
         docker_client, lambda new: len(new) >= 2, cwd=REPO, timeout=120)

@@ -118,17 +118,11 @@ def test_ctrl_c_stops_a_fleet_and_leaves_nothing(docker_client, fixture_image, h
     """Ctrl-C while a fleet's jobs are analysed: every job stops with its own cleanup, no
     container stays, and the batch's private work dir (the index of the shared layers,
     the saved runs) is gone."""
-    from conftest import interrupt_when_running
+    from conftest import interrupt_when_running, write_sleeping_profiles
 
     fixture_image("hardcases")
     profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    for name in ("slow-a", "slow-b"):
-        data = yaml.safe_load((REPO / "profiles" / "hardcases.yaml").read_text())
-        data["name"] = name
-        data["output"] = f"docker-daemon:tracer-test/{name}:never"
-        data["smoke"] = [{"command": ["sleep", "300"], "timeout": "400s"}]
-        (profiles / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    write_sleeping_profiles(profiles)
     work = tmp_path / "work"
     work.mkdir()
     proc = interrupt_when_running(
