@@ -72,6 +72,9 @@ def test_a_fleet_shares_one_base_that_changes_only_with_the_union(
         assert fleet["unique_bytes"] < fleet["single_layer_bytes"]
         assert fleet["unique_bytes"] == fleet["base"]["size"] + sum(
             j["shared_base"]["own_bytes"] for j in jobs.values())
+        for name in ("tmpjob", "privhelper"):  # each job read only its own layers on top
+            assert "layer(s) indexed once for the batch" in \
+                (out / name / "run.log").read_text(), name
 
         # night 2: hardcases joins; the base grows for it alone, and every output of the
         # fleet is made again on the new base

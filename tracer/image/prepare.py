@@ -16,12 +16,11 @@ from pathlib import Path
 from tracer.budgets import DEFAULT, Budgets
 from tracer.image.config import ImageConfig
 from tracer.image.daemon import EngineImages
-from tracer.image.flatten import flatten
 from tracer.image.model import FlatImage
 from tracer.image.platforms import of_config
 from tracer.image.reference import ImageRef, parse_reference
 from tracer.image.sink import write_image
-from tracer.image.transports import open_image, transport
+from tracer.image.transports import flatten_image, open_image, transport
 from tracer.progress import Progress
 from tracer.rootfs import RootFS
 
@@ -58,8 +57,7 @@ def prepare(image: str | ImageRef, name: str, work: Path, engine: EngineImages,
                           + (f" ({pulled.platform})" if pulled.platform else "")
                           + f": {pulled.layers} layers, {pulled.declared_bytes:,} bytes in "
                           f"{pulled.seconds:.1f}s")
-        flat = flatten(opened, work / "root", progress=progress, budgets=budgets)
-        how = opened.reader
+        flat, how = flatten_image(opened, work / "root", budgets, progress)
         input_digest = pulled.input_digest if pulled is not None else \
             (opened.manifest_digest or opened.digest)
     seconds["read"] = seconds.get("read", 0.0) + time.monotonic() - t0 - \

@@ -70,8 +70,15 @@ def read_image(ref: ImageRef, work: Path, budgets: Budgets = DEFAULT,
     come from a batch's index of them when there is one (layercache.find_seed)."""
     work = Path(work)
     with open_image(ref, work / "source", budgets) as image:
-        seed = find_seed(image.layers)
-        how = image.reader if seed is None else \
-            f"{image.reader}, its lowest {len(seed.diff_ids)} layer(s) indexed once for the batch"
-        return flatten(image, work / "root", progress=progress, budgets=budgets,
-                       seed=seed), how
+        return flatten_image(image, work / "root", budgets, progress)
+
+
+def flatten_image(image: Image, dest: Path, budgets: Budgets = DEFAULT,
+                  progress: Callable[[str], None] | None = None) -> tuple[FlatImage, str]:
+    """An opened `image` flattened into `dest`, and how it was read. Its lowest layers come
+    from a batch's index of them when there is one (layercache.find_seed): a fleet's jobs
+    read only their own layers on top."""
+    seed = find_seed(image.layers)
+    how = image.reader if seed is None else \
+        f"{image.reader}, its lowest {len(seed.diff_ids)} layer(s) indexed once for the batch"
+    return flatten(image, dest, progress=progress, budgets=budgets, seed=seed), how
