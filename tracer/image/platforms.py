@@ -112,9 +112,7 @@ def engine_platform() -> Platform:
     """The platform the Docker engine runs natively (`docker info`); this host's when no
     engine answers (a registry image can be read without one: `tracer ldd`, `init`)."""
     try:
-        engine = connect()
-        with engine.errors("describe itself (docker info)"):
-            info = engine.api.info()
+        info = connect().info()  # asked once per process
     except EnvironmentProblem:
         return host_platform()
     if not isinstance(info, dict) or not isinstance(info.get("Architecture"), str):

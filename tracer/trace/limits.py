@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from tracer.budgets import GiB
+from tracer.engine import Engine
 from tracer.profile.model import Limits
 
 DEFAULT_PIDS = 4096  # a JVM or a busy worker pool stays far below; a fork bomb hits it
@@ -31,20 +31,12 @@ class ContainerLimits:
     memory: int
     nano_cpus: int
 
-    def describe(self) -> str:
-        from tracer.budgets import human
-
-        return (f"{self.pids:,} processes, {human(self.memory)} of memory, "
-                f"{self.nano_cpus / 1e9:g} CPUs")
 
 
-def host_resources(client: Any) -> tuple[int, int]:
+def host_resources(engine: Engine) -> tuple[int, int]:
     """(memory bytes, CPUs) of the engine's host, from the engine (it may be remote);
     this machine's when the engine does not say."""
-    from tracer.engine import engine_errors
-
-    with engine_errors("ask the engine about its host"):
-        info = client.info() or {}
+    info = engine.info()  # asked once per process
     memory = info.get("MemTotal")
     cpus = info.get("NCPU")
     if not isinstance(memory, int) or memory <= 0:
