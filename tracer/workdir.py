@@ -403,20 +403,17 @@ _KINDS = (("work directory", "work directories"), ("container", "containers"),
           ("temporary image", "temporary images"))
 
 
-def sweep(root: Path | None = None, *, engine: Any | None = None,
+def sweep(root: Path | None = None, *,
           say: Callable[[str], None] | None = None) -> list[Leftover]:
     """Remove what dead tracer processes left: work directories under `root` (default:
-    `work_root()`), and containers and temporary images in `engine` (default: the engine
-    this process is connected to, if it is). One line per kind on stderr (or `say`)."""
+    `work_root()`), and containers and temporary images in the engine this process is
+    connected to, if it is. One line per kind on stderr (or `say`)."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     root = root or work_root()
     removed = sweep_workdirs(root)
-    if engine is not None:
-        removed += sweep_engine(engine)
-    else:
-        connected = _connected_engine()
-        if connected is not None:
-            removed += sweep_engine(connected.sdk, local_name=connected.flavour.local_name)
+    connected = _connected_engine()
+    if connected is not None:
+        removed += sweep_engine(connected.sdk, local_name=connected.flavour.local_name)
     for kind, plural in _KINDS:
         items = [r for r in removed if r.kind == kind]
         if not items:

@@ -233,10 +233,6 @@ class LayerPlan:
             w.write(chunk)
         return self.stats(w)
 
-    def content_bytes(self) -> int:
-        """Bytes of regular-file content in the layer (each written inode once)."""
-        return sum(n for _h, _p, n in self.members)
-
 
 class _Discard:
     def write(self, data: bytes | memoryview) -> None:

@@ -187,12 +187,6 @@ class OutputImage:
         """Every layer, bottom first: what a transport writes, in this order."""
         return [low.plan for low in self.lower] + [self.plan()]
 
-    def write_layer(self, out: BinaryIO) -> LayerStats:
-        """Write the (only) layer tar to `out`, hashing it on the way."""
-        if self.lower:
-            raise ValueError("an image on a shared base has several layers: use layers()")
-        return self.plan().write(out)
-
     def config_bytes(self, diff_ids: str | list[str]) -> bytes:
         """The config for the layers' digests (bottom first; one digest: one layer)."""
         return json_bytes(build_config(

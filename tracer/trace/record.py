@@ -52,9 +52,6 @@ from tracer.trace import fanotify
 from tracer.trace.mountwatch import MountWatch, OverlayMount, image_top_layer, is_container_of
 from tracer.trace.recorder import ContainerRecorder, PathTable, snapshot
 
-STOPPED_BY = ("duration", "container", "operator")
-
-
 # -- the engine side -------------------------------------------------------------------------
 
 @dataclass
