@@ -22,12 +22,12 @@ import re
 from dataclasses import dataclass
 
 from tracer.explain.outputs import VARIES, first_difference, stability
+from tracer.trace.capture import TOOL_PREFIX
 from tracer.trace.result import StepOutcome
 
 # what runners write in place of cut output, and strace's own messages: never a regex
 CUT_MARKER = re.compile(r"\.\.\. \(\d+ (?:(?:more|earlier) lines?|earlier characters|"
                         r"earlier bytes not kept)\)")
-TOOL_PREFIX = "/.tracer/"
 REGEX_CHARS = 80  # a regex is at most this much of a line: a prefix proves the same
 CANDIDATE_LINES = 200  # lines of a stream looked at for a candidate
 TRIES = 60  # candidates tried per stream (each is searched in every run's output)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tracer.analysis.keeplist import size_of
 from tracer.explain.runfiles import escape
 from tracer.fleet.descriptor import BaseDescriptor
 from tracer.image.layercache import chain_ids
@@ -141,11 +142,6 @@ class Change:
     removed: list[str] = field(default_factory=list)  # paths it lost
 
 
-def _bytes(paths: Sequence[str], index: FlatImage) -> int:
-    return sum(e.size for p in paths if (e := index.entries.get(p)) is not None
-               and e.kind == "file")
-
-
 def _only(job: str, needs: Mapping[str, Sequence[str]]) -> set[str]:
     """Paths `job` needs that no other job in `needs` does."""
     others: set[str] = set()
@@ -158,9 +154,13 @@ def _only(job: str, needs: Mapping[str, Sequence[str]]) -> set[str]:
 def changes(previous: BaseDescriptor | None, needs: Mapping[str, Sequence[str]],
             paths: Sequence[str], diff_id: str, index: FlatImage, pinned: bool) -> Change:
     """Compare the new base (`paths`, `diff_id`, for `needs`) with the last batch's."""
+
+    def files_of(some: Sequence[str]) -> str:
+        return human_size(size_of(index.entries, some))
+
     if previous is None:
         return Change([f"new shared base {diff_id[:19]}: {len(paths):,} paths, "
-                       f"{human_size(_bytes(paths, index))} of files, for "
+                       f"{files_of(paths)} of files, for "
                        f"{len(needs)} jobs"])
     out = Change()
     old_paths, new_paths = set(previous.paths), set(paths)
@@ -172,8 +172,8 @@ def changes(previous: BaseDescriptor | None, needs: Mapping[str, Sequence[str]],
     else:
         out.lines.append(
             f"shared base changed {previous.diff_id[:19]} -> {diff_id[:19]}: "
-            f"+{len(out.added)} path(s) (+{human_size(_bytes(out.added, index))}), "
-            f"-{len(out.removed)} (-{human_size(_bytes(out.removed, index))})")
+            f"+{len(out.added)} path(s) (+{files_of(out.added)}), "
+            f"-{len(out.removed)} (-{files_of(out.removed)})")
     before = previous.needed_by
     for job, held in sorted(previous.held_for.items()):
         gone = sorted(set(held) - new_paths)
@@ -187,7 +187,7 @@ def changes(previous: BaseDescriptor | None, needs: Mapping[str, Sequence[str]],
         grows = sorted(_only(job, needs) - old_paths)
         out.lines.append(
             f"{job} joined the fleet: " + (
-                f"the base grows by {len(grows)} path(s) ({human_size(_bytes(grows, index))}) "
+                f"the base grows by {len(grows)} path(s) ({files_of(grows)}) "
                 f"only it needs, e.g. {escape(grows[0])}" if grows else
                 "it needs nothing the base lacked"))
     for job in sorted(set(before) - set(needs)):
@@ -195,7 +195,7 @@ def changes(previous: BaseDescriptor | None, needs: Mapping[str, Sequence[str]],
         kept = sorted((_only(job, before) & new_paths) - set().union(*needs.values()))
         if gone:
             out.lines.append(f"{job} left the fleet: {len(gone)} path(s) "
-                             f"({human_size(_bytes(gone, index))}) only it needed left the "
+                             f"({files_of(gone)}) only it needed left the "
                              f"base, e.g. {escape(gone[0])}")
         elif kept and pinned:
             out.lines.append(f"{job} left the fleet: {len(kept)} path(s) only it needed stay "

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from tracer import __version__, stage
+from tracer.analysis.keeplist import size_of
 from tracer.batch import (
     Batch,
     JobResult,
@@ -130,7 +131,6 @@ class FleetBatch(Batch):
         self.work = private_dir(work)
         self.cache = private_dir(work / "layers")
         self.pinned = read_pins(pin_base, FLEETS_DIR) if pin_base is not None else None
-        self.pin_source = pin_base
         self.fleets: list[dict[str, Any]] = []  # for summary.json
         # children that saved their run and wait, alive, for their fleet's base
         self._waiting: dict[str, tuple[subprocess.Popen[bytes], Any]] = {}
@@ -341,7 +341,7 @@ class FleetBatch(Batch):
                 previous = read_base_descriptor(path)
             else:  # the fleet's layers changed: compare with the last base of its jobs
                 previous = previous_of(fleets, set(fleet.jobs))
-        content = sum(e.size for p in base.paths if (e := base.flat.entries[p]).kind == "file")
+        content = size_of(base.flat.entries, base.paths)
         members = set(fleet.jobs)
         desc = BaseDescriptor(fleet.name, fleet.layers, diff_id, size, content, base.paths,
                               {job: sorted(paths) for job, paths in needs.items()
@@ -509,8 +509,7 @@ class FleetBatch(Batch):
             result.status = "failed"
             result.message = f"{type(exc).__name__}: {exc}"
         finally:
-            with contextlib.suppress(OSError):
-                _remove_tree(job.state)
+            shutil.rmtree(job.state, ignore_errors=True)
         self.say(job_line(result))
         return result
 
@@ -559,6 +558,3 @@ class FleetBatch(Batch):
         self._finishers.clear()
         return self.fleets
 
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
