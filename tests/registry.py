@@ -133,6 +133,16 @@ def manifest_digest(registry: Registry, ref: str) -> str | None:
     return "sha256:" + hashlib.sha256(done.stdout).hexdigest()
 
 
+def upload_requests(registry_log: Path, offset: int, name: str) -> int:
+    """Blob uploads (not cross-repository mounts) the registry logged for `name` after
+    byte `offset` of its log."""
+    with open(registry_log, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode("utf-8", "replace")
+    return sum(1 for line in text.splitlines()
+               if f'"POST /v2/{name}/blobs/uploads/' in line and "mount=" not in line)
+
+
 def push_engine_image(registry: Registry, image: str, dest: str) -> str:
     """Copy an engine image to the registry (test setup only: tracer reads it from the
     registry); returns the manifest digest."""

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from registry import Registry, manifest_digest, push_engine_image, repo, skopeo
+from registry import (
+    Registry,
+    manifest_digest,
+    push_engine_image,
+    repo,
+    skopeo,
+    upload_requests,
+)
 
 pytestmark = pytest.mark.integration
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -120,14 +127,6 @@ def test_a_platform_this_host_cannot_run_is_exit_4_before_any_pull(
     assert done.returncode == 4, done.stderr
     assert "linux/s390x" in done.stderr and "binfmt_misc" in done.stderr
     assert "pulled" not in done.stderr
-
-
-def upload_requests(log: Path, offset: int, name: str) -> int:
-    with open(log, "rb") as f:
-        f.seek(offset)
-        text = f.read().decode("utf-8", "replace")
-    return sum(1 for line in text.splitlines()
-               if f'"POST /v2/{name}/blobs/uploads/' in line and "mount=" not in line)
 
 
 def test_a_nightly_batch_re_pushes_nothing_that_did_not_change(

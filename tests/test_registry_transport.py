@@ -24,7 +24,16 @@ from pathlib import Path
 
 import pytest
 from image_builders import M, layer
-from registry import Layout, Registry, manifest_digest, push_layout, repo, sha, skopeo
+from registry import (
+    Layout,
+    Registry,
+    manifest_digest,
+    push_layout,
+    repo,
+    sha,
+    skopeo,
+    upload_requests,
+)
 
 from tracer.errors import BadInput, EnvironmentProblem, ImageFormatError
 from tracer.image import flatten, open_image, parse_reference, write_image
@@ -124,15 +133,6 @@ def test_a_docker_v2_image_keeps_its_config(plain_registry: Registry, tmp_path: 
 
 
 # ---------------------------------------------------------------- pushing
-
-
-def upload_requests(registry_log: Path, offset: int, name: str) -> int:
-    """Blob uploads (not cross-repository mounts) the registry logged for `name`."""
-    with open(registry_log, "rb") as f:
-        f.seek(offset)
-        text = f.read().decode("utf-8", "replace")
-    return sum(1 for line in text.splitlines()
-               if f'"POST /v2/{name}/blobs/uploads/' in line and "mount=" not in line)
 
 
 def test_push_then_an_unchanged_push_sends_nothing(plain_registry: Registry,

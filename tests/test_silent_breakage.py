@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_replay_integration import paste_by_hand
 
 from tracer.profile.load import load_profile
 from tracer.profile.model import CommandStep
@@ -75,15 +76,8 @@ def replay(profile: Path, *argv: str, options: tuple[str, ...] = ()) -> tuple[in
 def pasted_step(profile: Path, answer: dict) -> CommandStep:
     """The suggested smoke step, pasted by hand where the answer says: it must read back."""
     [smoke] = [s for s in answer["suggestions"] if s["kind"] == "smoke"]
-    lines = profile.read_text().splitlines(keepends=True)
-    for e in smoke["edits"]:
-        new = e["text"].splitlines(keepends=True)
-        if e["after_line"] is not None:
-            lines[e["after_line"]:e["after_line"]] = new
-        else:
-            first, last = e["replace_lines"]
-            lines[first - 1:last] = new
-    return parse_profile("".join(lines), str(profile), source=profile).smoke[-1].step
+    text = paste_by_hand(profile, smoke["edits"])
+    return parse_profile(text, str(profile), source=profile).smoke[-1].step
 
 
 def test_output_on_stderr_only_is_checked_on_stderr(shjob: Path) -> None:
