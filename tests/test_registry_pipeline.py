@@ -181,6 +181,41 @@ def test_a_nightly_batch_re_pushes_nothing_that_did_not_change(
                                                                                   "replace")
 
 
+def test_a_fleet_of_registry_inputs_is_read_as_the_batch_says(
+        plain_registry: Registry, hardcases, host_strace, tmp_path: Path) -> None:
+    """`batch --share-base --tls-verify=false` over two jobs of one plain-HTTP registry
+    input: the batch reads their layers as told, so they form one fleet on a shared base
+    (read over TLS they would have no layers, and run alone), and a second night skips
+    both."""
+    _name, ref, _digest = hardcases
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    outputs = {n: f"docker-daemon:tracer-test/{n}:{uuid.uuid4().hex[:8]}"
+               for n in ("reg-fleet-a", "reg-fleet-b")}
+    for n, out in outputs.items():
+        profile_for(profiles, ref, out, name=n)
+    nightly = tmp_path / "nightly"
+
+    def night() -> dict:
+        done = tracer("batch", str(profiles), "--out", str(nightly), "--share-base",
+                      "--tls-verify=false")
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads((nightly / "summary.json").read_text())
+
+    try:
+        first = night()
+        assert {j["name"]: j["status"] for j in first["jobs"]} == {
+            "reg-fleet-a": "passed", "reg-fleet-b": "passed"}
+        [fleet] = first["fleets"]
+        assert sorted(fleet["jobs"]) == ["reg-fleet-a", "reg-fleet-b"]
+        second = night()
+        assert [j["status"] for j in second["jobs"]] == ["skipped", "skipped"], second
+    finally:
+        for out in outputs.values():
+            subprocess.run(["docker", "rmi", "-f", out.removeprefix("docker-daemon:")],
+                           capture_output=True)
+
+
 def test_an_output_registry_that_refuses_is_said_before_any_work(
         plain_registry: Registry, auth_registry: Registry, hardcases, host_strace,
         tmp_path: Path) -> None:

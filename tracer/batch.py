@@ -259,6 +259,29 @@ class Batch:
         self.say(job_line(result))
         return result
 
+    def _refs(self, profile: Profile) -> tuple[ImageRef, ImageRef]:
+        """A job's input and output, reached as the batch's --tls-verify, --cert-dir and
+        --platform say."""
+        options = self.overrides.image_options
+        in_ref = parse_reference(profile.image).with_options(options)
+        out_ref = (parse_reference(profile.output) if profile.output
+                   else default_output(in_ref)).with_options(options)
+        return in_ref, out_ref
+
+    def _fingerprint(self, profile_path: Path, profile: Profile) -> dict[str, str]:
+        """_fingerprint of a job of this batch: another --granularity or --budget is
+        another job."""
+        fingerprint = _fingerprint(profile_path, profile, self.overrides.image_options)
+        if self.overrides.argv():
+            fingerprint["overrides"] = " ".join(self.overrides.argv())
+        return fingerprint
+
+    def _minimize_argv(self, profile_path: Path, report: Path, *extra: str) -> list[str]:
+        """The child `tracer minimize` of one job: the batch's overrides, on the engine
+        this batch settled on (--engine auto decides once, for every job)."""
+        return [sys.executable, "-m", "tracer", "minimize", str(profile_path), "--report",
+                str(report), *extra, *self.overrides.argv(), "--engine", engine_name()]
+
     def _run_job(self, profile_path: Path, started: float) -> JobResult:
         """Load the profile, skip it when nothing changed, else run `tracer minimize` in a
         child process and judge what it left."""
@@ -269,25 +292,17 @@ class Batch:
                              exit_code=exc.exit_code, seconds=0.0, message=str(exc))
         job = _JobFiles(self.out / profile.name)
         job.dir.mkdir(parents=True, exist_ok=True)
-        options = self.overrides.image_options
-        in_ref = parse_reference(profile.image).with_options(options)
-        out_ref = (parse_reference(profile.output) if profile.output
-                   else default_output(in_ref)).with_options(options)
+        in_ref, out_ref = self._refs(profile)
         result = JobResult(name=profile.name, profile=str(profile_path), status="failed",
                            exit_code=None, seconds=0.0, output=str(out_ref),
                            log=str(job.log), report=str(job.report))
-        fingerprint = _fingerprint(profile_path, profile, options)
-        if self.overrides.argv():  # another --granularity or --budget is another job
-            fingerprint["overrides"] = " ".join(self.overrides.argv())
+        fingerprint = self._fingerprint(profile_path, profile)
         if not self.force and _load_json(job.state) == fingerprint and output_exists(out_ref):
             result.status, result.exit_code = "skipped", 0
             result.message = "unchanged since the last successful run (image, profile, tracer)"
             return result
         job.start()
-        # every job on the engine this batch settled on (--engine auto decides once)
-        cmd = [sys.executable, "-m", "tracer", "minimize", str(profile_path),
-               "--report", str(job.report), *self.overrides.argv(),
-               "--engine", engine_name()]
+        cmd = self._minimize_argv(profile_path, job.report)
         timeout = 2 * profile.run.timeout + 600  # trace + verify each bounded by run.timeout
         started_child, code = self._spawn(
             cmd, job.log, timeout,

@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +41,6 @@ from tracer.analysis.keeplist import size_of
 from tracer.batch import (
     Batch,
     JobResult,
-    _fingerprint,
     _JobFiles,
     _judge,
     _load_json,
@@ -63,7 +61,7 @@ from tracer.fleet.plan import Change, Fleet, changes, decide, group, held_for
 from tracer.fleet.summary import fleet_numbers
 from tracer.image.documents import DIGEST_RE
 from tracer.image.layercache import CACHE_ENV, Seed, seed_dir
-from tracer.image.reference import ImageRef, default_output, parse_reference
+from tracer.image.reference import ImageRef, parse_reference
 from tracer.image.sharedbase import SharedBase, index_prefix
 from tracer.image.transports import open_image
 from tracer.jobslots import MEMORY_SHARE, Use
@@ -195,15 +193,11 @@ class FleetBatch(Batch):
             profile = load_profile(path, self.overrides)
             files = _JobFiles(self.out / profile.name)
             files.dir.mkdir(parents=True, exist_ok=True)
-            in_ref = parse_reference(profile.image)
-            out_ref = parse_reference(profile.output) if profile.output \
-                else default_output(in_ref)
+            in_ref, out_ref = self._refs(profile)
             result = JobResult(name=profile.name, profile=str(path), status="failed",
                                exit_code=None, seconds=0.0, output=str(out_ref),
                                log=str(files.log), report=str(files.report))
-            fingerprint = _fingerprint(path, profile)
-            if self.overrides.argv():
-                fingerprint["overrides"] = " ".join(self.overrides.argv())
+            fingerprint = self._fingerprint(path, profile)
             fingerprint["share_base"] = "yes"  # its output stands on a fleet's base
             layers = input_layers(in_ref, self.work / "inspect" / profile.name,
                                   budgets_of(profile))
@@ -291,7 +285,8 @@ class FleetBatch(Batch):
         """The fleet's shared layers indexed once (sharedbase.index_prefix), from the
         first job's input pinned to its id, as the jobs read it."""
         dest = seed_dir(self.cache, fleet.layers)
-        ref = parse_reference(pinned(first.profile.image))
+        ref = parse_reference(pinned(first.profile.image)) \
+            .with_options(self.overrides.image_options)  # reached as the batch says
         with open_image(ref, self.work / "seed-source" / fleet.name,
                         budgets_of(first.profile)) as image:
             if [x.diff_id for x in image.layers[:len(fleet.layers)]] != fleet.layers:
@@ -393,10 +388,9 @@ class FleetBatch(Batch):
         try:
             job.files.start()
             keep = self._may_wait()
-            cmd = [sys.executable, "-m", "tracer", "minimize", str(job.path), "--report",
-                   str(job.files.report), "--stop-after", "analyse", "--state",
-                   str(private_dir(job.state)), *self.overrides.argv(),
-                   *(["--then-wait"] if keep else [])]
+            cmd = self._minimize_argv(job.path, job.files.report, "--stop-after", "analyse",
+                                      "--state", str(private_dir(job.state)),
+                                      *(["--then-wait"] if keep else []))
             timeout = job.profile.run.timeout + 600
             started, code = self._until_saved(job, cmd, timeout, keep)
             job.result.seconds = round(time.monotonic() - job.started, 3)
@@ -487,9 +481,8 @@ class FleetBatch(Batch):
             if live is not None:
                 started, code = self._tell(job, live, descriptor, timeout)
             else:
-                cmd = [sys.executable, "-m", "tracer", "minimize", str(job.path), "--report",
-                       str(job.files.report), "--resume", str(job.state),
-                       *self.overrides.argv()]
+                cmd = self._minimize_argv(job.path, job.files.report, "--resume",
+                                          str(job.state))
                 if descriptor is not None:
                     cmd += ["--shared-base", str(descriptor)]
                 started, code = self._spawn(cmd, job.files.log, timeout, env=self._env(),
