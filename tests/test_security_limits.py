@@ -81,3 +81,25 @@ def test_a_fork_bomb_is_held_by_its_process_limit(fixture_image, tmp_path: Path)
     assert res.seconds < 150 and res.max_rss_mb < 400
     assert _ours("fork-bomb") == [], "a container of the run is left"
     assert len(psutil.pids()) < before + 100, "processes of the bomb are left on the host"
+
+
+def test_a_container_killed_for_memory_says_so(fixture_image, tmp_path: Path):
+    """The main job and a command step each run out of their memory limit: the engine
+    kills them (137) and the step's message names the limit, so the operator knows to
+    raise run.limits.memory instead of hunting a missing file."""
+    from tracer.profile.model import CommandStep, SmokeStep
+
+    base = fixture_image("base")
+    hog = ["sh", "-c", "head -c 200000000 /dev/zero | tail"]  # tail holds it all
+    job = Profile(name="limits-oom-job", image=base, run=RunSpec(
+        mode="job", entrypoint=hog, cmd=[], timeout=60, limits=Limits(memory=32 << 20)))
+    r = run_smoke(job, base, traced=False, workdir=tmp_path / "job")
+    assert not r.passed
+    assert "killed for using its 32MiB of memory (run.limits.memory)" in r.steps[0].message
+    service = Profile(name="limits-oom-step", image=base, run=RunSpec(
+        entrypoint=["sleep", "300"], cmd=[], timeout=60, limits=Limits(memory=32 << 20)),
+        smoke=[SmokeStep(0, CommandStep(argv=hog, timeout=60))])
+    r = run_smoke(service, base, traced=False, workdir=tmp_path / "step")
+    assert not r.passed
+    [step] = [s for s in r.steps if s.kind == "command"]
+    assert "killed for using its 32MiB of memory (run.limits.memory)" in step.message, step

@@ -338,12 +338,15 @@ class DockerRunner:
     def pressure(self, container: Any, limits: ContainerLimits | None) -> str:
         """Which of its limits the container ran into, in words ('' if none it can tell):
         killed for memory (the engine records it), forks refused at its process limit
-        (its cgroup's count, readable from the engine's host while it runs). Call after
-        `status` or `wait`, before the container is killed."""
+        (its cgroup's count, readable from the engine's host while it runs). Call before
+        the container is killed; its state is read afresh (an exit `wait` saw leaves the
+        state it was created with)."""
         if limits is None:
             return ""
         from tracer.budgets import human
 
+        with engine_calls(container, "inspect a container"):
+            container.reload()
         state = container.attrs.get("State") or {}
         said = []
         hits = _pids_hits(container.id, int(state.get("Pid") or 0))

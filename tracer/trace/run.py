@@ -457,11 +457,9 @@ def _run_job(run: _Run, container: Any, deadline: float, program: str) -> StepOu
     r = run.profile.run
     start = time.monotonic()
     code = run.runner.wait(container, deadline - time.monotonic())
-    pressure = run.runner.pressure(container, run.limits) if code is None else ""
+    pressure = run.runner.pressure(container, run.limits)  # still there? (else exit 4)
     if code is None:
         run.runner.kill(container)
-    run.runner.status(container)  # still there? (removed by someone else: exit 4)
-    pressure = pressure or run.runner.pressure(container, run.limits)
     out = run.runner.logs(container, stderr=False)
     err = run.runner.logs(container, stdout=False)
     if code is None:
