@@ -106,9 +106,12 @@ class Seconds:
         return out
 
 
-def plan_run(profile: Profile, output: str | None, options: RefOptions | None = None) -> Plan:
+def plan_run(profile: Profile, output: str | None, options: RefOptions | None = None,
+             *, read_evidence: bool = True) -> Plan:
     """The input and output references (never the same image) and the run's settings.
-    `options` (--tls-verify, --cert-dir, --platform) go with both references."""
+    `options` (--tls-verify, --cert-dir, --platform) go with both references.
+    `read_evidence`: read the keep.evidence recordings (only analysis uses them: a resumed
+    run, whose keep-list is saved, need not read up to recording_bytes of each again)."""
     options = options or RefOptions()
     in_ref = parse_reference(profile.image).with_options(options)
     out_text = output or profile.output
@@ -125,7 +128,8 @@ def plan_run(profile: Profile, output: str | None, options: RefOptions | None = 
                                           limit=budgets.profile_bytes)).hexdigest()
               if profile.source else None)
     # read now: a bad recording is bad input before minutes of tracing, not after
-    recordings = [read_recording(Path(f), budgets) for f in profile.keep.evidence]
+    recordings = [read_recording(Path(f), budgets) for f in profile.keep.evidence] \
+        if read_evidence else []
     return Plan(profile, in_ref, out_ref, budgets, profile.keep.granularity,
                 digest, f"tracer {__version__}: minimized with profile {profile.name}",
                 recordings)
@@ -654,7 +658,7 @@ def minimize(profile: Profile, *, output: str | None = None, report_path: Path |
         raise BadInput("--then-wait goes with --stop-after analyse")
     if shared_base is not None and resume is None:
         raise BadInput("--shared-base needs --resume DIR (a run saved by --stop-after)")
-    plan = plan_run(profile, output, options)
+    plan = plan_run(profile, output, options, read_evidence=resume is None)
     require_strace()
     engine = EngineImages()
     require_engine_can_run(profile)
