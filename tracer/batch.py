@@ -64,12 +64,6 @@ class JobResult:
     shared_base: dict[str, Any] | None = None  # its report's shared_base (the price it pays)
 
 
-def default_jobs(out: Path | None = None) -> int:
-    """Parallel jobs at first: one per core, as many as memory holds at what a job of
-    `out` used last time (jobslots.py has the rule; the batch follows what jobs use)."""
-    return Slots(None, read_usage(out) if out is not None else None).limit
-
-
 def find_profiles(args: list[str]) -> list[Path]:
     """Profile files named directly, or every *.yaml/*.yml in a named directory.
 

@@ -343,7 +343,6 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         Batch,
         check_out_dir,
         check_unique_names,
-        default_jobs,
         find_profiles,
         summary_table,
         write_summaries,
@@ -355,14 +354,15 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         raise BadInput("--jobs must be at least 1")
     check_out_dir(args.out)
     check_unique_names(profiles, overrides)
-    jobs = args.jobs or default_jobs(args.out)
-    how = "" if args.jobs else " at first (cores and measured memory; jobslots.py)"
-    print(f"tracer batch: {len(profiles)} profile(s), {jobs} at a time{how}, output in "
-          f"{args.out}", file=sys.stderr)
     started = time.monotonic()
 
     def say(line: str) -> None:
         print(f"tracer batch: {line}", file=sys.stderr, flush=True)
+
+    def starting(batch: Batch) -> None:
+        how = "" if args.jobs else " at first (cores and measured memory; jobslots.py)"
+        say(f"{len(profiles)} profile(s), {batch.slots.limit} at a time{how}, output in "
+            f"{args.out}")
 
     if args.pin_base is not None and not args.share_base:
         raise BadInput("--pin-base keeps a shared base: it needs --share-base")
@@ -374,6 +374,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         with workdir() as work:  # the shared layers' index and the jobs' saved runs
             fleet_batch = FleetBatch(args.out, args.jobs, args.force, work, overrides, say,
                                      pin_base=args.pin_base)
+            starting(fleet_batch)
             results = fleet_batch.run(profiles)
             fleets = fleet_batch.fleet_summaries()
         write_summaries(args.out, results, time.monotonic() - started, {"fleets": fleets})
@@ -382,6 +383,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             print(fleet_table(fleets))
         return 1 if any(r.status == "failed" for r in results) else 0
     batch = Batch(args.out, args.jobs, args.force, overrides, say=say)
+    starting(batch)
     results = batch.run(profiles)
     write_summaries(args.out, results, time.monotonic() - started)
     print(summary_table(results))
