@@ -14,8 +14,7 @@ DIR (the input's spooled layers, a hardlink to a saved archive), or the engine's
 layer directories (read in place) or the batch's index of the lowest layers.
 
 `needs.json` beside the state is plain JSON for the batch: which of the kept paths the
-fleet's base can hold for this job (sharedbase.needs), and what a one-layer output of it
-would weigh.
+fleet's base can hold for this job (sharedbase.needs), and the base's layers it read.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ from tracer.analysis.keeplist import Reason
 from tracer.errors import BadInput
 from tracer.image.config import ImageConfig
 from tracer.image.layercache import find_seed_ids
-from tracer.image.layerwrite import LayerPlan, closed_paths
 from tracer.image.model import FlatImage
 from tracer.image.prepare import Prepared
 from tracer.image.reference import ImageRef
@@ -78,10 +76,7 @@ def save(stage: Stage, state_dir: Path, temp_engine_ref: bool) -> None:
     stage.input_layers = input_layers(flat)
     statefile.save(stage, state_dir / STATE_FILE)
     keep = sorted(stage.kept)
-    own_plan = LayerPlan(flat, closed_paths(flat, keep))
-    doc: dict[str, Any] = {"input_layers": stage.input_layers,
-                           "single_layer_bytes": own_plan.size, "base_layers": [],
-                           "needs": []}
+    doc: dict[str, Any] = {"base_layers": [], "needs": []}
     seed = find_seed_ids(stage.input_layers)
     if seed is not None:
         doc["base_layers"] = seed.diff_ids
