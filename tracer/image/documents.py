@@ -9,8 +9,10 @@ anywhere else in the readers is then a bug of tracer (exit 70), never an image's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from tracer.budgets import Budgets
@@ -115,3 +117,14 @@ def image_config(config: object, where: str, layer_count: int, budgets: Budgets)
 def _kind(value: object) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             type(None): "null"}.get(type(value), "a number")
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """The OCI chain id of every prefix of `diff_ids` (image-spec, "ChainID"): the chain
+    of the first n layers is `chain_ids(d)[n - 1]`. The engine's layer database is keyed
+    by it, and so are a batch's seeds."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        out.append(diff_id if not out else
+                   "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+    return out

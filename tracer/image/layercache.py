@@ -16,7 +16,6 @@ the seed's own directory, which the batch removes at its end.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,21 +24,12 @@ from typing import Any
 
 from tracer import statefile
 from tracer.errors import BadInput
+from tracer.image.documents import chain_ids
 from tracer.image.interface import Layer
 from tracer.image.model import FlatImage
 
 CACHE_ENV = "TRACER_LAYER_CACHE"  # a batch's private directory of seeds
 SEED_FILE = "seed.pickle"
-
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    """The OCI chain id of every prefix of `diff_ids` (image-spec, "ChainID"): the chain
-    of the first n layers is `chain_ids(d)[n - 1]`."""
-    out: list[str] = []
-    for diff_id in diff_ids:
-        out.append(diff_id if not out else
-                   "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
-    return out
 
 
 @dataclass

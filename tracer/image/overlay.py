@@ -102,11 +102,8 @@ def locate(image_id: str, driver: str, driver_data: dict[str, str], root_dir: st
     where = f"image config {image_id}"
     config = doc.parse(config_bytes, where)
     diff_ids = doc.image_config(config, where, len(dirs), budgets)
-    chain = ""
     splits = []
-    for i, diff_id in enumerate(diff_ids):
-        chain = diff_id if i == 0 else \
-            "sha256:" + hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest()
+    for i, chain in enumerate(doc.chain_ids(diff_ids)):
         layerdb = root / "image" / "overlay2" / "layerdb" / "sha256" / chain[7:]
         cache = layerdb / "cache-id"
         try:
